@@ -1,0 +1,313 @@
+"""The catalog: what is provisioned, where, verified how. ``CatalogStore`` is the protocol; SQLite (WAL,
+many processes at once) is the implementation.
+
+The schema is versioned with ``PRAGMA user_version`` and only ever grows (additive migrations), so an
+older build can still read a newer catalog's columns it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from .redact import redact_text
+
+
+class Lifecycle(StrEnum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    FAILED = "Failed"
+
+
+#: (st_dev, st_ino, st_size, st_mtime_ns): decides whether a file must be re-hashed
+Fingerprint = tuple[int, int, int, int]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: str
+    ref: str
+    scheme: str
+    local_path: str
+    lifecycle: Lifecycle
+    digest: str | None = None
+    size_bytes: int = 0
+    format: str = "unknown"
+    #: outcome of the last verification: verified, recorded, mismatch_advisory, mismatch, corrupt, ...
+    verification: str | None = None
+    expected_digest: str | None = None
+    strict: bool = False
+    last_verified_ms: int | None = None
+    created_ms: int = 0
+    last_used_ms: int = 0
+    fingerprint: Fingerprint | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: sha256 hex of the blob backing a store-owned entry; None for files registered in place
+    blob: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    model_id: str
+    ts_ms: int
+    result: str  # pass | warn | fail
+    reason: str
+    digest: str | None
+    bytes_hashed: int
+
+
+class CatalogStore(Protocol):
+    def get(self, model_id: str) -> CatalogEntry | None: ...
+    def put(self, entry: CatalogEntry) -> None: ...
+    def delete(self, model_id: str) -> bool: ...
+    def entries(self) -> list[CatalogEntry]: ...
+    def touch(self, model_id: str, ts_ms: int) -> None: ...
+    def blob_refcount(self, sha256_hex: str) -> int: ...
+    def record_verification(self, record: VerificationRecord) -> None: ...
+    def verifications(self, model_id: str) -> list[VerificationRecord]: ...
+    def close(self) -> None: ...
+
+
+_MIGRATIONS: list[str] = [
+    # 1: models + verification history
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        ref TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        local_path TEXT NOT NULL,
+        lifecycle TEXT NOT NULL,
+        digest TEXT,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        format TEXT NOT NULL DEFAULT 'unknown',
+        verification TEXT,
+        expected_digest TEXT,
+        strict INTEGER NOT NULL DEFAULT 0,
+        last_verified_ms INTEGER,
+        created_ms INTEGER NOT NULL,
+        last_used_ms INTEGER NOT NULL,
+        fingerprint TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        blob TEXT,
+        error TEXT
+    );
+    CREATE INDEX models_blob ON models(blob);
+    CREATE TABLE verifications (
+        model_id TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        digest TEXT,
+        bytes_hashed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX verifications_model ON verifications(model_id, ts_ms);
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLUMNS = (
+    "id, ref, scheme, local_path, lifecycle, digest, size_bytes, format, verification, expected_digest, "
+    "strict, last_verified_ms, created_ms, last_used_ms, fingerprint, metadata, blob, error"
+)
+
+#: on re-registration everything but the id and the creation time is replaced
+_UPDATE_COLUMNS = [c.strip() for c in _COLUMNS.split(",") if c.strip() not in ("id", "created_ms")]
+
+
+class SqliteCatalog:
+    """SQLite catalog. One connection per instance guarded by a lock (safe across threads); WAL and a
+    busy timeout make many processes at once safe; writes use ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with self._write():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    class _WriteTxn:
+        def __init__(self, catalog: SqliteCatalog) -> None:
+            self.catalog = catalog
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.catalog._lock.acquire()
+            self.catalog._conn.execute("BEGIN IMMEDIATE")
+            return self.catalog._conn
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            try:
+                self.catalog._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.catalog._lock.release()
+
+    def _write(self) -> SqliteCatalog._WriteTxn:
+        return SqliteCatalog._WriteTxn(self)
+
+    # ---------------------------------------------------------------------------------------- reads
+    def get(self, model_id: str) -> CatalogEntry | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_COLUMNS} FROM models WHERE id = ?", (model_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self) -> list[CatalogEntry]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM models ORDER BY id").fetchall()
+        return [_entry(r) for r in rows]
+
+    def iter_ids(self) -> Iterator[str]:
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM models ORDER BY id").fetchall()
+        return (r[0] for r in rows)
+
+    def blob_refcount(self, sha256_hex: str) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT COUNT(*) FROM models WHERE blob = ?", (sha256_hex,)).fetchone()[0]
+            )
+
+    def verifications(self, model_id: str) -> list[VerificationRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT model_id, ts_ms, result, reason, digest, bytes_hashed FROM verifications "
+                "WHERE model_id = ? ORDER BY ts_ms, rowid",
+                (model_id,),
+            ).fetchall()
+        return [VerificationRecord(*r) for r in rows]
+
+    # --------------------------------------------------------------------------------------- writes
+    def put(self, entry: CatalogEntry) -> None:
+        values = _row(entry)
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO models ({_COLUMNS}) VALUES ({', '.join('?' * len(values))}) "
+                "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _UPDATE_COLUMNS),
+                values,
+            )
+
+    def delete(self, model_id: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return cur.rowcount > 0
+
+    def touch(self, model_id: str, ts_ms: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE models SET last_used_ms = MAX(last_used_ms, ?) WHERE id = ?", (ts_ms, model_id)
+            )
+
+    def record_verification(self, record: VerificationRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO verifications (model_id, ts_ms, result, reason, digest, bytes_hashed) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.model_id,
+                    record.ts_ms,
+                    record.result,
+                    record.reason,
+                    record.digest,
+                    record.bytes_hashed,
+                ),
+            )
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _row(e: CatalogEntry) -> tuple[Any, ...]:
+    return (
+        e.id,
+        redact_text(e.ref),
+        e.scheme,
+        e.local_path,
+        str(e.lifecycle),
+        e.digest,
+        e.size_bytes,
+        e.format,
+        e.verification,
+        e.expected_digest,
+        int(e.strict),
+        e.last_verified_ms,
+        e.created_ms,
+        e.last_used_ms,
+        json.dumps(list(e.fingerprint)) if e.fingerprint else None,
+        json.dumps(e.metadata, sort_keys=True),
+        e.blob,
+        redact_text(e.error) if e.error else None,
+    )
+
+
+def _entry(row: tuple[Any, ...]) -> CatalogEntry:
+    fp = json.loads(row[14]) if row[14] else None
+    return CatalogEntry(
+        id=row[0],
+        ref=row[1],
+        scheme=row[2],
+        local_path=row[3],
+        lifecycle=Lifecycle(row[4]),
+        digest=row[5],
+        size_bytes=row[6],
+        format=row[7],
+        verification=row[8],
+        expected_digest=row[9],
+        strict=bool(row[10]),
+        last_verified_ms=row[11],
+        created_ms=row[12],
+        last_used_ms=row[13],
+        fingerprint=(fp[0], fp[1], fp[2], fp[3]) if fp else None,
+        metadata=json.loads(row[15]),
+        blob=row[16],
+        error=row[17],
+    )
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CatalogEntry",
+    "CatalogStore",
+    "Fingerprint",
+    "Lifecycle",
+    "SqliteCatalog",
+    "VerificationRecord",
+    "now_ms",
+    "replace",
+]

@@ -1,0 +1,385 @@
+"""Command line: ``model-provisioner`` (alias ``mprov``). Contracts in DESIGN §3.
+
+Results go to stdout (one JSON object with ``--json``); human messages, warnings and errors go to
+stderr, one line each, never a traceback for a user error. Exit codes are ``errors.ExitCode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ExitCode, InvalidInput, NotFound, ProvisionerError
+
+PROG = "model-provisioner"
+log = logging.getLogger("model_provisioner")
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        from .redact import redact_text
+
+        return f"{PROG}: {record.levelname.lower()}: {redact_text(record.getMessage())}"
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--cache-dir",
+        default=default,
+        metavar="DIR",
+        help="cache directory (env MODEL_PROVISIONER_CACHE, default ~/.cache/models)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="serve from the catalog only (env MODEL_PROVISIONER_OFFLINE=1, HF_HUB_OFFLINE=1)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="errors only on stderr",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="more detail on stderr",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="machine-readable output on stdout",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Provision models: this exact model, verified, on this machine, now.",
+        epilog="exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed, "
+        "5 denied by policy or offline, 6 transfer failed, 7 out of disk space",
+    )
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+
+    for name in ("ensure", "pull"):
+        p = sub.add_parser(name, parents=[common], help="make a model present and verified; print its path")
+        p.add_argument("ref", help="model reference: ./m.gguf, file:/abs, hf:org/repo/f.gguf, https://…")
+        p.add_argument("--digest", help="expected digest, sha256:<64 hex>; strict unless --no-strict")
+        strictness = p.add_mutually_exclusive_group()
+        strictness.add_argument(
+            "--no-strict",
+            dest="strict",
+            action="store_false",
+            default=None,
+            help="a digest mismatch warns instead of failing",
+        )
+        strictness.add_argument(
+            "--strict",
+            dest="strict",
+            action="store_true",
+            default=None,
+            help="fail on a digest mismatch (the default when --digest is given)",
+        )
+        p.add_argument(
+            "--engine",
+            choices=["llamacpp", "vllm", "tgi", "triton"],
+            help="write the handoff for this engine (default from the model format)",
+        )
+        p.add_argument(
+            "--handoff-dir",
+            metavar="DIR",
+            help="write DIR/.runtime/engines/<engine>.json and a provenance line",
+        )
+        p.set_defaults(func=cmd_ensure)
+
+    p = sub.add_parser("ls", parents=[common], help="list the catalog")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("inspect", parents=[common], help="show a model's catalog entry and metadata")
+    p.add_argument("ref", help="model id or reference (a local file is read without registering it)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")
+    p.add_argument("ref")
+    p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="verify every catalog entry")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
+    p.add_argument("pattern", metavar="ID|GLOB")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser(
+        "provision", parents=[common], help="provision from a config file and write the handoff"
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
+    p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
+    p.set_defaults(func=cmd_provision)
+    return parser
+
+
+def _provisioner(args: argparse.Namespace) -> Any:
+    from .config import Settings
+    from .provisioner import ModelProvisioner
+
+    settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
+    return ModelProvisioner(settings)
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(payload, sort_keys=True, default=str) + "\n")
+    elif human is not None:
+        sys.stdout.write(human + "\n")
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# ===================================================================================== commands
+def cmd_ensure(args: argparse.Namespace) -> int:
+    from .handoff import provision_and_handoff
+
+    with _provisioner(args) as prov:
+        start = time.monotonic()
+        engine = args.engine
+        if args.handoff_dir:
+            resolved, handoff = provision_and_handoff(
+                prov,
+                args.ref,
+                args.handoff_dir,
+                expected_digest=args.digest,
+                strict=args.strict,
+                engine=engine,
+            )
+            engine = handoff.stem
+        else:
+            resolved = prov.ensure_present(args.ref, args.digest, args.strict)
+        took = int((time.monotonic() - start) * 1000)
+    if not args.quiet and not args.json:
+        how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
+        sys.stderr.write(
+            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, "
+            f"{_human_size(resolved.size_bytes)}, {took} ms\n"
+        )
+    _emit(args, resolved.as_json(engine), str(resolved.local_path))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _provisioner(args) as prov:
+        entries = prov.list_models()
+    if args.json:
+        _emit(args, {"models": [_entry_json(e) for e in entries]})
+        return 0
+    if not entries:
+        sys.stderr.write(f"{PROG}: the catalog at {args.cache_dir or 'the default cache'} is empty\n")
+        return 0
+    rows = [("ID", "LIFECYCLE", "SIZE", "FORMAT", "VERIFIED", "PATH")]
+    for e in entries:
+        rows.append(
+            (
+                e.id,
+                str(e.lifecycle),
+                _human_size(e.size_bytes),
+                e.format,
+                e.verification or "-",
+                e.local_path or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n")
+    return 0
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "ref": e.ref,
+        "scheme": e.scheme,
+        "local_path": e.local_path,
+        "lifecycle": str(e.lifecycle),
+        "digest": e.digest,
+        "size_bytes": e.size_bytes,
+        "format": e.format,
+        "verification": e.verification,
+        "expected_digest": e.expected_digest,
+        "strict": e.strict,
+        "last_verified_ms": e.last_verified_ms,
+        "created_ms": e.created_ms,
+        "last_used_ms": e.last_used_ms,
+        "metadata": e.metadata,
+        "error": e.error,
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .refs import FileRef, parse
+
+    ref = parse(args.ref)
+    with _provisioner(args) as prov:
+        entry = prov.entry(ref)
+        history = prov.catalog.verifications(ref.id) if entry is not None else []
+    if entry is not None:
+        payload = _entry_json(entry)
+        payload["verifications"] = [
+            {
+                "ts_ms": v.ts_ms,
+                "result": v.result,
+                "reason": v.reason,
+                "digest": v.digest,
+                "bytes_hashed": v.bytes_hashed,
+            }
+            for v in history
+        ]
+    elif isinstance(ref, FileRef):
+        from .formats import inspect_file
+
+        if not os.path.isfile(ref.path):
+            raise NotFound(f"model file not found: {ref.path}; check the path")
+        info = inspect_file(ref.path, ref.id)
+        payload = {
+            "id": ref.id,
+            "local_path": ref.path,
+            "lifecycle": None,
+            "format": info.format,
+            "size_bytes": os.path.getsize(ref.path),
+            "metadata": info.metadata,
+        }
+    else:
+        raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
+    if args.json:
+        _emit(args, payload)
+    else:
+        for key, value in payload.items():
+            if key == "metadata":
+                for mkey, mvalue in value.items():
+                    sys.stdout.write(
+                        f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n"
+                    )
+            elif key != "verifications":
+                sys.stdout.write(f"{key}: {value}\n")
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    with _provisioner(args) as prov:
+        resolved = prov.locate(args.ref)
+    if resolved is None:
+        raise NotFound(
+            f"{args.ref} is not provisioned here (or changed since it was verified); "
+            f"run `{PROG} ensure {args.ref}`"
+        )
+    _emit(args, resolved.as_json(), str(resolved.local_path))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise InvalidInput("verify needs model ids or --all")
+    with _provisioner(args) as prov:
+        ids = [e.id for e in prov.list_models()] if args.all else args.ids
+        reports = [prov.verify(model_id) for model_id in ids]
+    failed = [r for r in reports if not r.ok]
+    if args.json:
+        _emit(args, {"results": [r.__dict__ for r in reports], "failed": len(failed)})
+    else:
+        for r in reports:
+            sys.stdout.write(("ok    " if r.ok else "FAILED ") + r.message + "\n")
+    if failed:
+        if not args.json:
+            sys.stderr.write(f"{PROG}: error: {len(failed)} of {len(reports)} models failed verification\n")
+        return int(ExitCode.VERIFICATION_FAILED)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _provisioner(args) as prov:
+        removed = prov.evict(args.pattern, dry_run=args.dry_run)
+    if not removed:
+        raise NotFound(f"nothing in the catalog matches {args.pattern!r}; see `{PROG} ls`")
+    _emit(
+        args,
+        {"removed": removed, "dry_run": args.dry_run},
+        "\n".join(("would remove " if args.dry_run else "removed ") + r for r in removed),
+    )
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from .handoff import provision_from_config_to_default_handoff
+
+    with _provisioner(args) as prov:
+        resolved = provision_from_config_to_default_handoff(args.config, args.out, prov)
+    _emit(args, resolved.as_json(), str(resolved.local_path))
+    return 0
+
+
+# ========================================================================================= main
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet or args.json, args.verbose)
+    try:
+        return int(args.func(args))
+    except ProvisionerError as exc:
+        from .redact import redact_text
+
+        message = redact_text(str(exc))
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        if getattr(args, "json", False):
+            _emit(args, {"error": {"code": exc.code, "exit_code": int(exc.exit_code), "message": message}})
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if os.environ.get("MODEL_PROVISIONER_DEBUG"):
+            raise
+        from .redact import redact_text
+
+        sys.stderr.write(
+            f"{PROG}: internal error: {type(exc).__name__}: {redact_text(str(exc))} "
+            "(set MODEL_PROVISIONER_DEBUG=1 for a traceback and report it)\n"
+        )
+        return int(ExitCode.UNEXPECTED)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

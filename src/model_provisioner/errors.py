@@ -1,0 +1,143 @@
+"""The exception tree. Each class means one thing a caller can handle, and carries its CLI exit code.
+
+Exit codes (DESIGN §3): 0 ok · 1 unexpected · 2 invalid input · 3 not found · 4 verification failed ·
+5 denied by policy or offline · 6 transfer failed after retries · 7 out of disk space.
+
+Messages are one line, name the offending input and say what the user can do next.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    INVALID_INPUT = 2
+    NOT_FOUND = 3
+    VERIFICATION_FAILED = 4
+    DENIED = 5
+    TRANSFER_FAILED = 6
+    NO_SPACE = 7
+
+
+class ProvisionerError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.UNEXPECTED
+    #: short machine-readable code, used by the JSON error output and (later) the HTTP API
+    code: str = "unexpected"
+
+
+class InvalidInput(ProvisionerError, ValueError):
+    """The user gave us something malformed: a ref, a digest, a config file, a flag."""
+
+    exit_code = ExitCode.INVALID_INPUT
+    code = "invalid_input"
+
+
+class InvalidModelRef(InvalidInput):
+    """A model reference that cannot be parsed. ``.ref`` keeps the offending input (redacted)."""
+
+    code = "invalid_ref"
+
+    def __init__(self, ref: str, problem: str) -> None:
+        from .redact import redact_text
+
+        self.ref = redact_text(ref)
+        self.problem = problem
+        super().__init__(f"invalid model reference {self.ref!r}: {problem}")
+
+
+class InvalidDigest(InvalidInput):
+    code = "invalid_digest"
+
+    def __init__(self, value: object, problem: str) -> None:
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid digest {value!r}: {problem}")
+
+
+class ConfigError(InvalidInput):
+    """A config file that cannot be used; names the file and the field."""
+
+    code = "invalid_config"
+
+    def __init__(self, path: str, field: str | None, problem: str) -> None:
+        self.path = path
+        self.field = field
+        where = f"{path}: field {field!r}" if field else path
+        super().__init__(f"config {where}: {problem}")
+
+
+class UnsupportedScheme(InvalidInput):
+    """The ref parses, but this build cannot fetch its scheme yet."""
+
+    code = "unsupported_scheme"
+
+
+class UnsupportedFormat(InvalidInput):
+    """A model file in a format we refuse on purpose (e.g. legacy GGML)."""
+
+    code = "unsupported_format"
+
+
+class NotFound(ProvisionerError):
+    exit_code = ExitCode.NOT_FOUND
+    code = "not_found"
+
+
+class VerificationFailed(ProvisionerError):
+    """The bytes are not what they should be (digest mismatch, empty, corrupt model)."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+    code = "verification_failed"
+
+    def __init__(self, message: str, *, reason: str = "mismatch") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class DigestMismatch(VerificationFailed):
+    def __init__(self, subject: str, expected: str, actual: str, action: str) -> None:
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"digest mismatch for {subject}: expected {expected}, got {actual}; {action}",
+            reason="mismatch",
+        )
+
+
+class CorruptModel(VerificationFailed):
+    def __init__(self, subject: str, problem: str) -> None:
+        self.subject = subject
+        super().__init__(f"{subject}: {problem}", reason="corrupt")
+
+
+class PolicyDenied(ProvisionerError):
+    exit_code = ExitCode.DENIED
+    code = "denied"
+
+
+class OfflineError(PolicyDenied):
+    code = "offline"
+
+
+class TransferFailed(ProvisionerError):
+    exit_code = ExitCode.TRANSFER_FAILED
+    code = "transfer_failed"
+
+
+class InsufficientSpace(ProvisionerError):
+    exit_code = ExitCode.NO_SPACE
+    code = "no_space"
+
+    def __init__(self, where: str, needed: int, available: int) -> None:
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"not enough disk space in {where}: need {needed} bytes, {available} available; "
+            "free space (e.g. `model-provisioner rm`) or use --cache-dir on a larger disk"
+        )

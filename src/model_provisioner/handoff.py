@@ -1,0 +1,184 @@
+"""Engine handoff files and provenance (DESIGN §5).
+
+``<out>/.runtime/engines/<engine>.json`` tells an engine what to load; it is written atomically so an
+engine never reads half a file. ``<out>/.runtime/provenance/models.jsonl`` gets one line per run.
+Neither ever holds a secret: ids carry none, and the source goes through the redaction function.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import load_model_config
+from .errors import InvalidInput
+from .redact import redact_text
+
+if TYPE_CHECKING:
+    from .provisioner import ModelProvisioner, ResolvedModel
+
+#: which engines can load which formats
+ENGINE_FORMATS: dict[str, tuple[str, ...]] = {
+    "llamacpp": ("gguf",),
+    "vllm": ("transformers", "safetensors"),
+    "tgi": ("transformers", "safetensors"),
+    "triton": ("triton",),
+}
+DEFAULT_ENGINE = {"gguf": "llamacpp", "transformers": "vllm", "safetensors": "vllm", "triton": "triton"}
+
+
+def choose_engine(resolved: ResolvedModel, engine: str | None) -> str:
+    if engine is None:
+        engine = DEFAULT_ENGINE.get(resolved.format)
+        if engine is None:
+            raise InvalidInput(
+                f"{resolved.id} is in format {resolved.format!r}; choose the engine explicitly with --engine"
+            )
+    if engine not in ENGINE_FORMATS:
+        raise InvalidInput(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_FORMATS)}")
+    if resolved.format not in ENGINE_FORMATS[engine]:
+        raise InvalidInput(
+            f"engine {engine} cannot load {resolved.id} (format {resolved.format}); "
+            f"it needs {' or '.join(ENGINE_FORMATS[engine])}"
+        )
+    return engine
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_engine_handoff(out_dir: str | os.PathLike[str], engine: str, resolved: ResolvedModel) -> Path:
+    """Write ``<out>/.runtime/engines/<engine>.json`` for ``resolved``; returns its path."""
+    engine = choose_engine(resolved, engine)
+    meta = resolved.metadata
+    metadata: dict[str, Any] = {
+        "size_bytes": resolved.size_bytes,
+        "digest": resolved.digest,
+        "format": resolved.format,
+        "verification": resolved.verification,
+    }
+    for key in (
+        "ctx_max",
+        "architecture",
+        "quantization",
+        "name",
+        "tokenizer_model",
+        "split",
+        "trust_remote_code",
+    ):
+        if meta.get(key) is not None:
+            metadata[key] = meta[key]
+    payload: dict[str, Any] = {
+        "model": {"id": resolved.id, "path": str(resolved.local_path)},
+        "metadata": metadata,
+    }
+    if engine in ("vllm", "tgi"):
+        payload["model"]["trust_remote_code"] = bool(meta.get("trust_remote_code", False))
+    if engine == "triton":
+        payload["model_repository"] = str(resolved.local_path)
+    path = Path(out_dir) / ".runtime" / "engines" / f"{engine}.json"
+    _atomic_write_json(path, payload)
+    return path
+
+
+def append_provenance(
+    out_dir: str | os.PathLike[str],
+    resolved: ResolvedModel,
+    *,
+    source: str,
+    duration_ms: int,
+    bytes_fetched: int = 0,
+    correlation_id: str | None = None,
+) -> Path:
+    """Append one provenance line for this run to ``<out>/.runtime/provenance/models.jsonl``."""
+    record = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "model_id": resolved.id,
+        "path": str(resolved.local_path),
+        "digest": resolved.digest,
+        "size_bytes": resolved.size_bytes,
+        "verification": resolved.verification,
+        "lifecycle": str(resolved.lifecycle),
+        "from_cache": resolved.from_cache,
+        "source": redact_text(source),
+        "bytes_fetched": bytes_fetched,
+        "duration_ms": duration_ms,
+        "correlation_id": correlation_id or uuid.uuid4().hex,
+    }
+    path = Path(out_dir) / ".runtime" / "provenance" / "models.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # whole lines even with many writers
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return path
+
+
+def provision_and_handoff(
+    provisioner: ModelProvisioner,
+    ref: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    expected_digest: str | None = None,
+    strict: bool | None = None,
+    engine: str | None = None,
+    correlation_id: str | None = None,
+) -> tuple[ResolvedModel, Path]:
+    """ensure + handoff + provenance: what ``ensure --handoff-dir`` and ``provision`` do."""
+    start = time.monotonic()
+    resolved = provisioner.ensure_present(ref, expected_digest, strict)
+    handoff = write_engine_handoff(out_dir, choose_engine(resolved, engine), resolved)
+    append_provenance(
+        out_dir,
+        resolved,
+        source=resolved.id,
+        duration_ms=int((time.monotonic() - start) * 1000),
+        correlation_id=correlation_id,
+    )
+    return resolved, handoff
+
+
+def provision_from_config_to_default_handoff(
+    config_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    provisioner: ModelProvisioner | None = None,
+    *,
+    correlation_id: str | None = None,
+) -> ResolvedModel:
+    """Read a model config (YAML/JSON), ensure the model and write the engine handoff + provenance."""
+    from .provisioner import ModelProvisioner
+
+    config = load_model_config(config_path)
+    owned = provisioner is None
+    prov = provisioner or ModelProvisioner()
+    try:
+        resolved, _ = provision_and_handoff(
+            prov,
+            config.model_ref.id,
+            out_dir,
+            expected_digest=str(config.expected_digest) if config.expected_digest else None,
+            strict=config.strict,
+            engine=config.engine,
+            correlation_id=correlation_id,
+        )
+    finally:
+        if owned:
+            prov.close()
+    return resolved

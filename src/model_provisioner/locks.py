@@ -1,0 +1,118 @@
+"""Cross-thread, cross-process locks on ``flock(2)``.
+
+A flock belongs to an open file description, so two ``open()`` calls conflict whether they are in two
+threads or two processes, and the kernel releases it when its holder dies (``kill -9`` leaves no stale
+lock). The lock file records the holder's pid for diagnostics only; correctness never depends on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ProvisionerError
+
+
+class LockTimeout(ProvisionerError):
+    code = "lock_timeout"
+
+
+def _lock_file_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
+
+
+class FileLock:
+    """An exclusive flock on ``path``. ``acquire`` reports whether it had to wait."""
+
+    def __init__(self, path: Path, description: str) -> None:
+        self.path = path
+        self.description = description
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._fd = fd
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Block until held; return True if another holder made us wait. Polls with backoff so that a
+        timeout is possible (a blocking flock cannot be interrupted portably)."""
+        if self.try_acquire():
+            return False
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            time.sleep(delay)
+            if self.try_acquire():
+                return True
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"gave up after {timeout_s:.0f}s waiting for {self.description} "
+                    f"(held by pid {self.holder_pid() or 'unknown'}); if that process is stuck, stop it"
+                )
+            delay = min(delay * 2, 0.1)
+
+    def holder_pid(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def model_lock(locks_dir: Path, model_id: str, timeout_s: float) -> Iterator[bool]:
+    """Single-flight for one model id: yields True when we waited for another holder."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(locks_dir / _lock_file_name("model:" + model_id), f"the lock on {model_id}")
+    waited = lock.acquire(timeout_s)
+    try:
+        yield waited
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
+    """Global backpressure: at most ``slots`` fetches at once across threads and processes."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    candidates = [FileLock(locks_dir / f"fetch-slot-{i}.lock", "a fetch slot") for i in range(slots)]
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        for index, lock in enumerate(candidates):
+            if lock.try_acquire():
+                try:
+                    yield index
+                finally:
+                    lock.release()
+                return
+        if time.monotonic() > deadline:
+            raise LockTimeout(
+                f"gave up after {timeout_s:.0f}s waiting for one of {slots} fetch slots "
+                "(raise max_parallel_fetches or wait for other downloads)"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

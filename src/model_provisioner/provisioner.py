@@ -1,0 +1,670 @@
+"""``ModelProvisioner``: the one flow behind the CLI, the HTTP API and the Python API.
+
+parse -> catalog fast path -> single-flight lock -> (re-check) -> fetch slot -> materialise -> verify
+-> catalog commit. The provisioner owns the order of steps; the store owns the cache directory; the
+catalog owns the database.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import failpoints
+from .catalog import (
+    CatalogEntry,
+    CatalogStore,
+    Fingerprint,
+    Lifecycle,
+    SqliteCatalog,
+    VerificationRecord,
+    now_ms,
+)
+from .config import Settings
+from .digest import Digest
+from .errors import (
+    CorruptModel,
+    DigestMismatch,
+    InvalidInput,
+    NotFound,
+    ProvisionerError,
+    UnsupportedFormat,
+    UnsupportedScheme,
+    VerificationFailed,
+)
+from .formats import FormatInfo, inspect_file
+from .hashing import FileHash, hash_file
+from .locks import fetch_slot, model_lock
+from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
+from .store import BlobStore, view_name
+
+log = logging.getLogger("model_provisioner")
+
+RefLike = str | ModelRef
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    id: str
+    local_path: Path
+    digest: str
+    size_bytes: int
+    metadata: dict[str, Any]
+    lifecycle: Lifecycle = Lifecycle.ACTIVE
+    verification: str | None = None
+    format: str = "unknown"
+    #: True when served from the catalog without hashing or fetching
+    from_cache: bool = False
+
+    def as_json(self, engine: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "local_path": str(self.local_path),
+            "digest": self.digest,
+            "size_bytes": self.size_bytes,
+            "lifecycle": str(self.lifecycle),
+            "engine": engine,
+            "verification": self.verification,
+            "from_cache": self.from_cache,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    id: str
+    ok: bool
+    outcome: str
+    expected: str | None
+    actual: str | None
+    local_path: str
+    message: str = ""
+
+
+@dataclass
+class _Check:
+    """The outcome of comparing bytes with what was expected (DESIGN §6)."""
+
+    result: str  # pass | warn | fail
+    reason: str  # verified | recorded | mismatch_advisory | mismatch | corrupt | empty | unsupported
+    error: ProvisionerError | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def fingerprint_of(st: os.stat_result) -> Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ModelProvisioner:
+    """Provision models: ``ensure_present`` answers from the catalog when it can and verifies when it must."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        catalog: CatalogStore | None = None,
+        store: BlobStore | None = None,
+        schemes: frozenset[str] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = store or BlobStore(self.settings.cache_dir)
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db")
+        self.schemes = schemes
+        self._touched: dict[str, int] = {}
+
+    @classmethod
+    def file_only(cls, cache_dir: str | os.PathLike[str]) -> ModelProvisioner:
+        """A provisioner for local files only (no network schemes), with its catalog in ``cache_dir``."""
+        return cls(Settings.from_env(cache_dir=Path(cache_dir)), schemes=frozenset({"file"}))
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ModelProvisioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================================== public API
+    def ensure_present(
+        self,
+        ref: RefLike,
+        expected_digest: str | Digest | dict[str, str] | None = None,
+        strict: bool | None = None,
+    ) -> ResolvedModel:
+        """Make ``ref`` present and verified locally; return where it is.
+
+        A digest given means strict unless ``strict=False`` (advisory: mismatch warns, stays Active).
+        """
+        model_ref = parse(ref)
+        digest = Digest.parse(expected_digest) if expected_digest is not None else None
+        strict_mode = strict if strict is not None else digest is not None
+        entry = self.catalog.get(model_ref.id)
+        warm = self._warm(entry, digest, strict_mode)
+        if warm is not None:
+            return warm
+        with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
+            failpoints.failpoint("ensure.locked")
+            entry = self.catalog.get(model_ref.id)  # the holder before us may have done the work
+            warm = self._warm(entry, digest, strict_mode)
+            if warm is not None:
+                return warm
+            return self._materialise(model_ref, entry, digest, strict_mode)
+
+    def ensure_present_str(
+        self, ref: str, expected_digest: str | None = None, strict: bool | None = None
+    ) -> str:
+        """``ensure_present`` for callers that only want the local path as a string."""
+        return str(self.ensure_present(ref, expected_digest, strict).local_path)
+
+    def exists(self, ref: RefLike) -> bool:
+        return self.locate(ref) is not None
+
+    def locate(self, ref: RefLike) -> ResolvedModel | None:
+        """Where an Active model is, from the catalog and one stat: no hashing, no network.
+
+        Returns None when it is not provisioned, not Active, gone, or changed since it was verified.
+        """
+        entry = self.catalog.get(parse(ref).id)
+        if entry is None or entry.lifecycle is not Lifecycle.ACTIVE:
+            return None
+        try:
+            st = os.stat(entry.local_path)
+        except OSError:
+            return None
+        if entry.fingerprint is not None and fingerprint_of(st) != entry.fingerprint:
+            return None
+        return _resolved(entry, from_cache=True)
+
+    def entry(self, ref: RefLike) -> CatalogEntry | None:
+        return self.catalog.get(parse(ref).id)
+
+    def list_models(self) -> list[CatalogEntry]:
+        return self.catalog.entries()
+
+    def verify(self, ref: RefLike, expected_digest: str | Digest | None = None) -> VerificationReport:
+        """Re-hash a provisioned model and compare with what the catalog recorded (and the pinned digest)."""
+        model_id = parse(ref).id
+        with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
+            entry = self.catalog.get(model_id)
+            if entry is None:
+                raise NotFound(
+                    f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first"
+                )
+            return self._reverify(entry, Digest.parse(expected_digest) if expected_digest else None)
+
+    def evict(self, pattern: RefLike, *, dry_run: bool = False) -> list[str]:
+        """Remove catalog entries matching an id or a glob, and the store files only they used.
+
+        Files registered in place (``file:``) are never deleted: only forgotten.
+        """
+        if isinstance(pattern, str) and any(c in pattern for c in "*?["):
+            ids = [e.id for e in self.catalog.entries() if fnmatch.fnmatchcase(e.id, pattern)]
+        else:
+            model_id = parse(pattern).id
+            ids = [model_id] if self.catalog.get(model_id) is not None else []
+        if dry_run:
+            return ids
+        removed: list[str] = []
+        for model_id in ids:
+            with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
+                entry = self.catalog.get(model_id)
+                if entry is None:
+                    continue
+                self.catalog.delete(model_id)
+                self._drop_store_files(entry)
+                removed.append(model_id)
+                log.info("evicted %s", model_id)
+        return removed
+
+    def register_model(
+        self,
+        ref: RefLike,
+        local_path: str | os.PathLike[str] | None = None,
+        expected_digest: str | Digest | None = None,
+        strict: bool | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ResolvedModel:
+        """Register bytes you already have under a model ref.
+
+        For a ``file:`` ref this is ``ensure_present``. For any other ref (``hf:…``, ``https://…``) the
+        file at ``local_path`` is copied into the blob store (hashing while copying), verified, viewed and
+        recorded, so that later ``ensure`` calls of that ref are answered locally, offline included.
+        """
+        model_ref = parse(ref)
+        digest = Digest.parse(expected_digest) if expected_digest is not None else None
+        strict_mode = strict if strict is not None else digest is not None
+        if isinstance(model_ref, FileRef):
+            if local_path is not None and os.path.realpath(local_path) != model_ref.path:
+                raise InvalidInput(f"{model_ref.id} is a local file; register it without a separate path")
+            resolved = self.ensure_present(model_ref, digest, strict_mode)
+        else:
+            if local_path is None:
+                raise InvalidInput(f"registering {model_ref.id} needs the local file that holds its bytes")
+            with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
+                resolved = self._import_into_store(model_ref, Path(local_path), digest, strict_mode)
+        if metadata:
+            entry = self.catalog.get(resolved.id)
+            if entry is not None:
+                merged = {**entry.metadata, **metadata}
+                self.catalog.put(replace(entry, metadata=merged))
+                resolved = replace(resolved, metadata=merged)
+        return resolved
+
+    # ============================================================================== the warm path
+    def _warm(self, entry: CatalogEntry | None, digest: Digest | None, strict: bool) -> ResolvedModel | None:
+        """Active + fingerprint unchanged + (no digest asked, or the one we verified) -> answer now."""
+        if entry is None or entry.lifecycle is not Lifecycle.ACTIVE:
+            return None
+        if digest is not None and str(digest) not in (entry.digest, entry.expected_digest):
+            return None
+        if digest is not None and strict and entry.verification == "mismatch_advisory":
+            return None
+        try:
+            st = os.stat(entry.local_path)
+        except OSError:
+            return None
+        if entry.fingerprint is not None and fingerprint_of(st) != entry.fingerprint:
+            return None
+        now = now_ms()
+        if now - max(entry.last_used_ms, self._touched.get(entry.id, 0)) >= self.settings.touch_interval_ms:
+            self.catalog.touch(entry.id, now)
+            self._touched[entry.id] = now
+        return _resolved(entry, from_cache=True)
+
+    # ============================================================================ materialisation
+    def _materialise(
+        self, ref: ModelRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool
+    ) -> ResolvedModel:
+        if self.schemes is not None and ref.scheme not in self.schemes:
+            raise UnsupportedScheme(
+                f"{ref.id}: this provisioner was created for {', '.join(sorted(self.schemes))} refs only"
+            )
+        if isinstance(ref, FileRef):
+            with fetch_slot(
+                self.store.locks_dir, self.settings.max_parallel_fetches, self.settings.lock_timeout_s
+            ):
+                return self._provision_local_file(ref, entry, digest, strict)
+        if isinstance(ref, HfRef | UrlRef | S3Ref | OciRef):
+            raise UnsupportedScheme(
+                f"{ref.id}: fetching {ref.scheme}: refs is not supported yet in this build; "
+                "download the file yourself and register it (ModelProvisioner.register_model), or use a local path"
+            )
+        raise UnsupportedScheme(f"{ref.id}: no fetcher for scheme {ref.scheme!r}")
+
+    def _provision_local_file(
+        self, ref: FileRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool
+    ) -> ResolvedModel:
+        path = ref.local_path
+        st = _stat_model_file(path, ref.id)
+        # a pin in force from an earlier run still applies when the caller does not repeat it; a digest
+        # that failed the first time it was given never becomes a pin
+        prior_pin = entry.expected_digest if entry is not None and entry.verification == "verified" else None
+        if digest is None and entry is not None and entry.expected_digest and prior_pin:
+            digest = Digest.parse(entry.expected_digest)
+            strict = entry.strict
+        fingerprint = fingerprint_of(st)
+        known: FileHash | None = None
+        if (
+            entry is not None
+            and entry.fingerprint == fingerprint
+            and entry.digest
+            and entry.verification not in ("corrupt", "empty", "unsupported")
+            and (digest is None or digest.algo == "sha256")
+        ):
+            # unchanged bytes, only the question changed (e.g. a digest now given): no need to re-hash
+            known = FileHash(Digest.parse(entry.digest), entry.size_bytes, {})
+        base = self._pending(ref, entry, str(path), digest, strict)
+        return self._verify_and_commit(
+            ref, base, path, st, digest, strict, known, blob=None, prior_pin=prior_pin
+        )
+
+    def _import_into_store(
+        self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool
+    ) -> ResolvedModel:
+        st = _stat_model_file(source, str(source))
+        entry = self.catalog.get(ref.id)
+        base = self._pending(ref, entry, str(source), digest, strict)
+        try:
+            # strict: a mismatch is refused before anything reaches the store
+            blob, sha_hex, size = self.store.import_file(source, digest if strict else None, ref.id)
+        except DigestMismatch as exc:
+            self._fail(base, _Check("fail", "mismatch", exc), None, st.st_size)
+            raise
+        known = FileHash(Digest.sha256(sha_hex), size, {})
+        if digest is not None and digest.algo != "sha256":
+            known = hash_file(blob, [digest.algo])
+        return self._verify_and_commit(
+            ref, base, blob, blob.stat(), digest, strict, known, blob=sha_hex, source_name=source.name
+        )
+
+    def _pending(
+        self, ref: ModelRef, entry: CatalogEntry | None, path: str, digest: Digest | None, strict: bool
+    ) -> CatalogEntry:
+        now = now_ms()
+        pending = CatalogEntry(
+            id=ref.id,
+            ref=ref.id,
+            scheme=ref.scheme,
+            local_path=entry.local_path if entry is not None else path,
+            lifecycle=Lifecycle.PENDING,
+            expected_digest=str(digest) if digest else None,
+            strict=strict,
+            created_ms=entry.created_ms if entry is not None else now,
+            last_used_ms=now,
+            digest=entry.digest if entry is not None else None,
+            size_bytes=entry.size_bytes if entry is not None else 0,
+            format=entry.format if entry is not None else "unknown",
+            metadata=entry.metadata if entry is not None else {},
+            blob=entry.blob if entry is not None else None,
+        )
+        self.catalog.put(pending)
+        return pending
+
+    def _verify_and_commit(
+        self,
+        ref: ModelRef,
+        base: CatalogEntry,
+        path: Path,
+        st: os.stat_result,
+        digest: Digest | None,
+        strict: bool,
+        known: FileHash | None,
+        blob: str | None,
+        source_name: str = "",
+        prior_pin: str | None = None,
+    ) -> ResolvedModel:
+        subject = ref.id
+        bytes_hashed = 0
+        if st.st_size == 0:
+            err = VerificationFailed(
+                f"{subject}: the file is empty (0 bytes), so it cannot be a model; "
+                "re-download or re-export it",
+                reason="empty",
+            )
+            self._fail(base, _Check("fail", "empty", err), None, 0, new_blob=blob)
+            raise err
+        if known is None:
+            known = hash_file(path, [digest.algo] if digest is not None else [])
+            bytes_hashed = known.size_bytes
+            failpoints.failpoint("ensure.hashed")
+            if fingerprint_of(os.stat(path)) != fingerprint_of(st):
+                raise VerificationFailed(
+                    f"{subject}: the file changed while it was being hashed; wait for the writer to finish "
+                    "and run ensure again",
+                    reason="changed",
+                )
+        try:
+            fmt = inspect_file(path, subject)
+        except UnsupportedFormat as exc:
+            self._fail(base, _Check("fail", "unsupported", exc), known, bytes_hashed, new_blob=blob)
+            raise
+        except CorruptModel as exc:
+            self._fail(base, _Check("fail", "corrupt", exc), known, bytes_hashed, new_blob=blob)
+            raise
+        check = _compare(subject, known, digest, strict, owned=blob is not None)
+        if check.result == "fail":
+            self._fail(
+                replace(base, expected_digest=prior_pin), check, known, bytes_hashed, fmt=fmt, new_blob=blob
+            )
+            assert check.error is not None
+            raise check.error
+        for message in check.warnings:
+            log.warning(message)
+        local_path = path
+        if blob is not None:
+            local_path = self._link_view(ref, source_name or path.name, blob, fmt)
+            st = os.stat(local_path)
+        failpoints.failpoint("ensure.before_commit")
+        now = now_ms()
+        active = replace(
+            base,
+            local_path=str(local_path),
+            lifecycle=Lifecycle.ACTIVE,
+            digest=str(known.sha256),
+            size_bytes=known.size_bytes,
+            format=fmt.format,
+            verification=check.reason,
+            last_verified_ms=now,
+            fingerprint=fingerprint_of(st),
+            metadata={**fmt.metadata, "format": fmt.format},
+            blob=blob,
+            error=None,
+        )
+        if base.blob and base.blob != blob:
+            self._drop_blob_if_unused(base.blob, active.id)
+        self.catalog.put(active)
+        self.catalog.record_verification(
+            VerificationRecord(active.id, now, check.result, check.reason, active.digest, bytes_hashed)
+        )
+        return _resolved(active, from_cache=False)
+
+    def _link_view(self, ref: ModelRef, source_name: str, blob: str, fmt: FormatInfo) -> Path:
+        file_name = view_name(_ref_file_name(ref, source_name), fmt.format)
+        top = "gguf" if fmt.format == "gguf" else "files"
+        return self.store.link_view(blob, f"{top}/{_ref_namespace(ref)}/{file_name}@{blob}")
+
+    def _fail(
+        self,
+        base: CatalogEntry,
+        check: _Check,
+        known: FileHash | None,
+        bytes_hashed: int,
+        fmt: FormatInfo | None = None,
+        new_blob: str | None = None,
+    ) -> None:
+        """Record a Failed entry; nothing of ours stays at a final path (views removed, blob kept only
+        while another entry uses it)."""
+        now = now_ms()
+        if base.blob:
+            self._drop_store_files(base)
+        failed = replace(
+            base,
+            lifecycle=Lifecycle.FAILED,
+            digest=str(known.sha256) if known else base.digest,
+            size_bytes=known.size_bytes if known else base.size_bytes,
+            format=fmt.format if fmt else base.format,
+            verification=check.reason,
+            last_verified_ms=now,
+            fingerprint=None,
+            blob=None,
+            local_path=base.local_path if base.scheme == "file" else "",
+            error=str(check.error) if check.error else None,
+        )
+        self.catalog.put(failed)
+        if new_blob is not None:
+            self._drop_blob_if_unused(new_blob, base.id)
+        self.catalog.record_verification(
+            VerificationRecord(base.id, now, "fail", check.reason, failed.digest, bytes_hashed)
+        )
+
+    # ============================================================================= verify / evict
+    def _reverify(self, entry: CatalogEntry, digest: Digest | None) -> VerificationReport:
+        path = Path(entry.local_path)
+        expected = digest or (Digest.parse(entry.expected_digest) if entry.expected_digest else None)
+        recorded = Digest.parse(entry.digest) if entry.digest else None
+        if not entry.local_path or not path.is_file():
+            message = f"{entry.id}: {entry.local_path or 'its file'} is missing; run ensure to restore it"
+            self._mark_failed(entry, "missing", message, 0, None)
+            return VerificationReport(
+                entry.id, False, "missing", str(expected or recorded), None, entry.local_path, message
+            )
+        st = path.stat()
+        algos = [expected.algo] if expected is not None else []
+        actual = hash_file(path, algos)
+        failures: list[str] = []
+        if recorded is not None and actual.sha256 != recorded:
+            failures.append(f"recorded {recorded}, now {actual.sha256}")
+        if expected is not None and actual.get(expected.algo) != expected:
+            failures.append(f"expected {expected}, got {actual.get(expected.algo)}")
+        now = now_ms()
+        if failures:
+            message = f"{entry.id}: verification failed ({'; '.join(failures)}) at {path}"
+            self._mark_failed(entry, "mismatch", message, actual.size_bytes, actual)
+            return VerificationReport(
+                entry.id, False, "mismatch", str(expected or recorded), str(actual.sha256), str(path), message
+            )
+        updated = replace(
+            entry,
+            lifecycle=Lifecycle.ACTIVE,
+            last_verified_ms=now,
+            fingerprint=fingerprint_of(st),
+            error=None,
+        )
+        self.catalog.put(updated)
+        self.catalog.record_verification(
+            VerificationRecord(entry.id, now, "pass", "verified", str(actual.sha256), actual.size_bytes)
+        )
+        return VerificationReport(
+            entry.id,
+            True,
+            "verified",
+            str(expected or recorded),
+            str(actual.sha256),
+            str(path),
+            f"{entry.id}: ok ({actual.sha256})",
+        )
+
+    def _mark_failed(
+        self, entry: CatalogEntry, reason: str, message: str, bytes_hashed: int, actual: FileHash | None
+    ) -> None:
+        now = now_ms()
+        if entry.blob:
+            self._drop_store_files(entry, keep_blob=True)
+        self.catalog.put(
+            replace(
+                entry,
+                lifecycle=Lifecycle.FAILED,
+                verification=reason,
+                last_verified_ms=now,
+                error=message,
+                fingerprint=None,
+                local_path=entry.local_path if entry.scheme == "file" else "",
+            )
+        )
+        self.catalog.record_verification(
+            VerificationRecord(
+                entry.id, now, "fail", reason, str(actual.sha256) if actual else None, bytes_hashed
+            )
+        )
+        log.error(message)
+
+    def _drop_store_files(self, entry: CatalogEntry, keep_blob: bool = False) -> None:
+        if entry.blob is None:
+            return  # registered in place: the user's file is never ours to delete
+        if entry.local_path:
+            self.store.remove_view(entry.local_path)
+        if not keep_blob:
+            self._drop_blob_if_unused(entry.blob, entry.id)
+
+    def _drop_blob_if_unused(self, blob: str, except_id: str) -> None:
+        users = self.catalog.blob_refcount(blob)
+        current = self.catalog.get(except_id)
+        if current is not None and current.blob == blob:
+            users -= 1
+        if users <= 0:
+            self.store.remove_blob(blob)
+
+
+# ================================================================================== helpers
+def _resolved(entry: CatalogEntry, *, from_cache: bool) -> ResolvedModel:
+    return ResolvedModel(
+        id=entry.id,
+        local_path=Path(entry.local_path),
+        digest=entry.digest or "",
+        size_bytes=entry.size_bytes,
+        metadata=entry.metadata,
+        lifecycle=entry.lifecycle,
+        verification=entry.verification,
+        format=entry.format,
+        from_cache=from_cache,
+    )
+
+
+def _stat_model_file(path: Path, subject: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(
+            f"model file not found: {path} (from {subject}); check the path or the working directory"
+        ) from None
+    except PermissionError:
+        raise InvalidInput(
+            f"cannot access {path}: permission denied; fix its permissions or run as its owner"
+        ) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot access {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidInput(f"{path} is a directory; give the model file inside it (e.g. {path}/model.gguf)")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"{path} is not a regular file (device, FIFO or socket); give a model file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise InvalidInput(
+            f"cannot read {path}: permission denied; fix its permissions (chmod a+r) or run as its owner"
+        ) from None
+    return st
+
+
+def _compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool, *, owned: bool) -> _Check:
+    if digest is None:
+        return _Check(
+            "warn",
+            "recorded",
+            warnings=[
+                f"{subject}: no expected digest given; recorded {actual.sha256} "
+                f"(pass --digest {actual.sha256} to verify future runs)"
+            ],
+        )
+    got = actual.get(digest.algo)
+    if got == digest:
+        return _Check("pass", "verified")
+    if strict:
+        action = (
+            "removed it from the cache" if owned else "marked the entry Failed (your file was left untouched)"
+        )
+        hint = "; check the digest or the file, or pass --no-strict"
+        return _Check("fail", "mismatch", DigestMismatch(subject, str(digest), str(got), action + hint))
+    return _Check(
+        "warn",
+        "mismatch_advisory",
+        warnings=[f"{subject}: digest mismatch (advisory): expected {digest}, got {got}; kept as Active"],
+    )
+
+
+def _ref_namespace(ref: ModelRef) -> str:
+    """Directory of a ref's view, e.g. ``org/repo`` for hf, ``host/dir`` for https."""
+    if isinstance(ref, HfRef):
+        return ref.repo_id
+    if isinstance(ref, UrlRef):
+        parent = ref.path.rsplit("/", 1)[0].strip("/")
+        return ref.host.replace(":", "_") + (f"/{parent}" if parent else "")
+    if isinstance(ref, S3Ref):
+        parent = ref.key.rstrip("/").rsplit("/", 1)[0] if "/" in ref.key.rstrip("/") else ""
+        return ref.bucket + (f"/{parent}" if parent else "")
+    if isinstance(ref, OciRef):
+        return f"{ref.registry.replace(':', '_')}/{ref.repository}"
+    return "local"
+
+
+def _ref_file_name(ref: ModelRef, fallback: str) -> str:
+    if isinstance(ref, HfRef) and ref.path:
+        return ref.path.rsplit("/", 1)[-1]
+    if isinstance(ref, UrlRef | S3Ref):
+        name = ref.display_name
+        return name or fallback
+    return fallback
+
+
+def elapsed_ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

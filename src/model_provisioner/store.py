@@ -1,0 +1,178 @@
+"""The content-addressed blob store and its engine views (DESIGN §4).
+
+The store owns the cache directory: ``blobs/sha256/<hex>`` (read-only files), views that are hard links
+to blobs, ``partial/`` for files being written and ``locks/``. Every write is atomic: a temp file in the
+same filesystem, fsync, rename, fsync of the directory. Nothing half-written is ever at a final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from .digest import Digest
+from .errors import DigestMismatch, InsufficientSpace, InvalidInput
+
+BLOB_MODE = 0o444
+COPY_CHUNK = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.partial_dir = self.root / "partial"
+        self.locks_dir = self.root / "locks"
+
+    def ensure_layout(self) -> None:
+        for directory in (self.blobs_dir, self.partial_dir, self.locks_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------------------ blobs
+    def blob_path(self, sha256_hex: str) -> Path:
+        Digest.sha256(sha256_hex)  # validates: a blob name is never anything but 64 hex characters
+        return self.blobs_dir / sha256_hex
+
+    def has_blob(self, sha256_hex: str) -> bool:
+        return self.blob_path(sha256_hex).is_file()
+
+    @contextlib.contextmanager
+    def partial_file(self, label: str = "blob") -> Iterator[tuple[Path, IO[bytes]]]:
+        """A fresh temp file in ``partial/``; removed on error unless it was committed."""
+        self.ensure_layout()
+        safe_label = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)[:80]
+        path = self.partial_dir / f"{safe_label}.{uuid.uuid4().hex}.part"
+        fh = open(path, "xb")  # noqa: SIM115 - closed below, and on every error path
+        try:
+            yield path, fh
+        except BaseException:
+            fh.close()
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            if not fh.closed:
+                fh.close()
+
+    def commit_blob(self, tmp_path: Path, sha256_hex: str) -> Path:
+        """fsync ``tmp_path``, make it read-only and rename it to its blob path (atomic).
+
+        If the blob already exists (another writer won), the temp file is dropped: same bytes.
+        """
+        final = self.blob_path(sha256_hex)
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp_path, BLOB_MODE)
+        if final.exists():
+            tmp_path.unlink(missing_ok=True)
+            return final
+        os.replace(tmp_path, final)
+        fsync_dir(self.blobs_dir)
+        return final
+
+    def import_file(self, source: Path, expected: Digest | None, subject: str) -> tuple[Path, str, int]:
+        """Copy ``source`` into the store while hashing (one pass). Returns (blob, sha256 hex, size).
+
+        An expected digest that does not match raises DigestMismatch and leaves nothing behind.
+        """
+        size = source.stat().st_size
+        self.check_free_space(size)
+        hasher = hashlib.sha256()
+        other = hashlib.new(expected.algo) if expected is not None and expected.algo != "sha256" else None
+        with self.partial_file(source.name) as (tmp, out), open(source, "rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                hasher.update(chunk)
+                if other is not None:
+                    other.update(chunk)
+                out.write(chunk)
+            out.close()
+            sha_hex = hasher.hexdigest()
+            if expected is not None:
+                actual = (
+                    Digest("sha256", sha_hex) if other is None else Digest(expected.algo, other.hexdigest())
+                )
+                if actual != expected:
+                    raise DigestMismatch(subject, str(expected), str(actual), "nothing was stored")
+            blob = self.commit_blob(tmp, sha_hex)
+        return blob, sha_hex, size
+
+    def remove_blob(self, sha256_hex: str) -> int:
+        path = self.blob_path(sha256_hex)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def check_free_space(self, needed: int) -> None:
+        self.ensure_layout()
+        available = shutil.disk_usage(self.partial_dir).free
+        if needed > available:
+            raise InsufficientSpace(str(self.root), needed, available)
+
+    # ------------------------------------------------------------------------------------------ views
+    def safe_path(self, rel: str) -> Path:
+        """Join ``rel`` under the cache root, refusing traversal and symlinks planted on the way."""
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in rel:
+            raise InvalidInput(f"refusing cache path {rel!r}: it must stay inside {self.root}")
+        current = self.root
+        for part in parts[:-1]:
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(mode):
+                raise InvalidInput(f"refusing cache path {rel!r}: {current} is not a plain directory")
+        return self.root / rel
+
+    def link_view(self, sha256_hex: str, rel: str) -> Path:
+        """Hard-link blob ``sha256_hex`` at ``<cache>/<rel>`` atomically (replacing what was there)."""
+        target = self.safe_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        os.link(self.blob_path(sha256_hex), tmp)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        return target
+
+    def remove_view(self, path: str | os.PathLike[str]) -> None:
+        """Remove a view file if it lies inside the cache; prune empty parent directories."""
+        p = Path(path)
+        if not p.is_relative_to(self.root) or p.is_relative_to(self.blobs_dir):
+            return
+        p.unlink(missing_ok=True)
+        parent = p.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+
+def view_name(file_name: str, fmt: str) -> str:
+    """Legacy ``.bin``/``.ggml`` files with GGUF magic are viewed as ``.gguf``."""
+    if fmt == "gguf" and not file_name.lower().endswith(".gguf"):
+        stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+        return stem + ".gguf"
+    return file_name
