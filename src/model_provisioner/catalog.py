@@ -134,9 +134,7 @@ class SqliteCatalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -195,9 +193,7 @@ class SqliteCatalog:
 
     def blob_refcount(self, sha256_hex: str) -> int:
         with self._lock:
-            return int(
-                self._conn.execute("SELECT COUNT(*) FROM models WHERE blob = ?", (sha256_hex,)).fetchone()[0]
-            )
+            return int(self._conn.execute("SELECT COUNT(*) FROM models WHERE blob = ?", (sha256_hex,)).fetchone()[0])
 
     def verifications(self, model_id: str) -> list[VerificationRecord]:
         with self._lock:
@@ -225,9 +221,7 @@ class SqliteCatalog:
 
     def touch(self, model_id: str, ts_ms: int) -> None:
         with self._write() as conn:
-            conn.execute(
-                "UPDATE models SET last_used_ms = MAX(last_used_ms, ?) WHERE id = ?", (ts_ms, model_id)
-            )
+            conn.execute("UPDATE models SET last_used_ms = MAX(last_used_ms, ?) WHERE id = ?", (ts_ms, model_id))
 
     def record_verification(self, record: VerificationRecord) -> None:
         with self._write() as conn:

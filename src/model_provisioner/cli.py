@@ -136,9 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser(
-        "provision", parents=[common], help="provision from a config file and write the handoff"
-    )
+    p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
     p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
     p.set_defaults(func=cmd_provision)
@@ -192,8 +190,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
     if not args.quiet and not args.json:
         how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
         sys.stderr.write(
-            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, "
-            f"{_human_size(resolved.size_bytes)}, {took} ms\n"
+            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, {_human_size(resolved.size_bytes)}, {took} ms\n"
         )
     _emit(args, resolved.as_json(engine), str(resolved.local_path))
     return 0
@@ -288,9 +285,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for key, value in payload.items():
             if key == "metadata":
                 for mkey, mvalue in value.items():
-                    sys.stdout.write(
-                        f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n"
-                    )
+                    sys.stdout.write(f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n")
             elif key != "verifications":
                 sys.stdout.write(f"{key}: {value}\n")
     return 0
@@ -301,8 +296,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         resolved = prov.locate(args.ref)
     if resolved is None:
         raise NotFound(
-            f"{args.ref} is not provisioned here (or changed since it was verified); "
-            f"run `{PROG} ensure {args.ref}`"
+            f"{args.ref} is not provisioned here (or changed since it was verified); run `{PROG} ensure {args.ref}`"
         )
     _emit(args, resolved.as_json(), str(resolved.local_path))
     return 0

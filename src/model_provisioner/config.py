@@ -138,9 +138,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         raise ConfigError(path, unknown[0], f"unknown field; allowed fields: {', '.join(sorted(allowed))}")
     raw_ref = data.get("model_ref")
     if not isinstance(raw_ref, str) or not raw_ref.strip():
-        raise ConfigError(
-            path, "model_ref", "required: a model reference such as ./model.gguf or hf:org/repo"
-        )
+        raise ConfigError(path, "model_ref", "required: a model reference such as ./model.gguf or hf:org/repo")
     try:
         # relative paths in a config are relative to the config file, not to wherever it is run from
         model_ref = parse(raw_ref, cwd=os.path.dirname(os.path.abspath(path)))

@@ -47,9 +47,7 @@ class Digest:
             algo = value.get("algo", value.get("algorithm"))
             hex_value = value.get("value", value.get("hex"))
             if not isinstance(algo, str) or not isinstance(hex_value, str):
-                raise InvalidDigest(
-                    dict(value), 'expected {"algo": "sha256", "value": "<hex>"} with string fields'
-                )
+                raise InvalidDigest(dict(value), 'expected {"algo": "sha256", "value": "<hex>"} with string fields')
             hex_value = hex_value.strip()
             if hex_value.lower().startswith(algo.lower() + ":"):
                 hex_value = hex_value.split(":", 1)[1]

@@ -46,7 +46,7 @@ from .store import BlobStore, view_name
 
 log = logging.getLogger("model_provisioner")
 
-RefLike = str | ModelRef
+RefLike = str | os.PathLike[str] | ModelRef
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class ModelProvisioner:
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.store = store or BlobStore(self.settings.cache_dir)
-        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.store.ensure_layout()
         self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db")
         self.schemes = schemes
         self._touched: dict[str, int] = {}
@@ -159,9 +159,7 @@ class ModelProvisioner:
                 return warm
             return self._materialise(model_ref, entry, digest, strict_mode)
 
-    def ensure_present_str(
-        self, ref: str, expected_digest: str | None = None, strict: bool | None = None
-    ) -> str:
+    def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
         """``ensure_present`` for callers that only want the local path as a string."""
         return str(self.ensure_present(ref, expected_digest, strict).local_path)
 
@@ -196,9 +194,7 @@ class ModelProvisioner:
         with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
             entry = self.catalog.get(model_id)
             if entry is None:
-                raise NotFound(
-                    f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first"
-                )
+                raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
             return self._reverify(entry, Digest.parse(expected_digest) if expected_digest else None)
 
     def evict(self, pattern: RefLike, *, dry_run: bool = False) -> list[str]:
@@ -289,14 +285,14 @@ class ModelProvisioner:
                 f"{ref.id}: this provisioner was created for {', '.join(sorted(self.schemes))} refs only"
             )
         if isinstance(ref, FileRef):
-            with fetch_slot(
-                self.store.locks_dir, self.settings.max_parallel_fetches, self.settings.lock_timeout_s
-            ):
+            with fetch_slot(self.store.locks_dir, self.settings.max_parallel_fetches, self.settings.lock_timeout_s):
+                failpoints.failpoint("fetch.slot")
                 return self._provision_local_file(ref, entry, digest, strict)
         if isinstance(ref, HfRef | UrlRef | S3Ref | OciRef):
             raise UnsupportedScheme(
                 f"{ref.id}: fetching {ref.scheme}: refs is not supported yet in this build; "
-                "download the file yourself and register it (ModelProvisioner.register_model), or use a local path"
+                "download the file yourself and register it (ModelProvisioner.register_model), "
+                "or use a local path"
             )
         raise UnsupportedScheme(f"{ref.id}: no fetcher for scheme {ref.scheme!r}")
 
@@ -323,13 +319,9 @@ class ModelProvisioner:
             # unchanged bytes, only the question changed (e.g. a digest now given): no need to re-hash
             known = FileHash(Digest.parse(entry.digest), entry.size_bytes, {})
         base = self._pending(ref, entry, str(path), digest, strict)
-        return self._verify_and_commit(
-            ref, base, path, st, digest, strict, known, blob=None, prior_pin=prior_pin
-        )
+        return self._verify_and_commit(ref, base, path, st, digest, strict, known, blob=None, prior_pin=prior_pin)
 
-    def _import_into_store(
-        self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool
-    ) -> ResolvedModel:
+    def _import_into_store(self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool) -> ResolvedModel:
         st = _stat_model_file(source, str(source))
         entry = self.catalog.get(ref.id)
         base = self._pending(ref, entry, str(source), digest, strict)
@@ -386,8 +378,7 @@ class ModelProvisioner:
         bytes_hashed = 0
         if st.st_size == 0:
             err = VerificationFailed(
-                f"{subject}: the file is empty (0 bytes), so it cannot be a model; "
-                "re-download or re-export it",
+                f"{subject}: the file is empty (0 bytes), so it cannot be a model; re-download or re-export it",
                 reason="empty",
             )
             self._fail(base, _Check("fail", "empty", err), None, 0, new_blob=blob)
@@ -412,9 +403,7 @@ class ModelProvisioner:
             raise
         check = _compare(subject, known, digest, strict, owned=blob is not None)
         if check.result == "fail":
-            self._fail(
-                replace(base, expected_digest=prior_pin), check, known, bytes_hashed, fmt=fmt, new_blob=blob
-            )
+            self._fail(replace(base, expected_digest=prior_pin), check, known, bytes_hashed, fmt=fmt, new_blob=blob)
             assert check.error is not None
             raise check.error
         for message in check.warnings:
@@ -551,9 +540,7 @@ class ModelProvisioner:
             )
         )
         self.catalog.record_verification(
-            VerificationRecord(
-                entry.id, now, "fail", reason, str(actual.sha256) if actual else None, bytes_hashed
-            )
+            VerificationRecord(entry.id, now, "fail", reason, str(actual.sha256) if actual else None, bytes_hashed)
         )
         log.error(message)
 
@@ -630,9 +617,7 @@ def _compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool
     if got == digest:
         return _Check("pass", "verified")
     if strict:
-        action = (
-            "removed it from the cache" if owned else "marked the entry Failed (your file was left untouched)"
-        )
+        action = "removed it from the cache" if owned else "marked the entry Failed (your file was left untouched)"
         hint = "; check the digest or the file, or pass --no-strict"
         return _Check("fail", "mismatch", DigestMismatch(subject, str(digest), str(got), action + hint))
     return _Check(

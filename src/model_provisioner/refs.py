@@ -35,9 +35,7 @@ _HF_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _HF_REV_RE = re.compile(r"[A-Za-z0-9._/-]{1,256}")
 _QUANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_OCI_HOST_RE = re.compile(
-    r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?"
-)
+_OCI_HOST_RE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?")
 _OCI_REPO_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _OCI_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
@@ -121,9 +119,7 @@ class HfRef(ModelRef):
     def __post_init__(self) -> None:
         original = self.repo_id
         parts = self.repo_id.split("/")
-        if len(parts) != 2 or not all(
-            _HF_NAME_RE.fullmatch(p) and ".." not in p and "--" not in p for p in parts
-        ):
+        if len(parts) != 2 or not all(_HF_NAME_RE.fullmatch(p) and ".." not in p and "--" not in p for p in parts):
             raise InvalidModelRef(
                 original,
                 "expected a Hub repo id ORG/NAME (letters, digits, '.', '_', '-'; "
@@ -131,13 +127,7 @@ class HfRef(ModelRef):
             )
         if self.revision is not None:
             rev = self.revision
-            if (
-                not _HF_REV_RE.fullmatch(rev)
-                or ".." in rev
-                or rev.startswith("/")
-                or rev.endswith("/")
-                or "//" in rev
-            ):
+            if not _HF_REV_RE.fullmatch(rev) or ".." in rev or rev.startswith("/") or rev.endswith("/") or "//" in rev:
                 raise InvalidModelRef(
                     rev, "revision must be a branch, tag or commit (letters, digits, '.', '_', '-', '/')"
                 )
@@ -195,14 +185,15 @@ class UrlRef(ModelRef):
             raise InvalidModelRef(self.host, "URL host must be a lower-case host name or IP address")
         if self.port is not None and not 0 < self.port < 65536:
             raise InvalidModelRef(str(self.port), "URL port must be between 1 and 65535")
+        if self.port == {"https": 443, "http": 80}[self.url_scheme]:
+            object.__setattr__(self, "port", None)  # canonical: the default port is implied
         if not self.path.startswith("/") or self.path.endswith("/"):
             raise InvalidModelRef(self.path, "URL path must name a file (e.g. /models/m.gguf)")
         _check_segments(self.path, self.path[1:], "URL path")
 
     @property
     def netloc(self) -> str:
-        default = {"https": 443, "http": 80}[self.url_scheme]
-        return self.host if self.port in (None, default) else f"{self.host}:{self.port}"
+        return self.host if self.port is None else f"{self.host}:{self.port}"
 
     @property
     def id(self) -> str:
@@ -291,13 +282,19 @@ class OciRef(ModelRef):
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def parse(text: str | ModelRef, *, cwd: str | os.PathLike[str] | None = None) -> ModelRef:
+def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str] | None = None) -> ModelRef:
     """Parse any supported reference form into a typed :class:`ModelRef`.
 
-    Raises :class:`InvalidModelRef` (a ``ValueError``) whose message quotes the input.
+    A ``pathlib.Path`` (any ``os.PathLike``) is a local file. Raises :class:`InvalidModelRef`
+    (a ``ValueError``) whose message quotes the input.
     """
     if isinstance(text, ModelRef):
         return text
+    if isinstance(text, os.PathLike):
+        path = os.fspath(text)
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidModelRef(repr(text), "a local path must be a non-empty text path")
+        return _parse_local(path, path, cwd)
     if not isinstance(text, str):
         raise InvalidModelRef(repr(text), "a model reference must be a string")
     original = text
@@ -327,9 +324,7 @@ def parse(text: str | ModelRef, *, cwd: str | os.PathLike[str] | None = None) ->
             raise
         raise InvalidModelRef(original, exc.problem) from None
     hint = "" if "://" in text else f" (a local file whose name contains ':' can be written ./{text})"
-    raise InvalidModelRef(
-        original, f"unsupported scheme {scheme!r}; supported forms: {SUPPORTED_FORMS}{hint}"
-    )
+    raise InvalidModelRef(original, f"unsupported scheme {scheme!r}; supported forms: {SUPPORTED_FORMS}{hint}")
 
 
 def _parse_local(original: str, text: str, cwd: str | os.PathLike[str] | None) -> FileRef:

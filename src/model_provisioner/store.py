@@ -105,9 +105,7 @@ class BlobStore:
             out.close()
             sha_hex = hasher.hexdigest()
             if expected is not None:
-                actual = (
-                    Digest("sha256", sha_hex) if other is None else Digest(expected.algo, other.hexdigest())
-                )
+                actual = Digest("sha256", sha_hex) if other is None else Digest(expected.algo, other.hexdigest())
                 if actual != expected:
                     raise DigestMismatch(subject, str(expected), str(actual), "nothing was stored")
             blob = self.commit_blob(tmp, sha_hex)

@@ -164,11 +164,7 @@ class GGUFInfo:
         match = SPLIT_NAME_RE.search(file_name)
         if isinstance(split_count, int) or match:
             out["split"] = {
-                "count": split_count
-                if isinstance(split_count, int)
-                else int(match.group(2))
-                if match
-                else None,
+                "count": split_count if isinstance(split_count, int) else int(match.group(2)) if match else None,
                 "index": self.kv.get("split.no", int(match.group(1)) - 1 if match else None),
                 "tensors_total": self.kv.get("split.tensors.count"),
             }
@@ -333,6 +329,4 @@ def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
             f"truncated GGUF: tensor data ends at byte {data_start + data_end} but the file has {size} "
             "bytes; the file is incomplete, re-download it",
         )
-    return GGUFInfo(
-        version=version, tensor_count=tensor_count, kv=kv, tensor_types=tensor_types, data_bytes=data_end
-    )
+    return GGUFInfo(version=version, tensor_count=tensor_count, kv=kv, tensor_types=tensor_types, data_bytes=data_end)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Everything the tests need, then every test: lint (ruff), types (mypy), pytest.
+# This is the README's test command; .ci/run calls it on a clean clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # util-linux's setpriv lets the root test run drop its DAC capabilities (unreadable-file test)
+  need=()
+  command -v setpriv >/dev/null || need+=(util-linux)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  fi
+fi
+python3 -m pip install -q -e '.[test]'
+python3 -m ruff check src tests bench examples
+python3 -m mypy
+python3 -m pytest "$@"

@@ -1,0 +1,128 @@
+"""GGUF metadata through the public API and CLI, checked against the gguf package's own reader."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model_provisioner import CorruptModel, UnsupportedFormat
+from model_provisioner.formats import inspect_file
+from model_provisioner.formats.gguf import FILE_TYPES, GGML_TYPES, read_gguf
+
+from .conftest import EXAMPLE_GGUF
+
+
+def test_shipped_example_is_a_real_gguf_with_its_metadata() -> None:
+    reference = gguf.GGUFReader(str(EXAMPLE_GGUF))
+    ours = inspect_file(EXAMPLE_GGUF)
+    assert ours.format == "gguf"
+    meta = ours.metadata
+    assert meta["architecture"] == "llama" == bytes(reference.fields["general.architecture"].parts[-1]).decode()
+    assert meta["ctx_max"] == 4096 == int(reference.fields["llama.context_length"].parts[-1][0])
+    assert meta["tokenizer_model"] == "llama"
+    assert meta["tensor_count"] == len(reference.tensors) >= 1
+    assert meta["quantization"] == "F32"
+    assert meta["name"] == "tiny-llama"
+
+
+def test_type_tables_match_the_gguf_package() -> None:
+    for qtype, (block, type_size) in gguf.GGML_QUANT_SIZES.items():
+        if int(qtype) in GGML_TYPES:
+            name, ours_block, ours_size = GGML_TYPES[int(qtype)]
+            assert (name, ours_block, ours_size) == (qtype.name, block, type_size)
+    for ftype in gguf.LlamaFileType:
+        if int(ftype) in FILE_TYPES:
+            assert ftype.name.removeprefix("MOSTLY_").removeprefix("ALL_") == FILE_TYPES[int(ftype)]
+
+
+def test_context_length_and_split_metadata(make_gguf: Any) -> None:
+    path = make_gguf("big-ctx-00002-of-00003.gguf", context_length=131072, split=(1, 3, 9))
+    meta = inspect_file(path).metadata
+    assert meta["ctx_max"] == 131072
+    assert meta["split"] == {"count": 3, "index": 1, "tensors_total": 9}
+
+
+def test_legacy_bin_name_with_gguf_magic_is_accepted(tmp_path: Path) -> None:
+    legacy = tmp_path / "ggml-model-q4_0.bin"
+    shutil.copy(EXAMPLE_GGUF, legacy)
+    assert inspect_file(legacy).format == "gguf"
+
+
+@pytest.mark.parametrize("magic", [b"lmgg", b"fmgg", b"tjgg"])
+def test_old_ggml_magic_is_refused_with_a_conversion_hint(tmp_path: Path, magic: bytes) -> None:
+    old = tmp_path / "old.bin"
+    old.write_bytes(magic + b"\x03\x00\x00\x00" + b"\x00" * 100)
+    with pytest.raises(UnsupportedFormat, match="convert it to GGUF"):
+        inspect_file(old)
+
+
+@pytest.mark.parametrize("cut", [3, 10, 30, 200, 500, -1])
+def test_truncated_gguf_is_a_clear_error(tmp_path: Path, cut: int) -> None:
+    data = EXAMPLE_GGUF.read_bytes()
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(data[:cut])
+    with pytest.raises(CorruptModel) as info:
+        inspect_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_gguf_name_without_gguf_magic_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(CorruptModel, match="not a GGUF file"):
+        inspect_file(path)
+
+
+def _header(version: int = 3, tensors: int = 0, kvs: int = 0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, tensors, kvs)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _header(kvs=2**62),  # absurd kv count
+        _header(tensors=2**63),  # absurd tensor count
+        _header(kvs=1) + struct.pack("<Q", 2**60) + b"key",  # huge key length
+        _header(kvs=1) + struct.pack("<Q", 3) + b"key" + struct.pack("<IIQ", 9, 8, 2**61),  # huge string array
+        _header(kvs=1) + struct.pack("<Q", 3) + b"key" + struct.pack("<I", 99) + b"\x00" * 8,  # unknown type
+        _header(version=7),
+        _header(tensors=1) + struct.pack("<Q", 1) + b"t" + struct.pack("<I", 1000) + b"\x00" * 40,  # dims
+    ],
+)
+def test_malicious_headers_fail_cleanly_without_allocating(tmp_path: Path, payload: bytes) -> None:
+    path = tmp_path / "evil.gguf"
+    path.write_bytes(payload + b"\x00" * 64)
+    with pytest.raises((CorruptModel, UnsupportedFormat)):
+        read_gguf(path)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=512), keep=st.integers(0, 896))
+def test_random_and_mutated_headers_never_crash(tmp_path: Path, data: bytes, keep: int) -> None:
+    original = EXAMPLE_GGUF.read_bytes()
+    for candidate in (
+        b"GGUF" + data,
+        original[:keep] + data,
+        original[:keep] + data + original[keep + len(data) :],
+    ):
+        path = tmp_path / "fuzz.gguf"
+        path.write_bytes(candidate)
+        with contextlib.suppress(CorruptModel, UnsupportedFormat):
+            read_gguf(path)
+
+
+def test_cli_inspect_reads_a_file_without_registering_it(cli: Any, make_gguf: Any) -> None:
+    path = make_gguf("inspect-me.gguf", context_length=2048)
+    result = cli("inspect", str(path), "--json")
+    assert result.code == 0, result.stderr
+    payload = result.json()
+    assert payload["metadata"]["ctx_max"] == 2048 and payload["lifecycle"] is None
+    assert cli("ls", "--json").json() == {"models": []}

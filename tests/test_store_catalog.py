@@ -1,0 +1,91 @@
+"""Blob store and catalog invariants, through their public classes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from model_provisioner import Digest, DigestMismatch, InvalidInput, Lifecycle, SqliteCatalog
+from model_provisioner.catalog import SCHEMA_VERSION, CatalogEntry
+from model_provisioner.store import BlobStore
+
+
+def test_import_is_atomic_read_only_and_deduplicated(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "cache")
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    blob, hex_, size = store.import_file(src, None, "test")
+    assert blob == store.blobs_dir / hex_ and size == 3 << 20
+    assert blob.stat().st_mode & 0o777 == 0o444
+    again, hex2, _ = store.import_file(src, Digest.sha256(hex_), "test")
+    assert again == blob and hex2 == hex_
+    assert list(store.partial_dir.iterdir()) == []
+    with pytest.raises(DigestMismatch):
+        store.import_file(src, Digest.sha256("0" * 64), "test")
+    assert list(store.partial_dir.iterdir()) == []  # nothing half-written survives a mismatch
+    assert [p.name for p in store.blobs_dir.iterdir()] == [hex_]
+
+
+def test_views_are_hard_links_and_refuse_escapes(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "cache")
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"model bytes")
+    blob, hex_, _ = store.import_file(src, None, "test")
+    view = store.link_view(hex_, f"gguf/org/repo/m.gguf@{hex_}")
+    assert os.stat(view).st_ino == os.stat(blob).st_ino
+    for bad in ("../escape", "/abs", "gguf/../../x", "gguf//x", ""):
+        with pytest.raises(InvalidInput):
+            store.link_view(hex_, bad)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / "gguf" / "evil").symlink_to(outside)  # a planted symlink is not followed
+    with pytest.raises(InvalidInput):
+        store.link_view(hex_, f"gguf/evil/m.gguf@{hex_}")
+    assert list(outside.iterdir()) == []
+
+
+def test_catalog_schema_is_versioned_wal_and_additive(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.db"
+    catalog = SqliteCatalog(db)
+    assert catalog.schema_version == SCHEMA_VERSION
+    catalog.put(
+        CatalogEntry(
+            id="file:/m",
+            ref="file:/m",
+            scheme="file",
+            local_path="/m",
+            lifecycle=Lifecycle.ACTIVE,
+            created_ms=1,
+            last_used_ms=1,
+            metadata={"a": 1},
+        )
+    )
+    catalog.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("ALTER TABLE models ADD COLUMN future_column TEXT")  # a newer build added a column
+    conn.commit()
+    conn.close()
+    reopened = SqliteCatalog(db)
+    entry = reopened.get("file:/m")
+    assert entry is not None and entry.metadata == {"a": 1}
+    assert reopened.integrity_check() == "ok"
+
+
+def test_catalog_redacts_refs_and_errors(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "c.db")
+    catalog.put(
+        CatalogEntry(
+            id="https://h/m.gguf",
+            ref="https://u:pw@h/m.gguf?X-Amz-Signature=s3cr3t",
+            scheme="https",
+            local_path="",
+            lifecycle=Lifecycle.FAILED,
+            error="GET https://h/m.gguf?sig=s3cr3t failed: token hf_abcdefghijklmnop",
+        )
+    )
+    raw = (tmp_path / "c.db").read_bytes() + (tmp_path / "c.db-wal").read_bytes()
+    assert b"s3cr3t" not in raw and b"pw@" not in raw and b"hf_abcdefghijklmnop" not in raw
