@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -68,13 +68,21 @@ class VerificationRecord:
     bytes_hashed: int
 
 
+@dataclass(frozen=True)
+class EntryFile:
+    path: str
+    blob: str
+    size_bytes: int
+
+
 class CatalogStore(Protocol):
     def get(self, model_id: str) -> CatalogEntry | None: ...
-    def put(self, entry: CatalogEntry) -> None: ...
+    def put(self, entry: CatalogEntry, files: Sequence[EntryFile] | None = None) -> None: ...
+    def files(self, model_id: str) -> list[EntryFile]: ...
     def delete(self, model_id: str) -> bool: ...
     def entries(self) -> list[CatalogEntry]: ...
     def touch(self, model_id: str, ts_ms: int) -> None: ...
-    def blob_refcount(self, sha256_hex: str) -> int: ...
+    def blob_refcount(self, sha256_hex: str, excluding: str | None = None) -> int: ...
     def record_verification(self, record: VerificationRecord) -> None: ...
     def verifications(self, model_id: str) -> list[VerificationRecord]: ...
     def close(self) -> None: ...
@@ -113,6 +121,17 @@ _MIGRATIONS: list[str] = [
         bytes_hashed INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX verifications_model ON verifications(model_id, ts_ms);
+    """,
+    # 2: the files of multi-file models (a repo, a split GGUF): which blob each path is
+    """
+    CREATE TABLE entry_files (
+        model_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        PRIMARY KEY (model_id, path)
+    );
+    CREATE INDEX entry_files_blob ON entry_files(blob);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -191,9 +210,22 @@ class SqliteCatalog:
             rows = self._conn.execute("SELECT id FROM models ORDER BY id").fetchall()
         return (r[0] for r in rows)
 
-    def blob_refcount(self, sha256_hex: str) -> int:
+    def blob_refcount(self, sha256_hex: str, excluding: str | None = None) -> int:
+        """How many entries (other than ``excluding``) use this blob, as their file or inside their set."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM models WHERE blob = ?", (sha256_hex,)).fetchone()[0])
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM (SELECT id FROM models WHERE blob = ?1 AND id IS NOT ?2 "
+                "UNION SELECT model_id FROM entry_files WHERE blob = ?1 AND model_id IS NOT ?2)",
+                (sha256_hex, excluding),
+            ).fetchone()
+        return int(row[0])
+
+    def files(self, model_id: str) -> list[EntryFile]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT path, blob, size_bytes FROM entry_files WHERE model_id = ? ORDER BY path", (model_id,)
+            ).fetchall()
+        return [EntryFile(*r) for r in rows]
 
     def verifications(self, model_id: str) -> list[VerificationRecord]:
         with self._lock:
@@ -205,9 +237,16 @@ class SqliteCatalog:
         return [VerificationRecord(*r) for r in rows]
 
     # --------------------------------------------------------------------------------------- writes
-    def put(self, entry: CatalogEntry) -> None:
+    def put(self, entry: CatalogEntry, files: Sequence[EntryFile] | None = None) -> None:
+        """Insert or replace ``entry``; ``files`` (when given) replaces its file set in the same transaction."""
         values = _row(entry)
         with self._write() as conn:
+            if files is not None:
+                conn.execute("DELETE FROM entry_files WHERE model_id = ?", (entry.id,))
+                conn.executemany(
+                    "INSERT INTO entry_files (model_id, path, blob, size_bytes) VALUES (?, ?, ?, ?)",
+                    [(entry.id, f.path, f.blob, f.size_bytes) for f in files],
+                )
             conn.execute(
                 f"INSERT INTO models ({_COLUMNS}) VALUES ({', '.join('?' * len(values))}) "
                 "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _UPDATE_COLUMNS),
@@ -216,6 +255,7 @@ class SqliteCatalog:
 
     def delete(self, model_id: str) -> bool:
         with self._write() as conn:
+            conn.execute("DELETE FROM entry_files WHERE model_id = ?", (model_id,))
             cur = conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
         return cur.rowcount > 0
 
@@ -298,6 +338,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CatalogEntry",
     "CatalogStore",
+    "EntryFile",
     "Fingerprint",
     "Lifecycle",
     "SqliteCatalog",

@@ -7,12 +7,13 @@ stderr, one line each, never a traceback for a user error. Exit codes are ``erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .errors import ExitCode, InvalidInput, NotFound, ProvisionerError
@@ -113,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="DIR",
             help="write DIR/.runtime/engines/<engine>.json and a provenance line",
         )
+        p.add_argument(
+            "--refresh",
+            action="store_true",
+            help="re-check the source even when a verified copy is cached (conditional request)",
+        )
+        p.add_argument(
+            "--include",
+            action="append",
+            default=[],
+            metavar="GLOB",
+            help="Hub repo files to fetch (repeatable; replaces the default minimal set)",
+        )
+        p.add_argument(
+            "--exclude", action="append", default=[], metavar="GLOB", help="Hub repo files to leave out (repeatable)"
+        )
         p.set_defaults(func=cmd_ensure)
 
     p = sub.add_parser("ls", parents=[common], help="list the catalog")
@@ -171,9 +187,15 @@ def _human_size(n: int) -> str:
 def cmd_ensure(args: argparse.Namespace) -> int:
     from .handoff import provision_and_handoff
 
-    with _provisioner(args) as prov:
+    with _provisioner(args) as prov, _progress_bar(args) as progress:
         start = time.monotonic()
         engine = args.engine
+        options: dict[str, Any] = {
+            "refresh": args.refresh,
+            "include": args.include,
+            "exclude": args.exclude,
+            "progress": progress,
+        }
         if args.handoff_dir:
             resolved, handoff = provision_and_handoff(
                 prov,
@@ -182,18 +204,57 @@ def cmd_ensure(args: argparse.Namespace) -> int:
                 expected_digest=args.digest,
                 strict=args.strict,
                 engine=engine,
+                **options,
             )
             engine = handoff.stem
         else:
-            resolved = prov.ensure_present(args.ref, args.digest, args.strict)
+            resolved = prov.ensure_present(args.ref, args.digest, args.strict, **options)
         took = int((time.monotonic() - start) * 1000)
     if not args.quiet and not args.json:
         how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
+        fetched = f", {_human_size(resolved.bytes_fetched)} fetched" if resolved.bytes_fetched else ""
         sys.stderr.write(
-            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, {_human_size(resolved.size_bytes)}, {took} ms\n"
+            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, {_human_size(resolved.size_bytes)}{fetched}, {took} ms\n"
         )
     _emit(args, resolved.as_json(engine), str(resolved.local_path))
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(args: argparse.Namespace) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A rich progress bar on stderr, only for an interactive terminal and never with --json/-q."""
+    if args.json or args.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=_stderr_console(),
+    ) as bar:
+        task = bar.add_task(args.ref if len(args.ref) < 48 else "…" + args.ref[-47:], total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .digest import Digest
 from .errors import ConfigError, InvalidDigest, InvalidModelRef
+from .policy import Policy
 from .refs import ModelRef, parse
+from .transfer import TransferSettings
 
 ENV_CACHE = "MODEL_PROVISIONER_CACHE"
 ENV_OFFLINE = "MODEL_PROVISIONER_OFFLINE"
 ENV_SETTINGS = "MODEL_PROVISIONER_SETTINGS"
 ENGINES = ("llamacpp", "vllm", "tgi", "triton")
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
 
 def _truthy(value: str | None) -> bool:
@@ -30,6 +33,14 @@ def _truthy(value: str | None) -> bool:
 
 def default_cache_dir() -> Path:
     return Path(os.path.expanduser("~/.cache/models"))
+
+
+@dataclass(frozen=True)
+class HttpsMirror:
+    """Rewrite URLs starting with ``prefix`` to start with ``mirror`` instead (tried before the origin)."""
+
+    prefix: str
+    mirror: str
 
 
 @dataclass(frozen=True)
@@ -42,12 +53,27 @@ class Settings:
     lock_timeout_s: float = 6 * 3600.0
     #: last_used timestamps are written at most this often per entry (keeps the warm path read-only)
     touch_interval_ms: int = 1000
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    policy: Policy = field(default_factory=Policy)
+    #: alternative Hub endpoints, tried in order before ``hf_endpoint``
+    hf_mirrors: tuple[str, ...] = ()
+    https_mirrors: tuple[HttpsMirror, ...] = ()
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_token: str | None = field(default=None, repr=False)
+    #: a transformers repo that needs custom code is provisioned (flagged) only when this is true
+    allow_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
             raise ConfigError("settings", "max_parallel_fetches", "must be at least 1")
         if self.lock_timeout_s <= 0:
             raise ConfigError("settings", "lock_timeout_s", "must be positive")
+        if self.transfer.connections < 1:
+            raise ConfigError("settings", "transfer.connections", "must be at least 1")
+        if self.transfer.attempts < 1:
+            raise ConfigError("settings", "transfer.attempts", "must be at least 1")
+        if self.offline and not self.policy.offline:
+            object.__setattr__(self, "policy", replace(self.policy, offline=True))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -60,33 +86,96 @@ class Settings:
             values["cache_dir"] = env[ENV_CACHE]
         if _truthy(env.get(ENV_OFFLINE)) or _truthy(env.get("HF_HUB_OFFLINE")):
             values["offline"] = True
+        if env.get("HF_ENDPOINT"):
+            values["hf_endpoint"] = env["HF_ENDPOINT"]
+        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+        if token:
+            values["hf_token"] = token.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "cache_dir" in values:
             values["cache_dir"] = Path(os.path.expanduser(str(values["cache_dir"]))).absolute()
+        if "hf_endpoint" in values:
+            values["hf_endpoint"] = str(values["hf_endpoint"]).rstrip("/")
         return replace(cls(), **values)
 
 
-_SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
+_TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "cache_dir": str,
     "offline": bool,
     "max_parallel_fetches": int,
     "lock_timeout_s": (int, float),
     "touch_interval_ms": int,
+    "hf_endpoint": str,
+    "allow_remote_code": bool,
 }
+_TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "connections": int,
+    "parallel_threshold_bytes": int,
+    "attempts": int,
+    "mirror_attempts": int,
+    "backoff_base_s": (int, float),
+    "backoff_max_s": (int, float),
+    "retry_after_max_s": (int, float),
+    "stall_timeout_s": (int, float),
+    "connect_timeout_s": (int, float),
+    "ca_bundle": str,
+}
+_POLICY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "allow": list,
+    "deny": list,
+    "allow_hosts": list,
+    "deny_hosts": list,
+    "label": str,
+}
+
+
+def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(path, section or None, "expected a mapping")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{section}.{key}" if section else key
+        if key not in types:
+            raise ConfigError(path, name, f"unknown setting; known: {', '.join(sorted(types))}")
+        expected = types[key]
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            label = getattr(expected, "__name__", "a number")
+            raise ConfigError(path, name, f"expected {label}, got {value!r}")
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(path, name, "expected a list of glob strings")
+            value = tuple(value)
+        out[key] = value
+    return out
 
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = _read_mapping(path)
-    known = {f.name: f.type for f in fields(Settings)}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(path, key, f"unknown setting; known settings: {', '.join(sorted(known))}")
-        expected: type | tuple[type, ...] = _SETTING_TYPES[key]
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            name = getattr(expected, "__name__", "a number")
-            raise ConfigError(path, key, f"expected {name}, got {value!r}")
-        out[key] = value
+    sections = {"transfer", "policy", "mirrors"}
+    out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
+    if "transfer" in data:
+        out["transfer"] = TransferSettings(**_typed(path, "transfer", data["transfer"], _TRANSFER_TYPES))
+    if "policy" in data:
+        out["policy"] = Policy(**_typed(path, "policy", data["policy"], _POLICY_TYPES))
+    if "mirrors" in data:
+        mirrors = data["mirrors"]
+        if not isinstance(mirrors, dict) or set(mirrors) - {"hf", "https"}:
+            raise ConfigError(path, "mirrors", "expected a mapping with keys hf and/or https")
+        hf = mirrors.get("hf", [])
+        if not isinstance(hf, list) or not all(isinstance(v, str) and "://" in v for v in hf):
+            raise ConfigError(path, "mirrors.hf", "expected a list of Hub endpoint URLs")
+        out["hf_mirrors"] = tuple(v.rstrip("/") for v in hf)
+        rules = []
+        for i, rule in enumerate(mirrors.get("https", [])):
+            if not (
+                isinstance(rule, dict)
+                and isinstance(rule.get("prefix"), str)
+                and isinstance(rule.get("mirror"), str)
+                and set(rule) == {"prefix", "mirror"}
+            ):
+                raise ConfigError(path, f"mirrors.https[{i}]", "expected {prefix: URL prefix, mirror: URL prefix}")
+            rules.append(HttpsMirror(rule["prefix"], rule["mirror"]))
+        out["https_mirrors"] = tuple(rules)
     return out
 
 

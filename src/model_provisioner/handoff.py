@@ -87,7 +87,13 @@ def write_engine_handoff(out_dir: str | os.PathLike[str], engine: str, resolved:
         "metadata": metadata,
     }
     if engine in ("vllm", "tgi"):
-        payload["model"]["trust_remote_code"] = bool(meta.get("trust_remote_code", False))
+        # custom code runs only when the repo needs it AND the operator allowed it (allow_remote_code)
+        payload["model"]["trust_remote_code"] = bool(meta.get("trust_remote_code")) and bool(
+            meta.get("remote_code_allowed")
+        )
+        for key in ("revision", "repo_digest", "model_type", "architectures"):
+            if meta.get(key) is not None:
+                metadata[key] = meta[key]
     if engine == "triton":
         payload["model_repository"] = str(resolved.local_path)
     path = Path(out_dir) / ".runtime" / "engines" / f"{engine}.json"
@@ -140,16 +146,18 @@ def provision_and_handoff(
     strict: bool | None = None,
     engine: str | None = None,
     correlation_id: str | None = None,
+    **ensure_options: Any,
 ) -> tuple[ResolvedModel, Path]:
     """ensure + handoff + provenance: what ``ensure --handoff-dir`` and ``provision`` do."""
     start = time.monotonic()
-    resolved = provisioner.ensure_present(ref, expected_digest, strict)
+    resolved = provisioner.ensure_present(ref, expected_digest, strict, **ensure_options)
     handoff = write_engine_handoff(out_dir, choose_engine(resolved, engine), resolved)
     append_provenance(
         out_dir,
         resolved,
-        source=resolved.id,
+        source=str(resolved.metadata.get("source") or resolved.id),
         duration_ms=int((time.monotonic() - start) * 1000),
+        bytes_fetched=resolved.bytes_fetched,
         correlation_id=correlation_id,
     )
     return resolved, handoff

@@ -57,3 +57,13 @@ def hash_file(
         size_bytes=size,
         extra={a: Digest(a, h.hexdigest()) for a, h in hashers.items()},
     )
+
+
+def git_blob_sha1(path: str | os.PathLike[str]) -> str:
+    """The git object id of a file's content: sha1 over ``blob <size>\\0<bytes>``."""
+    size = os.path.getsize(path)
+    h = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()

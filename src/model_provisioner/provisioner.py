@@ -12,14 +12,16 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import failpoints
 from .catalog import (
     CatalogEntry,
     CatalogStore,
+    EntryFile,
     Fingerprint,
     Lifecycle,
     SqliteCatalog,
@@ -33,6 +35,7 @@ from .errors import (
     DigestMismatch,
     InvalidInput,
     NotFound,
+    OfflineError,
     ProvisionerError,
     UnsupportedFormat,
     UnsupportedScheme,
@@ -43,6 +46,9 @@ from .hashing import FileHash, hash_file
 from .locks import fetch_slot, model_lock
 from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
 from .store import BlobStore, view_name
+
+if TYPE_CHECKING:
+    from .transfer import ProgressCallback, TransferEngine
 
 log = logging.getLogger("model_provisioner")
 
@@ -61,6 +67,8 @@ class ResolvedModel:
     format: str = "unknown"
     #: True when served from the catalog without hashing or fetching
     from_cache: bool = False
+    #: bytes received over the network by this call
+    bytes_fetched: int = 0
 
     def as_json(self, engine: str | None = None) -> dict[str, Any]:
         return {
@@ -72,6 +80,7 @@ class ResolvedModel:
             "engine": engine,
             "verification": self.verification,
             "from_cache": self.from_cache,
+            "bytes_fetched": self.bytes_fetched,
             "metadata": self.metadata,
         }
 
@@ -85,6 +94,14 @@ class VerificationReport:
     actual: str | None
     local_path: str
     message: str = ""
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    refresh: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    progress: ProgressCallback | None = None
 
 
 @dataclass
@@ -118,6 +135,19 @@ class ModelProvisioner:
         self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db")
         self.schemes = schemes
         self._touched: dict[str, int] = {}
+        self._engine: TransferEngine | None = None
+
+    @property
+    def engine(self) -> TransferEngine:
+        """The transfer engine (and its HTTP client) is created on first network use only."""
+        if self._engine is None:
+            from .observability import install_redaction
+            from .transfer import TransferEngine
+
+            install_redaction()
+
+            self._engine = TransferEngine(self.store, self.settings.transfer, self.settings.policy)
+        return self._engine
 
     @classmethod
     def file_only(cls, cache_dir: str | os.PathLike[str]) -> ModelProvisioner:
@@ -125,6 +155,8 @@ class ModelProvisioner:
         return cls(Settings.from_env(cache_dir=Path(cache_dir)), schemes=frozenset({"file"}))
 
     def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
         self.catalog.close()
 
     def __enter__(self) -> ModelProvisioner:
@@ -139,25 +171,34 @@ class ModelProvisioner:
         ref: RefLike,
         expected_digest: str | Digest | dict[str, str] | None = None,
         strict: bool | None = None,
+        *,
+        refresh: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
     ) -> ResolvedModel:
         """Make ``ref`` present and verified locally; return where it is.
 
         A digest given means strict unless ``strict=False`` (advisory: mismatch warns, stays Active).
+        An Active entry is answered from the catalog with no network; ``refresh=True`` re-checks the
+        source (a conditional request for https). ``include``/``exclude`` globs choose a Hub repo's files.
         """
         model_ref = parse(ref)
+        self.settings.policy.check_ref(model_ref)  # before any lock, file or socket
         digest = Digest.parse(expected_digest) if expected_digest is not None else None
         strict_mode = strict if strict is not None else digest is not None
+        options = FetchOptions(refresh, tuple(include), tuple(exclude), progress)
         entry = self.catalog.get(model_ref.id)
-        warm = self._warm(entry, digest, strict_mode)
+        warm = self._warm(entry, digest, strict_mode, options)
         if warm is not None:
             return warm
         with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
             failpoints.failpoint("ensure.locked")
             entry = self.catalog.get(model_ref.id)  # the holder before us may have done the work
-            warm = self._warm(entry, digest, strict_mode)
+            warm = self._warm(entry, digest, strict_mode, options)
             if warm is not None:
                 return warm
-            return self._materialise(model_ref, entry, digest, strict_mode)
+            return self._materialise(model_ref, entry, digest, strict_mode, options)
 
     def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
         """``ensure_present`` for callers that only want the local path as a string."""
@@ -215,8 +256,9 @@ class ModelProvisioner:
                 entry = self.catalog.get(model_id)
                 if entry is None:
                     continue
+                files = self.catalog.files(model_id)
                 self.catalog.delete(model_id)
-                self._drop_store_files(entry)
+                self._drop_store_files(entry, files=files)
                 removed.append(model_id)
                 log.info("evicted %s", model_id)
         return removed
@@ -256,10 +298,25 @@ class ModelProvisioner:
         return resolved
 
     # ============================================================================== the warm path
-    def _warm(self, entry: CatalogEntry | None, digest: Digest | None, strict: bool) -> ResolvedModel | None:
+    def _warm(
+        self, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions | None = None
+    ) -> ResolvedModel | None:
         """Active + fingerprint unchanged + (no digest asked, or the one we verified) -> answer now."""
         if entry is None or entry.lifecycle is not Lifecycle.ACTIVE:
             return None
+        if options is not None and options.refresh and entry.scheme != "file":
+            if not self.settings.offline:
+                return None
+            log.warning("%s: offline mode is on; serving the cached copy without --refresh", entry.id)
+        if (
+            options is not None
+            and (options.include or options.exclude)
+            and (
+                entry.metadata.get("include") != list(options.include)
+                or entry.metadata.get("exclude") != list(options.exclude)
+            )
+        ):
+            return None  # a different file selection of the same repo
         if digest is not None and str(digest) not in (entry.digest, entry.expected_digest):
             return None
         if digest is not None and strict and entry.verification == "mismatch_advisory":
@@ -278,7 +335,7 @@ class ModelProvisioner:
 
     # ============================================================================ materialisation
     def _materialise(
-        self, ref: ModelRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool
+        self, ref: ModelRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions
     ) -> ResolvedModel:
         if self.schemes is not None and ref.scheme not in self.schemes:
             raise UnsupportedScheme(
@@ -288,7 +345,17 @@ class ModelProvisioner:
             with fetch_slot(self.store.locks_dir, self.settings.max_parallel_fetches, self.settings.lock_timeout_s):
                 failpoints.failpoint("fetch.slot")
                 return self._provision_local_file(ref, entry, digest, strict)
-        if isinstance(ref, HfRef | UrlRef | S3Ref | OciRef):
+        if isinstance(ref, HfRef | UrlRef):
+            if self.settings.offline:
+                state = f"its catalog entry is {entry.lifecycle}" if entry is not None else "it is not in the cache"
+                raise OfflineError(
+                    f"{ref.id} is not available offline ({state}); run it once without --offline "
+                    "(and with MODEL_PROVISIONER_OFFLINE / HF_HUB_OFFLINE unset)"
+                )
+            from .remote import provision_remote
+
+            return provision_remote(self, ref, entry, digest, strict, options)
+        if isinstance(ref, S3Ref | OciRef):
             raise UnsupportedScheme(
                 f"{ref.id}: fetching {ref.scheme}: refs is not supported yet in this build; "
                 "download the file yourself and register it (ModelProvisioner.register_model), "
@@ -544,20 +611,25 @@ class ModelProvisioner:
         )
         log.error(message)
 
-    def _drop_store_files(self, entry: CatalogEntry, keep_blob: bool = False) -> None:
-        if entry.blob is None:
+    def _drop_store_files(
+        self, entry: CatalogEntry, keep_blob: bool = False, files: list[EntryFile] | None = None
+    ) -> None:
+        """Remove an entry's views, and its blobs that no other entry uses."""
+        if files is None:
+            files = self.catalog.files(entry.id)
+        if entry.blob is None and not files:
             return  # registered in place: the user's file is never ours to delete
-        if entry.local_path:
+        tree = entry.metadata.get("view_dir")
+        if isinstance(tree, str) and tree:
+            self.store.remove_tree(tree)
+        elif entry.local_path:
             self.store.remove_view(entry.local_path)
         if not keep_blob:
-            self._drop_blob_if_unused(entry.blob, entry.id)
+            for blob in {f.blob for f in files} | ({entry.blob} if entry.blob else set()):
+                self._drop_blob_if_unused(blob, entry.id)
 
     def _drop_blob_if_unused(self, blob: str, except_id: str) -> None:
-        users = self.catalog.blob_refcount(blob)
-        current = self.catalog.get(except_id)
-        if current is not None and current.blob == blob:
-            users -= 1
-        if users <= 0:
+        if self.catalog.blob_refcount(blob, excluding=except_id) == 0:
             self.store.remove_blob(blob)
 
 

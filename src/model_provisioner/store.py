@@ -153,19 +153,57 @@ class BlobStore:
         fsync_dir(target.parent)
         return target
 
-    def remove_view(self, path: str | os.PathLike[str]) -> None:
-        """Remove a view file if it lies inside the cache; prune empty parent directories."""
+    def link_tree(self, files: list[tuple[str, str]], rel_dir: str) -> Path:
+        """Build a directory of hard links ``[(path inside, blob hex)]`` at ``<cache>/<rel_dir>`` atomically:
+        it is assembled under a temporary name and renamed into place (an older tree is replaced)."""
+        target = self.safe_path(rel_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir()
+        try:
+            for inner, blob in files:
+                parts = inner.split("/")
+                if any(p in ("", ".", "..") for p in parts) or inner.startswith("/") or "\x00" in inner:
+                    raise InvalidInput(f"refusing file name {inner!r}: it would escape {target}")
+                dest = tmp.joinpath(*parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(self.blob_path(blob), dest)
+            if target.exists():
+                old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
+                os.rename(target, old)
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def remove_tree(self, path: str | os.PathLike[str]) -> None:
+        """Remove a view directory inside the cache (never the blobs) and prune empty parents."""
         p = Path(path)
-        if not p.is_relative_to(self.root) or p.is_relative_to(self.blobs_dir):
+        if not p.is_relative_to(self.root) or p == self.root or p.is_relative_to(self.blobs_dir):
             return
-        p.unlink(missing_ok=True)
-        parent = p.parent
+        shutil.rmtree(p, ignore_errors=True)
+        self._prune(p.parent)
+
+    def _prune(self, parent: Path) -> None:
         while parent != self.root and parent.is_relative_to(self.root):
             try:
                 parent.rmdir()
             except OSError:
                 break
             parent = parent.parent
+
+    def remove_view(self, path: str | os.PathLike[str]) -> None:
+        """Remove a view file if it lies inside the cache; prune empty parent directories."""
+        p = Path(path)
+        if not p.is_relative_to(self.root) or p.is_relative_to(self.blobs_dir):
+            return
+        p.unlink(missing_ok=True)
+        self._prune(p.parent)
 
 
 def view_name(file_name: str, fmt: str) -> str:
@@ -174,3 +212,9 @@ def view_name(file_name: str, fmt: str) -> str:
         stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
         return stem + ".gguf"
     return file_name
+
+
+def repo_digest(files: list[tuple[str, str, int]]) -> str:
+    """DESIGN §4: sha256 over sorted lines ``<posix path>\t<sha256 hex>\t<size>\n`` (names included)."""
+    lines = "".join(f"{path}\t{sha}\t{size}\n" for path, sha, size in sorted(files))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

@@ -23,14 +23,14 @@ class FormatInfo:
     metadata: dict[str, Any]
 
 
-def inspect_file(path: str | os.PathLike[str], subject: str | None = None) -> FormatInfo:
+def inspect_file(path: str | os.PathLike[str], subject: str | None = None, name: str | None = None) -> FormatInfo:
     """Identify a model file by its bytes and extract its metadata.
 
     GGUF is recognised by magic whatever the file name (legacy ``.bin`` GGUF files included); a
     ``.gguf`` name without GGUF magic is corrupt; legacy GGML/GGJT is refused with a conversion hint.
     """
     subject = subject or os.fspath(path)
-    name = os.path.basename(os.fspath(path))
+    name = name or os.path.basename(os.fspath(path))
     with open(path, "rb") as fh:
         head = fh.read(16)
     kind = gguf.sniff(head)

@@ -1,0 +1,657 @@
+"""The one transfer engine. Every network scheme downloads bytes through ``TransferEngine.fetch``.
+
+- streams into ``<cache>/partial/<key>.part`` while computing sha256 (no second pass over a stream);
+- checks size and digest, then renames atomically into the blob store; a mismatch leaves nothing at a
+  final path;
+- resumes: partial files survive crashes; on retry the kept prefix is re-hashed and ``Range: bytes=N-``
+  asked; only a ``206`` whose ``Content-Range`` starts at N is accepted, anything else starts over;
+- large files are fetched as parallel range requests written at their offsets; the hash follows the
+  completed prefix (read back from the page cache), and the prefix is recorded so a crash resumes there;
+- retries with exponential backoff and jitter on connect errors, timeouts, stalls, 5xx and 429
+  (``Retry-After`` honoured); bounded; then ``TransferFailed`` (exit 6) naming the redacted URL;
+- redirects are followed by hand so that ``Authorization`` and cookies are dropped on a cross-host hop,
+  and every host is checked against the policy before a socket is opened to it;
+- sources are tried in order (mirrors first, then the origin); bytes from any source are verified
+  against the expected digest when known.
+
+httpx is the client: a maintained, typed HTTP/1.1 client with streaming, per-phase timeouts (the read
+timeout is our stall detector) and connection pooling across the range workers.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from .errors import (
+    DigestMismatch,
+    InsufficientSpace,
+    NotFound,
+    PolicyDenied,
+    ProvisionerError,
+    TransferFailed,
+)
+from .locks import FileLock
+from .redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .policy import Policy
+    from .store import BlobStore
+
+log = logging.getLogger("model_provisioner")
+
+ProgressCallback = Callable[[int, int | None], None]
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_READ_CHUNK = 1 << 20
+MAX_REDIRECTS = 10
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    connections: int = 8
+    parallel_threshold_bytes: int = 64 << 20
+    attempts: int = 5
+    mirror_attempts: int = 2
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    retry_after_max_s: float = 60.0
+    stall_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    ca_bundle: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place the bytes can come from. ``url`` may hold secrets (never logged)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    label: str = "origin"
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    sources: Sequence[Source]
+    name: str
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    #: extra request headers for a conditional refresh (If-None-Match / If-Modified-Since)
+    conditional: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    sha256: str
+    size: int
+    blob: Path
+    bytes_fetched: int
+    resumed_from: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    source: str = ""
+    not_modified: bool = False
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Restart(Exception):
+    """The server did not honour our Range: start the file over."""
+
+
+class NotModified(ProvisionerError):
+    code = "not_modified"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils  # lazy: only a Retry-After date needs it
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class _Progress:
+    total: int | None
+    callback: ProgressCallback | None
+    done: int = 0
+    fetched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last: float = 0.0
+
+    def add(self, n: int, fetched: bool = True) -> None:
+        with self._lock:
+            self.done += n
+            if fetched:
+                self.fetched += n
+            now = time.monotonic()
+            if self.callback is not None and (now - self._last > 0.1 or (self.total and self.done >= self.total)):
+                self._last = now
+                self.callback(self.done, self.total)
+
+
+class TransferEngine:
+    def __init__(
+        self,
+        store: BlobStore,
+        settings: TransferSettings | None = None,
+        policy: Policy | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or TransferSettings()
+        self.policy = policy
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------- client
+    @property
+    def client(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                import httpx
+
+                s = self.settings
+                self._client = httpx.Client(
+                    follow_redirects=False,
+                    timeout=httpx.Timeout(s.stall_timeout_s, connect=s.connect_timeout_s),
+                    limits=httpx.Limits(max_connections=max(16, s.connections * 2), max_keepalive_connections=16),
+                    verify=s.ca_bundle if s.ca_bundle else True,
+                    trust_env=False,
+                    headers={"User-Agent": "model-provisioner/0.1", "Accept-Encoding": "identity"},
+                )
+            return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -------------------------------------------------------------------------------------- fetch
+    def fetch(self, spec: TransferSpec, progress: ProgressCallback | None = None) -> TransferOutcome:
+        """Bring the bytes of ``spec`` into the blob store, verified. Tries each source in order."""
+        if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
+            blob = self.store.blob_path(spec.expected_sha256)
+            return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
+        key = (
+            spec.expected_sha256
+            or hashlib.sha256((spec.name + "\0" + redact_url(spec.sources[0].url)).encode()).hexdigest()
+        )
+        self.store.ensure_layout()
+        lock = FileLock(self.store.locks_dir / f"blob-{key[:32]}.lock", f"the download of {spec.name}")
+        lock.acquire(timeout_s=6 * 3600)
+        try:
+            if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
+                blob = self.store.blob_path(spec.expected_sha256)
+                return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
+            partial = self.store.partial_dir / f"{key}.part"
+            last_error: ProvisionerError | None = None
+            for index, source in enumerate(spec.sources):
+                is_last = index == len(spec.sources) - 1
+                attempts = self.settings.attempts if is_last else self.settings.mirror_attempts
+                try:
+                    return self._fetch_from(source, spec, partial, attempts, progress)
+                except (TransferFailed, NotFound, DigestMismatch, PolicyDenied) as exc:
+                    if is_last or isinstance(exc, InsufficientSpace):
+                        raise
+                    log.warning("%s: %s failed (%s); trying the next source", spec.name, source.label, exc)
+                    if isinstance(exc, DigestMismatch):
+                        _discard(partial)
+                    last_error = exc
+            raise last_error or TransferFailed(f"{spec.name}: no source to fetch from")
+        finally:
+            lock.release()
+
+    def _fetch_from(
+        self, source: Source, spec: TransferSpec, partial: Path, attempts: int, progress_cb: ProgressCallback | None
+    ) -> TransferOutcome:
+        shown = redact_url(source.url)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._attempt(source, spec, partial, progress_cb)
+            except _Retryable as exc:
+                if attempt >= attempts:
+                    raise TransferFailed(
+                        f"{spec.name}: giving up on {shown} after {attempt} attempts; last error: {exc}"
+                    ) from None
+                delay = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
+                delay = delay * (0.5 + random.random() / 2)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self.settings.retry_after_max_s))
+                log.info("%s: %s (attempt %d/%d); retrying in %.1fs", spec.name, exc, attempt, attempts, delay)
+                time.sleep(delay)
+
+    # ---------------------------------------------------------------------------------- one attempt
+    def _attempt(
+        self, source: Source, spec: TransferSpec, partial: Path, progress_cb: ProgressCallback | None
+    ) -> TransferOutcome:
+        import httpx
+
+        meta_path = partial.with_suffix(".json")
+        kept, etag_kept = _kept_prefix(partial, meta_path, spec, source)
+        headers = dict(spec.conditional)
+        if kept:
+            headers["Range"] = f"bytes={kept}-"
+            if etag_kept and not etag_kept.startswith("W/"):
+                headers["If-Range"] = etag_kept
+        try:
+            response, final_url, final_headers = self._open(source, headers)
+        except httpx.HTTPError as exc:
+            raise _Retryable(_describe(exc)) from None
+        try:
+            status = response.status_code
+            if status == 304 and spec.conditional:
+                raise NotModified(f"{spec.name}: not modified")
+            self._raise_for_status(response, spec, source)
+            total, start = _total_and_start(response, kept)
+            if start != kept:
+                # 200 to a Range request, or a 206 starting elsewhere: start over from zero
+                if status == 206:
+                    response.close()
+                    _discard(partial)
+                    raise _Retryable("server answered the Range request at the wrong offset; restarting")
+                if kept:
+                    log.info("%s: server ignored the Range request; starting over", spec.name)
+                kept = 0
+            if spec.expected_size is not None and total is not None and total != spec.expected_size:
+                raise TransferFailed(
+                    f"{spec.name}: {redact_url(source.url)} serves {total} bytes but {spec.expected_size} are "
+                    "expected; the source changed or is wrong"
+                )
+            total = total if total is not None else spec.expected_size
+            if total is not None:
+                self.store.check_free_space(total - kept)
+            etag = response.headers.get("ETag")
+            last_modified = response.headers.get("Last-Modified")
+            _write_meta(meta_path, spec, source, etag, parallel=False, prefix=kept)
+            progress = _Progress(total, progress_cb)
+            hasher = _rehash_prefix(partial, kept)
+            if kept:
+                progress.add(kept, fetched=False)
+            accepts_ranges = status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
+            parallel = (
+                total is not None
+                and accepts_ranges
+                and self.settings.connections > 1
+                and total - kept >= self.settings.parallel_threshold_bytes
+            )
+            if parallel:
+                assert total is not None
+                self._parallel(
+                    response,
+                    final_url,
+                    final_headers,
+                    partial,
+                    meta_path,
+                    spec,
+                    source,
+                    etag,
+                    kept,
+                    total,
+                    hasher,
+                    progress,
+                )
+            else:
+                self._stream(response, partial, kept, hasher, progress)
+        finally:
+            response.close()
+        size = partial.stat().st_size
+        if total is not None and size != total:
+            raise _Retryable(f"connection closed after {size} of {total} bytes")
+        sha_hex = hasher.hexdigest()
+        if spec.expected_sha256 and sha_hex != spec.expected_sha256:
+            _discard(partial)
+            raise DigestMismatch(
+                spec.name,
+                f"sha256:{spec.expected_sha256}",
+                f"sha256:{sha_hex}",
+                f"deleted the download from {source.label} {redact_url(source.url)}",
+            )
+        blob = self.store.commit_blob(partial, sha_hex)
+        meta_path.unlink(missing_ok=True)
+        return TransferOutcome(
+            sha_hex,
+            size,
+            blob,
+            progress.fetched,
+            kept,
+            etag,
+            last_modified,
+            source=f"{source.label} {redact_url(source.url)}",
+        )
+
+    def _open(self, source: Source, extra: Mapping[str, str]) -> tuple[httpx.Response, str, dict[str, str]]:
+        """GET with redirects followed by hand: credentials never cross to another host."""
+        url = source.url
+        headers = {**source.headers, **extra}
+        origin_host = urlsplit(url).netloc
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if self.policy is not None:
+                self.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
+            request = self.client.build_request("GET", url, headers=headers)
+            response = self.client.send(request, stream=True)
+            if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                location = urljoin(url, response.headers["Location"])
+                response.close()
+                if urlsplit(location).netloc != origin_host:
+                    headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+                url = location
+                continue
+            return response, url, headers
+        raise TransferFailed(f"too many redirects (>{MAX_REDIRECTS}) from {redact_url(source.url)}")
+
+    def _raise_for_status(self, response: httpx.Response, spec: TransferSpec, source: Source) -> None:
+        status = response.status_code
+        shown = redact_url(str(response.request.url))
+        if status in (200, 206):
+            return
+        if status == 429 or status >= 500:
+            raise _Retryable(f"HTTP {status} from {shown}", parse_retry_after(response.headers.get("Retry-After")))
+        if status in (404, 410):
+            raise NotFound(f"{spec.name}: {shown} answered HTTP {status} (not found); check the reference")
+        if status in (401, 403):
+            raise PolicyDenied(
+                f"{spec.name}: {shown} refused access (HTTP {status}); check the token or credentials for "
+                f"{urlsplit(shown).hostname}"
+            )
+        if status == 416:
+            raise _Retryable(f"HTTP 416 from {shown}: range not satisfiable; restarting")
+        raise TransferFailed(f"{spec.name}: unexpected HTTP {status} from {shown}")
+
+    # ------------------------------------------------------------------------------ single stream
+    def _stream(self, response: httpx.Response, partial: Path, kept: int, hasher: Any, progress: _Progress) -> None:
+        import httpx
+
+        with open(partial, "r+b" if kept else "wb") as fh:
+            fh.seek(kept)
+            fh.truncate()
+            try:
+                for chunk in response.iter_raw(_READ_CHUNK):
+                    _write(fh, chunk, self.store)
+                    hasher.update(chunk)
+                    progress.add(len(chunk))
+            except httpx.HTTPError as exc:
+                fh.flush()
+                raise _Retryable(_describe(exc)) from None
+
+    # ---------------------------------------------------------------------------- parallel ranges
+    def _parallel(
+        self,
+        first: httpx.Response,
+        url: str,
+        headers: dict[str, str],
+        partial: Path,
+        meta_path: Path,
+        spec: TransferSpec,
+        source: Source,
+        etag: str | None,
+        kept: int,
+        total: int,
+        hasher: Any,
+        progress: _Progress,
+    ) -> None:
+        """Fetch [kept, total) as ranges on ``connections`` workers; the first range reuses ``first``."""
+        conns = self.settings.connections
+        remaining = total - kept
+        chunk = max(8 << 20, min(64 << 20, -(-remaining // (conns * 4))))
+        starts = list(range(kept, total, chunk))
+        ends = [min(s + chunk, total) for s in starts]
+        written = [0] * len(starts)
+        cond = threading.Condition()
+        errors: list[BaseException] = []
+        next_index = [1]
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(fd, kept)
+        base_headers = {k: v for k, v in headers.items() if k.lower() not in ("range", "if-range")}
+        if etag and not etag.startswith("W/"):
+            base_headers["If-Range"] = etag
+
+        def pump(index: int, body: Any) -> None:
+            offset = starts[index] + written[index]
+            for data in body:
+                limit = ends[index] - offset
+                if limit <= 0:
+                    break
+                data = data[:limit]
+                _pwrite_all(fd, data, offset, self.store)
+                offset += len(data)
+                progress.add(len(data))
+                with cond:
+                    written[index] += len(data)
+                    cond.notify_all()
+
+        def run_chunk(index: int, response: httpx.Response | None) -> None:
+            import httpx
+
+            failures = 0
+            while starts[index] + written[index] < ends[index]:
+                try:
+                    if response is None:
+                        lo = starts[index] + written[index]
+                        req = self.client.build_request(
+                            "GET", url, headers={**base_headers, "Range": f"bytes={lo}-{ends[index] - 1}"}
+                        )
+                        response = self.client.send(req, stream=True)
+                        if response.status_code == 429 or response.status_code >= 500:
+                            raise _Retryable(
+                                f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After"))
+                            )
+                        got = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
+                        if response.status_code != 206 or got is None or int(got.group(1)) != lo:
+                            raise _Restart(f"range request answered with HTTP {response.status_code}")
+                    pump(index, response.iter_raw(_READ_CHUNK))
+                except (httpx.HTTPError, _Retryable) as exc:
+                    failures += 1
+                    if failures >= self.settings.attempts:
+                        raise _Retryable(f"range {starts[index]}-{ends[index] - 1}: {_describe(exc)}") from None
+                    time.sleep(min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (failures - 1)))
+                finally:
+                    if response is not None:
+                        response.close()
+                    response = None
+
+        def worker(first_response: httpx.Response | None) -> None:
+            try:
+                if first_response is not None:
+                    run_chunk(0, first_response)
+                while True:
+                    with cond:
+                        if errors or next_index[0] >= len(starts):
+                            return
+                        index = next_index[0]
+                        next_index[0] += 1
+                    run_chunk(index, None)
+            except BaseException as exc:
+                with cond:
+                    errors.append(exc)
+                    cond.notify_all()
+
+        threads = [
+            threading.Thread(target=worker, args=(first if i == 0 else None,), daemon=True)
+            for i in range(min(conns, len(starts)))
+        ]
+        for t in threads:
+            t.start()
+        # the hash follows the contiguous completed prefix, reading back what the workers wrote
+        hashed = kept
+        last_meta = kept
+        buf = bytearray(_READ_CHUNK * 4)
+        try:
+            while hashed < total:
+                with cond:
+                    while True:
+                        prefix = _contiguous(starts, ends, written)
+                        if prefix > hashed or errors:
+                            break
+                        if not any(t.is_alive() for t in threads):
+                            break
+                        cond.wait(0.5)
+                    if errors:
+                        raise errors[0]
+                if prefix <= hashed:
+                    raise _Retryable("range workers stopped before the file was complete")
+                while hashed < prefix:
+                    n = os.preadv(fd, [memoryview(buf)[: min(len(buf), prefix - hashed)]], hashed)
+                    if n <= 0:
+                        raise _Retryable("short read of the partial file")
+                    hasher.update(memoryview(buf)[:n])
+                    hashed += n
+                if hashed - last_meta >= 32 << 20:
+                    _write_meta(meta_path, spec, source, etag, parallel=True, prefix=hashed)
+                    last_meta = hashed
+        finally:
+            with cond:
+                next_index[0] = len(starts)  # stop handing out ranges
+            for t in threads:
+                t.join(timeout=self.settings.stall_timeout_s + 5)
+            _write_meta(meta_path, spec, source, etag, parallel=True, prefix=hashed)
+            os.close(fd)
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, _Restart):
+                _discard(partial)
+                raise _Retryable(f"{exc}; restarting")
+            raise exc
+
+
+# ============================================================================================ helpers
+def _describe(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = redact_text(str(exc)) or name
+    if "Timeout" in name:
+        return f"timed out ({text}): no bytes within the stall timeout"
+    return f"{name}: {text}" if name not in text else text
+
+
+def _contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
+    prefix = starts[0]
+    for start, end, done in zip(starts, ends, written, strict=True):
+        if start != prefix:
+            break
+        prefix = start + done
+        if start + done < end:
+            break
+    return prefix
+
+
+def _total_and_start(response: httpx.Response, kept: int) -> tuple[int | None, int]:
+    if response.status_code == 206:
+        got = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
+        if got is None:
+            return None, -1
+        total = None if got.group(3) == "*" else int(got.group(3))
+        return total, int(got.group(1))
+    length = response.headers.get("Content-Length")
+    return (int(length) if length and length.isdigit() else None), 0
+
+
+def _kept_prefix(partial: Path, meta_path: Path, spec: TransferSpec, source: Source) -> tuple[int, str | None]:
+    """How many bytes of an earlier partial download may be kept (0 when it is for something else)."""
+    try:
+        size = partial.stat().st_size
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        _discard(partial)
+        return 0, None
+    if meta.get("expected_sha256") != spec.expected_sha256 or meta.get("expected_size") != spec.expected_size:
+        _discard(partial)
+        return 0, None
+    kept = min(size, int(meta.get("prefix", 0))) if meta.get("parallel") else size
+    if spec.expected_size is not None and kept > spec.expected_size:
+        _discard(partial)
+        return 0, None
+    return kept, meta.get("etag")
+
+
+def _write_meta(
+    meta_path: Path, spec: TransferSpec, source: Source, etag: str | None, *, parallel: bool, prefix: int
+) -> None:
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "name": spec.name,
+                "source": redact_url(source.url),
+                "expected_sha256": spec.expected_sha256,
+                "expected_size": spec.expected_size,
+                "etag": etag,
+                "parallel": parallel,
+                "prefix": prefix,
+            }
+        )
+    )
+    os.replace(tmp, meta_path)
+
+
+def _rehash_prefix(partial: Path, kept: int) -> Any:
+    hasher = hashlib.sha256()
+    if kept:
+        with open(partial, "rb") as fh:
+            remaining = kept
+            while remaining:
+                data = fh.read(min(_READ_CHUNK * 8, remaining))
+                if not data:
+                    raise _Retryable("partial file shorter than recorded")
+                hasher.update(data)
+                remaining -= len(data)
+    return hasher
+
+
+def _discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    partial.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
+    if exc.errno == errno.ENOSPC:
+        import shutil
+
+        return InsufficientSpace(str(store.root), _READ_CHUNK, shutil.disk_usage(store.partial_dir).free)
+    return exc
+
+
+def _write(fh: Any, data: bytes, store: BlobStore) -> None:
+    try:
+        fh.write(data)
+    except OSError as exc:
+        raise _enospc(store, exc) from None
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, store: BlobStore) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+    except OSError as exc:
+        raise _enospc(store, exc) from None
