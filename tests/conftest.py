@@ -98,3 +98,96 @@ def provisioner(cache_dir: Path) -> Iterator[Any]:
 
     with ModelProvisioner.file_only(cache_dir) as prov:
         yield prov
+
+
+# ------------------------------------------------------------------------------------ network fixtures
+@pytest.fixture
+def fileserver(tmp_path: Path) -> Iterator[Any]:
+    from .servers.fileserver import FileServer
+
+    server = FileServer(tmp_path / "www")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Any]:
+    from .servers.hub import FakeHub
+
+    server = FakeHub(tmp_path / "hub")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from .servers.nginx import Nginx
+
+    root = tmp_path_factory.mktemp("nginx-root")
+    server = Nginx(root, tmp_path_factory.mktemp("nginx-work"))
+    yield server
+    server.close()
+
+
+FAST_TRANSFER = {"attempts": 4, "backoff_base_s": 0.02, "backoff_max_s": 0.2, "stall_timeout_s": 2.0,
+                 "connect_timeout_s": 2.0, "mirror_attempts": 1}
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path) -> Any:
+    """Write a settings file (fast retries by default) and return its path; use with env
+    MODEL_PROVISIONER_SETTINGS for CLI runs."""
+
+    def write(**sections: Any) -> Path:
+        data = {"transfer": {**FAST_TRANSFER, **sections.pop("transfer", {})}, **sections}
+        path = tmp_path / "settings.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def net(cache_dir: Path, settings_file: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A provisioner factory for network tests: settings file + env, like a user would configure it."""
+    from model_provisioner import ModelProvisioner, Settings
+
+    made: list[Any] = []
+
+    def make(hub_url: str | None = None, **sections: Any) -> Any:
+        path = settings_file(**sections)
+        monkeypatch.setenv("MODEL_PROVISIONER_SETTINGS", str(path))
+        if hub_url:
+            monkeypatch.setenv("HF_ENDPOINT", hub_url)
+        prov = ModelProvisioner(Settings.from_env(cache_dir=cache_dir))
+        made.append(prov)
+        return prov
+
+    yield make
+    for prov in made:
+        prov.close()
+
+
+class SocketGuard:
+    """Counts (and refuses) every outgoing connection made in this process."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Any] = []
+
+
+@pytest.fixture
+def no_sockets(monkeypatch: pytest.MonkeyPatch) -> SocketGuard:
+    import socket
+
+    guard = SocketGuard()
+    real_connect = socket.socket.connect
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            guard.attempts.append(address)
+            raise OSError("socket guard: no network allowed in this test")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(socket.socket(), a[0]))
+    return guard

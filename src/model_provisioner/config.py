@@ -111,6 +111,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,
     "parallel_threshold_bytes": int,
+    "parallel_chunk_min_bytes": int,
     "attempts": int,
     "mirror_attempts": int,
     "backoff_base_s": (int, float),

@@ -64,6 +64,7 @@ MAX_REDIRECTS = 10
 class TransferSettings:
     connections: int = 8
     parallel_threshold_bytes: int = 64 << 20
+    parallel_chunk_min_bytes: int = 8 << 20
     attempts: int = 5
     mirror_attempts: int = 2
     backoff_base_s: float = 0.5
@@ -199,10 +200,9 @@ class TransferEngine:
         if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
             blob = self.store.blob_path(spec.expected_sha256)
             return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
-        key = (
-            spec.expected_sha256
-            or hashlib.sha256((spec.name + "\0" + redact_url(spec.sources[0].url)).encode()).hexdigest()
-        )
+        # the partial file belongs to the resource (its origin URL), not to what the caller expects of it:
+        # a rerun with or without a digest resumes the same bytes; the final digest check catches the rest
+        key = hashlib.sha256(redact_url(spec.sources[-1].url).encode()).hexdigest()
         self.store.ensure_layout()
         lock = FileLock(self.store.locks_dir / f"blob-{key[:32]}.lock", f"the download of {spec.name}")
         lock.acquire(timeout_s=6 * 3600)
@@ -236,7 +236,11 @@ class TransferEngine:
         while True:
             attempt += 1
             try:
-                return self._attempt(source, spec, partial, progress_cb)
+                try:
+                    return self._attempt(source, spec, partial, progress_cb)
+                except _Restart as restart:
+                    _discard(partial)
+                    raise _Retryable(f"{restart}; starting over") from None
             except _Retryable as exc:
                 if attempt >= attempts:
                     raise TransferFailed(
@@ -256,12 +260,16 @@ class TransferEngine:
         import httpx
 
         meta_path = partial.with_suffix(".json")
-        kept, etag_kept = _kept_prefix(partial, meta_path, spec, source)
+        kept, etag_kept, chunks = _kept_prefix(partial, meta_path, spec, source)
         headers = dict(spec.conditional)
-        if kept:
-            headers["Range"] = f"bytes={kept}-"
-            if etag_kept and not etag_kept.startswith("W/"):
-                headers["If-Range"] = etag_kept
+        # The first request is a bounded range (exactly the first chunk of a parallel download), so that no
+        # byte a server pushes is ever thrown away; a server without ranges answers 200 with everything.
+        first_end = kept + self.settings.parallel_chunk_min_bytes
+        if chunks is not None:
+            first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
+        headers["Range"] = f"bytes={kept}-{first_end - 1}"
+        if kept and etag_kept and not etag_kept.startswith("W/"):
+            headers["If-Range"] = etag_kept
         try:
             response, final_url, final_headers = self._open(source, headers)
         except httpx.HTTPError as exc:
@@ -280,7 +288,7 @@ class TransferEngine:
                     raise _Retryable("server answered the Range request at the wrong offset; restarting")
                 if kept:
                     log.info("%s: server ignored the Range request; starting over", spec.name)
-                kept = 0
+                kept, chunks = 0, None
             if spec.expected_size is not None and total is not None and total != spec.expected_size:
                 raise TransferFailed(
                     f"{spec.name}: {redact_url(source.url)} serves {total} bytes but {spec.expected_size} are "
@@ -291,7 +299,10 @@ class TransferEngine:
                 self.store.check_free_space(total - kept)
             etag = response.headers.get("ETag")
             last_modified = response.headers.get("Last-Modified")
-            _write_meta(meta_path, spec, source, etag, parallel=False, prefix=kept)
+            if chunks is not None and (total is None or chunks[-1][1] != total or (etag_kept and etag != etag_kept)):
+                raise _Restart("the resource changed since the interrupted download")
+            if chunks is None:
+                _write_meta(meta_path, spec, source, etag, parallel=False, prefix=kept)
             progress = _Progress(total, progress_cb)
             hasher = _rehash_prefix(partial, kept)
             if kept:
@@ -301,7 +312,7 @@ class TransferEngine:
                 total is not None
                 and accepts_ranges
                 and self.settings.connections > 1
-                and total - kept >= self.settings.parallel_threshold_bytes
+                and (chunks is not None or total - kept >= self.settings.parallel_threshold_bytes)
             )
             if parallel:
                 assert total is not None
@@ -318,9 +329,13 @@ class TransferEngine:
                     total,
                     hasher,
                     progress,
+                    chunks,
                 )
             else:
                 self._stream(response, partial, kept, hasher, progress)
+                served_to = _range_end(response)
+                if served_to is not None and total is not None and served_to + 1 < total:
+                    self._stream_rest(source, etag, partial, served_to + 1, hasher, progress)
         finally:
             response.close()
         size = partial.stat().st_size
@@ -384,7 +399,7 @@ class TransferEngine:
                 f"{urlsplit(shown).hostname}"
             )
         if status == 416:
-            raise _Retryable(f"HTTP 416 from {shown}: range not satisfiable; restarting")
+            raise _Restart(f"HTTP 416 from {shown}: range not satisfiable")
         raise TransferFailed(f"{spec.name}: unexpected HTTP {status} from {shown}")
 
     # ------------------------------------------------------------------------------ single stream
@@ -395,13 +410,38 @@ class TransferEngine:
             fh.seek(kept)
             fh.truncate()
             try:
-                for chunk in response.iter_raw(_READ_CHUNK):
+                for chunk in response.iter_raw():
                     _write(fh, chunk, self.store)
                     hasher.update(chunk)
                     progress.add(len(chunk))
             except httpx.HTTPError as exc:
                 fh.flush()
                 raise _Retryable(_describe(exc)) from None
+
+    def _stream_rest(
+        self, source: Source, etag: str | None, partial: Path, offset: int, hasher: Any, progress: _Progress
+    ) -> None:
+        """After a bounded first range: the rest of the file in one stream."""
+        import httpx
+
+        headers = {"Range": f"bytes={offset}-"}
+        if etag and not etag.startswith("W/"):
+            headers["If-Range"] = etag
+        try:
+            response, _, _ = self._open(source, headers)
+        except httpx.HTTPError as exc:
+            raise _Retryable(_describe(exc)) from None
+        try:
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(
+                    f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After"))
+                )
+            _, start = _total_and_start(response, offset)
+            if response.status_code != 206 or start != offset:
+                raise _Restart(f"continuation range answered with HTTP {response.status_code} at {start}")
+            self._stream(response, partial, offset, hasher, progress)
+        finally:
+            response.close()
 
     # ---------------------------------------------------------------------------- parallel ranges
     def _parallel(
@@ -418,19 +458,28 @@ class TransferEngine:
         total: int,
         hasher: Any,
         progress: _Progress,
+        chunks: Chunks | None = None,
     ) -> None:
-        """Fetch [kept, total) as ranges on ``connections`` workers; the first range reuses ``first``."""
+        """Fetch [kept, total) as ranges on ``connections`` workers; the first range reuses ``first``.
+
+        ``chunks`` (from an interrupted run) resumes every range where it stopped."""
         conns = self.settings.connections
-        remaining = total - kept
-        chunk = max(8 << 20, min(64 << 20, -(-remaining // (conns * 4))))
-        starts = list(range(kept, total, chunk))
-        ends = [min(s + chunk, total) for s in starts]
-        written = [0] * len(starts)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        if chunks is None:
+            # chunk 0 is exactly what the bounded first request asked for; the rest in larger ranges
+            first_end = min(kept + self.settings.parallel_chunk_min_bytes, total)
+            remaining = total - first_end
+            size = max(self.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (conns * 4))))
+            chunks = [[kept, first_end, 0]] + [[s, min(s + size, total), 0] for s in range(first_end, total, size)]
+            os.ftruncate(fd, kept)
+        starts = [c[0] for c in chunks]
+        ends = [c[1] for c in chunks]
+        written = [c[2] for c in chunks]
+        progress.add(sum(written) - (kept - starts[0]), fetched=False)
+        pending = [i for i in range(len(chunks)) if starts[i] + written[i] < ends[i]]
         cond = threading.Condition()
         errors: list[BaseException] = []
         next_index = [1]
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(fd, kept)
         base_headers = {k: v for k, v in headers.items() if k.lower() not in ("range", "if-range")}
         if etag and not etag.startswith("W/"):
             base_headers["If-Range"] = etag
@@ -468,7 +517,7 @@ class TransferEngine:
                         got = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
                         if response.status_code != 206 or got is None or int(got.group(1)) != lo:
                             raise _Restart(f"range request answered with HTTP {response.status_code}")
-                    pump(index, response.iter_raw(_READ_CHUNK))
+                    pump(index, response.iter_raw())
                 except (httpx.HTTPError, _Retryable) as exc:
                     failures += 1
                     if failures >= self.settings.attempts:
@@ -482,12 +531,12 @@ class TransferEngine:
         def worker(first_response: httpx.Response | None) -> None:
             try:
                 if first_response is not None:
-                    run_chunk(0, first_response)
+                    run_chunk(pending[0], first_response)  # it starts at ``kept``: the first incomplete range
                 while True:
                     with cond:
-                        if errors or next_index[0] >= len(starts):
+                        if errors or next_index[0] >= len(pending):
                             return
-                        index = next_index[0]
+                        index = pending[next_index[0]]
                         next_index[0] += 1
                     run_chunk(index, None)
             except BaseException as exc:
@@ -497,13 +546,20 @@ class TransferEngine:
 
         threads = [
             threading.Thread(target=worker, args=(first if i == 0 else None,), daemon=True)
-            for i in range(min(conns, len(starts)))
+            for i in range(min(conns, len(pending)))
         ]
         for t in threads:
             t.start()
         # the hash follows the contiguous completed prefix, reading back what the workers wrote
         hashed = kept
-        last_meta = kept
+
+        def save() -> None:
+            with cond:
+                snapshot = [[a, b, w] for a, b, w in zip(starts, ends, written, strict=True)]
+            _write_meta(meta_path, spec, source, etag, parallel=True, prefix=hashed, chunks=snapshot)
+
+        save()
+        last_save = time.monotonic()
         buf = bytearray(_READ_CHUNK * 4)
         try:
             while hashed < total:
@@ -514,10 +570,12 @@ class TransferEngine:
                             break
                         if not any(t.is_alive() for t in threads):
                             break
-                        cond.wait(0.5)
+                        cond.wait(0.25)
+                        if time.monotonic() - last_save > 0.25:
+                            break
                     if errors:
                         raise errors[0]
-                if prefix <= hashed:
+                if prefix <= hashed and not any(t.is_alive() for t in threads):
                     raise _Retryable("range workers stopped before the file was complete")
                 while hashed < prefix:
                     n = os.preadv(fd, [memoryview(buf)[: min(len(buf), prefix - hashed)]], hashed)
@@ -525,15 +583,15 @@ class TransferEngine:
                         raise _Retryable("short read of the partial file")
                     hasher.update(memoryview(buf)[:n])
                     hashed += n
-                if hashed - last_meta >= 32 << 20:
-                    _write_meta(meta_path, spec, source, etag, parallel=True, prefix=hashed)
-                    last_meta = hashed
+                if time.monotonic() - last_save > 0.25:  # the chunk map lets a crash resume every range
+                    save()
+                    last_save = time.monotonic()
         finally:
             with cond:
-                next_index[0] = len(starts)  # stop handing out ranges
+                next_index[0] = len(pending)  # stop handing out ranges
             for t in threads:
                 t.join(timeout=self.settings.stall_timeout_s + 5)
-            _write_meta(meta_path, spec, source, etag, parallel=True, prefix=hashed)
+            save()
             os.close(fd)
         if errors:
             exc = errors[0]
@@ -563,6 +621,12 @@ def _contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
     return prefix
 
 
+def _range_end(response: httpx.Response) -> int | None:
+    """The last byte index a 206 response covers (None for a 200)."""
+    got = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
+    return int(got.group(2)) if response.status_code == 206 and got else None
+
+
 def _total_and_start(response: httpx.Response, kept: int) -> tuple[int | None, int]:
     if response.status_code == 206:
         got = _CONTENT_RANGE_RE.match(response.headers.get("Content-Range", ""))
@@ -574,26 +638,68 @@ def _total_and_start(response: httpx.Response, kept: int) -> tuple[int | None, i
     return (int(length) if length and length.isdigit() else None), 0
 
 
-def _kept_prefix(partial: Path, meta_path: Path, spec: TransferSpec, source: Source) -> tuple[int, str | None]:
-    """How many bytes of an earlier partial download may be kept (0 when it is for something else)."""
+Chunks = list[list[int]]  # [[start, end, bytes written], ...] of a parallel download
+
+
+def _kept_prefix(
+    partial: Path, meta_path: Path, spec: TransferSpec, source: Source
+) -> tuple[int, str | None, Chunks | None]:
+    """What an earlier partial download left: the contiguous prefix to keep, its ETag, and (for a parallel
+    download) the chunk map, so every range resumes where it stopped. Nothing when it is for something else."""
     try:
         size = partial.stat().st_size
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         _discard(partial)
-        return 0, None
-    if meta.get("expected_sha256") != spec.expected_sha256 or meta.get("expected_size") != spec.expected_size:
+        return 0, None, None
+    if meta.get("origin") != redact_url(spec.sources[-1].url):
         _discard(partial)
-        return 0, None
-    kept = min(size, int(meta.get("prefix", 0))) if meta.get("parallel") else size
+        return 0, None, None
+    known_size = meta.get("expected_size")
+    if known_size is not None and spec.expected_size is not None and known_size != spec.expected_size:
+        _discard(partial)  # the resource changed size: the old bytes are of something else
+        return 0, None, None
+    chunks = _valid_chunks(meta.get("chunks"), size) if meta.get("parallel") else None
+    if meta.get("parallel") and chunks is None:
+        _discard(partial)
+        return 0, None, None
+    if chunks is not None:
+        kept = _contiguous([c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks])
+    else:
+        kept = size
     if spec.expected_size is not None and kept > spec.expected_size:
         _discard(partial)
-        return 0, None
-    return kept, meta.get("etag")
+        return 0, None, None
+    return kept, meta.get("etag"), chunks
+
+
+def _valid_chunks(raw: Any, file_size: int) -> Chunks | None:
+    if not isinstance(raw, list) or not raw:
+        return None
+    chunks: Chunks = []
+    previous_end = None
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) and v >= 0 for v in item)):
+            return None
+        start, end, done = item
+        if end <= start or done > end - start or (previous_end is not None and start != previous_end):
+            return None
+        if done and start + done > file_size:
+            return None
+        chunks.append([start, end, done])
+        previous_end = end
+    return chunks
 
 
 def _write_meta(
-    meta_path: Path, spec: TransferSpec, source: Source, etag: str | None, *, parallel: bool, prefix: int
+    meta_path: Path,
+    spec: TransferSpec,
+    source: Source,
+    etag: str | None,
+    *,
+    parallel: bool,
+    prefix: int,
+    chunks: Chunks | None = None,
 ) -> None:
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(
@@ -601,11 +707,13 @@ def _write_meta(
             {
                 "name": spec.name,
                 "source": redact_url(source.url),
+                "origin": redact_url(spec.sources[-1].url),
                 "expected_sha256": spec.expected_sha256,
                 "expected_size": spec.expected_size,
                 "etag": etag,
                 "parallel": parallel,
                 "prefix": prefix,
+                "chunks": chunks,
             }
         )
     )

@@ -158,7 +158,7 @@ class FileServer:
                 h.end_headers()
                 return
             partial = True
-            if fault.wrong_range_offset is not None:
+            if fault.wrong_range_offset is not None and start > 0:  # a resume answered at the wrong offset
                 start = fault.wrong_range_offset
         active = fault.times is None or fault.times > 0
         if fault.times is not None and fault.times > 0 and (fault.cut_after or fault.stall_after or
