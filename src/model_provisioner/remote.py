@@ -200,7 +200,7 @@ def _fetch_all(
             results[file.path] = outcome
         if INDEX in results:
             shards = shards_from_index(results[INDEX].blob.read_bytes(), f"{ref.id} [{INDEX}]")
-            check_complete(shards, [f.path for f in plan.files], ref.id)
+            check_complete(shards, [f.path for f in plan.files], plan.available, ref.id)
         # weights one or two at a time: each large file already uses parallel ranges
         with ThreadPoolExecutor(max_workers=2) as big_pool:
             for file, outcome in zip(large, big_pool.map(one, large), strict=True):

@@ -433,9 +433,7 @@ class TransferEngine:
             raise _Retryable(_describe(exc)) from None
         try:
             if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(
-                    f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After"))
-                )
+                raise _Retryable(f"HTTP {response.status_code}", parse_retry_after(response.headers.get("Retry-After")))
             _, start = _total_and_start(response, offset)
             if response.status_code != 206 or start != offset:
                 raise _Restart(f"continuation range answered with HTTP {response.status_code} at {start}")

@@ -73,7 +73,7 @@ class FakeHub:
     # ------------------------------------------------------------------------------------- content
     def add_repo(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", private: bool = False,
                  gated: bool = False, tag: str | None = None) -> str:
-        repo = self.repos.setdefault(repo_id, Repo(repo_id, private=private, gated=gated))
+        self.repos.setdefault(repo_id, Repo(repo_id, private=private, gated=gated))
         return self.commit(repo_id, files, branch=branch, tag=tag)
 
     def commit(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", tag: str | None = None) -> str:

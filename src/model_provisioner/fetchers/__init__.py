@@ -31,6 +31,8 @@ class FetchPlan:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: conditional request headers for a refresh of an https ref
     conditional: Mapping[str, str] = field(default_factory=dict)
+    #: every file the source has (to tell "missing from the repo" from "left out by a filter")
+    available: tuple[str, ...] = ()
 
     @property
     def total_size(self) -> int | None:

@@ -225,6 +225,7 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
             )
         )
     return FetchPlan(
+        available=tuple(siblings),
         layout=layout,
         files=tuple(files),
         revision=commit,

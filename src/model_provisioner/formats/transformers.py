@@ -21,12 +21,22 @@ def shards_from_index(index_bytes: bytes, subject: str) -> set[str]:
         raise CorruptModel(subject, "model.safetensors.index.json has no valid weight_map") from None
 
 
-def check_complete(shards: set[str], available: Iterable[str], subject: str) -> None:
-    missing = sorted(shards - set(available))
-    if missing:
+def check_complete(shards: set[str], selected: Iterable[str], in_repo: Iterable[str], subject: str) -> None:
+    """Every shard the index names must be fetched; say whether a missing one is absent or filtered out."""
+    selected_set = set(selected)
+    if not any(p.endswith(".safetensors") for p in selected_set):
+        return  # no weights asked for (e.g. --include '*.json'): nothing to be complete
+    missing = sorted(shards - selected_set)
+    absent = [m for m in missing if m not in set(in_repo)]
+    if absent:
         raise NotFound(
             f"{subject}: model.safetensors.index.json references shards missing from the repository: "
-            f"{', '.join(missing)}"
+            f"{', '.join(absent)}"
+        )
+    if missing:
+        raise NotFound(
+            f"{subject}: shards {', '.join(missing)} are named by model.safetensors.index.json but left out by "
+            "--include/--exclude; widen the filters"
         )
 
 

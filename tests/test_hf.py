@@ -1,0 +1,445 @@
+"""hf: refs against the fake Hub over real HTTP (huggingface_hub itself works against it, see the first test).
+
+Bytes are counted at the CDN origin (LFS) and the Hub (small files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_provisioner import (
+    DigestMismatch,
+    Lifecycle,
+    NotFound,
+    OfflineError,
+    PolicyDenied,
+    VerificationFailed,
+)
+from model_provisioner.handoff import write_engine_handoff
+
+from .conftest import run_cli
+from .servers.fileserver import Fault
+
+MiB = 1 << 20
+
+
+def gguf_bytes(tmp_path: Path, name: str = "g.gguf", **kwargs: Any) -> bytes:
+    from make_tiny_gguf import write_tiny_gguf
+
+    return write_tiny_gguf(tmp_path / "gen" / name if (tmp_path / "gen").mkdir(exist_ok=True) is None else
+                           tmp_path / name, **kwargs).read_bytes()
+
+
+def safetensors_bytes(n_floats: int, seed: int = 0) -> bytes:
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    return save({"w": rng.standard_normal(n_floats, dtype=np.float32)})
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cdn_bytes(hub: Any) -> int:
+    return sum(hub.cdn.bytes_served.values())
+
+
+def test_huggingface_hub_itself_speaks_to_the_fake_hub(hub: Any, tmp_path: Path) -> None:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    data = gguf_bytes(tmp_path)
+    commit = hub.add_repo("org/proto", {"m.gguf": data, "README.md": b"# hi"})
+    path = hf_hub_download("org/proto", "m.gguf", endpoint=hub.url, cache_dir=str(tmp_path / "hf"))
+    assert Path(path).read_bytes() == data and commit in path
+    snap = snapshot_download("org/proto", endpoint=hub.url, cache_dir=str(tmp_path / "hf2"))
+    assert sorted(p.name for p in Path(snap).iterdir()) == ["README.md", "m.gguf"]
+
+
+def test_single_gguf_file_verified_against_lfs_sha256(net: Any, hub: Any, tmp_path: Path, cache_dir: Path) -> None:
+    data = gguf_bytes(tmp_path, context_length=8192, extra_tensor_bytes=2 * MiB)
+    commit = hub.add_repo("TheOrg/Tiny-GGUF", {"tiny-Q4_K_M.gguf": data, "README.md": b"readme"})
+    prov = net(hub.url)
+    resolved = prov.ensure_present("hf:TheOrg/Tiny-GGUF/tiny-Q4_K_M.gguf")
+    view = cache_dir / "gguf" / "TheOrg" / "Tiny-GGUF" / f"tiny-Q4_K_M.gguf@{sha(data)}"
+    assert resolved.local_path == view and view.read_bytes() == data
+    assert os.stat(view).st_ino == os.stat(cache_dir / "blobs" / "sha256" / sha(data)).st_ino
+    assert resolved.metadata["revision"] == commit and resolved.metadata["ctx_max"] == 8192
+    assert resolved.verification == "source_verified" and resolved.digest == f"sha256:{sha(data)}"
+    assert cdn_bytes(hub) == len(data)
+
+
+def test_small_git_file_is_verified_by_its_git_blob_id(net: Any, hub: Any) -> None:
+    hub.add_repo("org/cfg", {"config.json": b'{"model_type": "llama"}'})
+    resolved = net(hub.url).ensure_present("hf:org/cfg/config.json")
+    assert resolved.local_path.read_bytes() == b'{"model_type": "llama"}'
+    assert resolved.verification == "source_verified"
+
+
+def test_corrupted_lfs_bytes_are_refused(net: Any, hub: Any, tmp_path: Path, cache_dir: Path) -> None:
+    data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
+    hub.add_repo("org/bad", {"m-Q8_0.gguf": data})
+    hub.cdn.faults[f"/lfs/{sha(data)}"] = Fault(corrupt_at=5000)
+    prov = net(hub.url)
+    with pytest.raises(DigestMismatch) as info:
+        prov.ensure_present("hf:org/bad/m-Q8_0.gguf")
+    assert info.value.exit_code == 4
+    entry = prov.entry("hf:org/bad/m-Q8_0.gguf")
+    assert entry is not None and entry.lifecycle is Lifecycle.FAILED
+    assert not any((cache_dir / "blobs" / "sha256").iterdir())
+    assert not (cache_dir / "gguf").exists() or not any((cache_dir / "gguf").rglob("*@*"))
+
+
+def test_user_digest_contradicting_the_hub_fails_before_download(net: Any, hub: Any, tmp_path: Path) -> None:
+    data = gguf_bytes(tmp_path)
+    hub.add_repo("org/pin", {"m.gguf": data})
+    with pytest.raises(DigestMismatch, match="nothing was downloaded"):
+        net(hub.url).ensure_present("hf:org/pin/m.gguf", "sha256:" + "0" * 64)
+    assert cdn_bytes(hub) == 0
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("hf:org/quants", "m-Q4_K_M.gguf"),  # default Q4_K_M
+        ("hf:org/quants:q8_0", "m-Q8_0.gguf"),  # case-insensitive
+        ("hf:org/quants:Q4_K_S", "m-Q4_K_S.gguf"),  # Q4_K does not match Q4_K_M
+        ("hf:org/quants:IQ2_XXS", "m-IQ2_XXS.gguf"),
+    ],
+)
+def test_quant_selection(net: Any, hub: Any, tmp_path: Path, ref: str, expected: str) -> None:
+    files = {name: gguf_bytes(tmp_path, name=name, seed=i) for i, name in enumerate(
+        ["m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "m-Q8_0.gguf", "m-IQ2_XXS.gguf", "mmproj-m-F16.gguf"])}
+    hub.add_repo("org/quants", files)
+    resolved = net(hub.url).ensure_present(ref)
+    assert resolved.local_path.name.startswith(expected + "@")
+    assert resolved.local_path.read_bytes() == files[expected]
+
+
+def test_quant_fallbacks_and_missing_quant(net: Any, hub: Any, tmp_path: Path) -> None:
+    hub.add_repo("org/q8only", {"x-Q8_0.gguf": gguf_bytes(tmp_path), "mmproj-Q4_K_M.gguf": gguf_bytes(tmp_path)})
+    prov = net(hub.url)
+    assert prov.ensure_present("hf:org/q8only").local_path.name.startswith("x-Q8_0.gguf@")  # mmproj skipped
+    hub.add_repo("org/other", {"b-F16.gguf": gguf_bytes(tmp_path, seed=1), "a-Q2_K.gguf": gguf_bytes(tmp_path)})
+    assert prov.ensure_present("hf:org/other").local_path.name.startswith("a-Q2_K.gguf@")  # first GGUF
+    with pytest.raises(NotFound, match=r"Q5_K_M.*Q2_K") as info:
+        prov.ensure_present("hf:org/other:Q5_K_M")
+    assert info.value.exit_code == 3
+
+
+def test_split_gguf_fetches_every_part_into_one_directory(net: Any, hub: Any, tmp_path: Path) -> None:
+    parts = {f"Q4_K_M/big-Q4_K_M-0000{i}-of-00003.gguf": gguf_bytes(tmp_path, name=f"p{i}.gguf", seed=i,
+                                                                     split=(i - 1, 3, 6)) for i in (1, 2, 3)}
+    hub.add_repo("org/split", {**parts, "big-Q8_0.gguf": gguf_bytes(tmp_path, name="q8.gguf")})
+    resolved = net(hub.url).ensure_present("hf:org/split:Q4_K_M")
+    directory = resolved.local_path.parent
+    assert sorted(p.name for p in directory.iterdir()) == [f"big-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert resolved.local_path.name == "big-Q4_K_M-00001-of-00003.gguf"
+    assert resolved.metadata["split"]["count"] == 3
+    assert cdn_bytes(hub) == sum(len(v) for v in parts.values())
+    with pytest.raises(NotFound, match="00002-of-00003"):
+        hub.add_repo("org/split-broken", {"m-Q4_K_M-00001-of-00003.gguf": parts[next(iter(parts))],
+                                          "m-Q4_K_M-00003-of-00003.gguf": parts[next(iter(parts))]})
+        net(hub.url).ensure_present("hf:org/split-broken")
+
+
+def transformers_repo(n_shards: int = 3, extra: dict[str, bytes] | None = None, config: dict[str, Any] | None = None
+                      ) -> dict[str, bytes]:
+    shards = {f"model-0000{i}-of-0000{n_shards}.safetensors": safetensors_bytes(40_000, seed=i)
+              for i in range(1, n_shards + 1)}
+    index = {"metadata": {"total_size": sum(len(v) for v in shards.values())},
+             "weight_map": {f"layer.{i}.w": name for i, name in enumerate(shards)}}
+    files = {
+        "config.json": json.dumps(config or {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                             "max_position_embeddings": 4096}).encode(),
+        "generation_config.json": b"{}",
+        "tokenizer.json": b'{"version": "1.0"}',
+        "tokenizer_config.json": b"{}",
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        "pytorch_model.bin": b"\x00" * 3000,  # must NOT be fetched when safetensors exist
+        "flax_model.msgpack": b"\x00" * 2000,
+        "README.md": b"# model card",
+        **shards,
+    }
+    files.update(extra or {})
+    return files
+
+
+def test_transformers_repo_minimal_set_layout_and_repo_digest(net: Any, hub: Any, cache_dir: Path,
+                                                             tmp_path: Path) -> None:
+    files = transformers_repo()
+    commit = hub.add_repo("org/llama-tiny", files)
+    prov = net(hub.url)
+    resolved = prov.ensure_present("hf:org/llama-tiny")
+    repo_dir = cache_dir / "transformers" / "org" / f"llama-tiny@{commit}"
+    assert resolved.local_path == repo_dir
+    fetched = sorted(str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*") if p.is_file())
+    assert fetched == sorted(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                              "model.safetensors.index.json", *[n for n in files if n.endswith(".safetensors")]])
+    lines = "".join(f"{p}\t{sha(files[p])}\t{len(files[p])}\n" for p in sorted(fetched))
+    assert resolved.digest == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    assert resolved.metadata["ctx_max"] == 4096 and resolved.metadata["trust_remote_code"] is False
+    for name in fetched:
+        assert os.stat(repo_dir / name).st_ino == os.stat(cache_dir / "blobs/sha256" / sha(files[name])).st_ino
+    handoff = json.loads(write_engine_handoff(tmp_path / "out", "vllm", resolved).read_text())
+    assert handoff["model"]["path"] == str(repo_dir) and handoff["model"]["trust_remote_code"] is False
+    assert handoff["metadata"]["revision"] == commit
+    tgi = json.loads(write_engine_handoff(tmp_path / "out", "tgi", resolved).read_text())
+    assert tgi["model"]["path"] == str(repo_dir)
+
+
+def test_include_exclude_globs_override(net: Any, hub: Any, cache_dir: Path) -> None:
+    files = transformers_repo()
+    hub.add_repo("org/globs", files)
+    resolved = net(hub.url).ensure_present("hf:org/globs", include=["*.json", "*.bin"],
+                                          exclude=["generation_config.json"])
+    names = sorted(p.name for p in resolved.local_path.iterdir())
+    assert names == ["config.json", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json",
+                     "tokenizer_config.json"]
+
+
+def test_missing_shard_is_a_clear_error_before_big_downloads(net: Any, hub: Any) -> None:
+    files = transformers_repo()
+    del files["model-00002-of-00003.safetensors"]
+    hub.add_repo("org/broken", files)
+    with pytest.raises(NotFound, match=r"model-00002-of-00003\.safetensors") as info:
+        net(hub.url).ensure_present("hf:org/broken")
+    assert info.value.exit_code == 3
+    assert cdn_bytes(hub) == 0  # no shard was downloaded
+
+
+def test_custom_code_is_flagged_and_not_trusted_by_default(net: Any, hub: Any, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    files = transformers_repo(extra={"modeling_custom.py": b"print('hi')"},
+                              config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}})
+    hub.add_repo("org/custom", files)
+    with caplog.at_level("WARNING", logger="model_provisioner"):
+        resolved = net(hub.url).ensure_present("hf:org/custom")
+    assert resolved.metadata["trust_remote_code"] is True and "custom code" in caplog.text
+    handoff = json.loads(write_engine_handoff(tmp_path / "o", "vllm", resolved).read_text())
+    assert handoff["model"]["trust_remote_code"] is False
+    allowed = net(hub.url, allow_remote_code=True).ensure_present("hf:org/custom", refresh=True)
+    handoff = json.loads(write_engine_handoff(tmp_path / "o2", "vllm", allowed).read_text())
+    assert handoff["model"]["trust_remote_code"] is True
+
+
+def test_revision_pinning(net: Any, hub: Any, tmp_path: Path) -> None:
+    v1, v2 = gguf_bytes(tmp_path, seed=1), gguf_bytes(tmp_path, name="b.gguf", seed=2)
+    c1 = hub.add_repo("org/rev", {"m.gguf": v1}, tag="v1")
+    c2 = hub.commit("org/rev", {"m.gguf": v2})
+    prov = net(hub.url)
+    assert prov.ensure_present("hf:org/rev@v1/m.gguf").metadata["revision"] == c1
+    assert prov.ensure_present(f"hf:org/rev@{c1}/m.gguf").local_path.read_bytes() == v1
+    main = prov.ensure_present("hf:org/rev/m.gguf")
+    assert main.metadata["revision"] == c2 and main.local_path.read_bytes() == v2
+    with pytest.raises(NotFound, match="revision 'nope'"):
+        prov.ensure_present("hf:org/rev@nope/m.gguf")
+    with pytest.raises(NotFound, match="not in hf:org/rev"):
+        prov.ensure_present("hf:org/rev/absent.gguf")
+    with pytest.raises(NotFound, match="not found"):
+        prov.ensure_present("hf:org/no-such-repo/m.gguf")
+
+
+def test_pinned_ensure_makes_no_network_request(net: Any, hub: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    data = gguf_bytes(tmp_path)
+    commit = hub.add_repo("org/pinned", {"m.gguf": data})
+    prov = net(hub.url)
+    prov.ensure_present(f"hf:org/pinned@{commit}/m.gguf")
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise OSError("socket guard")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    again = prov.ensure_present(f"hf:org/pinned@{commit}/m.gguf")
+    assert again.from_cache and attempts == []
+    assert net(hub.url).ensure_present(f"hf:org/pinned@{commit}/m.gguf").from_cache and attempts == []
+
+
+def test_cross_repo_dedup_downloads_nothing_twice(net: Any, hub: Any, tmp_path: Path, cache_dir: Path) -> None:
+    data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
+    hub.add_repo("org/original", {"m-Q4_K_M.gguf": data})
+    hub.add_repo("fan/requant", {"renamed-Q4_K_M.gguf": data, "README.md": b"same bytes"})
+    prov = net(hub.url)
+    prov.ensure_present("hf:org/original/m-Q4_K_M.gguf")
+    first = cdn_bytes(hub)
+    second = prov.ensure_present("hf:fan/requant/renamed-Q4_K_M.gguf")
+    assert cdn_bytes(hub) == first and second.bytes_fetched == 0
+    assert len(list((cache_dir / "blobs" / "sha256").iterdir())) == 1
+
+
+def test_private_repo_token_used_for_the_hub_never_for_the_cdn(hub: Any, tmp_path: Path, cache_dir: Path,
+                                                               settings_file: Any) -> None:
+    token = "hf_SuperSecretTokenValue1234567890"
+    hub.tokens.add(token)
+    data = gguf_bytes(tmp_path)
+    hub.add_repo("org/private", {"m.gguf": data}, private=True)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    denied = run_cli("ensure", "hf:org/private/m.gguf", cache_dir=cache_dir, env=env)
+    assert denied.code == 3 and "HF_TOKEN" in denied.stderr
+    out = tmp_path / "out"
+    ok = run_cli("-v", "ensure", "hf:org/private/m.gguf", "--handoff-dir", str(out), "--json", cache_dir=cache_dir,
+                 env={**env, "HF_TOKEN": token})
+    assert ok.code == 0, ok.stderr
+    assert any(r.headers.get("Authorization") == f"Bearer {token}" for r in hub.server.requests)
+    assert all("Authorization" not in r.headers for r in hub.cdn.requests)  # cross-host redirect: dropped
+    texts = [denied.stderr, ok.stdout, ok.stderr]
+    texts += [p.read_bytes().decode("latin-1") for p in [*cache_dir.rglob("*.db*"), *out.rglob("*")] if p.is_file()]
+    assert all(token not in t and "cdnsecret" not in t for t in texts)
+
+
+def test_gated_repo_is_denied_with_a_hint(net: Any, hub: Any, tmp_path: Path) -> None:
+    hub.add_repo("org/gated", {"m.gguf": gguf_bytes(tmp_path)}, gated=True)
+    with pytest.raises(PolicyDenied, match="gated") as info:
+        net(hub.url).ensure_present("hf:org/gated/m.gguf")
+    assert info.value.exit_code == 5
+
+
+def test_offline_hf_zero_sockets(net: Any, hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = gguf_bytes(tmp_path)
+    hub.add_repo("org/off", {"m.gguf": data})
+    net(hub.url).ensure_present("hf:org/off/m.gguf")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import socket
+
+    attempts: list[Any] = []
+    real = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: attempts.append(addr) or real(self, addr))
+    offline = net(hub.url)
+    assert offline.ensure_present("hf:org/off/m.gguf").from_cache
+    with pytest.raises(OfflineError):
+        offline.ensure_present("hf:org/off/other.gguf")
+    assert attempts == []
+
+
+def test_hub_mirror_first_then_origin(net: Any, hub: Any, tmp_path: Path) -> None:
+    from .servers.hub import FakeHub
+
+    mirror = FakeHub(tmp_path / "mirror-hub")
+    try:
+        data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
+        hub.add_repo("org/mirrored", {"m.gguf": data})
+        mirror.add_repo("org/mirrored", {"m.gguf": data})
+        prov = net(hub.url, mirrors={"hf": [mirror.url]})
+        assert prov.ensure_present("hf:org/mirrored/m.gguf").local_path.read_bytes() == data
+        assert sum(mirror.cdn.bytes_served.values()) == len(data) and cdn_bytes(hub) == 0
+        # the mirror does not have this repo: the origin serves it
+        data2 = gguf_bytes(tmp_path, name="two.gguf", seed=5)
+        hub.add_repo("org/only-origin", {"m.gguf": data2})
+        assert prov.ensure_present("hf:org/only-origin/m.gguf").local_path.read_bytes() == data2
+        assert cdn_bytes(hub) == len(data2)
+    finally:
+        mirror.close()
+
+
+def test_hub_mirror_serving_corrupt_bytes_falls_back_to_origin(net: Any, hub: Any, tmp_path: Path) -> None:
+    from .servers.hub import FakeHub
+
+    mirror = FakeHub(tmp_path / "mirror-hub")
+    try:
+        data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
+        hub.add_repo("org/m", {"m.gguf": data})
+        mirror.add_repo("org/m", {"m.gguf": data})
+        mirror.cdn.faults[f"/lfs/{sha(data)}"] = Fault(corrupt_at=100)
+        resolved = net(hub.url, mirrors={"hf": [mirror.url]}).ensure_present("hf:org/m/m.gguf")
+        assert resolved.local_path.read_bytes() == data and cdn_bytes(hub) == len(data)
+    finally:
+        mirror.close()
+
+
+def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def test_kill_9_mid_lfs_download_resumes(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
+    data = gguf_bytes(tmp_path, extra_tensor_bytes=12 * MiB)
+    hub.add_repo("org/resume", {"m.gguf": data})
+    hub.cdn.faults[f"/lfs/{sha(data)}"] = Fault(stall_after=len(data) // 2, stall_s=30, times=1)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    proc = _spawn(cache_dir, "hf:org/resume/m.gguf", env)
+    deadline = time.monotonic() + 30
+    while cdn_bytes(hub) < len(data) // 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    hub.cdn.faults.clear()
+    result = run_cli("ensure", "hf:org/resume/m.gguf", "--json", cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    assert Path(result.json()["local_path"]).read_bytes() == data
+    assert cdn_bytes(hub) <= 1.1 * len(data)
+
+
+def test_eight_processes_one_lfs_transfer(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
+    data = gguf_bytes(tmp_path, extra_tensor_bytes=8 * MiB)
+    hub.add_repo("org/crowd", {"m.gguf": data})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    procs = [_spawn(cache_dir, "hf:org/crowd/m.gguf", env) for _ in range(8)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({o["local_path"] for o in outs}) == 1
+    assert cdn_bytes(hub) <= 1.05 * len(data)
+
+
+def test_nginx_cdn_with_parallel_ranges(net: Any, hub: Any, nginx: Any, tmp_path: Path) -> None:
+    """The LFS CDN is Debian's nginx: parallel ranges, byte count from nginx's own access log."""
+    data = gguf_bytes(tmp_path, extra_tensor_bytes=20 * MiB)
+    (nginx.root / "lfs").mkdir(exist_ok=True)
+    (nginx.root / "lfs" / sha(data)).write_bytes(data)
+    hub.cdn.url = nginx.url  # LFS redirects now point at nginx
+    hub.add_repo("org/via-nginx", {"m.gguf": data})
+    before = nginx.bytes_served().get(f"/lfs/{sha(data)}", 0)
+    prov = net(hub.url, transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB})
+    resolved = prov.ensure_present("hf:org/via-nginx/m.gguf")
+    assert resolved.local_path.read_bytes() == data
+    served = nginx.bytes_served()[f"/lfs/{sha(data)}"] - before
+    assert served == len(data)
+    ranges = [line for line in nginx.access_log.read_text().splitlines() if sha(data) in line]
+    assert len(ranges) > 2  # several range requests
+
+
+def test_hf_cli_end_to_end_with_handoff(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
+    files = transformers_repo(n_shards=2)
+    hub.add_repo("org/cli-repo", files)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    out = tmp_path / "out"
+    result = run_cli("ensure", "hf:org/cli-repo", "--engine", "vllm", "--handoff-dir", str(out), "--json",
+                     cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    payload = result.json()
+    assert payload["engine"] == "vllm" and payload["lifecycle"] == "Active"
+    handoff = json.loads((out / ".runtime/engines/vllm.json").read_text())
+    assert handoff["model"]["path"] == payload["local_path"]
+    provenance = json.loads((out / ".runtime/provenance/models.jsonl").read_text().splitlines()[-1])
+    assert provenance["bytes_fetched"] > 0 and provenance["model_id"] == "hf:org/cli-repo"
+    # warm: no network, fast
+    hub.server.requests.clear()
+    warm = run_cli("ensure", "hf:org/cli-repo", "--json", cache_dir=cache_dir, env=env)
+    assert warm.code == 0 and warm.json()["from_cache"] and hub.server.requests == []
+
+
+def test_failed_git_blob_check_is_verification_failure(net: Any, hub: Any) -> None:
+    hub.add_repo("org/gitbad", {"config.json": b'{"a": 1}'})
+    # tamper with the stored small file after the commit was recorded
+    repo = hub.repos["org/gitbad"]
+    entry = next(iter(repo.commits.values()))["config.json"]
+    entry.stored.write_bytes(b'{"a": 2}')
+    with pytest.raises(VerificationFailed, match="git blob id"):
+        net(hub.url).ensure_present("hf:org/gitbad/config.json")
