@@ -406,7 +406,8 @@ def test_nginx_cdn_with_parallel_ranges(net: Any, hub: Any, nginx: Any, tmp_path
     hub.cdn.url = nginx.url  # LFS redirects now point at nginx
     hub.add_repo("org/via-nginx", {"m.gguf": data})
     before = nginx.bytes_served().get(f"/lfs/{sha(data)}", 0)
-    prov = net(hub.url, transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB})
+    prov = net(hub.url, transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
+                                  "single_stream_enough_bytes_per_s": 1e15})  # always fan out
     resolved = prov.ensure_present("hf:org/via-nginx/m.gguf")
     assert resolved.local_path.read_bytes() == data
     served = nginx.bytes_served()[f"/lfs/{sha(data)}"] - before
@@ -443,3 +444,27 @@ def test_failed_git_blob_check_is_verification_failure(net: Any, hub: Any) -> No
     entry.stored.write_bytes(b'{"a": 2}')
     with pytest.raises(VerificationFailed, match="git blob id"):
         net(hub.url).ensure_present("hf:org/gitbad/config.json")
+
+
+def test_capped_connections_make_the_engine_fan_out(net: Any, tmp_path: Path) -> None:
+    """nginx limit_rate caps each connection: the first range is slow, so the rest comes as parallel ranges."""
+    from .servers.nginx import Nginx
+
+    root = tmp_path / "limited"
+    root.mkdir()
+    data = os.urandom(24 * MiB)
+    (root / "m.bin").write_bytes(data)
+    limited = Nginx(root, tmp_path / "limited-work", limit_rate="8m")
+    try:
+        prov = net(transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
+                             "connections": 4})
+        start = time.monotonic()
+        resolved = prov.ensure_present(f"{limited.url}/m.bin", f"sha256:{sha(data)}")
+        took = time.monotonic() - start
+        assert resolved.local_path.read_bytes() == data
+        assert limited.bytes_served()["/m.bin"] == len(data)
+        ranges = [line for line in limited.access_log.read_text().splitlines() if "/m.bin" in line]
+        assert len(ranges) >= 4
+        assert took < 24 / 8 * 0.75  # faster than one capped connection could be
+    finally:
+        limited.close()

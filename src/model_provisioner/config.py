@@ -112,6 +112,7 @@ _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,
     "parallel_threshold_bytes": int,
     "parallel_chunk_min_bytes": int,
+    "single_stream_enough_bytes_per_s": (int, float),
     "attempts": int,
     "mirror_attempts": int,
     "backoff_base_s": (int, float),

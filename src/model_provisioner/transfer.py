@@ -65,6 +65,9 @@ class TransferSettings:
     connections: int = 8
     parallel_threshold_bytes: int = 64 << 20
     parallel_chunk_min_bytes: int = 8 << 20
+    #: when the first range arrives at least this fast, the rest comes in one stream (parallel ranges cost
+    #: CPU; they pay off only when a single connection is capped or latency-bound)
+    single_stream_enough_bytes_per_s: float = 400e6
     attempts: int = 5
     mirror_attempts: int = 2
     backoff_base_s: float = 0.5
@@ -314,7 +317,7 @@ class TransferEngine:
                 and self.settings.connections > 1
                 and (chunks is not None or total - kept >= self.settings.parallel_threshold_bytes)
             )
-            if parallel:
+            if parallel and chunks is not None:  # resuming an interrupted parallel download
                 assert total is not None
                 self._parallel(
                     response,
@@ -332,10 +335,37 @@ class TransferEngine:
                     chunks,
                 )
             else:
+                # the bounded first range as a stream, timed: fan out to parallel ranges only when one
+                # connection is slow (a per-connection cap, a long fat pipe); otherwise one stream is cheaper
+                started = time.monotonic()
                 self._stream(response, partial, kept, hasher, progress)
                 served_to = _range_end(response)
                 if served_to is not None and total is not None and served_to + 1 < total:
-                    self._stream_rest(source, etag, partial, served_to + 1, hasher, progress)
+                    rate = (served_to + 1 - kept) / max(time.monotonic() - started, 1e-6)
+                    if parallel and rate < self.settings.single_stream_enough_bytes_per_s:
+                        log.info(
+                            "%s: one connection gives %.0f MB/s; continuing with %d parallel ranges",
+                            spec.name,
+                            rate / 1e6,
+                            self.settings.connections,
+                        )
+                        self._parallel(
+                            None,
+                            final_url,
+                            final_headers,
+                            partial,
+                            meta_path,
+                            spec,
+                            source,
+                            etag,
+                            served_to + 1,
+                            total,
+                            hasher,
+                            progress,
+                            None,
+                        )
+                    else:
+                        self._stream_rest(source, etag, partial, served_to + 1, hasher, progress)
         finally:
             response.close()
         size = partial.stat().st_size
@@ -404,19 +434,56 @@ class TransferEngine:
 
     # ------------------------------------------------------------------------------ single stream
     def _stream(self, response: httpx.Response, partial: Path, kept: int, hasher: Any, progress: _Progress) -> None:
+        """One response body into the partial file at ``kept``: this thread receives and coalesces 1 MiB
+        buffers; a sink thread writes and hashes them in order (both release the GIL, so the two overlap on
+        two cores). Whatever was received before an error is written before the error is raised, so a
+        resume starts exactly where the bytes stop."""
+        import queue
+
         import httpx
 
-        with open(partial, "r+b" if kept else "wb") as fh:
-            fh.seek(kept)
-            fh.truncate()
-            try:
-                for chunk in response.iter_raw():
-                    _write(fh, chunk, self.store)
-                    hasher.update(chunk)
-                    progress.add(len(chunk))
-            except httpx.HTTPError as exc:
-                fh.flush()
-                raise _Retryable(_describe(exc)) from None
+        buffers: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # backpressure: at most ~8 MiB in memory
+        failure: list[BaseException] = []
+
+        def sink() -> None:
+            with open(partial, "r+b" if kept else "wb", buffering=0) as fh:
+                fh.seek(kept)
+                fh.truncate()
+                while (buf := buffers.get()) is not None:
+                    if failure:
+                        continue  # drain so the receiver never blocks
+                    try:
+                        _write(fh, buf, self.store)
+                        hasher.update(buf)
+                        progress.add(len(buf))
+                    except BaseException as exc:
+                        failure.append(exc)
+
+        writer = threading.Thread(target=sink, name="mprov-sink", daemon=True)
+        writer.start()
+        pending: list[bytes] = []
+        pending_bytes = 0
+        network_error: BaseException | None = None
+        try:
+            for chunk in response.iter_raw():
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= _READ_CHUNK:
+                    buffers.put(b"".join(pending))
+                    pending, pending_bytes = [], 0
+                    if failure:
+                        break
+        except httpx.HTTPError as exc:
+            network_error = exc
+        finally:
+            if pending:
+                buffers.put(b"".join(pending))
+            buffers.put(None)
+            writer.join()
+        if failure:
+            raise failure[0]
+        if network_error is not None:
+            raise _Retryable(_describe(network_error)) from None
 
     def _stream_rest(
         self, source: Source, etag: str | None, partial: Path, offset: int, hasher: Any, progress: _Progress
@@ -444,7 +511,7 @@ class TransferEngine:
     # ---------------------------------------------------------------------------- parallel ranges
     def _parallel(
         self,
-        first: httpx.Response,
+        first: httpx.Response | None,
         url: str,
         headers: dict[str, str],
         partial: Path,
@@ -464,11 +531,9 @@ class TransferEngine:
         conns = self.settings.connections
         fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         if chunks is None:
-            # chunk 0 is exactly what the bounded first request asked for; the rest in larger ranges
-            first_end = min(kept + self.settings.parallel_chunk_min_bytes, total)
-            remaining = total - first_end
+            remaining = total - kept
             size = max(self.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (conns * 4))))
-            chunks = [[kept, first_end, 0]] + [[s, min(s + size, total), 0] for s in range(first_end, total, size)]
+            chunks = [[s, min(s + size, total), 0] for s in range(kept, total, size)]
             os.ftruncate(fd, kept)
         starts = [c[0] for c in chunks]
         ends = [c[1] for c in chunks]
@@ -477,24 +542,42 @@ class TransferEngine:
         pending = [i for i in range(len(chunks)) if starts[i] + written[i] < ends[i]]
         cond = threading.Condition()
         errors: list[BaseException] = []
-        next_index = [1]
+        next_index = [1 if first is not None else 0]  # the first response serves pending[0]
         base_headers = {k: v for k, v in headers.items() if k.lower() not in ("range", "if-range")}
         if etag and not etag.startswith("W/"):
             base_headers["If-Range"] = etag
 
         def pump(index: int, body: Any) -> None:
+            """Gather ~1 MiB of received pieces, then one pwritev at the right offset (no join copy)."""
             offset = starts[index] + written[index]
-            for data in body:
-                limit = ends[index] - offset
-                if limit <= 0:
-                    break
-                data = data[:limit]
-                _pwrite_all(fd, data, offset, self.store)
-                offset += len(data)
-                progress.add(len(data))
+            gathered: list[bytes] = []
+            gathered_bytes = 0
+
+            def flush() -> None:
+                nonlocal offset, gathered, gathered_bytes
+                if not gathered_bytes:
+                    return
+                _pwritev_all(fd, gathered, offset, self.store)
+                offset += gathered_bytes
+                progress.add(gathered_bytes)
                 with cond:
-                    written[index] += len(data)
+                    written[index] += gathered_bytes
                     cond.notify_all()
+                gathered, gathered_bytes = [], 0
+
+            try:
+                for data in body:
+                    limit = ends[index] - offset - gathered_bytes
+                    if limit <= 0:
+                        break
+                    if len(data) > limit:
+                        data = data[:limit]
+                    gathered.append(data)
+                    gathered_bytes += len(data)
+                    if gathered_bytes >= _READ_CHUNK or len(gathered) >= 512:  # IOV_MAX is 1024
+                        flush()
+            finally:
+                flush()  # what was received is kept, even when the connection broke
 
         def run_chunk(index: int, response: httpx.Response | None) -> None:
             import httpx
@@ -752,12 +835,16 @@ def _write(fh: Any, data: bytes, store: BlobStore) -> None:
         raise _enospc(store, exc) from None
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int, store: BlobStore) -> None:
-    view = memoryview(data)
+def _pwritev_all(fd: int, pieces: list[bytes], offset: int, store: BlobStore) -> None:
     try:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
+        total = sum(len(p) for p in pieces)
+        n = os.pwritev(fd, pieces, offset)
+        if n < total:  # short write (rare): finish piece by piece
+            data = memoryview(b"".join(pieces))[n:]
             offset += n
+            while data:
+                k = os.pwrite(fd, data, offset)
+                data = data[k:]
+                offset += k
     except OSError as exc:
         raise _enospc(store, exc) from None
