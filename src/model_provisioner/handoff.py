@@ -109,6 +109,7 @@ def append_provenance(
     duration_ms: int,
     bytes_fetched: int = 0,
     correlation_id: str | None = None,
+    policy_label: str | None = None,
 ) -> Path:
     """Append one provenance line for this run to ``<out>/.runtime/provenance/models.jsonl``."""
     record = {
@@ -124,6 +125,7 @@ def append_provenance(
         "bytes_fetched": bytes_fetched,
         "duration_ms": duration_ms,
         "correlation_id": correlation_id or uuid.uuid4().hex,
+        "policy_label": policy_label,
     }
     path = Path(out_dir) / ".runtime" / "provenance" / "models.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,7 @@ def provision_and_handoff(
         duration_ms=int((time.monotonic() - start) * 1000),
         bytes_fetched=resolved.bytes_fetched,
         correlation_id=correlation_id,
+        policy_label=provisioner.settings.policy.label,
     )
     return resolved, handoff
 

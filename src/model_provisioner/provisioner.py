@@ -45,7 +45,7 @@ from .formats import FormatInfo, inspect_file
 from .hashing import FileHash, hash_file
 from .locks import fetch_slot, model_lock
 from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
-from .store import BlobStore, view_name
+from .store import BlobStore, repo_digest, view_name
 
 if TYPE_CHECKING:
     from .transfer import ProgressCallback, TransferEngine
@@ -544,6 +544,9 @@ class ModelProvisioner:
 
     # ============================================================================= verify / evict
     def _reverify(self, entry: CatalogEntry, digest: Digest | None) -> VerificationReport:
+        files = self.catalog.files(entry.id)
+        if files:
+            return self._reverify_set(entry, files)
         path = Path(entry.local_path)
         expected = digest or (Digest.parse(entry.expected_digest) if entry.expected_digest else None)
         recorded = Digest.parse(entry.digest) if entry.digest else None
@@ -587,6 +590,43 @@ class ModelProvisioner:
             str(actual.sha256),
             str(path),
             f"{entry.id}: ok ({actual.sha256})",
+        )
+
+    def _reverify_set(self, entry: CatalogEntry, files: list[EntryFile]) -> VerificationReport:
+        """A multi-file model (repo, split GGUF): every file against its blob digest, then the repo digest."""
+        root = Path(str(entry.metadata.get("view_dir") or entry.local_path))
+        problems: list[str] = []
+        hashed = 0
+        for f in files:
+            path = root / f.path
+            if not path.is_file():
+                problems.append(f"{f.path} is missing")
+                continue
+            actual = hash_file(path)
+            hashed += actual.size_bytes
+            if actual.sha256.hex != f.blob:
+                problems.append(f"{f.path}: expected sha256:{f.blob}, got {actual.sha256}")
+        if (
+            not problems
+            and entry.digest
+            and repo_digest([(f.path, f.blob, f.size_bytes) for f in files]) != entry.digest
+        ):
+            problems.append("the file set no longer matches the recorded repo digest")
+        if problems:
+            message = f"{entry.id}: verification failed at {root}: {'; '.join(problems)}"
+            self._mark_failed(entry, "mismatch", message, hashed, None)
+            return VerificationReport(entry.id, False, "mismatch", entry.digest, None, str(root), message)
+        now = now_ms()
+        self.catalog.put(replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, error=None))
+        self.catalog.record_verification(VerificationRecord(entry.id, now, "pass", "verified", entry.digest, hashed))
+        return VerificationReport(
+            entry.id,
+            True,
+            "verified",
+            entry.digest,
+            entry.digest,
+            str(root),
+            f"{entry.id}: ok ({len(files)} files, {entry.digest})",
         )
 
     def _mark_failed(

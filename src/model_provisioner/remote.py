@@ -279,7 +279,8 @@ def _lay_out(
         extra["view_dir"] = str(tree)
         extra["parts"] = [n for n, _, _ in names]
         _mark_source(check, source_verified, digest)
-        return tree / first_name, entry_digest, total, fmt, None, files, extra, check
+        view_files = [EntryFile(n, b, sz) for n, b, sz in names]  # paths as laid out in the view directory
+        return tree / first_name, entry_digest, total, fmt, None, view_files, extra, check
 
     # transformers repository
     entry_digest = repo_digest([(f.path, f.blob, f.size_bytes) for f in files])

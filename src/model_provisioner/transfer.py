@@ -45,6 +45,7 @@ from .errors import (
 )
 from .locks import FileLock
 from .redact import redact_text, redact_url
+from .store import start_writeback
 
 if TYPE_CHECKING:
     import httpx
@@ -57,6 +58,7 @@ log = logging.getLogger("model_provisioner")
 ProgressCallback = Callable[[int, int | None], None]
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _READ_CHUNK = 1 << 20
+_WRITEBACK_BYTES = 32 << 20
 MAX_REDIRECTS = 10
 
 
@@ -449,6 +451,7 @@ class TransferEngine:
             with open(partial, "r+b" if kept else "wb", buffering=0) as fh:
                 fh.seek(kept)
                 fh.truncate()
+                position = flushed = kept
                 while (buf := buffers.get()) is not None:
                     if failure:
                         continue  # drain so the receiver never blocks
@@ -456,6 +459,10 @@ class TransferEngine:
                         _write(fh, buf, self.store)
                         hasher.update(buf)
                         progress.add(len(buf))
+                        position += len(buf)
+                        if position - flushed >= _WRITEBACK_BYTES:
+                            start_writeback(fh.fileno(), flushed, position - flushed)
+                            flushed = position
                     except BaseException as exc:
                         failure.append(exc)
 
@@ -658,12 +665,15 @@ class TransferEngine:
                         raise errors[0]
                 if prefix <= hashed and not any(t.is_alive() for t in threads):
                     raise _Retryable("range workers stopped before the file was complete")
+                region = hashed
                 while hashed < prefix:
                     n = os.preadv(fd, [memoryview(buf)[: min(len(buf), prefix - hashed)]], hashed)
                     if n <= 0:
                         raise _Retryable("short read of the partial file")
                     hasher.update(memoryview(buf)[:n])
                     hashed += n
+                if hashed > region:
+                    start_writeback(fd, region, hashed - region)  # hashed bytes can go to disk now
                 if time.monotonic() - last_save > 0.25:  # the chunk map lets a crash resume every range
                     save()
                     last_save = time.monotonic()
