@@ -59,8 +59,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    # measure the program as installed: pip byte-compiles at install time, an editable checkout does not
+    import compileall
     import logging
 
+    compileall.compile_dir(str(ROOT / "src"), quiet=1)
     from make_tiny_gguf import write_tiny_gguf
 
     from model_provisioner import ModelProvisioner

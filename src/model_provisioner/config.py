@@ -18,7 +18,6 @@ from .digest import Digest
 from .errors import ConfigError, InvalidDigest, InvalidModelRef
 from .policy import Policy
 from .refs import ModelRef, parse
-from .transfer import TransferSettings
 
 ENV_CACHE = "MODEL_PROVISIONER_CACHE"
 ENV_OFFLINE = "MODEL_PROVISIONER_OFFLINE"
@@ -33,6 +32,24 @@ def _truthy(value: str | None) -> bool:
 
 def default_cache_dir() -> Path:
     return Path(os.path.expanduser("~/.cache/models"))
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    connections: int = 8
+    parallel_threshold_bytes: int = 64 << 20
+    parallel_chunk_min_bytes: int = 8 << 20
+    #: when the first range arrives at least this fast, the rest comes in one stream (parallel ranges cost
+    #: CPU; they pay off only when a single connection is capped or latency-bound)
+    single_stream_enough_bytes_per_s: float = 400e6
+    attempts: int = 5
+    mirror_attempts: int = 2
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    retry_after_max_s: float = 60.0
+    stall_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)

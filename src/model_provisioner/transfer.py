@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from .config import TransferSettings
 from .errors import (
     DigestMismatch,
     InsufficientSpace,
@@ -60,24 +61,6 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _READ_CHUNK = 1 << 20
 _WRITEBACK_BYTES = 32 << 20
 MAX_REDIRECTS = 10
-
-
-@dataclass(frozen=True)
-class TransferSettings:
-    connections: int = 8
-    parallel_threshold_bytes: int = 64 << 20
-    parallel_chunk_min_bytes: int = 8 << 20
-    #: when the first range arrives at least this fast, the rest comes in one stream (parallel ranges cost
-    #: CPU; they pay off only when a single connection is capped or latency-bound)
-    single_stream_enough_bytes_per_s: float = 400e6
-    attempts: int = 5
-    mirror_attempts: int = 2
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
-    retry_after_max_s: float = 60.0
-    stall_timeout_s: float = 30.0
-    connect_timeout_s: float = 10.0
-    ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)
