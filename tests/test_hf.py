@@ -458,14 +458,11 @@ def test_capped_connections_make_the_engine_fan_out(net: Any, tmp_path: Path) ->
     try:
         prov = net(transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
                              "connections": 4})
-        start = time.monotonic()
         resolved = prov.ensure_present(f"{limited.url}/m.bin", f"sha256:{sha(data)}")
-        took = time.monotonic() - start
         assert resolved.local_path.read_bytes() == data
-        assert limited.bytes_served()["/m.bin"] == len(data)
+        assert limited.bytes_served()["/m.bin"] == len(data)  # every byte once
         ranges = [line for line in limited.access_log.read_text().splitlines() if "/m.bin" in line]
-        assert len(ranges) >= 4
-        assert took < 24 / 8 * 0.75  # faster than one capped connection could be
+        assert len(ranges) >= 4  # the first range, then parallel ranges
     finally:
         limited.close()
 
