@@ -326,12 +326,17 @@ class TransferEngine:
                 self._stream(response, partial, kept, hasher, progress)
                 served_to = _range_end(response)
                 if served_to is not None and total is not None and served_to + 1 < total:
-                    rate = (served_to + 1 - kept) / max(time.monotonic() - started, 1e-6)
-                    if parallel and rate < self.settings.single_stream_enough_bytes_per_s:
+                    offset = served_to + 1
+                    rate = (offset - kept) / max(time.monotonic() - started, 1e-6)
+                    enough = self.settings.single_stream_enough_bytes_per_s
+                    if not parallel or rate >= enough:
+                        # keep watching: servers often let a first burst through at full speed
+                        watch = _SlowStreamWatch(enough) if parallel else None
+                        offset = self._stream_rest(source, etag, partial, offset, hasher, progress, watch)
+                    if offset < total:
                         log.info(
-                            "%s: one connection gives %.0f MB/s; continuing with %d parallel ranges",
+                            "%s: one connection is slow; the rest as %d parallel ranges",
                             spec.name,
-                            rate / 1e6,
                             self.settings.connections,
                         )
                         self._parallel(
@@ -343,14 +348,12 @@ class TransferEngine:
                             spec,
                             source,
                             etag,
-                            served_to + 1,
+                            offset,
                             total,
                             hasher,
                             progress,
                             None,
                         )
-                    else:
-                        self._stream_rest(source, etag, partial, served_to + 1, hasher, progress)
         finally:
             response.close()
         size = partial.stat().st_size
@@ -418,7 +421,15 @@ class TransferEngine:
         raise TransferFailed(f"{spec.name}: unexpected HTTP {status} from {shown}")
 
     # ------------------------------------------------------------------------------ single stream
-    def _stream(self, response: httpx.Response, partial: Path, kept: int, hasher: Any, progress: _Progress) -> None:
+    def _stream(
+        self,
+        response: httpx.Response,
+        partial: Path,
+        kept: int,
+        hasher: Any,
+        progress: _Progress,
+        watch: _SlowStreamWatch | None = None,
+    ) -> int:
         """One response body into the partial file at ``kept``: this thread receives and coalesces 1 MiB
         buffers; a sink thread writes and hashes them in order (both release the GIL, so the two overlap on
         two cores). Whatever was received before an error is written before the error is raised, so a
@@ -454,14 +465,16 @@ class TransferEngine:
         pending: list[bytes] = []
         pending_bytes = 0
         network_error: BaseException | None = None
+        received = 0
         try:
             for chunk in response.iter_raw():
                 pending.append(chunk)
                 pending_bytes += len(chunk)
+                received += len(chunk)
                 if pending_bytes >= _READ_CHUNK:
                     buffers.put(b"".join(pending))
                     pending, pending_bytes = [], 0
-                    if failure:
+                    if failure or (watch is not None and watch.too_slow(received)):
                         break
         except httpx.HTTPError as exc:
             network_error = exc
@@ -474,11 +487,20 @@ class TransferEngine:
             raise failure[0]
         if network_error is not None:
             raise _Retryable(_describe(network_error)) from None
+        return kept + received
 
     def _stream_rest(
-        self, source: Source, etag: str | None, partial: Path, offset: int, hasher: Any, progress: _Progress
-    ) -> None:
-        """After a bounded first range: the rest of the file in one stream."""
+        self,
+        source: Source,
+        etag: str | None,
+        partial: Path,
+        offset: int,
+        hasher: Any,
+        progress: _Progress,
+        watch: _SlowStreamWatch | None = None,
+    ) -> int:
+        """After a bounded first range: the rest of the file in one stream. Returns where it stopped: the end,
+        or earlier when ``watch`` found the connection too slow (the caller fans out the remainder)."""
         import httpx
 
         headers = {"Range": f"bytes={offset}-"}
@@ -494,7 +516,7 @@ class TransferEngine:
             _, start = _total_and_start(response, offset)
             if response.status_code != 206 or start != offset:
                 raise _Restart(f"continuation range answered with HTTP {response.status_code} at {start}")
-            self._stream(response, partial, offset, hasher, progress)
+            return self._stream(response, partial, offset, hasher, progress, watch)
         finally:
             response.close()
 
@@ -676,6 +698,25 @@ class TransferEngine:
 
 
 # ============================================================================================ helpers
+class _SlowStreamWatch:
+    """Rolling one-second windows over a stream's rate: ``too_slow`` once a full window ran below ``enough``
+    bytes/s (a per-connection cap shows after the server's initial burst allowance)."""
+
+    def __init__(self, enough: float, window_s: float = 1.0) -> None:
+        self.enough = enough
+        self.window_s = window_s
+        self.start = time.monotonic()
+        self.start_bytes = 0
+
+    def too_slow(self, received: int) -> bool:
+        now = time.monotonic()
+        if now - self.start < self.window_s:
+            return False
+        rate = (received - self.start_bytes) / (now - self.start)
+        self.start, self.start_bytes = now, received
+        return rate < self.enough
+
+
 def _describe(exc: BaseException) -> str:
     name = type(exc).__name__
     text = redact_text(str(exc)) or name
