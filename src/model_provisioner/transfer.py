@@ -322,12 +322,11 @@ class TransferEngine:
             else:
                 # the bounded first range as a stream, timed: fan out to parallel ranges only when one
                 # connection is slow (a per-connection cap, a long fat pipe); otherwise one stream is cheaper
-                started = time.monotonic()
-                self._stream(response, partial, kept, hasher, progress)
+                _, rate = self._stream(response, partial, kept, hasher, progress)
                 served_to = _range_end(response)
                 if served_to is not None and total is not None and served_to + 1 < total:
                     offset = served_to + 1
-                    rate = (offset - kept) / max(time.monotonic() - started, 1e-6)
+                    # ``rate`` counts receiving time only: a slow disk is no reason to fan out
                     enough = self.settings.single_stream_enough_bytes_per_s
                     if not parallel or rate >= enough:
                         # keep watching: servers often let a first burst through at full speed
@@ -429,7 +428,7 @@ class TransferEngine:
         hasher: Any,
         progress: _Progress,
         watch: _SlowStreamWatch | None = None,
-    ) -> int:
+    ) -> tuple[int, float]:
         """One response body into the partial file at ``kept``: this thread receives and coalesces 1 MiB
         buffers; a sink thread writes and hashes them in order (both release the GIL, so the two overlap on
         two cores). Whatever was received before an error is written before the error is raised, so a
@@ -466,15 +465,20 @@ class TransferEngine:
         pending_bytes = 0
         network_error: BaseException | None = None
         received = 0
+        blocked = 0.0  # time spent waiting for the sink: local slowness, not the network's
+        loop_start = time.monotonic()
         try:
             for chunk in response.iter_raw():
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 received += len(chunk)
                 if pending_bytes >= _READ_CHUNK:
+                    put_start = time.monotonic()
                     buffers.put(b"".join(pending))
+                    blocked += time.monotonic() - put_start
                     pending, pending_bytes = [], 0
-                    if failure or (watch is not None and watch.too_slow(received)):
+                    network_s = time.monotonic() - loop_start - blocked
+                    if failure or (watch is not None and watch.too_slow(received, network_s)):
                         break
         except httpx.HTTPError as exc:
             network_error = exc
@@ -487,7 +491,7 @@ class TransferEngine:
             raise failure[0]
         if network_error is not None:
             raise _Retryable(_describe(network_error)) from None
-        return kept + received
+        return kept + received, received / max(time.monotonic() - loop_start - blocked, 1e-6)
 
     def _stream_rest(
         self,
@@ -516,7 +520,8 @@ class TransferEngine:
             _, start = _total_and_start(response, offset)
             if response.status_code != 206 or start != offset:
                 raise _Restart(f"continuation range answered with HTTP {response.status_code} at {start}")
-            return self._stream(response, partial, offset, hasher, progress, watch)
+            end, _ = self._stream(response, partial, offset, hasher, progress, watch)
+            return end
         finally:
             response.close()
 
@@ -699,21 +704,21 @@ class TransferEngine:
 
 # ============================================================================================ helpers
 class _SlowStreamWatch:
-    """Rolling one-second windows over a stream's rate: ``too_slow`` once a full window ran below ``enough``
-    bytes/s (a per-connection cap shows after the server's initial burst allowance)."""
+    """Rolling one-second windows (of network time: receiving, not waiting for the disk) over a stream's rate:
+    ``too_slow`` once a full window ran below ``enough`` bytes/s. A per-connection cap shows after the
+    server's initial burst allowance; a slow disk does not count, since more connections would not help."""
 
     def __init__(self, enough: float, window_s: float = 1.0) -> None:
         self.enough = enough
         self.window_s = window_s
-        self.start = time.monotonic()
+        self.start_s = 0.0
         self.start_bytes = 0
 
-    def too_slow(self, received: int) -> bool:
-        now = time.monotonic()
-        if now - self.start < self.window_s:
+    def too_slow(self, received: int, network_s: float) -> bool:
+        if network_s - self.start_s < self.window_s:
             return False
-        rate = (received - self.start_bytes) / (now - self.start)
-        self.start, self.start_bytes = now, received
+        rate = (received - self.start_bytes) / (network_s - self.start_s)
+        self.start_s, self.start_bytes = network_s, received
         return rate < self.enough
 
 
