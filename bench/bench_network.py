@@ -78,6 +78,16 @@ def main() -> list[Result]:
             results.append(speed_ratio(f"cold_https_{args.size_mib}MiB_vs_curl", a, b, "curl -o", ">= 0.9"))
             print(results[-1].line(), flush=True)
 
+            # like for like: we fsync before the atomic rename (a crash never leaves a torn blob); curl does not
+            def curl_durable() -> None:
+                run(["curl", "-sS", "-o", str(out), url])
+                run(["sync", str(out)])
+
+            a, b = alternate(ours_https, curl_durable, args.rounds, before)
+            results.append(speed_ratio(f"cold_https_{args.size_mib}MiB_vs_curl_durable", a, b, "curl -o + sync FILE",
+                                       "(context)"))
+            print(results[-1].line(), flush=True)
+
         if "hf" not in args.skip:
             hub = FakeHub(work / "hub")
             hub.cdn.url = nginx.url  # LFS bytes come from nginx
