@@ -56,6 +56,23 @@ class CatalogEntry:
     #: sha256 hex of the blob backing a store-owned entry; None for files registered in place
     blob: str | None = None
     error: str | None = None
+    #: protected from eviction and gc until unpinned
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Someone (an engine) uses a model: eviction and ``rm`` leave it alone while the lease is live.
+    A lease of a process (``pid`` + its start time, so a reused pid does not count) ends with the process."""
+
+    lease_id: str
+    model_id: str
+    holder: str
+    host: str
+    created_ms: int
+    pid: int | None = None
+    pid_start: str | None = None
+    expires_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,13 @@ class CatalogStore(Protocol):
     def blob_refcount(self, sha256_hex: str, excluding: str | None = None) -> int: ...
     def record_verification(self, record: VerificationRecord) -> None: ...
     def verifications(self, model_id: str) -> list[VerificationRecord]: ...
+    def set_pinned(self, model_id: str, pinned: bool) -> bool: ...
+    def add_lease(self, lease: Lease) -> None: ...
+    def remove_lease(self, lease_id: str) -> bool: ...
+    def leases(self, model_id: str | None = None) -> list[Lease]: ...
+    def referenced_blobs(self) -> set[str]: ...
+    def rows_for_listing(self) -> list[tuple[Any, ...]]: ...
+    def blob_sizes_by_entry(self) -> dict[str, list[str]]: ...
     def close(self) -> None: ...
 
 
@@ -133,12 +157,28 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX entry_files_blob ON entry_files(blob);
     """,
+    # 3: pins, leases, and an index for LRU order
+    """
+    ALTER TABLE models ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX models_last_used ON models(last_used_ms);
+    CREATE TABLE leases (
+        lease_id TEXT PRIMARY KEY,
+        model_id TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        pid INTEGER,
+        pid_start TEXT,
+        host TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER
+    );
+    CREATE INDEX leases_model ON leases(model_id);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = (
     "id, ref, scheme, local_path, lifecycle, digest, size_bytes, format, verification, expected_digest, "
-    "strict, last_verified_ms, created_ms, last_used_ms, fingerprint, metadata, blob, error"
+    "strict, last_verified_ms, created_ms, last_used_ms, fingerprint, metadata, blob, error, pinned"
 )
 
 #: on re-registration everything but the id and the creation time is replaced
@@ -278,6 +318,68 @@ class SqliteCatalog:
                 ),
             )
 
+    # --------------------------------------------------------------------------------- lifecycle
+    def set_pinned(self, model_id: str, pinned: bool) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE models SET pinned = ? WHERE id = ?", (int(pinned), model_id))
+        return cur.rowcount > 0
+
+    def add_lease(self, lease: Lease) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO leases (lease_id, model_id, holder, pid, pid_start, host, created_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    lease.lease_id,
+                    lease.model_id,
+                    lease.holder,
+                    lease.pid,
+                    lease.pid_start,
+                    lease.host,
+                    lease.created_ms,
+                    lease.expires_ms,
+                ),
+            )
+
+    def remove_lease(self, lease_id: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+        return cur.rowcount > 0
+
+    def leases(self, model_id: str | None = None) -> list[Lease]:
+        query = "SELECT lease_id, model_id, holder, host, created_ms, pid, pid_start, expires_ms FROM leases"
+        with self._lock:
+            rows = (
+                self._conn.execute(query + " WHERE model_id = ?", (model_id,))
+                if model_id
+                else self._conn.execute(query)
+            ).fetchall()
+        return [Lease(*r) for r in rows]
+
+    def referenced_blobs(self) -> set[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT blob FROM models WHERE blob IS NOT NULL UNION SELECT blob FROM entry_files"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def rows_for_listing(self) -> list[tuple[Any, ...]]:
+        """Raw rows (id, lifecycle, size, format, verification, local_path, last_used, pinned, blob, metadata
+        JSON text) without building entries: ``ls`` and gc over 100,000 entries stay fast."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, lifecycle, size_bytes, format, verification, local_path, last_used_ms, pinned, blob, "
+                "metadata, digest, created_ms, scheme FROM models ORDER BY id"
+            ).fetchall()
+
+    def blob_sizes_by_entry(self) -> dict[str, list[str]]:
+        """model id -> the blobs of its file set (multi-file entries only)."""
+        out: dict[str, list[str]] = {}
+        with self._lock:
+            for model_id, blob in self._conn.execute("SELECT model_id, blob FROM entry_files"):
+                out.setdefault(model_id, []).append(blob)
+        return out
+
     def integrity_check(self) -> str:
         with self._lock:
             return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
@@ -307,6 +409,7 @@ def _row(e: CatalogEntry) -> tuple[Any, ...]:
         json.dumps(e.metadata, sort_keys=True),
         e.blob,
         redact_text(e.error) if e.error else None,
+        int(e.pinned),
     )
 
 
@@ -331,6 +434,7 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         metadata=json.loads(row[15]),
         blob=row[16],
         error=row[17],
+        pinned=bool(row[18]),
     )
 
 
@@ -340,6 +444,7 @@ __all__ = [
     "CatalogStore",
     "EntryFile",
     "Fingerprint",
+    "Lease",
     "Lifecycle",
     "SqliteCatalog",
     "VerificationRecord",

@@ -131,8 +131,54 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=cmd_ensure)
 
-    p = sub.add_parser("ls", parents=[common], help="list the catalog")
+    p = sub.add_parser("ls", parents=[common], help="list the catalog, with the cache's real disk use")
+    p.add_argument(
+        "--sort",
+        choices=["name", "size", "used"],
+        default="name",
+        help="name (default), size (largest first), used (least recently used first)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="size>1GB, size<500MB, unused>7d, used<1h, lifecycle=Failed, format=gguf (repeatable)",
+    )
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("gc", parents=[common], help="remove unreferenced blobs, stale views and partials")
+    p.add_argument("--max-size", metavar="SIZE", help="also evict least recently used entries down to SIZE")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    p.add_argument("--grace", default="1h", metavar="DURATION", help="keep partial downloads younger than this")
+    p.add_argument("--failed-retention", default="7d", metavar="DURATION", help="keep Failed entries this long")
+    p.set_defaults(func=cmd_gc)
+
+    for name, helptext in (("pin", "protect a model from eviction and gc"), ("unpin", "remove the protection")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("ref", metavar="ID")
+        p.set_defaults(func=cmd_pin, pinned=name == "pin")
+
+    p = sub.add_parser("lease", parents=[common], help="mark a model in use by a process; prints the lease id")
+    p.add_argument("ref", metavar="ID")
+    p.add_argument("--holder", help="who holds it (shown by rm)")
+    p.add_argument("--pid", type=int, help="the process using it (default: the caller of this command)")
+    p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
+    p.set_defaults(func=cmd_lease)
+
+    p = sub.add_parser("release", parents=[common], help="end a lease")
+    p.add_argument("lease_id", metavar="LEASE_ID")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="adopt verified blobs from huggingface_hub and Ollama caches (nothing downloaded twice)",
+    )
+    p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
+    p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
+    p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("inspect", parents=[common], help="show a model's catalog entry and metadata")
     p.add_argument("ref", help="model id or reference (a local file is read without registering it)")
@@ -145,11 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="verify every catalog entry")
+    p.add_argument("--repair", action="store_true", help="re-fetch models that fail from their source")
+    p.add_argument("--jobs", type=int, help="parallel hashing threads (default: number of cores)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
     p.add_argument("pattern", metavar="ID|GLOB")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
@@ -258,29 +307,181 @@ def _stderr_console() -> Any:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from .lifecycle import usage
+
+    filters = [_parse_filter(f) for f in args.filter]
+    now = time.time() * 1000
     with _provisioner(args) as prov:
-        entries = prov.list_models()
-    if args.json:
-        _emit(args, {"models": [_entry_json(e) for e in entries]})
-        return 0
-    if not entries:
-        sys.stderr.write(f"{PROG}: the catalog at {args.cache_dir or 'the default cache'} is empty\n")
-        return 0
-    rows = [("ID", "LIFECYCLE", "SIZE", "FORMAT", "VERIFIED", "PATH")]
-    for e in entries:
-        rows.append(
-            (
-                e.id,
-                str(e.lifecycle),
-                _human_size(e.size_bytes),
-                e.format,
-                e.verification or "-",
-                e.local_path or "-",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        rows = prov.catalog.rows_for_listing()
+        use = usage(prov, rows)
+    models = []
     for r in rows:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n")
+        item = {
+            "id": r[0],
+            "lifecycle": r[1],
+            "size_bytes": r[2],
+            "format": r[3],
+            "verification": r[4],
+            "local_path": r[5],
+            "last_used_ms": r[6],
+            "pinned": bool(r[7]),
+            "digest": r[10],
+            "scheme": r[12],
+        }
+        if all(check(item, now) for check in filters):
+            models.append(item)
+    if args.sort == "size":
+        models.sort(key=lambda m: -m["size_bytes"])
+    elif args.sort == "used":
+        models.sort(key=lambda m: m["last_used_ms"])
+    if args.json:
+        _emit(
+            args,
+            {
+                "models": models,
+                "entries": use.entries,
+                "logical_bytes": use.logical_bytes,
+                "disk_bytes": use.disk_bytes,
+            },
+        )
+        return 0
+    if models:
+        table = [("ID", "LIFECYCLE", "SIZE", "FORMAT", "LAST USED", "PATH")]
+        for m in models:
+            pin = " (pinned)" if m["pinned"] else ""
+            table.append(
+                (
+                    m["id"] + pin,
+                    m["lifecycle"],
+                    _human_size(m["size_bytes"]),
+                    m["format"],
+                    _ago(now - m["last_used_ms"]),
+                    m["local_path"] or "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table]
+        sys.stdout.write("\n".join(out) + "\n")
+    sys.stderr.write(
+        f"{PROG}: {len(models)} of {use.entries} entries; {_human_size(use.logical_bytes)} listed, "
+        f"{_human_size(use.disk_bytes)} on disk (shared blobs counted once)\n"
+    )
+    return 0
+
+
+def _ago(ms: float) -> str:
+    seconds = max(0.0, ms / 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _parse_filter(expr: str) -> Callable[[dict[str, Any], float], bool]:
+    """``size>1GB``, ``unused>7d``, ``used<1h``, ``lifecycle=Failed``, ``format=gguf``."""
+    import re
+
+    from .lifecycle import parse_duration, parse_size
+
+    m = re.fullmatch(r"\s*(size|unused|used|lifecycle|format|scheme)\s*(>=|<=|>|<|=)\s*(\S+)\s*", expr)
+    if m is None:
+        raise InvalidInput(f"invalid filter {expr!r}; use e.g. 'size>1GB', 'unused>7d', 'lifecycle=Failed'")
+    key, op, raw = m.groups()
+    if key in ("lifecycle", "format", "scheme"):
+        if op != "=":
+            raise InvalidInput(f"filter {expr!r}: {key} takes '=' only")
+        return lambda item, now: str(item[key]).lower() == raw.lower()
+    value = parse_size(raw) if key == "size" else parse_duration(raw) * 1000
+    compare = {">": float.__gt__, "<": float.__lt__, ">=": float.__ge__, "<=": float.__le__, "=": float.__eq__}[op]
+    if key == "size":
+        return lambda item, now: compare(float(item["size_bytes"]), float(value))
+    # unused = time since last use; used<1h means the same quantity, read the other way
+    return lambda item, now: compare(float(now - item["last_used_ms"]), float(value))
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .lifecycle import parse_duration, parse_size
+
+    max_bytes = parse_size(args.max_size) if args.max_size else None
+    with _provisioner(args) as prov:
+        report = prov.gc(
+            max_bytes=max_bytes,
+            dry_run=args.dry_run,
+            grace_s=parse_duration(args.grace),
+            failed_retention_s=parse_duration(args.failed_retention),
+        )
+    if args.json:
+        _emit(args, {"dry_run": report.dry_run, "removed": report.removed, "bytes_freed": report.bytes_freed})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for item in report.removed:
+        size = f" ({_human_size(item['bytes'])})" if item["bytes"] else ""
+        sys.stdout.write(f"{verb} {item['kind']}: {item['what']}{size}\n")
+    sys.stderr.write(
+        f"{PROG}: gc {verb} {len(report.removed)} items, "
+        f"{_human_size(report.bytes_freed)} {'to free' if args.dry_run else 'freed'}\n"
+    )
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from .refs import parse
+
+    with _provisioner(args) as prov:
+        if not prov.pin(args.ref, args.pinned):
+            raise NotFound(f"{parse(args.ref).id} is not in the catalog; see `{PROG} ls`")
+    _emit(
+        args,
+        {"id": parse(args.ref).id, "pinned": args.pinned},
+        ("pinned " if args.pinned else "unpinned ") + parse(args.ref).id,
+    )
+    return 0
+
+
+def cmd_lease(args: argparse.Namespace) -> int:
+    from .lifecycle import acquire_lease, parse_duration
+
+    ttl = parse_duration(args.ttl) if args.ttl else None
+    pid = args.pid if args.pid is not None else (None if ttl else os.getppid())
+    with _provisioner(args) as prov:
+        lease = acquire_lease(prov, args.ref, holder=args.holder, pid=pid, ttl_s=ttl)
+    _emit(args, lease.__dict__, lease.lease_id)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with _provisioner(args) as prov:
+        if not prov.catalog.remove_lease(args.lease_id):
+            raise NotFound(f"no lease {args.lease_id!r}; it was released or expired")
+    _emit(args, {"released": args.lease_id}, f"released {args.lease_id}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .lifecycle import ImportReport, default_hf_cache, default_ollama_models, import_hf_cache, import_ollama
+
+    report = ImportReport()
+    with _provisioner(args) as prov:
+        if args.only in (None, "hf"):
+            hub = Path(args.hf_cache) if args.hf_cache else default_hf_cache()
+            if hub.is_dir():
+                import_hf_cache(prov, hub, report)
+            elif args.hf_cache:
+                raise NotFound(f"no huggingface_hub cache at {hub}")
+        if args.only in (None, "ollama"):
+            ollama = Path(args.ollama) if args.ollama else default_ollama_models()
+            if ollama.is_dir():
+                import_ollama(prov, ollama, report)
+            elif args.ollama:
+                raise NotFound(f"no Ollama models directory at {ollama}")
+    if args.json:
+        _emit(args, {"adopted": report.adopted, "skipped": report.skipped})
+    else:
+        for item in report.adopted:
+            sys.stdout.write(f"adopted {item['ref']} ({_human_size(item['size_bytes'])}, {item['digest']})\n")
+        sys.stderr.write(f"{PROG}: adopted {len(report.adopted)} files, skipped {len(report.skipped)}\n")
     return 0
 
 
@@ -368,7 +569,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise InvalidInput("verify needs model ids or --all")
     with _provisioner(args) as prov:
         ids = [e.id for e in prov.list_models()] if args.all else args.ids
-        reports = [prov.verify(model_id) for model_id in ids]
+        reports = prov.verify_many(ids, jobs=args.jobs, repair=args.repair)
     failed = [r for r in reports if not r.ok]
     if args.json:
         _emit(args, {"results": [r.__dict__ for r in reports], "failed": len(failed)})
@@ -384,7 +585,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     with _provisioner(args) as prov:
-        removed = prov.evict(args.pattern, dry_run=args.dry_run)
+        removed = prov.evict(args.pattern, dry_run=args.dry_run, force=args.force)
     if not removed:
         raise NotFound(f"nothing in the catalog matches {args.pattern!r}; see `{PROG} ls`")
     _emit(

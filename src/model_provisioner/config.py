@@ -79,6 +79,10 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     #: a transformers repo that needs custom code is provisioned (flagged) only when this is true
     allow_remote_code: bool = False
+    #: size budget of the blob store: least recently used entries are evicted after each ensure
+    max_cache_bytes: int | None = None
+    #: before downloading a blob, look for it in huggingface_hub / Ollama caches (verified, then linked)
+    adopt_caches: bool = False
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -124,6 +128,8 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "touch_interval_ms": int,
     "hf_endpoint": str,
     "allow_remote_code": bool,
+    "max_cache_bytes": (int, str),
+    "adopt_caches": bool,
 }
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,
@@ -172,6 +178,13 @@ def _load_settings_file(path: str) -> dict[str, Any]:
     data = _read_mapping(path)
     sections = {"transfer", "policy", "mirrors"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
+    if isinstance(out.get("max_cache_bytes"), str):
+        from .lifecycle import parse_size
+
+        try:
+            out["max_cache_bytes"] = parse_size(out["max_cache_bytes"])
+        except ValueError as exc:
+            raise ConfigError(path, "max_cache_bytes", str(exc)) from None
     if "transfer" in data:
         out["transfer"] = TransferSettings(**_typed(path, "transfer", data["transfer"], _TRANSFER_TYPES))
     if "policy" in data:

@@ -28,26 +28,28 @@ def _lock_file_name(key: str) -> str:
 
 
 class FileLock:
-    """An exclusive flock on ``path``. ``acquire`` reports whether it had to wait."""
+    """A flock on ``path`` (exclusive, or ``shared=True``). ``acquire`` reports whether it had to wait."""
 
-    def __init__(self, path: Path, description: str) -> None:
+    def __init__(self, path: Path, description: str, *, shared: bool = False) -> None:
         self.path = path
         self.description = description
+        self.shared = shared
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return False
             raise
         self._fd = fd
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        if not self.shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
         return True
 
     def acquire(self, timeout_s: float) -> bool:
@@ -116,3 +118,42 @@ def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+STORE_LOCK = "store.lock"
+
+
+@contextlib.contextmanager
+def store_in_use(locks_dir: Path, timeout_s: float) -> Iterator[None]:
+    """Held (shared) by every ensure while it materialises: from its first blob to its catalog commit.
+    gc takes the same lock exclusively, so it never deletes a blob an in-flight ensure is about to link."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(locks_dir / STORE_LOCK, "the cache (gc is running)", shared=True)
+    lock.acquire(timeout_s)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def store_exclusive(locks_dir: Path, timeout_s: float) -> Iterator[bool]:
+    """gc's side of ``store_in_use``: waits for in-flight ensures to finish; yields whether it waited."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(locks_dir / STORE_LOCK, "in-flight ensures to finish before gc")
+    waited = lock.acquire(timeout_s)
+    try:
+        yield waited
+    finally:
+        lock.release()
+
+
+def lock_is_free(path: Path) -> bool:
+    """True when nobody holds a flock on ``path`` (we take and drop it at once)."""
+    if not path.exists():
+        return True
+    lock = FileLock(path, str(path))
+    if lock.try_acquire():
+        lock.release()
+        return True
+    return False

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .formats import FormatInfo, inspect_file
 from .hashing import FileHash, hash_file
-from .locks import fetch_slot, model_lock
+from .locks import fetch_slot, model_lock, store_in_use
 from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
 from .store import BlobStore, repo_digest, view_name
 
@@ -198,7 +198,13 @@ class ModelProvisioner:
             warm = self._warm(entry, digest, strict_mode, options)
             if warm is not None:
                 return warm
-            return self._materialise(model_ref, entry, digest, strict_mode, options)
+            with store_in_use(self.store.locks_dir, self.settings.lock_timeout_s):
+                resolved = self._materialise(model_ref, entry, digest, strict_mode, options)
+        if self.settings.max_cache_bytes is not None and not resolved.from_cache:
+            from .lifecycle import enforce_budget
+
+            enforce_budget(self, self.settings.max_cache_bytes, protect=frozenset({resolved.id}))
+        return resolved
 
     def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
         """``ensure_present`` for callers that only want the local path as a string."""
@@ -238,16 +244,23 @@ class ModelProvisioner:
                 raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
             return self._reverify(entry, Digest.parse(expected_digest) if expected_digest else None)
 
-    def evict(self, pattern: RefLike, *, dry_run: bool = False) -> list[str]:
+    def evict(self, pattern: RefLike, *, dry_run: bool = False, force: bool = False) -> list[str]:
         """Remove catalog entries matching an id or a glob, and the store files only they used.
 
-        Files registered in place (``file:``) are never deleted: only forgotten.
+        Files registered in place (``file:``) are never deleted: only forgotten. A pinned entry or one with a
+        live lease is refused (``LeaseHeld``, exit 5, naming the holder) unless ``force``.
         """
+        from .lifecycle import check_removable
+
         if isinstance(pattern, str) and any(c in pattern for c in "*?["):
             ids = [e.id for e in self.catalog.entries() if fnmatch.fnmatchcase(e.id, pattern)]
         else:
             model_id = parse(pattern).id
             ids = [model_id] if self.catalog.get(model_id) is not None else []
+        for model_id in ids:
+            found = self.catalog.get(model_id)
+            if found is not None:
+                check_removable(self, model_id, found.pinned, force)
         if dry_run:
             return ids
         removed: list[str] = []
@@ -270,6 +283,8 @@ class ModelProvisioner:
         expected_digest: str | Digest | None = None,
         strict: bool | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        link: bool = False,
     ) -> ResolvedModel:
         """Register bytes you already have under a model ref.
 
@@ -287,8 +302,11 @@ class ModelProvisioner:
         else:
             if local_path is None:
                 raise InvalidInput(f"registering {model_ref.id} needs the local file that holds its bytes")
-            with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
-                resolved = self._import_into_store(model_ref, Path(local_path), digest, strict_mode)
+            with (
+                model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s),
+                store_in_use(self.store.locks_dir, self.settings.lock_timeout_s),
+            ):
+                resolved = self._import_into_store(model_ref, Path(local_path), digest, strict_mode, link=link)
         if metadata:
             entry = self.catalog.get(resolved.id)
             if entry is not None:
@@ -388,13 +406,15 @@ class ModelProvisioner:
         base = self._pending(ref, entry, str(path), digest, strict)
         return self._verify_and_commit(ref, base, path, st, digest, strict, known, blob=None, prior_pin=prior_pin)
 
-    def _import_into_store(self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool) -> ResolvedModel:
+    def _import_into_store(
+        self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool, *, link: bool = False
+    ) -> ResolvedModel:
         st = _stat_model_file(source, str(source))
         entry = self.catalog.get(ref.id)
         base = self._pending(ref, entry, str(source), digest, strict)
         try:
             # strict: a mismatch is refused before anything reaches the store
-            blob, sha_hex, size = self.store.import_file(source, digest if strict else None, ref.id)
+            blob, sha_hex, size = self.store.import_file(source, digest if strict else None, ref.id, link=link)
         except DigestMismatch as exc:
             self._fail(base, _Check("fail", "mismatch", exc), None, st.st_size)
             raise
@@ -568,6 +588,8 @@ class ModelProvisioner:
         if failures:
             message = f"{entry.id}: verification failed ({'; '.join(failures)}) at {path}"
             self._mark_failed(entry, "mismatch", message, actual.size_bytes, actual)
+            if entry.blob is not None:
+                self._quarantine_blob(entry.blob, message)
             return VerificationReport(
                 entry.id, False, "mismatch", str(expected or recorded), str(actual.sha256), str(path), message
             )
@@ -596,6 +618,7 @@ class ModelProvisioner:
         """A multi-file model (repo, split GGUF): every file against its blob digest, then the repo digest."""
         root = Path(str(entry.metadata.get("view_dir") or entry.local_path))
         problems: list[str] = []
+        corrupt: list[str] = []
         hashed = 0
         for f in files:
             path = root / f.path
@@ -606,6 +629,7 @@ class ModelProvisioner:
             hashed += actual.size_bytes
             if actual.sha256.hex != f.blob:
                 problems.append(f"{f.path}: expected sha256:{f.blob}, got {actual.sha256}")
+                corrupt.append(f.blob)
         if (
             not problems
             and entry.digest
@@ -615,6 +639,8 @@ class ModelProvisioner:
         if problems:
             message = f"{entry.id}: verification failed at {root}: {'; '.join(problems)}"
             self._mark_failed(entry, "mismatch", message, hashed, None)
+            for blob in corrupt:
+                self._quarantine_blob(blob, message)
             return VerificationReport(entry.id, False, "mismatch", entry.digest, None, str(root), message)
         now = now_ms()
         self.catalog.put(replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, error=None))
@@ -628,6 +654,65 @@ class ModelProvisioner:
             str(root),
             f"{entry.id}: ok ({len(files)} files, {entry.digest})",
         )
+
+    def _quarantine_blob(self, blob: str, message: str) -> None:
+        """A blob whose bytes no longer match its name is removed, and every other entry using it fails too:
+        the engine trusts blob names, so a corrupt blob must never be found again."""
+        sets = self.catalog.blob_sizes_by_entry()
+        for row in self.catalog.rows_for_listing():
+            other = row[0]
+            if row[1] == "Active" and (row[8] == blob or blob in sets.get(other, ())):
+                entry = self.catalog.get(other)
+                if entry is not None:
+                    self._mark_failed(
+                        entry, "mismatch", f"{other}: shares corrupted blob sha256:{blob} ({message})", 0, None
+                    )
+        self.store.remove_blob(blob)
+
+    # ================================================================================= lifecycle
+    def pin(self, ref: RefLike, pinned: bool = True) -> bool:
+        return self.catalog.set_pinned(parse(ref).id, pinned)
+
+    def lease(self, ref: RefLike, holder: str | None = None) -> Any:
+        """``with prov.lease("hf:org/repo/m.gguf"):`` eviction and ``rm`` leave the model alone meanwhile."""
+        from .lifecycle import leased
+
+        return leased(self, ref, holder)
+
+    def gc(self, **kwargs: Any) -> Any:
+        from .lifecycle import gc
+
+        return gc(self, **kwargs)
+
+    def verify_many(
+        self, ids: list[str], *, jobs: int | None = None, repair: bool = False, progress: Any = None
+    ) -> list[VerificationReport]:
+        """Re-hash many models in parallel (hashing releases the GIL: threads use every core); ``repair``
+        re-fetches the failed ones from their source."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = jobs or os.cpu_count() or 2
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            reports = list(pool.map(self.verify, ids))
+        if progress is not None:
+            progress(len(reports), len(ids))
+        if repair:
+            for index, report in enumerate(reports):
+                entry = self.catalog.get(report.id)
+                if report.ok or entry is None or entry.scheme == "file":
+                    continue
+                try:
+                    repaired = self.ensure_present(report.id, entry.expected_digest, entry.strict or None, refresh=True)
+                except ProvisionerError as exc:
+                    log.error("%s: repair failed: %s", report.id, exc)
+                    continue
+                reports[index] = replace(
+                    report,
+                    ok=True,
+                    outcome="repaired",
+                    message=f"{report.id}: repaired from its source ({repaired.digest})",
+                )
+        return reports
 
     def _mark_failed(
         self, entry: CatalogEntry, reason: str, message: str, bytes_hashed: int, actual: FileHash | None

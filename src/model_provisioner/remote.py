@@ -187,6 +187,8 @@ def _fetch_all(
 
     def one(file: RemoteFile) -> TransferOutcome:
         name = ref.id if plan.layout == "file" else f"{ref.id} [{file.path}]"
+        if prov.settings.adopt_caches and file.sha256 and not prov.store.has_blob(file.sha256):
+            _adopt_from_other_caches(prov, file.sha256, name)
         spec = TransferSpec(
             file.sources, name=name, expected_size=file.size, expected_sha256=file.sha256, conditional=plan.conditional
         )
@@ -206,6 +208,19 @@ def _fetch_all(
             for file, outcome in zip(large, big_pool.map(one, large), strict=True):
                 results[file.path] = outcome
     return results
+
+
+def _adopt_from_other_caches(prov: ModelProvisioner, sha_hex: str, name: str) -> None:
+    from .lifecycle import find_adoptable
+
+    candidate = find_adoptable(sha_hex)
+    if candidate is None:
+        return
+    try:
+        prov.store.import_file(candidate, Digest.sha256(sha_hex), name, link=True)
+        log.info("%s: adopted sha256:%s from %s instead of downloading it", name, sha_hex, candidate)
+    except ProvisionerError as exc:
+        log.warning("%s: %s in another cache does not verify (%s); downloading", name, candidate, exc)
 
 
 def _check_git_ids(

@@ -109,11 +109,19 @@ class BlobStore:
         fsync_dir(self.blobs_dir)
         return final
 
-    def import_file(self, source: Path, expected: Digest | None, subject: str) -> tuple[Path, str, int]:
+    def import_file(
+        self, source: Path, expected: Digest | None, subject: str, *, link: bool = False
+    ) -> tuple[Path, str, int]:
         """Copy ``source`` into the store while hashing (one pass). Returns (blob, sha256 hex, size).
 
-        An expected digest that does not match raises DigestMismatch and leaves nothing behind.
+        ``link=True`` hard-links instead of copying when ``source`` is on the same filesystem (adopting
+        another tool's cache: the bytes are stored once; the shared inode becomes read-only), and still
+        hashes it before it becomes a blob. A digest mismatch raises DigestMismatch and leaves nothing behind.
         """
+        if link:
+            linked = self._link_verified(source, expected, subject)
+            if linked is not None:
+                return linked
         size = source.stat().st_size
         self.check_free_space(size)
         hasher = hashlib.sha256()
@@ -132,6 +140,24 @@ class BlobStore:
                     raise DigestMismatch(subject, str(expected), str(actual), "nothing was stored")
             blob = self.commit_blob(tmp, sha_hex)
         return blob, sha_hex, size
+
+    def _link_verified(self, source: Path, expected: Digest | None, subject: str) -> tuple[Path, str, int] | None:
+        self.ensure_layout()
+        tmp = self.partial_dir / f"adopt.{uuid.uuid4().hex}.part"
+        try:
+            os.link(source, tmp)
+        except OSError:
+            return None  # another filesystem (or links not allowed): the caller copies
+        try:
+            from .hashing import hash_file
+
+            actual = hash_file(tmp, [expected.algo] if expected is not None and expected.algo != "sha256" else [])
+            if expected is not None and actual.get(expected.algo) != expected:
+                raise DigestMismatch(subject, str(expected), str(actual.get(expected.algo)), "nothing was stored")
+            blob = self.commit_blob(tmp, actual.sha256.hex)
+            return blob, actual.sha256.hex, actual.size_bytes
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def remove_blob(self, sha256_hex: str) -> int:
         path = self.blob_path(sha256_hex)
