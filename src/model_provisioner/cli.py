@@ -22,19 +22,10 @@ PROG = "model-provisioner"
 log = logging.getLogger("model_provisioner")
 
 
-class _StderrFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        from .redact import redact_text
+def _setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
+    from .observability import configure_logging
 
-        return f"{PROG}: {record.levelname.lower()}: {redact_text(record.getMessage())}"
-
-
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_StderrFormatter())
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    configure_logging(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING, log_format, PROG)
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -200,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP control plane (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs a token)")
+    p.add_argument("--port", type=int, default=8077)
+    p.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
@@ -457,6 +454,21 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import Settings
+
+    settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
+    if args.openapi:
+        from .server import create_app
+
+        sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n")
+        return 0
+    from .server import serve
+
+    serve(args.host, args.port, settings)
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -609,7 +621,20 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.quiet or args.json, args.verbose)
+    log_format = "text"
+    metrics_file: str | None = None
+    try:
+        from .config import Settings
+
+        settings = Settings.from_env()
+        log_format, metrics_file = settings.log_format, settings.metrics_textfile
+    except ProvisionerError:
+        pass  # reported below, when the command builds its provisioner
+    _setup_logging(args.quiet or args.json, args.verbose, log_format)
+    if metrics_file:
+        from .observability import METRICS
+
+        METRICS.enable()
     try:
         return int(args.func(args))
     except ProvisionerError as exc:
@@ -635,6 +660,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(set MODEL_PROVISIONER_DEBUG=1 for a traceback and report it)\n"
         )
         return int(ExitCode.UNEXPECTED)
+    finally:
+        if metrics_file:
+            _write_metrics_textfile(args, metrics_file)
+
+
+def _write_metrics_textfile(args: argparse.Namespace, path: str) -> None:
+    """node_exporter's textfile collector: written atomically after each command."""
+    from prometheus_client import write_to_textfile
+
+    from .observability import METRICS
+
+    try:
+        with _provisioner(args) as prov:
+            METRICS.refresh_catalog(prov)
+        write_to_textfile(path, METRICS.registry)
+    except (OSError, ProvisionerError) as exc:
+        log.warning("could not write the metrics textfile %s: %s", path, exc)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,16 @@ class Settings:
     max_cache_bytes: int | None = None
     #: before downloading a blob, look for it in huggingface_hub / Ollama caches (verified, then linked)
     adopt_caches: bool = False
+    #: "text" (default) or "json" (one JSON object per line, with the audit fields)
+    log_format: str = "text"
+    #: the CLI writes its Prometheus metrics here after each command (node_exporter textfile collector)
+    metrics_textfile: str | None = None
+    #: HTTP API: bearer token (env MODEL_PROVISIONER_API_TOKEN; never in the settings file's logs)
+    api_token: str | None = field(default=None, repr=False)
+    #: HTTP API: file: refs are accepted only under these directories
+    api_file_roots: tuple[str, ...] = ()
+    #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
+    api_handoff_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -93,6 +103,8 @@ class Settings:
             raise ConfigError("settings", "transfer.connections", "must be at least 1")
         if self.transfer.attempts < 1:
             raise ConfigError("settings", "transfer.attempts", "must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("settings", "log_format", f"expected text or json, got {self.log_format!r}")
         if self.offline and not self.policy.offline:
             object.__setattr__(self, "policy", replace(self.policy, offline=True))
 
@@ -109,6 +121,8 @@ class Settings:
             values["offline"] = True
         if env.get("HF_ENDPOINT"):
             values["hf_endpoint"] = env["HF_ENDPOINT"]
+        if env.get("MODEL_PROVISIONER_API_TOKEN"):
+            values["api_token"] = env["MODEL_PROVISIONER_API_TOKEN"]
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
         if token:
             values["hf_token"] = token.strip()
@@ -130,6 +144,11 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "allow_remote_code": bool,
     "max_cache_bytes": (int, str),
     "adopt_caches": bool,
+    "log_format": str,
+    "metrics_textfile": str,
+    "api_token": str,
+    "api_file_roots": list,
+    "api_handoff_dir": str,
 }
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,

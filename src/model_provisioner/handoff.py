@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import load_model_config
 from .errors import InvalidInput
+from .observability import correlation_id as current_correlation_id
 from .redact import redact_text
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def append_provenance(
         "source": redact_text(source),
         "bytes_fetched": bytes_fetched,
         "duration_ms": duration_ms,
-        "correlation_id": correlation_id or uuid.uuid4().hex,
+        "correlation_id": correlation_id or current_correlation_id(),
         "policy_label": policy_label,
     }
     path = Path(out_dir) / ".runtime" / "provenance" / "models.jsonl"

@@ -44,6 +44,7 @@ from .errors import (
 from .formats import FormatInfo, inspect_file
 from .hashing import FileHash, hash_file
 from .locks import fetch_slot, model_lock, store_in_use
+from .observability import METRICS, audit
 from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
 from .store import BlobStore, repo_digest, view_name
 
@@ -184,6 +185,46 @@ class ModelProvisioner:
         source (a conditional request for https). ``include``/``exclude`` globs choose a Hub repo's files.
         """
         model_ref = parse(ref)
+        started = time.monotonic()
+        try:
+            resolved = self._ensure(model_ref, expected_digest, strict, refresh, include, exclude, progress)
+        except ProvisionerError as exc:
+            self._observe(model_ref, None, exc.code, started)
+            raise
+        self._observe(model_ref, resolved, "cached" if resolved.from_cache else "fetched", started)
+        return resolved
+
+    def _observe(self, ref: ModelRef, resolved: ResolvedModel | None, outcome: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        fetched = resolved.bytes_fetched if resolved is not None else 0
+        METRICS.ensured(ref.scheme, outcome, seconds, fetched)
+        audit(
+            "ensure",
+            model_id=ref.id,
+            model_ref=ref.id,
+            digest=resolved.digest if resolved is not None else None,
+            bytes=fetched,
+            duration_ms=int(seconds * 1000),
+            policy_label=self.settings.policy.label,
+            outcome=outcome,
+            from_cache=resolved.from_cache if resolved is not None else None,
+        )
+
+    def _record(self, record: VerificationRecord) -> None:
+        """Every verification: into the catalog's history and the catalog_verifications_total metric."""
+        self.catalog.record_verification(record)
+        METRICS.verification(record.result, record.reason)
+
+    def _ensure(
+        self,
+        model_ref: ModelRef,
+        expected_digest: str | Digest | dict[str, str] | None,
+        strict: bool | None,
+        refresh: bool,
+        include: Sequence[str],
+        exclude: Sequence[str],
+        progress: ProgressCallback | None,
+    ) -> ResolvedModel:
         self.settings.policy.check_ref(model_ref)  # before any lock, file or socket
         digest = Digest.parse(expected_digest) if expected_digest is not None else None
         strict_mode = strict if strict is not None else digest is not None
@@ -198,7 +239,7 @@ class ModelProvisioner:
             warm = self._warm(entry, digest, strict_mode, options)
             if warm is not None:
                 return warm
-            with store_in_use(self.store.locks_dir, self.settings.lock_timeout_s):
+            with store_in_use(self.store.locks_dir, self.settings.lock_timeout_s), METRICS.fetching():
                 resolved = self._materialise(model_ref, entry, digest, strict_mode, options)
         if self.settings.max_cache_bytes is not None and not resolved.from_cache:
             from .lifecycle import enforce_budget
@@ -518,9 +559,7 @@ class ModelProvisioner:
         if base.blob and base.blob != blob:
             self._drop_blob_if_unused(base.blob, active.id)
         self.catalog.put(active)
-        self.catalog.record_verification(
-            VerificationRecord(active.id, now, check.result, check.reason, active.digest, bytes_hashed)
-        )
+        self._record(VerificationRecord(active.id, now, check.result, check.reason, active.digest, bytes_hashed))
         return _resolved(active, from_cache=False)
 
     def _link_view(self, ref: ModelRef, source_name: str, blob: str, fmt: FormatInfo) -> Path:
@@ -558,9 +597,7 @@ class ModelProvisioner:
         self.catalog.put(failed)
         if new_blob is not None:
             self._drop_blob_if_unused(new_blob, base.id)
-        self.catalog.record_verification(
-            VerificationRecord(base.id, now, "fail", check.reason, failed.digest, bytes_hashed)
-        )
+        self._record(VerificationRecord(base.id, now, "fail", check.reason, failed.digest, bytes_hashed))
 
     # ============================================================================= verify / evict
     def _reverify(self, entry: CatalogEntry, digest: Digest | None) -> VerificationReport:
@@ -601,9 +638,7 @@ class ModelProvisioner:
             error=None,
         )
         self.catalog.put(updated)
-        self.catalog.record_verification(
-            VerificationRecord(entry.id, now, "pass", "verified", str(actual.sha256), actual.size_bytes)
-        )
+        self._record(VerificationRecord(entry.id, now, "pass", "verified", str(actual.sha256), actual.size_bytes))
         return VerificationReport(
             entry.id,
             True,
@@ -644,7 +679,7 @@ class ModelProvisioner:
             return VerificationReport(entry.id, False, "mismatch", entry.digest, None, str(root), message)
         now = now_ms()
         self.catalog.put(replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, error=None))
-        self.catalog.record_verification(VerificationRecord(entry.id, now, "pass", "verified", entry.digest, hashed))
+        self._record(VerificationRecord(entry.id, now, "pass", "verified", entry.digest, hashed))
         return VerificationReport(
             entry.id,
             True,
@@ -731,7 +766,7 @@ class ModelProvisioner:
                 local_path=entry.local_path if entry.scheme == "file" else "",
             )
         )
-        self.catalog.record_verification(
+        self._record(
             VerificationRecord(entry.id, now, "fail", reason, str(actual.sha256) if actual else None, bytes_hashed)
         )
         log.error(message)

@@ -146,9 +146,7 @@ def provision_remote(
         error=None,
     )
     prov.catalog.put(active, files)
-    prov.catalog.record_verification(
-        VerificationRecord(active.id, now, check.result, check.reason, entry_digest, bytes_fetched)
-    )
+    prov._record(VerificationRecord(active.id, now, check.result, check.reason, entry_digest, bytes_fetched))
     if entry is not None:
         _drop_superseded(prov, entry, active, files)
     log.info(

@@ -1,0 +1,292 @@
+"""The HTTP control plane, against the real server (`model-provisioner serve`, uvicorn) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLE_GGUF, FAST_TRANSFER, run_cli
+from .servers.fileserver import Fault
+from .servers.nginx import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+TOKEN = "s3cr3t-api-token-value"
+
+
+class Api:
+    def __init__(self, proc: subprocess.Popen[str], url: str, stderr_path: Path, token: str | None) -> None:
+        self.proc, self.url, self.stderr_path = proc, url, stderr_path
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=60)
+
+    def logs(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture
+def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
+    started: list[Api] = []
+
+    def start(*, token: str | None = TOKEN, settings: dict[str, Any] | None = None, host: str = "127.0.0.1",
+              env: dict[str, str] | None = None) -> Api:
+        data = {"transfer": FAST_TRANSFER, "log_format": "json", **(settings or {})}
+        settings_path = tmp_path / f"api-settings-{len(started)}.json"
+        settings_path.write_text(json.dumps(data))
+        port = free_port()
+        full_env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_path), **(env or {})}
+        if token:
+            full_env["MODEL_PROVISIONER_API_TOKEN"] = token
+        stderr_path = tmp_path / f"api-{port}.log"
+        with open(stderr_path, "w") as log_file:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve", "--host", host,
+                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log_file, env=full_env, text=True)
+        api = Api(proc, f"http://127.0.0.1:{port}", stderr_path, token)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if api.client.get("/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, api.logs()
+            time.sleep(0.05)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.proc.terminate()
+        try:
+            api.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            api.proc.kill()
+        api.client.close()
+
+
+def test_openapi_document_is_current_and_has_examples(api_factory: Any) -> None:
+    api = api_factory()
+    live = api.client.get("/openapi.json").json()
+    shipped = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert live == shipped, "docs/openapi.json is stale: run `model-provisioner serve --openapi > docs/openapi.json`"
+    for path, operations in live["paths"].items():
+        for method, op in operations.items():
+            has_response_example = any("example" in c or "examples" in c for r in op["responses"].values()
+                                       for c in r.get("content", {}).values())
+            assert has_response_example, f"{method} {path} has no response example"
+            if "requestBody" in op:
+                assert op["requestBody"]["content"]["application/json"].get("examples"), f"{method} {path}"
+
+
+def test_every_endpoint_end_to_end(api_factory: Any, hub: Any, tmp_path: Path) -> None:
+    from make_tiny_gguf import write_tiny_gguf
+
+    data = write_tiny_gguf(tmp_path / "m.gguf").read_bytes()
+    hub.add_repo("org/api", {"m-Q4_K_M.gguf": data})
+    api = api_factory(env={"HF_ENDPOINT": hub.url})
+    c = api.client
+    ensured = c.post("/v1/models/ensure", json={"ref": "hf:org/api:q4_k_m", "engine": "llamacpp"})
+    assert ensured.status_code == 200, ensured.text
+    model = ensured.json()
+    assert model["id"] == "hf:org/api:Q4_K_M" and model["engine"] == "llamacpp" and model["metadata"]["ctx_max"]
+    listing = c.get("/v1/models").json()
+    assert [m["id"] for m in listing["models"]] == [model["id"]] and listing["disk_bytes"] == len(data)
+    assert c.get(f"/v1/models/{model['id']}").json()["digest"] == model["digest"]
+    assert c.get("/v1/models/hf:org/none/x.gguf").status_code == 404
+    assert c.post(f"/v1/models/{model['id']}/verify").json()["ok"] is True
+    lease = c.post(f"/v1/models/{model['id']}/leases", json={"holder": "vllm-1", "ttl_s": 60})
+    assert lease.status_code == 201
+    refused = c.delete(f"/v1/models/{model['id']}")
+    assert refused.status_code == 409 and "vllm-1" in refused.json()["error"]["message"]
+    assert c.delete(f"/v1/leases/{lease.json()['lease_id']}").status_code == 200
+    assert c.delete(f"/v1/leases/{lease.json()['lease_id']}").status_code == 404
+    assert c.post("/v1/gc", json={"dry_run": True}).json()["dry_run"] is True
+    assert c.delete(f"/v1/models/{model['id']}").json()["removed"] == [model["id"]]
+    assert c.get("/healthz").json() == {"status": "ok"} and c.get("/readyz").json() == {"status": "ready"}
+    assert c.get("/v1/jobs/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ({"ref": "hf:org"}, 400, "invalid_ref"),
+        ({"ref": "ftp://x/y"}, 400, "invalid_ref"),
+        ({"nope": 1}, 400, "invalid_input"),
+        ({"ref": "https://127.0.0.1:1/m.gguf", "expected_digest": "sha256:zz"}, 400, "invalid_digest"),
+        ({"ref": "s3://bucket/key.gguf"}, 400, "unsupported_scheme"),
+    ],
+)
+def test_errors_are_json_with_the_matching_status(api_factory: Any, payload: dict[str, Any], status: int,
+                                                   code: str) -> None:
+    response = api_factory().client.post("/v1/models/ensure", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
+
+
+def test_status_codes_for_verification_transfer_and_not_found(api_factory: Any, fileserver: Any) -> None:
+    data = os.urandom(MiB)
+    url = fileserver.put("c.bin", data)
+    fileserver.put("missing-later.bin", b"")
+    c = api_factory().client
+    wrong = c.post("/v1/models/ensure", json={"ref": url, "expected_digest": "sha256:" + "0" * 64})
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "verification_failed"
+    assert c.post("/v1/models/ensure", json={"ref": f"{fileserver.url}/absent.bin"}).status_code == 404
+    fileserver.faults["/boom.bin"] = Fault(statuses=[500] * 20)
+    fileserver.put("boom.bin", b"x")
+    failed = c.post("/v1/models/ensure", json={"ref": f"{fileserver.url}/boom.bin"})
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "transfer_failed"
+
+
+def test_job_progress_then_result(api_factory: Any, fileserver: Any) -> None:
+    data = os.urandom(6 * MiB)
+    url = fileserver.put("slow.bin", data)
+    fileserver.faults["/slow.bin"] = Fault(stall_after=2 * MiB, stall_s=1.5, times=1)
+    c = api_factory(settings={"transfer": {**FAST_TRANSFER, "stall_timeout_s": 1.0}}).client
+    accepted = c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": url})
+    assert accepted.status_code == 202 and accepted.headers["Location"].startswith("/v1/jobs/")
+    seen_progress = False
+    deadline = time.monotonic() + 60
+    while True:
+        job = c.get(accepted.headers["Location"]).json()
+        if job["state"] == "running" and job["progress"]["bytes_done"] > 0:
+            seen_progress = True
+        if job["state"] in ("succeeded", "failed"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert job["state"] == "succeeded", job
+    assert seen_progress and job["result"]["size_bytes"] == len(data)
+
+
+def test_twenty_concurrent_ensures_share_one_fetch(api_factory: Any, fileserver: Any) -> None:
+    data = os.urandom(8 * MiB)
+    url = fileserver.put("shared.bin", data)
+    c = api_factory().client
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda _: c.post("/v1/models/ensure", json={"ref": url}), range(20)))
+    assert all(r.status_code == 200 for r in results)
+    assert len({r.json()["digest"] for r in results}) == 1
+    assert fileserver.served("shared.bin") == len(data)
+
+
+def test_auth_required_accepted_refused(api_factory: Any) -> None:
+    api = api_factory()
+    bare = httpx.Client(base_url=api.url)
+    assert bare.get("/v1/models").status_code == 401
+    assert bare.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert bare.get("/healthz").status_code == 200  # probes stay open
+    assert api.client.get("/v1/models").status_code == 200
+    assert TOKEN not in api.logs()
+
+
+def test_non_loopback_bind_needs_a_token(cache_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_PROVISIONER_API_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve",
+                             "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2 and "without a token" in result.stderr
+
+
+def test_file_refs_only_under_allowed_roots(api_factory: Any, tmp_path: Path) -> None:
+    allowed = tmp_path / "models"
+    allowed.mkdir()
+    shutil.copy(EXAMPLE_GGUF, allowed / "ok.gguf")
+    outside = tmp_path / "secret.gguf"
+    shutil.copy(EXAMPLE_GGUF, outside)
+    (allowed / "escape.gguf").symlink_to(outside)
+    c = api_factory(settings={"api_file_roots": [str(allowed)]}).client
+    assert c.post("/v1/models/ensure", json={"ref": str(allowed / "ok.gguf")}).status_code == 200
+    for ref in (str(outside), f"file:{outside}", str(allowed / "escape.gguf"), f"{allowed}/../secret.gguf",
+                "/etc/passwd"):
+        denied = c.post("/v1/models/ensure", json={"ref": ref})
+        assert denied.status_code == 403, (ref, denied.text)
+    assert c.get("/v1/models").json()["models"][0]["id"] == f"file:{allowed / 'ok.gguf'}"
+
+
+def test_correlation_id_end_to_end(api_factory: Any, tmp_path: Path, fileserver: Any) -> None:
+    url = fileserver.put("corr.gguf", EXAMPLE_GGUF.read_bytes())
+    handoff = tmp_path / "handoff"
+    api = api_factory(settings={"api_handoff_dir": str(handoff), "policy": {"label": "team-a"}})
+    response = api.client.post("/v1/models/ensure", json={"ref": url, "engine": "llamacpp"},
+                               headers={"X-Correlation-Id": "req-12345"})
+    assert response.status_code == 200 and response.headers["X-Correlation-Id"] == "req-12345"
+    generated = api.client.get("/v1/models").headers["X-Correlation-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    provenance = json.loads((handoff / ".runtime/provenance/models.jsonl").read_text().splitlines()[-1])
+    assert provenance["correlation_id"] == "req-12345" and provenance["policy_label"] == "team-a"
+    audit = [json.loads(line) for line in api.logs().splitlines() if line.startswith("{")]
+    ensure_lines = [a for a in audit if a.get("message") == "ensure" and a.get("correlation_id") == "req-12345"]
+    assert ensure_lines, api.logs()
+    for field in ("model_id", "model_ref", "digest", "bytes", "duration_ms", "policy_label", "correlation_id"):
+        assert field in ensure_lines[0]
+
+
+def test_metrics_values_and_naming(api_factory: Any, fileserver: Any, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    data = os.urandom(MiB)
+    url = fileserver.put("metered.bin", data)
+    c = api_factory().client
+    assert c.post("/v1/models/ensure", json={"ref": url}).status_code == 200
+    assert c.post("/v1/models/ensure", json={"ref": url}).status_code == 200  # cached
+    assert c.post("/v1/models/ensure", json={"ref": url + "x", "expected_digest": "sha256:" + "1" * 64}
+                  ).status_code in (404, 422)
+    text = c.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("catalog_verifications_total", (("reason", "recorded"), ("result", "warn")))] == 1
+    assert samples[("model_provisioner_fetched_bytes_total", (("scheme", "https"),))] == len(data)
+    assert samples[("model_state", (("lifecycle", "Active"),))] == 1
+    assert samples[("model_provisioner_cache_bytes", (("kind", "used"),))] == len(data)
+    assert samples[("model_provisioner_fetches_in_flight", ())] == 0
+    fetched = ("model_provisioner_ensure_duration_seconds_count", (("outcome", "fetched"), ("scheme", "https")))
+    assert samples[fetched] == 1
+    cached = ("model_provisioner_ensure_duration_seconds_count", (("outcome", "cached"), ("scheme", "https")))
+    assert samples[cached] == 1
+    # promtool-style naming rules
+    for family in families.values():
+        assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", family.name)
+        if family.type == "counter":
+            assert all(s.name.endswith("_total") for s in family.samples)
+        if "seconds" in family.name or "bytes" in family.name:
+            assert family.name.endswith(("_seconds", "_bytes")), family.name
+        for sample in family.samples:
+            assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label) for label in sample.labels)
+
+
+def test_cli_metrics_textfile(tmp_path: Path, cache_dir: Path, gguf_file: Path) -> None:
+    textfile = tmp_path / "mprov.prom"
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps({"metrics_textfile": str(textfile)}))
+    result = run_cli("ensure", str(gguf_file), cache_dir=cache_dir, env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert result.code == 0, result.stderr
+    text = textfile.read_text()
+    assert 'catalog_verifications_total{reason="recorded",result="warn"} 1.0' in text
+    assert 'model_state{lifecycle="Active"} 1.0' in text
+
+
+def test_schemathesis_finds_no_server_errors(api_factory: Any, tmp_path: Path) -> None:
+    """Property-based requests from our own OpenAPI document: nothing may answer 5xx. The server is offline (so
+    random refs cannot reach the network) and has no file roots."""
+    api = api_factory(settings={"offline": True})
+    st = shutil.which("st") or str(Path(sys.executable).parent / "st")
+    result = subprocess.run(
+        [st, "run", f"{api.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
+         "--header", f"Authorization: Bearer {TOKEN}", "--exclude-path", "/metrics", "--request-timeout", "30",
+         "--no-color"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
