@@ -70,7 +70,7 @@ class Metrics:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-        disable_created_metrics()  # no *_created series: they double every counter for no scraping value
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double every counter for no scraping value
         self.registry = CollectorRegistry()
         r = self.registry
         self.verifications = Counter(
