@@ -1,0 +1,22 @@
+"""The benchmark harness runs end to end (quick mode) and produces numbers; speed itself is never asserted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_run_quick_produces_a_report(tmp_path: Path) -> None:
+    result = subprocess.run([str(ROOT / "bench" / "run"), "--quick", "--out-dir", str(tmp_path),
+                             "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if re.match(r"^\d+[ab]?_\w+: ours ", line)]
+    assert len(lines) == 11, result.stdout  # ten scenarios, the fourth against two peers
+    for line in lines:
+        assert re.search(r"ratio \d+\.\d\d \(goal ", line), line
+    report = (tmp_path / "benchmarks-quick.md").read_text()
+    assert report.count("\n| ") >= 12 and "machine:" in report
+    assert (tmp_path / "benchmarks-connections-quick.png").stat().st_size > 1000
