@@ -193,6 +193,8 @@ class SqliteCatalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._cache: dict[str, CatalogEntry] = {}
+        self._cache_version: int | None = None
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -222,6 +224,7 @@ class SqliteCatalog:
 
         def __enter__(self) -> sqlite3.Connection:
             self.catalog._lock.acquire()
+            self.catalog._cache.clear()  # our own writes do not change data_version
             self.catalog._conn.execute("BEGIN IMMEDIATE")
             return self.catalog._conn
 
@@ -236,9 +239,23 @@ class SqliteCatalog:
 
     # ---------------------------------------------------------------------------------------- reads
     def get(self, model_id: str) -> CatalogEntry | None:
+        """Entries are cached in this process while no other connection has committed (``PRAGMA data_version``
+        changes when one does) and we have not written: the warm path then costs one tiny pragma."""
         with self._lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cache_version:
+                self._cache.clear()
+                self._cache_version = version
+            cached = self._cache.get(model_id)
+            if cached is not None:
+                return cached
             row = self._conn.execute(f"SELECT {_COLUMNS} FROM models WHERE id = ?", (model_id,)).fetchone()
-        return _entry(row) if row else None
+            entry = _entry(row) if row else None
+            if entry is not None:
+                if len(self._cache) > 4096:
+                    self._cache.clear()
+                self._cache[model_id] = entry
+        return entry
 
     def entries(self) -> list[CatalogEntry]:
         with self._lock:

@@ -161,6 +161,8 @@ AUDIT_FIELDS = (
 
 
 def audit(event: str, **fields: Any) -> None:
+    if not audit_log.isEnabledFor(logging.INFO):
+        return  # the warm path pays nothing when nobody reads the audit trail
     fields.setdefault("correlation_id", correlation_id())
     audit_log.info(event, extra={"audit": {k: v for k, v in fields.items() if v is not None}})
 

@@ -800,7 +800,7 @@ def _resolved(entry: CatalogEntry, *, from_cache: bool) -> ResolvedModel:
         local_path=Path(entry.local_path),
         digest=entry.digest or "",
         size_bytes=entry.size_bytes,
-        metadata=entry.metadata,
+        metadata=dict(entry.metadata),  # a copy: entries may be shared from the catalog's cache
         lifecycle=entry.lifecycle,
         verification=entry.verification,
         format=entry.format,

@@ -8,6 +8,7 @@ equality.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,7 +71,11 @@ class ModelRef:
     scheme: ClassVar[str] = ""
 
     @property
-    def id(self) -> str:  # pragma: no cover - abstract
+    def id(self) -> str:
+        """The canonical id, computed once when the ref is made (refs are frozen)."""
+        return self._id  # type: ignore[attr-defined,no-any-return]
+
+    def _compute_id(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -87,6 +92,7 @@ class FileRef(ModelRef):
     """A local file (or directory), registered in place. ``path`` is absolute and normalised."""
 
     path: str
+    _id: str = field(default="", init=False, repr=False, compare=False)
     scheme: ClassVar[str] = "file"
 
     def __post_init__(self) -> None:
@@ -97,8 +103,9 @@ class FileRef(ModelRef):
         if os.path.normpath(self.path) != self.path or self.path.startswith("//"):
             raise InvalidModelRef(self.path, "FileRef.path must be normalised (no '.', '..' or '//')")
 
-    @property
-    def id(self) -> str:
+        object.__setattr__(self, "_id", self._compute_id())
+
+    def _compute_id(self) -> str:
         return f"file:{self.path}"
 
     @property
@@ -114,6 +121,7 @@ class HfRef(ModelRef):
     revision: str | None = None
     path: str | None = None
     quant: str | None = None
+    _id: str = field(default="", init=False, repr=False, compare=False)
     scheme: ClassVar[str] = "hf"
 
     def __post_init__(self) -> None:
@@ -142,8 +150,9 @@ class HfRef(ModelRef):
                 raise InvalidModelRef(self.quant, "quantization must look like Q4_K_M, Q8_0, IQ2_XXS, F16")
             object.__setattr__(self, "quant", self.quant.upper())
 
-    @property
-    def id(self) -> str:
+        object.__setattr__(self, "_id", self._compute_id())
+
+    def _compute_id(self) -> str:
         out = f"hf:{self.repo_id}"
         if self.revision is not None:
             out += "@" + quote(self.revision, safe="")
@@ -176,6 +185,7 @@ class UrlRef(ModelRef):
     path: str
     query: str = field(default="", repr=False, compare=False)
     userinfo: str = field(default="", repr=False, compare=False)
+    _id: str = field(default="", init=False, repr=False, compare=False)
     scheme: ClassVar[str] = "https"
 
     def __post_init__(self) -> None:
@@ -191,12 +201,13 @@ class UrlRef(ModelRef):
             raise InvalidModelRef(self.path, "URL path must name a file (e.g. /models/m.gguf)")
         _check_segments(self.path, self.path[1:], "URL path")
 
+        object.__setattr__(self, "_id", self._compute_id())
+
     @property
     def netloc(self) -> str:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
-    @property
-    def id(self) -> str:
+    def _compute_id(self) -> str:
         return f"{self.url_scheme}://{self.netloc}{self.path}"
 
     @property
@@ -211,6 +222,7 @@ class S3Ref(ModelRef):
 
     bucket: str
     key: str
+    _id: str = field(default="", init=False, repr=False, compare=False)
     scheme: ClassVar[str] = "s3"
 
     def __post_init__(self) -> None:
@@ -221,12 +233,13 @@ class S3Ref(ModelRef):
         if self.key:
             _check_segments(self.key, self.key.rstrip("/"), "S3 key")
 
+        object.__setattr__(self, "_id", self._compute_id())
+
     @property
     def is_prefix(self) -> bool:
         return self.key == "" or self.key.endswith("/")
 
-    @property
-    def id(self) -> str:
+    def _compute_id(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
 
@@ -238,6 +251,7 @@ class OciRef(ModelRef):
     repository: str
     tag: str | None = None
     digest: str | None = None
+    _id: str = field(default="", init=False, repr=False, compare=False)
     scheme: ClassVar[str] = "oci"
 
     def __post_init__(self) -> None:
@@ -264,13 +278,14 @@ class OciRef(ModelRef):
         if self.tag is None and self.digest is None:
             object.__setattr__(self, "tag", "latest")
 
+        object.__setattr__(self, "_id", self._compute_id())
+
     @property
     def reference(self) -> str:
         """What to put in ``/v2/<name>/manifests/<reference>``: the digest when pinned."""
         return self.digest or self.tag or "latest"
 
-    @property
-    def id(self) -> str:
+    def _compute_id(self) -> str:
         out = f"oci://{self.registry}/{self.repository}"
         if self.tag is not None:
             out += f":{self.tag}"
@@ -307,7 +322,18 @@ def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str
     if match is None or text.startswith(("./", "../", "/", "~")):
         return _parse_local(original, text, cwd)
     scheme = match.group(1).lower()
-    rest = text[match.end() :]
+    if scheme not in ("file", "local"):
+        return _parse_remote(original, text, scheme)  # a pure function of the text: memoized
+    return _parse_scheme(original, text, scheme, cwd)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_remote(original: str, text: str, scheme: str) -> ModelRef:
+    return _parse_scheme(original, text, scheme, None)
+
+
+def _parse_scheme(original: str, text: str, scheme: str, cwd: str | os.PathLike[str] | None) -> ModelRef:
+    rest = text[len(scheme) + 1 :]  # the scheme and its colon
     try:
         if scheme in ("file", "local"):
             return _parse_file_uri(original, rest, cwd)

@@ -60,6 +60,7 @@ ProgressCallback = Callable[[int, int | None], None]
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _READ_CHUNK = 1 << 20
 _WRITEBACK_BYTES = 32 << 20
+_MAP_SAVE_BYTES = 4 << 20
 MAX_REDIRECTS = 10
 
 
@@ -658,6 +659,7 @@ class TransferEngine:
 
         save()
         last_save = time.monotonic()
+        last_saved_bytes = sum(written)
         buf = bytearray(_READ_CHUNK * 4)
         try:
             while hashed < total:
@@ -669,7 +671,7 @@ class TransferEngine:
                         if not any(t.is_alive() for t in threads):
                             break
                         cond.wait(0.25)
-                        if time.monotonic() - last_save > 0.25:
+                        if time.monotonic() - last_save > 0.25 or sum(written) - last_saved_bytes >= _MAP_SAVE_BYTES:
                             break
                     if errors:
                         raise errors[0]
@@ -684,9 +686,11 @@ class TransferEngine:
                     hashed += n
                 if hashed > region:
                     start_writeback(fd, region, hashed - region)  # hashed bytes can go to disk now
-                if time.monotonic() - last_save > 0.25:  # the chunk map lets a crash resume every range
+                # the chunk map lets a crash resume every range: save it often (every 0.25 s or 4 MiB)
+                written_now = sum(written)
+                if time.monotonic() - last_save > 0.25 or written_now - last_saved_bytes >= _MAP_SAVE_BYTES:
                     save()
-                    last_save = time.monotonic()
+                    last_save, last_saved_bytes = time.monotonic(), written_now
         finally:
             with cond:
                 next_index[0] = len(pending)  # stop handing out ranges
