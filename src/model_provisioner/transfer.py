@@ -96,6 +96,21 @@ class TransferOutcome:
     not_modified: bool = False
 
 
+@dataclass
+class _Attempt:
+    """What one attempt at one file works with (so the range machinery takes one argument, not nine)."""
+
+    spec: TransferSpec
+    source: Source
+    partial: Path
+    meta_path: Path
+    url: str  # after redirects
+    headers: dict[str, str]  # for ``url``: credentials already dropped if it is on another host
+    etag: str | None
+    hasher: Any
+    progress: _Progress
+
+
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -306,18 +321,10 @@ class TransferEngine:
             if parallel and chunks is not None:  # resuming an interrupted parallel download
                 assert total is not None
                 self._parallel(
+                    _Attempt(spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress),
                     response,
-                    final_url,
-                    final_headers,
-                    partial,
-                    meta_path,
-                    spec,
-                    source,
-                    etag,
                     kept,
                     total,
-                    hasher,
-                    progress,
                     chunks,
                 )
             else:
@@ -339,21 +346,10 @@ class TransferEngine:
                             spec.name,
                             self.settings.connections,
                         )
-                        self._parallel(
-                            None,
-                            final_url,
-                            final_headers,
-                            partial,
-                            meta_path,
-                            spec,
-                            source,
-                            etag,
-                            offset,
-                            total,
-                            hasher,
-                            progress,
-                            None,
+                        attempt = _Attempt(
+                            spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress
                         )
+                        self._parallel(attempt, None, offset, total, None)
         finally:
             response.close()
         size = partial.stat().st_size
@@ -528,24 +524,20 @@ class TransferEngine:
 
     # ---------------------------------------------------------------------------- parallel ranges
     def _parallel(
-        self,
-        first: httpx.Response | None,
-        url: str,
-        headers: dict[str, str],
-        partial: Path,
-        meta_path: Path,
-        spec: TransferSpec,
-        source: Source,
-        etag: str | None,
-        kept: int,
-        total: int,
-        hasher: Any,
-        progress: _Progress,
-        chunks: Chunks | None = None,
+        self, att: _Attempt, first: httpx.Response | None, kept: int, total: int, chunks: Chunks | None = None
     ) -> None:
         """Fetch [kept, total) as ranges on ``connections`` workers; the first range reuses ``first``.
 
         ``chunks`` (from an interrupted run) resumes every range where it stopped."""
+        spec, source, partial, meta_path, url, headers = (
+            att.spec,
+            att.source,
+            att.partial,
+            att.meta_path,
+            att.url,
+            att.headers,
+        )
+        etag, hasher, progress = att.etag, att.hasher, att.progress
         conns = self.settings.connections
         fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         if chunks is None:
