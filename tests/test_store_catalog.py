@@ -89,3 +89,18 @@ def test_catalog_redacts_refs_and_errors(tmp_path: Path) -> None:
     )
     raw = (tmp_path / "c.db").read_bytes() + (tmp_path / "c.db-wal").read_bytes()
     assert b"s3cr3t" not in raw and b"pw@" not in raw and b"hf_abcdefghijklmnop" not in raw
+
+
+def test_entry_cache_sees_other_connections(tmp_path: Path) -> None:
+    """The warm path caches entries in-process; a commit by any other connection (or process) invalidates them."""
+    from model_provisioner import ModelProvisioner, Settings
+
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"weights" * 1000)
+    settings = Settings.from_env(cache_dir=tmp_path / "cache")
+    with ModelProvisioner(settings) as a, ModelProvisioner(settings) as b:
+        a.register_model("https://h.example/m.bin", model)
+        assert a.locate("https://h.example/m.bin") is not None  # now cached in a
+        assert b.evict("https://h.example/m.bin") == ["https://h.example/m.bin"]
+        assert a.locate("https://h.example/m.bin") is None
+        assert a.entry("https://h.example/m.bin") is None
