@@ -499,3 +499,18 @@ def test_verify_split_gguf_and_policy_label_in_provenance(hub: Any, tmp_path: Pa
     assert record["policy_label"] == "team-prod"
     verified = run_cli("verify", "hf:org/split-verify", "--json", cache_dir=cache_dir, env=env)
     assert verified.code == 0 and verified.json()["failed"] == 0
+
+
+def test_new_revision_frees_blobs_only_the_old_one_used(net: Any, hub: Any, cache_dir: Path) -> None:
+    files = transformers_repo(n_shards=2)
+    old_commit = hub.add_repo("org/moving", files)
+    prov = net(hub.url)
+    first = prov.ensure_present("hf:org/moving")
+    changed = dict(files, **{"model-00002-of-00002.safetensors": safetensors_bytes(40_000, seed=99)})
+    new_commit = hub.commit("org/moving", changed)
+    second = prov.ensure_present("hf:org/moving", refresh=True)
+    assert second.metadata["revision"] == new_commit != old_commit
+    blobs = cache_dir / "blobs" / "sha256"
+    assert not (blobs / sha(files["model-00002-of-00002.safetensors"])).exists()  # only the old revision used it
+    assert (blobs / sha(files["model-00001-of-00002.safetensors"])).exists()  # shared by both revisions
+    assert not first.local_path.exists() and second.local_path.is_dir()

@@ -145,10 +145,11 @@ def provision_remote(
         blob=blob,
         error=None,
     )
+    previous_files = prov.catalog.files(active.id)  # the old revision's set, before it is replaced
     prov.catalog.put(active, files)
     prov._record(VerificationRecord(active.id, now, check.result, check.reason, entry_digest, bytes_fetched))
     if entry is not None:
-        _drop_superseded(prov, entry, active, files)
+        _drop_superseded(prov, entry, active, previous_files)
     log.info(
         "%s: %s in %d ms (%d bytes fetched)", ref.id, check.reason, (time.monotonic() - start) * 1000, bytes_fetched
     )
@@ -353,17 +354,15 @@ def _fingerprint(path: Path) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _drop_superseded(
-    prov: ModelProvisioner, old: CatalogEntry, new: CatalogEntry, new_files: list[EntryFile] | None
-) -> None:
-    """After a new revision replaced an entry: remove the old view and blobs nobody uses any more."""
+def _drop_superseded(prov: ModelProvisioner, old: CatalogEntry, new: CatalogEntry, old_files: list[EntryFile]) -> None:
+    """After a new revision replaced an entry: remove the old view and the old blobs nobody uses any more."""
     old_tree = old.metadata.get("view_dir")
     if isinstance(old_tree, str) and old_tree and old_tree != new.metadata.get("view_dir"):
         prov.store.remove_tree(old_tree)
     elif old.blob and old.local_path and old.local_path != new.local_path:
         prov.store.remove_view(old.local_path)
     candidates = {old.blob} if old.blob else set()
-    candidates |= {str(f) for f in old.metadata.get("blobs", [])}
+    candidates |= {f.blob for f in old_files}
     for blob in candidates:
         if blob and prov.catalog.blob_refcount(blob) == 0:
             prov.store.remove_blob(blob)
