@@ -191,3 +191,46 @@ def no_sockets(monkeypatch: pytest.MonkeyPatch) -> SocketGuard:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(socket.socket(), a[0]))
     return guard
+
+
+# ------------------------------------------------------------------------------ registries (issue 4)
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's docker-registry, anonymous."""
+    from .servers.registry import Registry
+
+    server = Registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.close()
+
+
+REGISTRY_USER, REGISTRY_PASSWORD = "team", "registry-pass-Secr3t-value"
+
+
+@pytest.fixture(scope="session")
+def registry_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's docker-registry with htpasswd Basic auth (user REGISTRY_USER)."""
+    from .servers.registry import Registry
+
+    server = Registry(tmp_path_factory.mktemp("registry-auth"), users={REGISTRY_USER: REGISTRY_PASSWORD})
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from .servers.s3 import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The moto server with its credentials and endpoint in the environment (boto3's standard chain)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return s3_server

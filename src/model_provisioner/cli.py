@@ -157,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
     p.set_defaults(func=cmd_lease)
 
+    p = sub.add_parser(
+        "push",
+        parents=[common],
+        help="publish a provisioned model to a team mirror (OCI registry as ModelPack, or an S3 prefix)",
+    )
+    p.add_argument("ref", metavar="ID")
+    p.add_argument(
+        "destination",
+        metavar="DEST",
+        help="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' on an oci:// or s3:// root "
+        "places it where mirrors.models finds it",
+    )
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("release", parents=[common], help="end a lease")
     p.add_argument("lease_id", metavar="LEASE_ID")
     p.set_defaults(func=cmd_release)
@@ -432,6 +446,19 @@ def cmd_pin(args: argparse.Namespace) -> int:
         {"id": parse(args.ref).id, "pinned": args.pinned},
         ("pinned " if args.pinned else "unpinned ") + parse(args.ref).id,
     )
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .mirror import push
+
+    with _provisioner(args) as prov:
+        result = push(prov, args.ref, args.destination)
+    human = (
+        f"pushed {result.files} file(s) to {result.destination} "
+        f"({result.bytes_uploaded} bytes uploaded, {result.bytes_skipped} already there); digest {result.digest}"
+    )
+    _emit(args, result.as_dict(), human)
     return 0
 
 

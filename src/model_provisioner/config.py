@@ -93,6 +93,15 @@ class Settings:
     api_file_roots: tuple[str, ...] = ()
     #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
     api_handoff_dir: str | None = None
+    #: OCI registries reached over plain http (loopback registries always are), like Docker's insecure registries
+    oci_plain_http: tuple[str, ...] = ()
+    #: OCI Basic credentials per registry host: {host: (username, password)}; ~/.docker/config.json otherwise
+    oci_credentials: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    #: S3: endpoint for S3-compatible stores (MinIO, Ceph); AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL also work
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    #: team mirrors (roots written by ``push``), tried in order before the origin of any remote ref
+    model_mirrors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -149,6 +158,9 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "api_token": str,
     "api_file_roots": list,
     "api_handoff_dir": str,
+    "oci_plain_http": list,
+    "s3_endpoint_url": str,
+    "s3_region": str,
 }
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,
@@ -195,7 +207,7 @@ def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[typ
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = _read_mapping(path)
-    sections = {"transfer", "policy", "mirrors"}
+    sections = {"transfer", "policy", "mirrors", "oci_credentials"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
         from .lifecycle import parse_size
@@ -208,10 +220,26 @@ def _load_settings_file(path: str) -> dict[str, Any]:
         out["transfer"] = TransferSettings(**_typed(path, "transfer", data["transfer"], _TRANSFER_TYPES))
     if "policy" in data:
         out["policy"] = Policy(**_typed(path, "policy", data["policy"], _POLICY_TYPES))
+    if "oci_credentials" in data:
+        creds = data["oci_credentials"]
+        if not isinstance(creds, dict) or not all(
+            isinstance(v, dict) and set(v) == {"username", "password"} and all(isinstance(x, str) for x in v.values())
+            for v in creds.values()
+        ):
+            raise ConfigError(path, "oci_credentials", "expected {registry-host: {username: ..., password: ...}}")
+        out["oci_credentials"] = {str(k): (v["username"], v["password"]) for k, v in creds.items()}
     if "mirrors" in data:
         mirrors = data["mirrors"]
-        if not isinstance(mirrors, dict) or set(mirrors) - {"hf", "https"}:
-            raise ConfigError(path, "mirrors", "expected a mapping with keys hf and/or https")
+        if not isinstance(mirrors, dict) or set(mirrors) - {"hf", "https", "models"}:
+            raise ConfigError(path, "mirrors", "expected a mapping with keys hf, https and/or models")
+        roots = mirrors.get("models", [])
+        if not isinstance(roots, list) or not all(
+            isinstance(v, str) and v.startswith(("oci://", "s3://")) for v in roots
+        ):
+            raise ConfigError(
+                path, "mirrors.models", "expected a list of oci://registry/repo or s3://bucket/prefix/ roots"
+            )
+        out["model_mirrors"] = tuple(roots)
         hf = mirrors.get("hf", [])
         if not isinstance(hf, list) or not all(isinstance(v, str) and "://" in v for v in hf):
             raise ConfigError(path, "mirrors.hf", "expected a list of Hub endpoint URLs")

@@ -97,6 +97,8 @@ def write_engine_handoff(out_dir: str | os.PathLike[str], engine: str, resolved:
                 metadata[key] = meta[key]
     if engine == "triton":
         payload["model_repository"] = str(resolved.local_path)
+        payload["models"] = meta.get("models", [])
+        metadata["repo_digest"] = meta.get("repo_digest", resolved.digest)
     path = Path(out_dir) / ".runtime" / "engines" / f"{engine}.json"
     _atomic_write_json(path, payload)
     return path

@@ -404,7 +404,7 @@ class ModelProvisioner:
             with fetch_slot(self.store.locks_dir, self.settings.max_parallel_fetches, self.settings.lock_timeout_s):
                 failpoints.failpoint("fetch.slot")
                 return self._provision_local_file(ref, entry, digest, strict)
-        if isinstance(ref, HfRef | UrlRef):
+        if isinstance(ref, HfRef | UrlRef | S3Ref | OciRef):
             if self.settings.offline:
                 state = f"its catalog entry is {entry.lifecycle}" if entry is not None else "it is not in the cache"
                 raise OfflineError(
@@ -414,12 +414,6 @@ class ModelProvisioner:
             from .remote import provision_remote
 
             return provision_remote(self, ref, entry, digest, strict, options)
-        if isinstance(ref, S3Ref | OciRef):
-            raise UnsupportedScheme(
-                f"{ref.id}: fetching {ref.scheme}: refs is not supported yet in this build; "
-                "download the file yourself and register it (ModelProvisioner.register_model), "
-                "or use a local path"
-            )
         raise UnsupportedScheme(f"{ref.id}: no fetcher for scheme {ref.scheme!r}")
 
     def _provision_local_file(
@@ -867,7 +861,8 @@ def _ref_namespace(ref: ModelRef) -> str:
         parent = ref.path.rsplit("/", 1)[0].strip("/")
         return ref.host.replace(":", "_") + (f"/{parent}" if parent else "")
     if isinstance(ref, S3Ref):
-        parent = ref.key.rstrip("/").rsplit("/", 1)[0] if "/" in ref.key.rstrip("/") else ""
+        key = ref.key.rstrip("/")
+        parent = key if ref.is_prefix else (key.rsplit("/", 1)[0] if "/" in key else "")
         return ref.bucket + (f"/{parent}" if parent else "")
     if isinstance(ref, OciRef):
         return f"{ref.registry.replace(':', '_')}/{ref.repository}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import failpoints
 from .catalog import CatalogEntry, EntryFile, Lifecycle, VerificationRecord, now_ms
 from .digest import Digest
-from .errors import CorruptModel, DigestMismatch, InvalidInput, ProvisionerError, VerificationFailed
+from .errors import CorruptModel, DigestMismatch, InvalidInput, NotFound, ProvisionerError, VerificationFailed
 from .fetchers import FetchPlan, RemoteFile
 from .formats import FormatInfo, inspect_file
 from .formats.gguf import SPLIT_NAME_RE
@@ -28,7 +28,7 @@ from .formats.transformers import check_complete, shards_from_index, summarize
 from .hashing import FileHash, git_blob_sha1, hash_file
 from .locks import fetch_slot
 from .redact import redact_url
-from .refs import HfRef, UrlRef
+from .refs import HfRef, OciRef, S3Ref, UrlRef
 from .store import repo_digest
 from .transfer import NotModified, TransferOutcome, TransferSpec
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .transfer import ProgressCallback
 
 log = logging.getLogger("model_provisioner")
+RemoteRef = HfRef | UrlRef | S3Ref | OciRef
 INDEX = "model.safetensors.index.json"
 
 
@@ -65,52 +66,57 @@ class _Aggregate:
 
 def provision_remote(
     prov: ModelProvisioner,
-    ref: HfRef | UrlRef,
+    ref: RemoteRef,
     entry: CatalogEntry | None,
     digest: Digest | None,
     strict: bool,
     options: FetchOptions,
 ) -> ResolvedModel:
-    from .fetchers.hf import plan_hf
-    from .fetchers.https import plan_https
     from .provisioner import _Check, _resolved
 
     start = time.monotonic()
     previous_active = entry if entry is not None and entry.lifecycle is Lifecycle.ACTIVE else None
-    if isinstance(ref, HfRef):
-        plan = plan_hf(ref, prov.settings, include=options.include, exclude=options.exclude)
-    else:
-        pinned = digest.hex if digest is not None and digest.algo == "sha256" and strict else None
-        plan = plan_https(
-            ref,
-            prov.settings,
-            expected_sha256=pinned,
-            previous_metadata=previous_active.metadata if previous_active else None,
-            refresh=options.refresh,
-        )
-    plan = _check_user_digest_against_source(ref, plan, digest, strict)
-    base = prov._pending(ref, entry, "", digest, strict)
+    closers: list[Any] = []
     try:
-        with fetch_slot(prov.store.locks_dir, prov.settings.max_parallel_fetches, prov.settings.lock_timeout_s):
-            failpoints.failpoint("fetch.slot")
-            fetched = _fetch_all(prov, ref, plan, options.progress)
-        failpoints.failpoint("remote.fetched")
-        _check_git_ids(prov, ref, plan, fetched)
-        result = _lay_out(prov, ref, plan, fetched, digest, strict)
-    except NotModified:
-        assert previous_active is not None
-        now = now_ms()
-        prov.catalog.put(replace(previous_active, last_verified_ms=now, last_used_ms=now))
-        log.info("%s: not modified at the source; kept the cached copy", ref.id)
-        return _resolved(previous_active, from_cache=True)
-    except ProvisionerError as exc:
-        if previous_active is not None and options.refresh:
-            prov.catalog.put(previous_active)  # a failed refresh never loses a good copy
+        plan = None if options.refresh else plan_from_mirrors(prov, ref, closers)
+        if plan is None:
+            plan = _plan_origin(prov, ref, digest, strict, options, previous_active, closers)
+        else:
+            # the mirror's copy must be the bytes the origin was verified to have when it was pushed
+            mirrored = Digest.parse(plan.annotations["org.model-provisioner.digest"])
+            if digest is None:
+                digest, strict = mirrored, True
+            elif strict and digest != mirrored:
+                raise DigestMismatch(
+                    ref.id, str(digest), str(mirrored), "the mirror holds another version; nothing was downloaded"
+                )
+        plan = _check_user_digest_against_source(ref, plan, digest, strict)
+        base = prov._pending(ref, entry, "", digest, strict)
+        try:
+            with fetch_slot(prov.store.locks_dir, prov.settings.max_parallel_fetches, prov.settings.lock_timeout_s):
+                failpoints.failpoint("fetch.slot")
+                fetched = _fetch_all(prov, ref, plan, options.progress)
+            failpoints.failpoint("remote.fetched")
+            _check_git_ids(prov, ref, plan, fetched)
+            files = _materialise(prov, ref, plan, fetched)
+            result = _lay_out(prov, ref, plan, files, digest, strict)
+        except NotModified:
+            assert previous_active is not None
+            now = now_ms()
+            prov.catalog.put(replace(previous_active, last_verified_ms=now, last_used_ms=now))
+            log.info("%s: not modified at the source; kept the cached copy", ref.id)
+            return _resolved(previous_active, from_cache=True)
+        except ProvisionerError as exc:
+            if previous_active is not None and options.refresh:
+                prov.catalog.put(previous_active)  # a failed refresh never loses a good copy
+                raise
+            reason = exc.reason if isinstance(exc, VerificationFailed) else exc.code
+            prov._fail(base, _Check("fail", reason, exc), None, 0)
             raise
-        reason = exc.reason if isinstance(exc, VerificationFailed) else exc.code
-        prov._fail(base, _Check("fail", reason, exc), None, 0)
-        raise
-    local_path, entry_digest, size, fmt, blob, files, extra, check = result
+    finally:
+        for closer in closers:
+            closer.close()
+    local_path, entry_digest, size, fmt, blob, entry_files, extra, check = result
     bytes_fetched = sum(o.bytes_fetched for o in fetched.values())
     outcome0 = next(iter(fetched.values()))
     metadata: dict[str, Any] = {
@@ -118,11 +124,14 @@ def provision_remote(
         **plan.metadata,
         **extra,
         "format": fmt.format,
-        "layout": plan.layout,
-        "source": redact_url(plan.files[0].sources[-1].url) if plan.layout == "file" else ref.id,
+        "layout": extra.get("layout", plan.layout),
+        "source": plan.metadata.get("source")
+        or (redact_url(plan.files[0].sources[-1].url) if plan.layout == "file" else ref.id),
         "include": list(options.include),
         "exclude": list(options.exclude),
     }
+    if plan.revision:
+        metadata.setdefault("revision", plan.revision)
     if outcome0.etag:
         metadata["etag"] = outcome0.etag
     if outcome0.last_modified:
@@ -146,7 +155,7 @@ def provision_remote(
         error=None,
     )
     previous_files = prov.catalog.files(active.id)  # the old revision's set, before it is replaced
-    prov.catalog.put(active, files)
+    prov.catalog.put(active, entry_files)
     prov._record(VerificationRecord(active.id, now, check.result, check.reason, entry_digest, bytes_fetched))
     if entry is not None:
         _drop_superseded(prov, entry, active, previous_files)
@@ -156,11 +165,80 @@ def provision_remote(
     return replace(_resolved(active, from_cache=False), bytes_fetched=bytes_fetched)
 
 
+def _plan_origin(
+    prov: ModelProvisioner,
+    ref: RemoteRef,
+    digest: Digest | None,
+    strict: bool,
+    options: FetchOptions,
+    previous_active: CatalogEntry | None,
+    closers: list[Any],
+) -> FetchPlan:
+    pinned = digest.hex if digest is not None and digest.algo == "sha256" and strict else None
+    if isinstance(ref, HfRef):
+        from .fetchers.hf import plan_hf
+
+        return plan_hf(ref, prov.settings, include=options.include, exclude=options.exclude)
+    if isinstance(ref, S3Ref):
+        from .fetchers.s3 import plan_s3
+
+        return plan_s3(ref, prov.settings, expected_sha256=pinned)
+    if isinstance(ref, OciRef):
+        from .fetchers.oci import plan_oci
+        from .oci import RegistryClient
+
+        client = RegistryClient(ref.registry, prov.settings)
+        closers.append(client)
+        return plan_oci(ref, prov.settings, client)
+    from .fetchers.https import plan_https
+
+    return plan_https(
+        ref,
+        prov.settings,
+        expected_sha256=pinned,
+        previous_metadata=previous_active.metadata if previous_active else None,
+        refresh=options.refresh,
+    )
+
+
+def plan_from_mirrors(prov: ModelProvisioner, ref: RemoteRef, closers: list[Any]) -> FetchPlan | None:
+    """The first team mirror (``mirrors.models``) that holds a push of ``ref``; None when none does."""
+    from .fetchers.oci import plan_oci
+    from .fetchers.s3 import plan_s3
+    from .mirror import mirror_ref
+    from .oci import RegistryClient
+
+    for root in prov.settings.model_mirrors:
+        location = mirror_ref(root, ref.id)
+        try:
+            if isinstance(location, OciRef):
+                client = RegistryClient(location.registry, prov.settings)
+                closers.append(client)
+                plan = plan_oci(location, prov.settings, client)
+            else:
+                plan = plan_s3(location, prov.settings)
+        except NotFound:
+            log.info("%s: not in mirror %s", ref.id, root)
+            continue
+        except ProvisionerError as exc:
+            log.warning("%s: mirror %s failed (%s); trying the next source", ref.id, root, exc)
+            continue
+        if plan.annotations.get("org.model-provisioner.source-id") != ref.id or not plan.annotations.get(
+            "org.model-provisioner.digest"
+        ):
+            log.warning("%s: %s holds another model (or no digest); skipping this mirror", ref.id, location.id)
+            continue
+        log.info("%s: pulling from mirror %s", ref.id, location.id)
+        metadata = {**plan.metadata, "source": ref.id, "mirror": location.id}
+        return replace(plan, metadata=metadata)
+    return None
+
+
 def _check_user_digest_against_source(
-    ref: HfRef | UrlRef, plan: FetchPlan, digest: Digest | None, strict: bool
+    ref: RemoteRef, plan: FetchPlan, digest: Digest | None, strict: bool
 ) -> FetchPlan:
     """A pinned digest that contradicts the source's own digest fails before a byte is downloaded."""
-    if digest is None or digest.algo != "sha256" or plan.layout != "file":
+    if digest is None or digest.algo != "sha256" or plan.layout != "file" or len(plan.files) != 1:
         return plan
     file = plan.files[0]
     if file.sha256 is not None and file.sha256 != digest.hex and strict:
@@ -176,11 +254,11 @@ def _check_user_digest_against_source(
 
 
 def _is_weight(path: str) -> bool:
-    return path.endswith((".safetensors", ".gguf", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx"))
+    return path.endswith((".safetensors", ".gguf", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".plan"))
 
 
 def _fetch_all(
-    prov: ModelProvisioner, ref: HfRef | UrlRef, plan: FetchPlan, progress: ProgressCallback | None
+    prov: ModelProvisioner, ref: RemoteRef, plan: FetchPlan, progress: ProgressCallback | None
 ) -> dict[str, TransferOutcome]:
     aggregate = _Aggregate(plan.total_size, progress)
 
@@ -193,8 +271,8 @@ def _fetch_all(
         )
         return prov.engine.fetch(spec, aggregate.for_file(file.path))
 
-    small = [f for f in plan.files if not _is_weight(f.path)]
-    large = [f for f in plan.files if _is_weight(f.path)]
+    small = [f for f in plan.files if not (_is_weight(f.path) or f.unpack)]
+    large = [f for f in plan.files if _is_weight(f.path) or f.unpack]
     results: dict[str, TransferOutcome] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for file, outcome in zip(small, pool.map(one, small), strict=True):
@@ -223,7 +301,7 @@ def _adopt_from_other_caches(prov: ModelProvisioner, sha_hex: str, name: str) ->
 
 
 def _check_git_ids(
-    prov: ModelProvisioner, ref: HfRef | UrlRef, plan: FetchPlan, fetched: dict[str, TransferOutcome]
+    prov: ModelProvisioner, ref: RemoteRef, plan: FetchPlan, fetched: dict[str, TransferOutcome]
 ) -> None:
     for file in plan.files:
         if file.git_sha1 is None:
@@ -240,53 +318,108 @@ def _check_git_ids(
             )
 
 
+def _materialise(
+    prov: ModelProvisioner, ref: RemoteRef, plan: FetchPlan, fetched: dict[str, TransferOutcome]
+) -> list[EntryFile]:
+    """The model's files as (path, blob, size): fetched files as they are, archive layers unpacked."""
+    from .unpack import unpack_into_store
+
+    files: dict[str, EntryFile] = {}
+    for file in plan.files:
+        outcome = fetched[file.path]
+        if file.unpack is None:
+            files[file.path] = EntryFile(file.path, outcome.sha256, outcome.size)
+            continue
+        members = unpack_into_store(
+            prov.store, outcome.blob, file.unpack, f"{ref.id} [layer sha256:{outcome.sha256[:12]}]"
+        )
+        for path, sha_hex, size in members:
+            if path in files:
+                raise CorruptModel(ref.id, f"{path!r} is in more than one layer")
+            files[path] = EntryFile(path, sha_hex, size)
+        if prov.catalog.blob_refcount(outcome.sha256) == 0:
+            prov.store.remove_blob(outcome.sha256)  # the archive itself is not part of any view
+    if not files:
+        raise CorruptModel(ref.id, "the source holds no files")
+    return list(files.values())
+
+
+def detect_layout(paths: list[str], subject: str) -> str:
+    """How a set of files is laid out for an engine, decided from their names."""
+    from .formats.triton import find_repository_root
+
+    if find_repository_root(paths) is not None:
+        return "triton"
+    if any(p.endswith(".safetensors") for p in paths) or "config.json" in paths:
+        return "transformers"
+    ggufs = [p for p in paths if p.endswith(".gguf")]
+    if ggufs:
+        if len(paths) == 1:
+            return "file"
+        return "gguf-split" if all(SPLIT_NAME_RE.search(p) for p in ggufs) and len(ggufs) > 1 else "gguf-set"
+    raise CorruptModel(
+        subject,
+        "no GGUF, safetensors or Triton repository among the files ("
+        + ", ".join(sorted(paths)[:8])
+        + (", ..." if len(paths) > 8 else "")
+        + ")",
+    )
+
+
 def _lay_out(
     prov: ModelProvisioner,
-    ref: HfRef | UrlRef,
+    ref: RemoteRef,
     plan: FetchPlan,
-    fetched: dict[str, TransferOutcome],
+    files: list[EntryFile],
     digest: Digest | None,
     strict: bool,
 ) -> tuple[Path, str, int, FormatInfo, str | None, list[EntryFile] | None, dict[str, Any], Any]:
     from .provisioner import _compare, _ref_namespace
 
     namespace = _ref_namespace(ref)
-    files = [EntryFile(f.path, fetched[f.path].sha256, fetched[f.path].size) for f in plan.files]
     total = sum(f.size_bytes for f in files)
     extra: dict[str, Any] = {}
     source_verified = all(f.sha256 is not None or f.git_sha1 is not None for f in plan.files)
+    layout = plan.layout if plan.layout != "auto" else detect_layout([f.path for f in files], ref.id)
+    extra["layout"] = layout
 
-    if plan.layout == "file":
-        file = plan.files[0]
-        outcome = fetched[file.path]
+    if layout == "file":
+        file = files[0]
+        blob_path = prov.store.blob_path(file.blob)
         name = file.path.rsplit("/", 1)[-1]
-        fmt = _inspect(outcome.blob, ref.id, name, prov, outcome.sha256)
-        entry_digest = f"sha256:{outcome.sha256}"
+        fmt = _inspect(blob_path, ref.id, name, prov, file.blob)
+        entry_digest = f"sha256:{file.blob}"
         extra_algos = [digest.algo] if digest is not None and digest.algo != "sha256" else []
         known = (
-            hash_file(outcome.blob, extra_algos)
+            hash_file(blob_path, extra_algos)
             if extra_algos
-            else FileHash(Digest.parse(entry_digest), outcome.size, {})
+            else FileHash(Digest.parse(entry_digest), file.size_bytes, {})
         )
         check = _compare(ref.id, known, digest, strict, owned=True)
-        _raise_or_drop(prov, check, [outcome.sha256])
-        local = prov._link_view(ref, name, outcome.sha256, fmt)
+        _raise_or_drop(prov, check, [file.blob])
+        local = prov._link_view(ref, name, file.blob, fmt)
         _mark_source(check, source_verified, digest)
-        return local, entry_digest, outcome.size, fmt, outcome.sha256, None, extra, check
+        return local, entry_digest, file.size_bytes, fmt, file.blob, None, extra, check
 
     if digest is not None and digest.algo != "sha256":
         raise InvalidInput(f"{ref.id}: a multi-file model is pinned by its sha256 repo digest, not {digest.algo}")
-    if plan.layout == "gguf-split":
-        names = [(f.path.rsplit("/", 1)[-1], f.blob, f.size_bytes) for f in files]
+    if layout in ("gguf-split", "gguf-set"):
+        # a split GGUF's parts, or a GGUF with companions (license, mmproj, template). HF split parts are laid out by file name; other sources keep their relative paths
+        by_name = isinstance(ref, HfRef | UrlRef)
+        names = [(f.path.rsplit("/", 1)[-1] if by_name else f.path, f.blob, f.size_bytes) for f in files]
         entry_digest = repo_digest(names)
         check = _compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict, owned=True)
         _raise_or_drop(prov, check, [f.blob for f in files])
-        first_name = names[0][0]
-        fmt = _inspect(prov.store.blob_path(files[0].blob), ref.id, first_name, prov, files[0].blob)
+        ggufs = sorted(
+            (n for n in names if n[0].endswith(".gguf") and "mmproj" not in n[0].lower()), key=lambda n: n[0]
+        )
+        main_name, main_blob, _ = (ggufs or [n for n in names if n[0].endswith(".gguf")])[0]
+        fmt = _inspect(prov.store.blob_path(main_blob), ref.id, main_name, prov, main_blob)
         split = fmt.metadata.get("split", {})
-        if isinstance(split, dict) and split.get("count") not in (None, len(files)):
-            raise CorruptModel(ref.id, f"split GGUF declares {split.get('count')} parts but {len(files)} were found")
-        stem = SPLIT_NAME_RE.sub("", first_name)
+        parts = [n for n in names if SPLIT_NAME_RE.search(n[0])]
+        if isinstance(split, dict) and split.get("count") not in (None, len(parts) or len(names)):
+            raise CorruptModel(ref.id, f"split GGUF declares {split.get('count')} parts but {len(parts)} were found")
+        stem = SPLIT_NAME_RE.sub("", main_name.rsplit("/", 1)[-1])
         tree = prov.store.link_tree(
             [(n, b) for n, b, _ in names], f"gguf/{namespace}/{stem}@{entry_digest.split(':')[1]}"
         )
@@ -294,21 +427,42 @@ def _lay_out(
         extra["parts"] = [n for n, _, _ in names]
         _mark_source(check, source_verified, digest)
         view_files = [EntryFile(n, b, sz) for n, b, sz in names]  # paths as laid out in the view directory
-        return tree / first_name, entry_digest, total, fmt, None, view_files, extra, check
+        return tree / main_name, entry_digest, total, fmt, None, view_files, extra, check
 
-    # transformers repository
     entry_digest = repo_digest([(f.path, f.blob, f.size_bytes) for f in files])
     check = _compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict, owned=True)
     _raise_or_drop(prov, check, [f.blob for f in files])
+    extra["repo_digest"] = entry_digest
+
+    if layout == "triton":
+        from .formats.triton import find_repository_root, inspect_repository
+
+        paths = [f.path for f in files]
+        root = find_repository_root(paths) or ""
+        tree = prov.store.link_tree(
+            [(f.path, f.blob) for f in files], f"triton/{namespace}@{plan.revision or entry_digest.split(':')[1][:16]}"
+        )
+        try:
+            meta = inspect_repository(tree, root, paths, ref.id)
+        except ProvisionerError:
+            prov.store.remove_tree(tree)
+            for f in files:
+                if prov.catalog.blob_refcount(f.blob) == 0:
+                    prov.store.remove_blob(f.blob)
+            raise
+        extra["view_dir"] = str(tree)
+        _mark_source(check, source_verified, digest)
+        return tree / root if root else tree, entry_digest, total, FormatInfo("triton", meta), None, files, extra, check
+
+    # transformers repository
     for f in files:
         if f.path.endswith(".safetensors"):
             _inspect(prov.store.blob_path(f.blob), f"{ref.id} [{f.path}]", f.path, prov, f.blob)
-    revision = plan.revision or "unknown"
+    revision = plan.revision or entry_digest.split(":")[1][:16]
     tree = prov.store.link_tree([(f.path, f.blob) for f in files], f"transformers/{namespace}@{revision}")
     meta = summarize(tree, [f.path for f in files])
     fmt = FormatInfo("transformers", meta)
     extra["view_dir"] = str(tree)
-    extra["repo_digest"] = entry_digest
     extra["remote_code_allowed"] = prov.settings.allow_remote_code
     if meta.get("trust_remote_code"):
         check.warnings.append(

@@ -141,6 +141,22 @@ class BlobStore:
             blob = self.commit_blob(tmp, sha_hex)
         return blob, sha_hex, size
 
+    def import_stream(self, stream: IO[bytes], label: str, limit: int | None = None) -> tuple[Path, str, int]:
+        """Write a stream (a tar member) into the store while hashing. Returns (blob, sha256 hex, size)."""
+        hasher = hashlib.sha256()
+        size = 0
+        with self.partial_file(label) as (tmp, out):
+            while chunk := stream.read(COPY_CHUNK):
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise ValueError(f"{label}: more than the {limit} bytes declared")
+                hasher.update(chunk)
+                out.write(chunk)
+            out.close()
+            sha_hex = hasher.hexdigest()
+            blob = self.commit_blob(tmp, sha_hex)
+        return blob, sha_hex, size
+
     def _link_verified(self, source: Path, expected: Digest | None, subject: str) -> tuple[Path, str, int] | None:
         self.ensure_layout()
         tmp = self.partial_dir / f"adopt.{uuid.uuid4().hex}.part"

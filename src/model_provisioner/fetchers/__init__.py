@@ -20,11 +20,14 @@ class RemoteFile:
     sha256: str | None = None
     #: git blob id of a small (non-LFS) Hub file, checked after download
     git_sha1: str | None = None
+    #: "tar" / "gzip" / "zstd": an archive layer whose members become the model's files
+    unpack: str | None = None
 
 
 @dataclass(frozen=True)
 class FetchPlan:
-    #: "file" (one file), "gguf-split" (all parts of a split GGUF), "transformers" (a vLLM/TGI repo)
+    #: "file" (one file), "gguf-split" (all parts of a split GGUF), "transformers" (a vLLM/TGI repo),
+    #: "triton" (a Triton model repository) or "auto" (decided from the file names once fetched)
     layout: str
     files: tuple[RemoteFile, ...]
     revision: str | None = None
@@ -33,6 +36,8 @@ class FetchPlan:
     conditional: Mapping[str, str] = field(default_factory=dict)
     #: every file the source has (to tell "missing from the repo" from "left out by a filter")
     available: tuple[str, ...] = ()
+    #: what the source says about the whole set (OCI manifest annotations, a pushed S3 manifest)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int | None:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from ..config import Settings
 from ..errors import NotFound, PolicyDenied, TransferFailed
 from ..formats.gguf import SPLIT_NAME_RE
+from ..paths import check_relative_path
 from ..redact import redact_text
 from ..refs import HfRef
 from ..transfer import Source
@@ -203,6 +204,7 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
         layout = "transformers"
     files = []
     for path in paths:
+        check_relative_path(path, f"{ref.id}: Hub file name")
         sibling = siblings[path]
         lfs = sibling.lfs
         sources = tuple(

@@ -1,0 +1,97 @@
+"""Safe unpacking of tar / tar+gzip / tar+zstd layers into the blob store.
+
+Nothing is ever written outside the store: every regular member is streamed into a blob, and the result
+is a list of (relative path, blob, size) that the views are built from. Member names are checked like
+every other path from a remote source: absolute paths, ``..`` segments, backslashes and control
+characters are refused, as are devices and FIFOs. A link is accepted only when it stays inside the
+archive and points at a file already seen (it becomes a second name for the same blob); anything else
+is refused with the member's name.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from pathlib import Path
+from typing import IO
+
+from .errors import CorruptModel
+from .paths import check_relative_path
+from .store import BlobStore
+
+#: ``compression`` values: how a layer's media type says it is packed
+COMPRESSIONS = ("tar", "gzip", "zstd")
+
+
+def compression_of(media_type: str) -> str | None:
+    """``tar``/``gzip``/``zstd`` for tar layers (OCI image layers, ModelPack ``.tar*``), else None."""
+    mt = media_type.lower()
+    if mt.endswith(("+gzip", ".tar.gzip", ".tar.gz", "tar+gz")):
+        return "gzip"
+    if mt.endswith(("+zstd", ".tar.zstd", ".tar.zst")):
+        return "zstd"
+    if mt.endswith(".tar") or mt == "application/vnd.oci.image.layer.v1.tar" or mt.endswith(".tar+json"):
+        return "tar"
+    return None
+
+
+def _open_stream(path: Path, compression: str) -> IO[bytes]:
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned stream
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return raw
+
+
+def unpack_into_store(
+    store: BlobStore, archive: Path, compression: str, subject: str, prefix: str = ""
+) -> list[tuple[str, str, int]]:
+    """Stream every member of ``archive`` into the store; returns [(path, sha256 hex, size)]."""
+    files: dict[str, tuple[str, int]] = {}
+    links: list[tuple[str, str]] = []
+    stream = _open_stream(archive, compression)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|gz" if compression == "gzip" else "r|") as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                name = name.rstrip("/")
+                if not name or name == ".":
+                    continue
+                where = f"{subject}: tar member {member.name!r}"
+                check_relative_path(name, where)
+                path = posixpath.join(prefix, name) if prefix else name
+                if member.isdir():
+                    continue
+                if member.issym() or member.islnk():
+                    target = member.linkname
+                    if member.issym():
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                    if target.startswith(("/", "../")) or target == ".." or posixpath.isabs(member.linkname):
+                        raise CorruptModel(subject, f"tar member {member.name!r} links outside the archive; refused")
+                    links.append((path, posixpath.join(prefix, target) if prefix else target))
+                    continue
+                if not member.isfile():
+                    raise CorruptModel(subject, f"tar member {member.name!r} is a device or FIFO; refused")
+                source = tar.extractfile(member)
+                if source is None:  # pragma: no cover - isfile() members always have data
+                    continue
+                with source:
+                    try:
+                        _, sha_hex, size = store.import_stream(source, posixpath.basename(name), limit=member.size)
+                    except ValueError as exc:
+                        raise CorruptModel(subject, str(exc)) from None
+                if path in files:
+                    raise CorruptModel(subject, f"tar member {member.name!r} appears twice")
+                files[path] = (sha_hex, size)
+    except tarfile.TarError as exc:
+        raise CorruptModel(subject, f"the layer is not a valid tar archive ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise CorruptModel(subject, f"the layer is truncated or not {compression}-compressed ({exc})") from None
+    finally:
+        stream.close()
+    for path, target in links:
+        if target not in files:
+            raise CorruptModel(subject, f"tar link {path!r} points at {target!r}, which is not a file in the archive")
+        files[path] = files[target]
+    return [(p, sha, size) for p, (sha, size) in files.items()]

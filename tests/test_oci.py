@@ -1,0 +1,245 @@
+"""oci:// refs against Debian's docker-registry: media-type families, tags and digests, auth, corruption,
+traversal. Artifacts are pushed with plain httpx (tests/servers/oci_push.py) or with ORAS (oras-py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from .servers.oci_push import push_artifact, sha, tar_bytes
+from .test_hf import safetensors_bytes
+
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MP_RAW = "application/vnd.cncf.model.weight.v1.raw"
+
+
+@pytest.fixture
+def gguf_bytes(make_gguf: Any) -> bytes:
+    return Path(make_gguf("oci.gguf", context_length=2048)).read_bytes()
+
+
+def _modelpack_gguf(registry: Any, repo: str, data: bytes, tag: str = "v1", **kw: Any) -> str:
+    config = json.dumps({"config": {"format": "gguf", "quantization": "Q4_K_M"}, "modelfs": {"type": "layers"}})
+    return push_artifact(
+        registry.url, repo, tag,
+        [(data, MP_RAW, {"org.cncf.model.filepath": "tiny-q4.gguf"})],
+        config=(config.encode(), MODELPACK_CONFIG),
+        artifact_type="application/vnd.cncf.model.manifest.v1+json",
+        **kw,
+    )
+
+
+def test_modelpack_gguf_by_tag_then_warm_and_offline(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
+    manifest_digest = _modelpack_gguf(registry, "team/tiny", gguf_bytes)
+    ref = f"oci://{registry.host}/team/tiny:v1"
+    first = cli("ensure", ref, "--json")
+    assert first.code == 0, first.stderr
+    out = first.json()
+    assert out["digest"] == sha(gguf_bytes)
+    assert out["lifecycle"] == "Active"
+    assert Path(out["local_path"]).read_bytes() == gguf_bytes
+    assert "/gguf/" in out["local_path"] and out["local_path"].endswith(".gguf@" + sha(gguf_bytes)[7:])
+    oci = out["metadata"]["oci"]
+    assert oci["manifest_digest"] == manifest_digest  # the tag was pinned to this manifest
+    assert oci["family"] == "modelpack" and oci["config"]["quantization"] == "Q4_K_M"
+    assert out["metadata"]["ctx_max"] == 2048
+    # warm and offline: answered from the catalog
+    again = cli("--offline", "ensure", ref, "--json")
+    assert again.code == 0, again.stderr
+    assert again.json()["local_path"] == out["local_path"]
+
+
+def test_pull_by_digest_and_unknown_tag(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
+    digest = _modelpack_gguf(registry, "team/bydigest", gguf_bytes)
+    result = cli("ensure", f"oci://{registry.host}/team/bydigest@{digest}", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["metadata"]["oci"]["manifest_digest"] == digest
+    missing = cli("ensure", f"oci://{registry.host}/team/bydigest:nope")
+    assert missing.code == 3
+    assert "nope" in missing.stderr and registry.host in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("compression", ["tar", "gzip", "zstd"])
+def test_modelpack_tar_layers_give_a_transformers_view(registry: Any, cli: Any, compression: str) -> None:
+    files = {
+        "config.json": json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}).encode(),
+        "model.safetensors": safetensors_bytes(2000, seed=3),
+        "tokenizer.json": b'{"version": "1.0"}',
+    }
+    media = {"tar": "application/vnd.cncf.model.weight.v1.tar",
+             "gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
+             "zstd": "application/vnd.cnai.model.weight.v1.tar+zstd"}[compression]  # older cnai name too
+    push_artifact(registry.url, f"team/tf-{compression}", "v1", [(tar_bytes(files, compression=compression), media, {})],
+                  config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+    result = cli("ensure", f"oci://{registry.host}/team/tf-{compression}:v1", "--json")
+    assert result.code == 0, result.stderr
+    out = result.json()
+    assert out["metadata"]["layout"] == "transformers"
+    view = Path(out["local_path"])
+    assert "/transformers/" in str(view)
+    for name, data in files.items():
+        assert (view / name).read_bytes() == data
+    assert out["metadata"]["model_type"] == "llama"
+
+
+def test_docker_model_runner_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
+    push_artifact(
+        registry.url, "ai/tiny", "latest",
+        [(gguf_bytes, "application/vnd.docker.ai.gguf.v3", {}),
+         (b"Apache-2.0 text", "application/vnd.docker.ai.license", {})],
+        config=(b'{"config": {"format": "gguf", "quantization": "Q4_0", "context_size": 2048}}',
+                "application/vnd.docker.ai.model.config.v0.1+json"),
+        media_type="application/vnd.docker.distribution.manifest.v2+json",
+    )
+    result = cli("ensure", f"oci://{registry.host}/ai/tiny", "--json")  # no tag means latest
+    assert result.code == 0, result.stderr
+    out = result.json()
+    assert out["metadata"]["oci"]["family"] == "docker-model"
+    path = Path(out["local_path"])
+    assert path.name == "model.gguf" and path.read_bytes() == gguf_bytes
+    assert (path.parent / "LICENSE").read_text() == "Apache-2.0 text"
+    assert out["metadata"]["ctx_max"] == 2048
+
+
+def test_oras_artifact_pushed_by_oras_py(registry: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path) -> None:
+    import oras.client
+
+    (tmp_path / "up").mkdir()
+    model = tmp_path / "up" / "tiny.gguf"
+    model.write_bytes(gguf_bytes)
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "up")
+    try:
+        client.push(target=f"{registry.host}/oras/tiny:v1", files=["tiny.gguf"], disable_path_validation=True)
+    finally:
+        os.chdir(cwd)
+    result = cli("ensure", f"oci://{registry.host}/oras/tiny:v1", "--json")
+    assert result.code == 0, result.stderr
+    out = result.json()
+    assert out["metadata"]["oci"]["family"] == "oras"
+    assert Path(out["local_path"]).read_bytes() == gguf_bytes
+
+
+def test_corrupted_blob_in_registry_fails_strict(registry: Any, cli: Any, make_gguf: Any, cache_dir: Path) -> None:
+    data = Path(make_gguf("corrupt.gguf", context_length=512)).read_bytes()
+    _modelpack_gguf(registry, "team/corrupt", data)
+    blob = registry.blob_path(sha(data))
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(damaged))
+    result = cli("ensure", f"oci://{registry.host}/team/corrupt:v1")
+    assert result.code == 4, result.stderr
+    assert sha(data) in result.stderr  # names the expected digest
+    assert not list((cache_dir / "blobs" / "sha256").iterdir())
+    assert not (cache_dir / "gguf").exists() or not any((cache_dir / "gguf").rglob("*.gguf*"))
+    listing = cli("ls", "--json").json()
+    assert [e["lifecycle"] for e in listing["models"]] == ["Failed"]
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [(b"x", MP_RAW, {"org.cncf.model.filepath": "../evil.gguf"})],
+        [(b"x", MP_RAW, {"org.opencontainers.image.title": "/etc/evil"})],
+        [(tar_bytes({"../../escape.txt": b"x"}), "application/vnd.cncf.model.weight.v1.tar", {})],
+        [(tar_bytes({"/abs.txt": b"x"}, compression="gzip"), "application/vnd.oci.image.layer.v1.tar+gzip", {})],
+        [(tar_bytes({"a.txt": b"x"}, links={"link": ("../../../etc/passwd", True)}),
+          "application/vnd.cncf.model.weight.v1.tar", {})],
+        [(tar_bytes({"a.txt": b"x"}, links={"hard": ("/etc/passwd", False)}),
+          "application/vnd.cncf.model.weight.v1.tar", {})],
+    ],
+    ids=["annotation-dotdot", "annotation-absolute", "tar-dotdot", "tar-absolute", "symlink-out", "hardlink-out"],
+)
+def test_traversal_in_annotations_and_tar_members_is_refused(
+    registry: Any, cli: Any, cache_dir: Path, layers: Any, request: pytest.FixtureRequest
+) -> None:
+    repo = "evil/" + request.node.callspec.id
+    push_artifact(registry.url, repo, "v1", layers)
+    result = cli("ensure", f"oci://{registry.host}/{repo}:v1")
+    assert result.code == 4, result.stderr
+    assert "refused" in result.stderr and "Traceback" not in result.stderr
+    # nothing escaped: no file outside the cache, no view
+    assert not (cache_dir.parent / "evil.gguf").exists() and not (cache_dir.parent / "escape.txt").exists()
+    views = [p for p in cache_dir.rglob("*") if p.is_file() and "blobs" not in p.parts and "locks" not in p.parts
+             and p.name != "catalog.db" and not p.name.startswith("catalog.db")]
+    assert views == [], views
+
+
+def _docker_config(home: Path, host: str, user: str, password: str) -> None:
+    (home / ".docker").mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (home / ".docker" / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+
+
+def test_basic_auth_registry(registry_auth: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path,
+                             cache_dir: Path) -> None:
+    import httpx
+
+    _modelpack_gguf(registry_auth, "private/tiny", gguf_bytes,
+                    auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    ref = f"oci://{registry_auth.host}/private/tiny:v1"
+    anonymous = cli("ensure", ref)
+    assert anonymous.code == 5, anonymous.stderr
+    assert registry_auth.host in anonymous.stderr and "docker login" in anonymous.stderr
+
+    home = tmp_path / "home"
+    _docker_config(home, registry_auth.host, REGISTRY_USER, "wrong-password")
+    wrong = cli("ensure", ref)
+    assert wrong.code == 5 and "refused" in wrong.stderr, wrong.stderr
+
+    _docker_config(home, registry_auth.host, REGISTRY_USER, REGISTRY_PASSWORD)
+    ok = cli("ensure", ref, "--json")
+    assert ok.code == 0, ok.stderr
+    # the password never reaches output, the catalog or the logs
+    leaked = [ok.stdout, ok.stderr, wrong.stderr, anonymous.stderr]
+    leaked += [p.read_bytes().decode("latin-1") for p in cache_dir.rglob("catalog.db*")]
+    assert not any(REGISTRY_PASSWORD in text or "wrong-password" in text for text in leaked)
+    assert not any(base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode() in t for t in leaked)
+
+
+def test_credentials_from_settings_file(registry_auth: Any, cli: Any, gguf_bytes: bytes, settings_file: Any) -> None:
+    import httpx
+
+    _modelpack_gguf(registry_auth, "private/settings", gguf_bytes,
+                    auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    path = settings_file(oci_credentials={registry_auth.host: {"username": REGISTRY_USER,
+                                                               "password": REGISTRY_PASSWORD}})
+    result = cli("ensure", f"oci://{registry_auth.host}/private/settings:v1", "--json",
+                 env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    assert result.code == 0, result.stderr
+
+
+def test_policy_denies_registry_host_before_connecting(registry: Any, cli: Any, settings_file: Any) -> None:
+    path = settings_file(policy={"deny_hosts": ["127.0.0.1"], "label": "no-loopback"})
+    result = cli("ensure", f"oci://{registry.host}/team/tiny:v1", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    assert result.code == 5 and "no-loopback" in result.stderr, result.stderr
+
+
+def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
+    import httpx
+
+    inner = _modelpack_gguf(registry, "team/indexed", gguf_bytes, tag="inner")
+    raw_inner = httpx.get(f"{registry.url}/v2/team/indexed/manifests/{inner}",
+                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": inner,
+                            "size": len(raw_inner), "artifactType": "application/vnd.cncf.model.manifest.v1+json"}]}
+    raw = json.dumps(index).encode()
+    put = httpx.put(f"{registry.url}/v2/team/indexed/manifests/multi", content=raw,
+                    headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    assert put.status_code == 201, put.text
+    result = cli("ensure", f"oci://{registry.host}/team/indexed:multi", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["metadata"]["oci"]["manifest_digest"] == inner
+    assert hashlib.sha256(Path(result.json()["local_path"]).read_bytes()).hexdigest() == sha(gguf_bytes)[7:]
