@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # util-linux's setpriv lets the root test run drop its DAC capabilities (unreadable-file test)
   # nginx: the CDN/static server the network tests start on 127.0.0.1; aria2 and curl: bench peers
+  # docker-registry: the CNCF distribution registry the oci:// tests push to and pull from
   need=()
   command -v setpriv >/dev/null || need+=(util-linux)
   [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
   command -v aria2c >/dev/null || need+=(aria2)
   command -v curl >/dev/null || need+=(curl)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -76,7 +76,8 @@ def test_modelpack_tar_layers_give_a_transformers_view(registry: Any, cli: Any, 
     media = {"tar": "application/vnd.cncf.model.weight.v1.tar",
              "gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
              "zstd": "application/vnd.cnai.model.weight.v1.tar+zstd"}[compression]  # older cnai name too
-    push_artifact(registry.url, f"team/tf-{compression}", "v1", [(tar_bytes(files, compression=compression), media, {})],
+    layer = tar_bytes(files, compression=compression)
+    push_artifact(registry.url, f"team/tf-{compression}", "v1", [(layer, media, {})],
                   config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
     result = cli("ensure", f"oci://{registry.host}/team/tf-{compression}:v1", "--json")
     assert result.code == 0, result.stderr

@@ -206,12 +206,15 @@ def test_bad_local_inputs(provisioner: ModelProvisioner, tmp_path: Path, kind: s
     assert not provisioner.exists(path)
 
 
-def test_registry_schemes_are_parsed_but_not_fetched_yet(cache_dir: Path) -> None:
-    with ModelProvisioner(Settings.from_env(cache_dir=cache_dir)) as prov:
+def test_registry_schemes_offline_open_no_socket(cache_dir: Path, no_sockets: Any) -> None:
+    from model_provisioner.errors import OfflineError
+
+    with ModelProvisioner(Settings.from_env(cache_dir=cache_dir, offline=True)) as prov:
         for ref in ("s3://bucket/m.gguf", "oci://r.io/m:v"):
-            with pytest.raises(UnsupportedScheme, match="not supported yet") as info:
+            with pytest.raises(OfflineError, match="not available offline") as info:
                 prov.ensure_present(ref)
-            assert info.value.exit_code == 2
+            assert info.value.exit_code == 5
+    assert no_sockets.attempts == []
 
 
 def test_file_only_refuses_other_schemes(provisioner: ModelProvisioner) -> None:

@@ -126,7 +126,7 @@ def test_every_endpoint_end_to_end(api_factory: Any, hub: Any, tmp_path: Path) -
         ({"ref": "ftp://x/y"}, 400, "invalid_ref"),
         ({"nope": 1}, 400, "invalid_input"),
         ({"ref": "https://127.0.0.1:1/m.gguf", "expected_digest": "sha256:zz"}, 400, "invalid_digest"),
-        ({"ref": "s3://bucket/key.gguf"}, 400, "unsupported_scheme"),
+        ({"ref": "s3://Bad_Bucket/key.gguf"}, 400, "invalid_ref"),
     ],
 )
 def test_errors_are_json_with_the_matching_status(api_factory: Any, payload: dict[str, Any], status: int,

@@ -404,7 +404,8 @@ def _lay_out(
     if digest is not None and digest.algo != "sha256":
         raise InvalidInput(f"{ref.id}: a multi-file model is pinned by its sha256 repo digest, not {digest.algo}")
     if layout in ("gguf-split", "gguf-set"):
-        # a split GGUF's parts, or a GGUF with companions (license, mmproj, template). HF split parts are laid out by file name; other sources keep their relative paths
+        # a split GGUF's parts, or a GGUF with companions (license, mmproj, template).
+        # HF split parts are laid out by file name; other sources keep their relative paths
         by_name = isinstance(ref, HfRef | UrlRef)
         names = [(f.path.rsplit("/", 1)[-1] if by_name else f.path, f.blob, f.size_bytes) for f in files]
         entry_digest = repo_digest(names)

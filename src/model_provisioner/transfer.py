@@ -204,6 +204,8 @@ class TransferEngine:
         if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
             blob = self.store.blob_path(spec.expected_sha256)
             return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
+        if spec.expected_size == 0:
+            return self._empty(spec)
         # the partial file belongs to the resource (its origin URL), not to what the caller expects of it:
         # a rerun with or without a digest resumes the same bytes; the final digest check catches the rest
         key = hashlib.sha256(redact_url(spec.sources[-1].url).encode()).hexdigest()
@@ -231,6 +233,16 @@ class TransferEngine:
             raise last_error or TransferFailed(f"{spec.name}: no source to fetch from")
         finally:
             lock.release()
+
+    def _empty(self, spec: TransferSpec) -> TransferOutcome:
+        """An empty file: nothing to download, but it is verified and stored like any other."""
+        import io
+
+        empty = hashlib.sha256(b"").hexdigest()
+        if spec.expected_sha256 and spec.expected_sha256 != empty:
+            raise DigestMismatch(spec.name, f"sha256:{spec.expected_sha256}", f"sha256:{empty}", "nothing was stored")
+        blob, sha_hex, _ = self.store.import_stream(io.BytesIO(b""), "empty")
+        return TransferOutcome(sha_hex, 0, blob, 0, source="empty")
 
     def _fetch_from(
         self, source: Source, spec: TransferSpec, partial: Path, attempts: int, progress_cb: ProgressCallback | None
@@ -282,6 +294,8 @@ class TransferEngine:
             status = response.status_code
             if status == 304 and spec.conditional:
                 raise NotModified(f"{spec.name}: not modified")
+            if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
+                return self._empty(spec)  # an empty resource: no byte range can be satisfied
             self._raise_for_status(response, spec, source)
             total, start = _total_and_start(response, kept)
             if start != kept:

@@ -1,0 +1,125 @@
+"""push to a team mirror (OCI registry as ModelPack, S3 prefix), then a fresh cache pulls through
+``mirrors.models`` with zero bytes from the origin and the same digests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import run_cli
+from .test_hf import gguf_bytes, transformers_repo
+
+
+def _origin_bytes(hub: Any) -> int:
+    return sum(hub.cdn.bytes_served.values()) + sum(hub.server.bytes_served.values())
+
+
+def test_hf_repo_pushed_to_a_registry_mirror_is_pulled_with_zero_origin_bytes(
+    hub: Any, registry: Any, cli: Any, tmp_path: Path, settings_file: Any
+) -> None:
+    commit = hub.add_repo("org/mirrored", transformers_repo(n_shards=2))
+    env = {"HF_ENDPOINT": hub.url}
+    first = cli("ensure", "hf:org/mirrored", "--json", env=env)
+    assert first.code == 0, first.stderr
+    origin = first.json()
+    pushed = cli("push", "hf:org/mirrored", f"oci://{registry.host}/mirror/", "--json", env=env)
+    assert pushed.code == 0, pushed.stderr
+    push_info = pushed.json()
+    assert push_info["digest"] == origin["digest"] and push_info["files"] == 7
+    # again: every blob is already there
+    again = cli("push", "hf:org/mirrored", f"oci://{registry.host}/mirror/", "--json", env=env).json()
+    assert again["bytes_uploaded"] == 0 and again["bytes_skipped"] > 0
+
+    # a second machine: empty cache, the mirror configured, the Hub still reachable but never used
+    hub.cdn.reset()
+    hub.server.reset()
+    settings = settings_file(mirrors={"models": [f"oci://{registry.host}/mirror/"]})
+    second = run_cli("ensure", "hf:org/mirrored", "--json", cache_dir=tmp_path / "cache2",
+                     env={**env, "MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert second.code == 0, second.stderr
+    pulled = second.json()
+    assert _origin_bytes(hub) == 0 and hub.server.requests == []
+    assert pulled["digest"] == origin["digest"]
+    assert pulled["metadata"]["mirror"].startswith(f"oci://{registry.host}/mirror/")
+    assert pulled["local_path"].endswith(f"transformers/org/mirrored@{commit}")
+    for name in ("config.json", "model-00001-of-00002.safetensors"):
+        assert (Path(pulled["local_path"]) / name).read_bytes() == (Path(origin["local_path"]) / name).read_bytes()
+
+
+def test_https_gguf_pushed_to_s3_mirror_and_pulled_back(
+    s3: Any, fileserver: Any, cli: Any, tmp_path: Path, settings_file: Any
+) -> None:
+    s3.client().create_bucket(Bucket="team-mirror")
+    data = gguf_bytes(tmp_path, context_length=1024)
+    url = fileserver.put("models/m.gguf", data)
+    first = cli("ensure", url, "--json")
+    assert first.code == 0, first.stderr
+    pushed = cli("push", url, "s3://team-mirror/models/", "--json")
+    assert pushed.code == 0, pushed.stderr
+    listing = s3.client().list_objects_v2(Bucket="team-mirror", Prefix="models/")
+    keys = sorted(obj["Key"] for obj in listing["Contents"])
+    assert len(keys) == 2 and any(k.endswith("/model-provisioner.json") for k in keys), keys
+
+    fileserver.reset()
+    settings = settings_file(mirrors={"models": ["s3://team-mirror/models/"]})
+    second = run_cli("ensure", url, "--json", cache_dir=tmp_path / "cache2",
+                     env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert second.code == 0, second.stderr
+    assert sum(fileserver.bytes_served.values()) == 0 and fileserver.requests == []
+    pulled = second.json()
+    assert pulled["digest"] == first.json()["digest"]
+    assert Path(pulled["local_path"]).read_bytes() == data
+    assert pulled["metadata"]["ctx_max"] == 1024
+
+
+def test_a_tampered_mirror_copy_is_refused_and_the_origin_is_used(
+    s3: Any, fileserver: Any, cli: Any, tmp_path: Path, settings_file: Any
+) -> None:
+    client = s3.client()
+    client.create_bucket(Bucket="tampered")
+    data = gguf_bytes(tmp_path, context_length=512)
+    url = fileserver.put("models/t.gguf", data)
+    assert cli("ensure", url).code == 0
+    assert cli("push", url, "s3://tampered/m/").code == 0
+    key = next(o["Key"] for o in client.list_objects_v2(Bucket="tampered")["Contents"] if o["Key"].endswith(".gguf"))
+    client.put_object(Bucket="tampered", Key=key, Body=data[:-1] + b"\x00")  # someone overwrote the file
+    settings = settings_file(mirrors={"models": ["s3://tampered/m/"]})
+    second = run_cli("ensure", url, "--json", cache_dir=tmp_path / "cache2",
+                     env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert second.code == 4, second.stderr  # the manifest's sha256 is enforced: the bad copy is never Active
+    assert "mismatch" in second.stderr.lower()
+
+
+def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(registry: Any, cli: Any, gguf_file: Path,
+                                                         tmp_path: Path) -> None:
+    # a local file is registered in place: push needs a store copy, so the error says what to do
+    local = cli("ensure", str(gguf_file), "--json")
+    assert local.code == 0
+    refused = cli("push", str(gguf_file), f"oci://{registry.host}/team/local:v1")
+    assert refused.code == 2 and "registered in place" in refused.stderr
+
+    url_data = gguf_file.read_bytes()
+    from .servers.oci_push import sha
+
+    unknown = cli("push", "hf:org/never-seen", f"oci://{registry.host}/team/x:v1")
+    assert unknown.code == 3 and "ensure it first" in unknown.stderr
+    # provision through the registry path once (an ORAS-free route): push the model we got from a ref
+    from .servers.oci_push import push_artifact
+
+    push_artifact(registry.url, "team/src", "v1",
+                  [(url_data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})])
+    src = f"oci://{registry.host}/team/src:v1"
+    assert cli("ensure", src).code == 0
+    pushed = cli("push", src, f"oci://{registry.host}/team/release:2024.1", "--json")
+    assert pushed.code == 0, pushed.stderr
+    manifest = json.loads(__import__("httpx").get(
+        f"{registry.url}/v2/team/release/manifests/2024.1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content)
+    assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
+    assert manifest["layers"][0]["annotations"]["org.cncf.model.filepath"] == "m.gguf"
+    assert manifest["layers"][0]["digest"] == sha(url_data)
+    fresh = run_cli("ensure", f"oci://{registry.host}/team/release:2024.1", "--json", cache_dir=tmp_path / "c3")
+    assert fresh.code == 0, fresh.stderr
+    assert fresh.json()["digest"] == sha(url_data)
