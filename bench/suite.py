@@ -310,6 +310,66 @@ class Suite:
         self.add(Result("10_peak_rss_during_download", [peak], [200.0], "goal", "< 200 MiB, flat in file size",
                         200.0 / peak, unit="MiB", extra={f"{k} MiB file": f"{v:.0f} MiB RSS" for k, v in rss.items()}))
 
+    # ----------------------------------------------------------------- registries (issue 4)
+    def s11_s3_vs_boto3(self) -> None:
+        """One big object from moto's S3 server: ours (pre-signed URL through the engine) vs boto3's
+        download_file with its defaults (multipart ranged GETs, 10 threads)."""
+        from tests.servers.s3 import S3Server
+
+        server = S3Server(self.work / "moto")
+        try:
+            client = server.client()
+            client.create_bucket(Bucket="bench")
+            path = random_file(self.work / "s3-src.bin", self.big)
+            digest = _sha_stream(path)
+            client.upload_file(str(path), "bench", "big.bin")
+            env = server.env()
+            cache, out = self.work / "c11", self.work / "boto3.out"
+            peer = (f"import boto3; boto3.client('s3', endpoint_url={server.url!r}).download_file('bench', "
+                    f"'big.bin', {str(out)!r})")
+            a, b = alternate(lambda: self.ours(cache, "ensure", "s3://bench/big.bin", "--digest", f"sha256:{digest}",
+                                               env=env),
+                             lambda: run([PY, "-c", peer], self.env(**env)), self.rounds,
+                             lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True),
+                                      drop_page_cache_hint()))
+            self.add(_ratio("11_cold_s3_vs_boto3_download_file", a, b, "boto3 download_file", "report"))
+        finally:
+            server.close()
+
+    def s12_oci_vs_oras(self) -> None:
+        """One big blob from Debian's docker-registry: ours vs ORAS (oras-py ``pull``) on the same artifact."""
+        from tests.servers.registry import Registry
+
+        from model_provisioner.config import Settings
+        from model_provisioner.oci import RegistryClient
+
+        registry = Registry(self.work / "registry")
+        try:
+            path = random_file(self.work / "oci-src.bin", self.big)
+            digest = "sha256:" + _sha_stream(path)
+            with RegistryClient(registry.host, Settings()) as client:
+                client.upload_blob("bench/big", path, digest, path.stat().st_size)
+                config = client.upload_bytes("bench/big", b"{}")
+                manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "artifactType": "application/vnd.unknown.artifact.v1",
+                            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config,
+                                       "size": 2},
+                            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest,
+                                        "size": path.stat().st_size,
+                                        "annotations": {"org.opencontainers.image.title": "model.bin"}}]}
+                client.put_manifest("bench/big", "v1", json.dumps(manifest).encode(),
+                                    "application/vnd.oci.image.manifest.v1+json")
+            cache, outdir = self.work / "c12", self.work / "oras-out"
+            peer = (f"import oras.client; oras.client.OrasClient(hostname={registry.host!r}, insecure=True)"
+                    f".pull(target={registry.host + '/bench/big:v1'!r}, outdir={str(outdir)!r})")
+            a, b = alternate(lambda: self.ours(cache, "ensure", f"oci://{registry.host}/bench/big:v1"),
+                             lambda: run([PY, "-c", peer]), self.rounds,
+                             lambda: (shutil.rmtree(cache, ignore_errors=True),
+                                      shutil.rmtree(outdir, ignore_errors=True), drop_page_cache_hint()))
+            self.add(_ratio("12_cold_oci_blob_vs_oras_pull", a, b, "oras-py pull", "report"))
+        finally:
+            registry.close()
+
     def plot_connections(self) -> Path | None:
         size = (16 if self.quick else 512) * MiB
         _, _ = self.lfs_file("conn.bin", size)
@@ -396,7 +456,8 @@ def _ratio(name: str, ours: list[float], peer: list[float], peer_name: str, goal
 
 
 SCENARIOS = ["s1_https_vs_curl", "s2_hf_single", "s3_hf_repo", "s4_rate_limited", "s5_warm_in_process",
-             "s6_warm_cli", "s7_concurrent", "s8_kill_resume", "s9_verify", "s10_rss"]
+             "s6_warm_cli", "s7_concurrent", "s8_kill_resume", "s9_verify", "s10_rss", "s11_s3_vs_boto3",
+             "s12_oci_vs_oras"]
 
 
 def machine() -> str:
@@ -419,7 +480,8 @@ def write_report(suite: Suite, png: Path | None, started: float, argv: list[str]
         f"- machine: {machine()}",
         f"- command: `bench/run {' '.join(argv)}` ({time.monotonic() - started:.0f} s)",
         f"- rounds per pair: {suite.rounds}, alternating ours and the peer; median [min-max]",
-        "- servers on 127.0.0.1: Debian nginx (CDN, `limit_rate` for capped connections), the project's fake Hub",
+        "- servers on 127.0.0.1: Debian nginx (CDN, `limit_rate` for capped connections), the project's fake Hub, "
+        "moto's S3 server, Debian's docker-registry",
         "- ratio: for times, peer / ours (higher is better for us); rows 7, 8, 10 say what they measure",
         "",
         "| scenario | ours | peer | ratio | goal | notes |",

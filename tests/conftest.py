@@ -234,3 +234,17 @@ def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """docker-registry with Bearer token auth; the token service runs on another host (127.0.0.2)."""
+    from .servers.registry import Registry
+    from .servers.token_server import TokenServer
+
+    tokens = TokenServer(tmp_path_factory.mktemp("token"), {REGISTRY_USER: REGISTRY_PASSWORD})
+    server = Registry(tmp_path_factory.mktemp("registry-token"), token=tokens)
+    server.tokens = tokens  # type: ignore[attr-defined]
+    yield server
+    server.close()
+    tokens.close()

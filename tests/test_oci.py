@@ -244,3 +244,43 @@ def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_byte
     assert result.code == 0, result.stderr
     assert result.json()["metadata"]["oci"]["manifest_digest"] == inner
     assert hashlib.sha256(Path(result.json()["local_path"]).read_bytes()).hexdigest() == sha(gguf_bytes)[7:]
+
+
+def test_bearer_token_auth_with_the_realm_on_another_host(registry_token: Any, cli: Any, gguf_bytes: bytes,
+                                                          tmp_path: Path, cache_dir: Path) -> None:
+    import httpx
+
+    tokens = registry_token.tokens
+
+    def bearer(request: httpx.Request) -> httpx.Request:
+        scope = f"repository:{request.url.path.split('/')[2]}/{request.url.path.split('/')[3]}:pull,push"
+        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry", "scope": scope},
+                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    _modelpack_gguf(registry_token, "private/tiny", gguf_bytes, auth=bearer)
+    _modelpack_gguf(registry_token, "public/tiny", gguf_bytes, auth=bearer)
+    assert registry_token.host.startswith("127.0.0.1:") and tokens.realm.startswith("http://127.0.0.2:")
+
+    # anonymous: a public repository is pulled with an anonymous token; a private one is refused (exit 5)
+    public = cli("ensure", f"oci://{registry_token.host}/public/tiny:v1", "--json")
+    assert public.code == 0, public.stderr
+    tokens.issued.clear()
+    private_ref = f"oci://{registry_token.host}/private/tiny:v1"
+    refused = cli("ensure", private_ref)
+    assert refused.code == 5, refused.stderr
+    assert registry_token.host in refused.stderr and "credentials" in refused.stderr
+    assert tokens.issued and tokens.issued[0]["user"] is None
+
+    # with a login in the Docker config: the token service gets Basic credentials, the registry a token
+    _docker_config(tmp_path / "home", registry_token.host, REGISTRY_USER, REGISTRY_PASSWORD)
+    tokens.issued.clear()
+    ok = cli("ensure", private_ref, "--json")
+    assert ok.code == 0, ok.stderr
+    assert Path(ok.json()["local_path"]).read_bytes() == gguf_bytes
+    assert [t["user"] for t in tokens.issued] == [REGISTRY_USER]
+    assert tokens.issued[0]["access"] == [{"type": "repository", "name": "private/tiny", "actions": ["pull"]}]
+    texts = [ok.stdout, ok.stderr, refused.stderr] + [p.read_bytes().decode("latin-1")
+                                                      for p in cache_dir.rglob("catalog.db*")]
+    assert not any(REGISTRY_PASSWORD in t or "Bearer ey" in t for t in texts)

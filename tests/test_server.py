@@ -290,3 +290,20 @@ def test_schemathesis_finds_no_server_errors(api_factory: Any, tmp_path: Path) -
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_push_through_the_api(api_factory: Any, registry: Any, make_gguf: Any) -> None:
+    from .servers.oci_push import push_artifact, sha
+
+    data = Path(make_gguf("api-push.gguf")).read_bytes()
+    push_artifact(registry.url, "api/src", "v1",
+                  [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})])
+    c = api_factory().client
+    src = f"oci://{registry.host}/api/src:v1"
+    assert c.post("/v1/models/ensure", json={"ref": src}).status_code == 200
+    pushed = c.post(f"/v1/models/{src}/push", json={"destination": f"oci://{registry.host}/api/mirror/"})
+    assert pushed.status_code == 200, pushed.text
+    body = pushed.json()
+    assert body["digest"] == sha(data) and body["destination"].startswith(f"oci://{registry.host}/api/mirror/")
+    missing = c.post("/v1/models/hf:org/none/x.gguf/push", json={"destination": f"oci://{registry.host}/x:v1"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

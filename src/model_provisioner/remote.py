@@ -352,10 +352,10 @@ def detect_layout(paths: list[str], subject: str) -> str:
         return "triton"
     if any(p.endswith(".safetensors") for p in paths) or "config.json" in paths:
         return "transformers"
+    if len(paths) == 1:
+        return "file"  # one file of any format (GGUF, ONNX, a .bin): laid out like an https:// file
     ggufs = [p for p in paths if p.endswith(".gguf")]
     if ggufs:
-        if len(paths) == 1:
-            return "file"
         return "gguf-split" if all(SPLIT_NAME_RE.search(p) for p in ggufs) and len(ggufs) > 1 else "gguf-set"
     raise CorruptModel(
         subject,

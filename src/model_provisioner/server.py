@@ -72,6 +72,15 @@ class LeaseRequest(BaseModel):
     ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="the lease expires after this")
 
 
+class PushRequest(BaseModel):
+    destination: str = Field(
+        description="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' is a mirror root "
+        "(the location mirrors.models looks in)"
+    )
+
+    model_config = {"json_schema_extra": {"examples": [{"destination": "oci://registry.internal/mirror/"}]}}
+
+
 class GcRequest(BaseModel):
     max_size_bytes: int | None = Field(default=None, ge=0)
     dry_run: bool = False
@@ -319,6 +328,40 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     def verify(model_id: str) -> Any:
         report = prov.verify(model_id)
         return report.__dict__
+
+    @app.post(
+        "/v1/models/{model_id:path}/push",
+        tags=["models"],
+        summary="Publish a model to a team mirror (OCI registry or S3); waits for the upload",
+        responses=_examples(
+            {
+                "destination": "oci://registry.internal/mirror/hf-org-repo:id-3f2a…",
+                "files": 1,
+                "bytes_uploaded": 1048576,
+                "bytes_skipped": 0,
+                "digest": DIGEST_EXAMPLE,
+                "manifest_digest": DIGEST_EXAMPLE,
+            },
+            errors=(400, 403, 404, 502),
+        ),
+    )
+    def push_model(
+        model_id: str,
+        body: Annotated[
+            PushRequest,
+            Body(
+                openapi_examples={
+                    "mirror": {"summary": "to a mirror root", "value": {"destination": "oci://registry.internal/m/"}},
+                    "s3": {"summary": "to an S3 prefix", "value": {"destination": "s3://team-models/llama/"}},
+                }
+            ),
+        ],
+    ) -> Any:
+        from .mirror import push
+
+        result = push(prov, model_id, body.destination)
+        audit("push", model_id=model_id, destination=result.destination, policy_label=settings.policy.label)
+        return result.as_dict()
 
     @app.post(
         "/v1/models/{model_id:path}/leases",
