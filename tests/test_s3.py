@@ -203,3 +203,40 @@ def test_triton_repository_from_an_oci_artifact(registry: Any, cli: Any) -> None
     out = result.json()
     assert out["format"] == "triton" if "format" in out else out["metadata"]["format"] == "triton"
     assert (Path(out["local_path"]) / "pipeline" / "config.pbtxt").is_file()
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_local_triton_directory_in_place_warm_verify_and_change(cli: Any, tmp_path: Path) -> None:
+    repo = _write_tree(tmp_path / "model_repository", triton_repo())
+    first = cli("ensure", str(repo), "--json", "--engine", "triton", "--handoff-dir", str(tmp_path / "out"))
+    assert first.code == 0, first.stderr
+    out = first.json()
+    assert out["local_path"] == str(repo) and out["metadata"]["layout"] == "triton"
+    assert out["digest"] == out["metadata"]["repo_digest"]
+    handoff = json.loads((tmp_path / "out/.runtime/engines/triton.json").read_text())
+    assert handoff["model_repository"] == str(repo)
+    # pinned by its repo digest, answered again without re-hashing, and verify agrees
+    assert cli("ensure", str(repo), "--digest", out["digest"], "--json").json()["digest"] == out["digest"]
+    assert cli("verify", str(repo), "--json").code == 0
+    # an edited file is noticed: strict with the old digest fails, naming both digests
+    (repo / "encoder" / "1" / "model.onnx").write_bytes(b"retrained")
+    changed = cli("ensure", str(repo), "--digest", out["digest"])
+    assert changed.code == 4 and out["digest"] in changed.stderr, changed.stderr
+    assert (repo / "encoder" / "1" / "model.onnx").read_bytes() == b"retrained"  # the user's files are untouched
+
+
+def test_local_directory_symlink_escape_and_plain_dirs(cli: Any, tmp_path: Path) -> None:
+    repo = _write_tree(tmp_path / "repo", triton_repo())
+    (tmp_path / "secret.txt").write_text("outside")
+    (repo / "encoder" / "1" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    escaped = cli("ensure", str(repo))
+    assert escaped.code == 4 and "outside the directory" in escaped.stderr, escaped.stderr
+    plain = _write_tree(tmp_path / "notes", {"a.txt": b"x", "b.txt": b"y"})
+    result = cli("ensure", str(plain))
+    assert result.code == 4 and "no GGUF, safetensors or Triton" in result.stderr, result.stderr

@@ -380,6 +380,8 @@ class ModelProvisioner:
             return None
         if digest is not None and strict and entry.verification == "mismatch_advisory":
             return None
+        if "local_tree" in entry.metadata:
+            return None  # a local directory: its tree fingerprint is checked by the directory flow
         try:
             st = os.stat(entry.local_path)
         except OSError:
@@ -420,6 +422,10 @@ class ModelProvisioner:
         self, ref: FileRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool
     ) -> ResolvedModel:
         path = ref.local_path
+        if path.is_dir():
+            from .localtree import provision_directory
+
+            return provision_directory(self, ref, entry, digest, strict)
         st = _stat_model_file(path, ref.id)
         # a pin in force from an earlier run still applies when the caller does not repeat it; a digest
         # that failed the first time it was given never becomes a pin
@@ -595,6 +601,11 @@ class ModelProvisioner:
 
     # ============================================================================= verify / evict
     def _reverify(self, entry: CatalogEntry, digest: Digest | None) -> VerificationReport:
+        if "local_tree" in entry.metadata:
+            from .localtree import reverify_directory
+
+            report: VerificationReport = reverify_directory(self, entry, digest)
+            return report
         files = self.catalog.files(entry.id)
         if files:
             return self._reverify_set(entry, files)
