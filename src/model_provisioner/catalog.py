@@ -7,6 +7,7 @@ older build can still read a newer catalog's columns it knows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import failpoints
+from .errors import InsufficientSpace
 from .redact import redact_text
 
 
@@ -110,6 +113,14 @@ class CatalogStore(Protocol):
     def rows_for_listing(self) -> list[tuple[Any, ...]]: ...
     def blob_sizes_by_entry(self) -> dict[str, list[str]]: ...
     def close(self) -> None: ...
+
+
+def _disk_full(catalog: SqliteCatalog) -> InsufficientSpace:
+    """SQLITE_FULL as our exit 7: the catalog's disk has no room for the write."""
+    import shutil
+
+    free = shutil.disk_usage(catalog.path.parent).free
+    return InsufficientSpace(str(catalog.path.parent), 64 * 1024, free)
 
 
 _MIGRATIONS: list[str] = [
@@ -231,8 +242,16 @@ class SqliteCatalog:
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
             try:
                 self.catalog._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            except sqlite3.OperationalError as commit_error:
+                if exc_type is None and "full" in str(commit_error):
+                    with contextlib.suppress(sqlite3.Error):
+                        self.catalog._conn.execute("ROLLBACK")
+                    raise _disk_full(self.catalog) from None
+                raise
             finally:
                 self.catalog._lock.release()
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise _disk_full(self.catalog) from None
 
     def _write(self) -> SqliteCatalog._WriteTxn:
         return SqliteCatalog._WriteTxn(self)
@@ -309,6 +328,8 @@ class SqliteCatalog:
                 "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _UPDATE_COLUMNS),
                 values,
             )
+            if entry.lifecycle is Lifecycle.ACTIVE:
+                failpoints.failpoint("catalog.commit")  # inside the transaction, before COMMIT
 
     def delete(self, model_id: str) -> bool:
         with self._write() as conn:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from . import failpoints
 from .digest import Digest
 from .errors import DigestMismatch, InsufficientSpace, InvalidInput
 
@@ -107,6 +108,7 @@ class BlobStore:
             return final
         os.replace(tmp_path, final)
         fsync_dir(self.blobs_dir)
+        failpoints.failpoint("store.blob_committed")
         return final
 
     def import_file(
@@ -213,6 +215,7 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         os.link(self.blob_path(sha256_hex), tmp)
+        failpoints.failpoint("view.linking")
         os.replace(tmp, target)
         fsync_dir(target.parent)
         return target
@@ -232,6 +235,7 @@ class BlobStore:
                 dest = tmp.joinpath(*parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.link(self.blob_path(blob), dest)
+                failpoints.failpoint("view.linking")
             if target.exists():
                 old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
                 os.rename(target, old)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from . import failpoints
 from .config import TransferSettings
 from .errors import (
     DigestMismatch,
@@ -223,8 +224,13 @@ class TransferEngine:
                 attempts = self.settings.attempts if is_last else self.settings.mirror_attempts
                 try:
                     return self._fetch_from(source, spec, partial, attempts, progress)
+                except InsufficientSpace:
+                    # the disk is full: free what we wrote (leaving the disk as we found it) rather than
+                    # keep a partial that blocks everything else; the user frees space and runs it again
+                    _discard(partial)
+                    raise
                 except (TransferFailed, NotFound, DigestMismatch, PolicyDenied) as exc:
-                    if is_last or isinstance(exc, InsufficientSpace):
+                    if is_last:
                         raise
                     log.warning("%s: %s failed (%s); trying the next source", spec.name, source.label, exc)
                     if isinstance(exc, DigestMismatch):
@@ -258,6 +264,12 @@ class TransferEngine:
                     _discard(partial)
                     raise _Retryable(f"{restart}; starting over") from None
             except _Retryable as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    # not transient: retrying cannot make an untrusted certificate trusted
+                    raise TransferFailed(
+                        f"{spec.name}: the TLS certificate of {urlsplit(shown).netloc} is not trusted ({exc}); "
+                        "if it is your own CA, set transfer.ca_bundle to its PEM file in the settings"
+                    ) from None
                 if attempt >= attempts:
                     raise TransferFailed(
                         f"{spec.name}: giving up on {shown} after {attempt} attempts; last error: {exc}"
@@ -878,6 +890,7 @@ def _enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
 
 
 def _write(fh: Any, data: bytes, store: BlobStore) -> None:
+    failpoints.failpoint("transfer.write")
     try:
         fh.write(data)
     except OSError as exc:
@@ -885,6 +898,7 @@ def _write(fh: Any, data: bytes, store: BlobStore) -> None:
 
 
 def _pwritev_all(fd: int, pieces: list[bytes], offset: int, store: BlobStore) -> None:
+    failpoints.failpoint("transfer.write")
     try:
         total = sum(len(p) for p in pieces)
         n = os.pwritev(fd, pieces, offset)

@@ -36,6 +36,7 @@ class Fault:
     times: int | None = None  # apply cut/stall/corrupt this many times, then serve cleanly
     claimed_size: int | None = None  # advertise this Content-Length (e.g. huge) and send nothing
     etag: str | None = None
+    no_length: bool = False  # no Content-Length, no ranges: the body ends when the connection closes
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Request:
 
 
 class FileServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls=(certfile, keyfile)`` serves https:// with that certificate (e.g. a self-signed one)."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.faults: dict[str, Fault] = {}
@@ -59,6 +61,13 @@ class FileServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -145,6 +154,19 @@ class FileServer:
             h.send_header("ETag", etag)
             h.send_header("Content-Length", "0")
             h.end_headers()
+            return
+        if fault.no_length:
+            h.send_response(200)
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.close_connection = True
+            if not head:
+                with open(file, "rb") as fh:
+                    while data := fh.read(CHUNK):
+                        try:
+                            self._write(h, path, data)
+                        except OSError:
+                            return
             return
         start, end, partial = 0, size - 1, False
         got = _RANGE_RE.match(h.headers.get("Range", ""))
