@@ -14,9 +14,9 @@ def test_bench_run_quick_produces_a_report(tmp_path: Path) -> None:
                              "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if re.match(r"^\d+[ab]?_\w+: ours ", line)]
-    assert len(lines) == 11, result.stdout  # ten scenarios, the fourth against two peers
+    assert len(lines) == 14, result.stdout  # twelve scenarios, the fourth and the eleventh against two peers
     for line in lines:
         assert re.search(r"ratio \d+\.\d\d \(goal ", line), line
     report = (tmp_path / "benchmarks-quick.md").read_text()
-    assert report.count("\n| ") >= 12 and "machine:" in report
+    assert report.count("\n| ") >= 15 and "machine:" in report
     assert (tmp_path / "benchmarks-connections-quick.png").stat().st_size > 1000

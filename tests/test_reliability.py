@@ -278,3 +278,110 @@ def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf:
         assert kills >= 6
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------------ read-only and shared caches
+def test_read_only_cache_serves_what_it_holds(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root; CI runs the suite as root")
+    data = Path(make_gguf("ro.gguf", context_length=1024)).read_bytes()
+    url = fileserver.put("ro/m.gguf", data)
+    other = fileserver.put("ro/other.gguf", data + b"\x00")
+    cache = tmp_path / "image-cache"
+    assert run_cli("ensure", url, cache_dir=cache).code == 0
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(cache), str(ro)], check=True)
+    try:
+        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.decode().strip()}")
+        fileserver.reset()
+        ensured = run_cli("ensure", url, "--json", cache_dir=ro)
+        assert ensured.code == 0, ensured.stderr
+        assert ensured.json()["local_path"].startswith(str(ro)) and fileserver.requests == []
+        assert Path(ensured.json()["local_path"]).read_bytes() == data
+        assert run_cli("locate", url, cache_dir=ro).code == 0
+        assert run_cli("ls", "--json", cache_dir=ro).json()["models"][0]["lifecycle"] == "Active"
+        verified = run_cli("verify", "--all", "--json", cache_dir=ro)
+        assert verified.code == 0, verified.stderr
+        missing = run_cli("ensure", other, cache_dir=ro)
+        assert missing.code == 5 and "read-only" in missing.stderr, missing.stderr
+        assert fileserver.requests == []  # refused before any socket
+        gc = run_cli("gc", cache_dir=ro)
+        assert gc.code == 5 and "read-only" in gc.stderr, gc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_group_shared_cache_stays_group_writable(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
+    import stat as st_mod
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)  # group-writable + setgid: the convention for a directory a team shares
+    url = fileserver.put("shared/m.gguf", Path(make_gguf("shared.gguf")).read_bytes())
+    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(shared), "ensure", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022))
+    assert done.returncode == 0, done.stderr
+    checked = 0
+    for path in [shared / "catalog.db", *(shared / "locks").iterdir(), shared / "partial", shared / "gguf"]:
+        mode = path.stat().st_mode
+        assert mode & st_mod.S_IWGRP, f"{path} is not group-writable ({oct(mode)})"
+        checked += 1
+    for directory in [p for p in shared.rglob("*") if p.is_dir()]:
+        assert directory.stat().st_mode & st_mod.S_IWGRP, directory
+    for blob in (shared / "blobs" / "sha256").iterdir():
+        assert blob.stat().st_mode & 0o777 == 0o444  # blobs stay read-only for everyone
+    assert checked >= 4
+
+
+def test_group_shared_cache_across_two_users(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
+    """Two real users of one group share a cache: the second reuses and extends what the first made."""
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    probe = subprocess.run(["setpriv", "--reuid", "5001", "--regid", "4242", "--clear-groups", sys.executable,
+                            "-c", "import model_provisioner"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"another user cannot run this Python here ({probe.stderr.decode().strip()[-120:]})")
+    shared = Path("/tmp") / f"mprov-shared-{os.getpid()}-{random.randrange(1 << 30)}"
+    shared.mkdir(mode=0o2775)
+    os.chown(shared, 0, 4242)
+    os.chmod(shared, 0o2775)
+    try:
+        urls = [fileserver.put(f"s/{i}.gguf", Path(make_gguf(f"u{i}.gguf", seed=i)).read_bytes()) for i in range(2)]
+
+        def as_user(uid: int, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", "4242", "--clear-groups",
+                                   sys.executable, "-m", "model_provisioner", "--cache-dir", str(shared), *args],
+                                  capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022))
+
+        first = as_user(5001, "ensure", urls[0])
+        assert first.returncode == 0, first.stderr
+        second = as_user(5002, "ensure", urls[0], "--json")
+        assert second.returncode == 0, second.stderr
+        assert as_user(5002, "ensure", urls[1]).returncode == 0
+        assert as_user(5001, "gc").returncode == 0
+        assert as_user(5001, "verify", "--all").returncode == 0
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_moved_cache_serves_from_its_new_place(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
+    import shutil
+
+    data = Path(make_gguf("moved.gguf")).read_bytes()
+    url = fileserver.put("mv/m.gguf", data)
+    old = tmp_path / "old-cache"
+    assert run_cli("ensure", url, cache_dir=old).code == 0
+    new = tmp_path / "new-cache"
+    shutil.copytree(old, new, symlinks=True)
+    shutil.rmtree(old)
+    fileserver.reset()
+    moved = run_cli("ensure", url, "--json", cache_dir=new)
+    assert moved.code == 0, moved.stderr
+    assert moved.json()["local_path"].startswith(str(new) + "/") and fileserver.requests == []
+    assert run_cli("verify", "--all", cache_dir=new).code == 0
+    check_invariants(new)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import failpoints
-from .errors import InsufficientSpace
+from .errors import InsufficientSpace, ReadOnlyCache
 from .redact import redact_text
 
 
@@ -184,6 +185,10 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX leases_model ON leases(model_id);
     """,
+    # 4: facts about the catalog itself; "root" = the cache directory its stored paths were written under
+    """
+    CREATE TABLE catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -200,18 +205,80 @@ class SqliteCatalog:
     """SQLite catalog. One connection per instance guarded by a lock (safe across threads); WAL and a
     busy timeout make many processes at once safe; writes use ``BEGIN IMMEDIATE``."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._cache: dict[str, CatalogEntry] = {}
         self._cache_version: int | None = None
+        if read_only:
+            # an image layer / read-only mount: nothing can change under us, so no locking and no WAL index
+            # (SQLite checkpoints and removes the WAL when the last writer closes, so the file is complete)
+            if not self.path.exists():
+                raise ReadOnlyCache(f"the read-only cache at {self.path.parent} has no catalog.db")
+            self._conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+            )
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                raise ReadOnlyCache(
+                    f"the read-only cache at {self.path.parent} has catalog schema {version} (this version needs "
+                    f"{SCHEMA_VERSION}); open it once writable to upgrade it"
+                )
+            self._set_relocation()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # create the file ourselves so that its mode follows the umask (SQLite would use 0644, and its WAL
+        # and shared-memory files copy the database's mode): a group-shared cache stays group-writable
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self._relocate()
+
+    # ------------------------------------------------------------------------------- relocation
+    # Paths inside the cache are stored absolute. A cache that moved (a copied directory, an image layer
+    # mounted elsewhere) is relocated: a writable catalog rewrites its rows once; a read-only one rewrites
+    # paths as it reads them.
+    _moved_from: str | None = None
+
+    def _recorded_root(self) -> str | None:
+        row = self._conn.execute("SELECT value FROM catalog_meta WHERE key = 'root'").fetchone()
+        return str(row[0]) if row else None
+
+    def _set_relocation(self) -> None:
+        recorded = self._recorded_root()
+        current = str(self.path.parent.absolute())
+        self._moved_from = recorded if recorded and recorded != current else None
+
+    def _relocate(self) -> None:
+        recorded = self._recorded_root()
+        current = str(self.path.parent.absolute())
+        if recorded == current:
+            return
+        with self._write() as conn:
+            if recorded:
+                old = recorded + "/"
+                conn.execute(
+                    "UPDATE models SET local_path = ? || substr(local_path, ?) WHERE substr(local_path, 1, ?) = ?",
+                    (current + "/", len(old) + 1, len(old), old),
+                )
+                conn.execute("UPDATE models SET metadata = replace(metadata, ?, ?)", (f'"{old}', f'"{current}/'))
+            conn.execute("INSERT OR REPLACE INTO catalog_meta (key, value) VALUES ('root', ?)", (current,))
+
+    def _moved(self, text: str) -> str:
+        """A stored path (or metadata JSON) as seen from where a read-only cache is mounted now."""
+        old = self._moved_from
+        if old is None:
+            return text
+        return (
+            text.replace(f'"{old}/', f'"{self.path.parent.absolute()}/')
+            if text.startswith("{")
+            else (str(self.path.parent.absolute()) + text[len(old) :] if text.startswith(old + "/") else text)
+        )
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -234,6 +301,8 @@ class SqliteCatalog:
             self.catalog = catalog
 
         def __enter__(self) -> sqlite3.Connection:
+            if self.catalog.read_only:
+                raise ReadOnlyCache(f"the cache at {self.catalog.path.parent} is read-only; nothing can be changed")
             self.catalog._lock.acquire()
             self.catalog._cache.clear()  # our own writes do not change data_version
             self.catalog._conn.execute("BEGIN IMMEDIATE")
@@ -269,7 +338,7 @@ class SqliteCatalog:
             if cached is not None:
                 return cached
             row = self._conn.execute(f"SELECT {_COLUMNS} FROM models WHERE id = ?", (model_id,)).fetchone()
-            entry = _entry(row) if row else None
+            entry = self._entry(row) if row else None
             if entry is not None:
                 if len(self._cache) > 4096:
                     self._cache.clear()
@@ -279,7 +348,7 @@ class SqliteCatalog:
     def entries(self) -> list[CatalogEntry]:
         with self._lock:
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM models ORDER BY id").fetchall()
-        return [_entry(r) for r in rows]
+        return [self._entry(r) for r in rows]
 
     def iter_ids(self) -> Iterator[str]:
         with self._lock:
@@ -405,10 +474,20 @@ class SqliteCatalog:
         """Raw rows (id, lifecycle, size, format, verification, local_path, last_used, pinned, blob, metadata
         JSON text) without building entries: ``ls`` and gc over 100,000 entries stay fast."""
         with self._lock:
-            return self._conn.execute(
+            rows = self._conn.execute(
                 "SELECT id, lifecycle, size_bytes, format, verification, local_path, last_used_ms, pinned, blob, "
                 "metadata, digest, created_ms, scheme FROM models ORDER BY id"
             ).fetchall()
+        if self._moved_from is None:
+            return list(rows)
+        return [(*r[:5], self._moved(r[5]), *r[6:9], self._moved(r[9]), *r[10:]) for r in rows]
+
+    def _entry(self, row: tuple[Any, ...]) -> CatalogEntry:
+        entry = _entry(row)
+        if self._moved_from is None:
+            return entry
+        metadata = json.loads(self._moved(row[15]))
+        return replace(entry, local_path=self._moved(entry.local_path), metadata=metadata)
 
     def blob_sizes_by_entry(self) -> dict[str, list[str]]:
         """model id -> the blobs of its file set (multi-file entries only)."""

@@ -125,6 +125,12 @@ class OfflineError(PolicyDenied):
     code = "offline"
 
 
+class ReadOnlyCache(PolicyDenied):
+    """The cache is read-only (an image layer, a read-only mount): it serves what it holds, nothing more."""
+
+    code = "read_only_cache"
+
+
 class TransferFailed(ProvisionerError):
     exit_code = ExitCode.TRANSFER_FAILED
     code = "transfer_failed"

@@ -37,7 +37,17 @@ class FileLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES):
+                from .errors import ReadOnlyCache
+
+                raise ReadOnlyCache(
+                    f"the cache at {self.path.parent.parent} is read-only ({exc.strerror}): this needs a writable "
+                    "cache (--cache-dir); a read-only cache only serves ensure/locate/ls/inspect/verify"
+                ) from None
+            raise
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:

@@ -7,6 +7,7 @@ catalog owns the database.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -37,6 +38,7 @@ from .errors import (
     NotFound,
     OfflineError,
     ProvisionerError,
+    ReadOnlyCache,
     UnsupportedFormat,
     UnsupportedScheme,
     VerificationFailed,
@@ -132,8 +134,13 @@ class ModelProvisioner:
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.store = store or BlobStore(self.settings.cache_dir)
-        self.store.ensure_layout()
-        self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db")
+        #: a cache on a read-only filesystem or directory (e.g. a pre-populated image layer) serves what it
+        #: holds and writes nothing: no locks, no last-used updates, no verification records
+        self.read_only = self.store.root.is_dir() and not os.access(self.store.root, os.W_OK)
+        if not self.read_only:
+            _share_with_group_if_shared(self.store.root)
+            self.store.ensure_layout()
+        self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db", read_only=self.read_only)
         self.schemes = schemes
         self._touched: dict[str, int] = {}
         self._engine: TransferEngine | None = None
@@ -212,7 +219,8 @@ class ModelProvisioner:
 
     def _record(self, record: VerificationRecord) -> None:
         """Every verification: into the catalog's history and the catalog_verifications_total metric."""
-        self.catalog.record_verification(record)
+        if not self.read_only:
+            self.catalog.record_verification(record)
         METRICS.verification(record.result, record.reason)
 
     def _ensure(
@@ -233,12 +241,21 @@ class ModelProvisioner:
         warm = self._warm(entry, digest, strict_mode, options)
         if warm is not None:
             return warm
+        if self.read_only:
+            state = f"its entry is {entry.lifecycle}" if entry is not None else "it is not in it"
+            raise ReadOnlyCache(
+                f"{model_ref.id}: the cache at {self.store.root} is read-only and cannot provide it ({state}); "
+                "provision it into a writable cache (--cache-dir) or into the image that holds this cache"
+            )
         with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
             failpoints.failpoint("ensure.locked")
             entry = self.catalog.get(model_ref.id)  # the holder before us may have done the work
             warm = self._warm(entry, digest, strict_mode, options)
             if warm is not None:
                 return warm
+            local = self._reverify_in_place(entry, digest, options)
+            if local is not None:
+                return local
             with store_in_use(self.store.locks_dir, self.settings.lock_timeout_s), METRICS.fetching():
                 resolved = self._materialise(model_ref, entry, digest, strict_mode, options)
         if self.settings.max_cache_bytes is not None and not resolved.from_cache:
@@ -246,6 +263,51 @@ class ModelProvisioner:
 
             enforce_budget(self, self.settings.max_cache_bytes, protect=frozenset({resolved.id}))
         return resolved
+
+    def _reverify_in_place(
+        self, entry: CatalogEntry | None, digest: Digest | None, options: FetchOptions
+    ) -> ResolvedModel | None:
+        """An Active remote entry whose files changed identity (the cache was copied or restored from a
+        backup: new inodes) is re-hashed locally before anything is fetched again; same bytes -> served."""
+        if (
+            entry is None
+            or entry.lifecycle is not Lifecycle.ACTIVE
+            or entry.scheme == "file"
+            or options.refresh
+            or (digest is not None and str(digest) not in (entry.digest, entry.expected_digest))
+            or entry.verification == "mismatch_advisory"
+            or entry.metadata.get("include", []) != list(options.include)
+            or entry.metadata.get("exclude", []) != list(options.exclude)
+        ):
+            return None
+        try:
+            if fingerprint_of(os.stat(entry.local_path)) == entry.fingerprint:
+                return None  # not a changed identity: the warm path declined for another reason
+        except OSError:
+            return None
+        report = self._reverify(entry, None)
+        if not report.ok:
+            return None  # marked Failed (and a corrupt blob quarantined): the caller fetches it again
+        self._relink_views(entry)
+        refreshed = self.catalog.get(entry.id)
+        log.info("%s: files were replaced by identical bytes (copied cache?); re-verified in place", entry.id)
+        return _resolved(refreshed, from_cache=True) if refreshed is not None else None
+
+    def _relink_views(self, entry: CatalogEntry) -> None:
+        """Make a verified entry's view files hard links to its blobs again (a copy of the cache breaks
+        them: the bytes were right, but no longer stored once)."""
+        root = self.store.root
+        files = self.catalog.files(entry.id)
+        view_dir = entry.metadata.get("view_dir")
+        if files and isinstance(view_dir, str) and Path(view_dir).is_relative_to(root):
+            self.store.link_tree([(f.path, f.blob) for f in files], os.path.relpath(view_dir, root))
+        elif entry.blob and Path(entry.local_path).is_relative_to(root):
+            self.store.link_view(entry.blob, os.path.relpath(entry.local_path, root))
+        else:
+            return
+        current = self.catalog.get(entry.id)
+        if current is not None:
+            self.catalog.put(replace(current, fingerprint=fingerprint_of(os.stat(current.local_path))))
 
     def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
         """``ensure_present`` for callers that only want the local path as a string."""
@@ -279,11 +341,35 @@ class ModelProvisioner:
     def verify(self, ref: RefLike, expected_digest: str | Digest | None = None) -> VerificationReport:
         """Re-hash a provisioned model and compare with what the catalog recorded (and the pinned digest)."""
         model_id = parse(ref).id
+        if self.read_only:
+            return self._verify_read_only(model_id, expected_digest)
         with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
             entry = self.catalog.get(model_id)
             if entry is None:
                 raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
             return self._reverify(entry, Digest.parse(expected_digest) if expected_digest else None)
+
+    def _verify_read_only(self, model_id: str, expected_digest: str | Digest | None) -> VerificationReport:
+        """Re-hash without recording anything (the catalog cannot be written)."""
+        entry = self.catalog.get(model_id)
+        if entry is None:
+            raise NotFound(f"{model_id} is not in the read-only cache at {self.store.root}")
+        files = self.catalog.files(model_id)
+        expected = str(Digest.parse(expected_digest)) if expected_digest else (entry.expected_digest or entry.digest)
+        try:
+            if files:
+                base = Path(str(entry.metadata.get("view_dir") or entry.local_path))
+                actual = repo_digest([(f.path, hash_file(base / f.path, []).sha256.hex, f.size_bytes) for f in files])
+            else:
+                actual = str(hash_file(Path(entry.local_path), []).sha256)
+        except OSError as exc:
+            message = f"{model_id}: {entry.local_path} is unreadable ({exc.strerror})"
+            return VerificationReport(model_id, False, "missing", expected, None, entry.local_path, message)
+        ok = actual in (entry.digest, expected)
+        message = "ok (read-only cache: nothing recorded)" if ok else f"{model_id}: expected {expected}, got {actual}"
+        return VerificationReport(
+            model_id, ok, "verified" if ok else "mismatch", expected, actual, entry.local_path, message
+        )
 
     def evict(self, pattern: RefLike, *, dry_run: bool = False, force: bool = False) -> list[str]:
         """Remove catalog entries matching an id or a glob, and the store files only they used.
@@ -389,7 +475,10 @@ class ModelProvisioner:
         if entry.fingerprint is not None and fingerprint_of(st) != entry.fingerprint:
             return None
         now = now_ms()
-        if now - max(entry.last_used_ms, self._touched.get(entry.id, 0)) >= self.settings.touch_interval_ms:
+        if (
+            now - max(entry.last_used_ms, self._touched.get(entry.id, 0)) >= self.settings.touch_interval_ms
+            and not self.read_only
+        ):
             self.catalog.touch(entry.id, now)
             self._touched[entry.id] = now
         return _resolved(entry, from_cache=True)
@@ -683,7 +772,12 @@ class ModelProvisioner:
                 self._quarantine_blob(blob, message)
             return VerificationReport(entry.id, False, "mismatch", entry.digest, None, str(root), message)
         now = now_ms()
-        self.catalog.put(replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, error=None))
+        fingerprint: Fingerprint | None = entry.fingerprint
+        with contextlib.suppress(OSError):
+            fingerprint = fingerprint_of(os.stat(entry.local_path))
+        self.catalog.put(
+            replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, error=None, fingerprint=fingerprint)
+        )
         self._record(VerificationRecord(entry.id, now, "pass", "verified", entry.digest, hashed))
         return VerificationReport(
             entry.id,
@@ -862,6 +956,19 @@ def _compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool
         "mismatch_advisory",
         warnings=[f"{subject}: digest mismatch (advisory): expected {digest}, got {got}; kept as Active"],
     )
+
+
+def _share_with_group_if_shared(root: Path) -> None:
+    """A cache whose root directory is group-writable is shared by a group: what we create in it must be
+    group-writable too (catalog, its WAL, locks, partial files, view directories), whatever the caller's
+    umask, or the next member of the group gets EACCES. Blobs stay read-only (0444) regardless."""
+    try:
+        mode = os.stat(root).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IWGRP:
+        current = os.umask(0)
+        os.umask(current & ~0o020)
 
 
 def _ref_namespace(ref: ModelRef) -> str:

@@ -565,7 +565,7 @@ class TransferEngine:
         )
         etag, hasher, progress = att.etag, att.hasher, att.progress
         conns = self.settings.connections
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides (shared caches: g+w)
         if chunks is None:
             remaining = total - kept
             size = max(self.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (conns * 4))))
