@@ -340,8 +340,12 @@ def test_group_shared_cache_across_two_users(tmp_path: Path, fileserver: Any, ma
     """Two real users of one group share a cache: the second reuses and extends what the first made."""
     if os.geteuid() != 0:
         pytest.skip("switching users needs root")
+    import model_provisioner
+
+    # the package as this test process imports it (an editable install may live where others cannot look)
+    user_env = {**os.environ, "PYTHONPATH": str(Path(model_provisioner.__file__).parents[1]), "HOME": "/tmp"}
     probe = subprocess.run(["setpriv", "--reuid", "5001", "--regid", "4242", "--clear-groups", sys.executable,
-                            "-c", "import model_provisioner"], capture_output=True)
+                            "-c", "import model_provisioner.cli, httpx"], capture_output=True, env=user_env)
     if probe.returncode != 0:
         pytest.skip(f"another user cannot run this Python here ({probe.stderr.decode().strip()[-120:]})")
     shared = Path("/tmp") / f"mprov-shared-{os.getpid()}-{random.randrange(1 << 30)}"
@@ -354,7 +358,7 @@ def test_group_shared_cache_across_two_users(tmp_path: Path, fileserver: Any, ma
         def as_user(uid: int, *args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", "4242", "--clear-groups",
                                    sys.executable, "-m", "model_provisioner", "--cache-dir", str(shared), *args],
-                                  capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022))
+                                  capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022), env=user_env)
 
         first = as_user(5001, "ensure", urls[0])
         assert first.returncode == 0, first.stderr

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="fail on a digest mismatch (the default when --digest is given)",
         )
         p.add_argument(
+            "--require-signature",
+            action="store_true",
+            default=None,
+            help="Active only with a model-signing signature (model.sig / FILE.sig) verified by --signature-key",
+        )
+        p.add_argument("--signature-key", metavar="PEM", help="public key for --require-signature")
+        p.add_argument(
             "--engine",
             choices=["llamacpp", "vllm", "tgi", "triton"],
             help="write the handoff for this engine (default from the model format)",
@@ -223,7 +230,12 @@ def _provisioner(args: argparse.Namespace) -> Any:
     from .config import Settings
     from .provisioner import ModelProvisioner
 
-    settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
+    settings = Settings.from_env(
+        cache_dir=args.cache_dir,
+        offline=args.offline or None,
+        require_signature=getattr(args, "require_signature", None),
+        signature_public_key=getattr(args, "signature_key", None),
+    )
     return ModelProvisioner(settings)
 
 

@@ -102,6 +102,9 @@ class Settings:
     s3_region: str | None = None
     #: team mirrors (roots written by ``push``), tried in order before the origin of any remote ref
     model_mirrors: tuple[str, ...] = ()
+    #: a model becomes Active only with a model-signing signature that verifies with this key
+    require_signature: bool = False
+    signature_public_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -161,6 +164,8 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "oci_plain_http": list,
     "s3_endpoint_url": str,
     "s3_region": str,
+    "require_signature": bool,
+    "signature_public_key": str,
 }
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,

@@ -22,6 +22,7 @@ from .digest import Digest
 from .errors import CorruptModel, InvalidInput, ProvisionerError, VerificationFailed
 from .formats import FormatInfo
 from .hashing import FileHash, hash_file
+from .signatures import signature_label
 from .store import repo_digest
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ def provision_directory(
         and entry.lifecycle is Lifecycle.ACTIVE
         and entry.fingerprint == fingerprint
         and (digest is None or str(digest) in (entry.digest, entry.expected_digest))
+        and (not prov.settings.require_signature or entry.metadata.get("signature") == signature_label(prov.settings))
     ):
         return _resolved(entry, from_cache=True)
     if digest is not None and digest.algo != "sha256":
@@ -128,6 +130,10 @@ def provision_directory(
             meta = summarize(root, paths)
             local = root
             fmt = FormatInfo("transformers", meta)
+        if prov.settings.require_signature:
+            from .signatures import verify_signature
+
+            meta = {**meta, "signature": verify_signature(prov.settings, root, ref.id)}
     except ProvisionerError as exc:
         reason = exc.reason if isinstance(exc, VerificationFailed) else exc.code
         prov._fail(base, _Check("fail", reason, exc), None, 0)
@@ -146,7 +152,7 @@ def provision_directory(
         last_verified_ms=now,
         fingerprint=fingerprint,
         metadata={
-            **fmt.metadata,
+            **meta,
             "format": fmt.format,
             "layout": layout,
             "repo_digest": entry_digest,

@@ -276,6 +276,7 @@ class ModelProvisioner:
             or options.refresh
             or (digest is not None and str(digest) not in (entry.digest, entry.expected_digest))
             or entry.verification == "mismatch_advisory"
+            or (self.settings.require_signature and entry.metadata.get("signature") != _signature_label(self.settings))
             or entry.metadata.get("include", []) != list(options.include)
             or entry.metadata.get("exclude", []) != list(options.exclude)
         ):
@@ -468,6 +469,8 @@ class ModelProvisioner:
             return None
         if "local_tree" in entry.metadata:
             return None  # a local directory: its tree fingerprint is checked by the directory flow
+        if self.settings.require_signature and entry.metadata.get("signature") != _signature_label(self.settings):
+            return None  # verified before signatures were required: check the signature now
         try:
             st = os.stat(entry.local_path)
         except OSError:
@@ -625,6 +628,21 @@ class ModelProvisioner:
             raise check.error
         for message in check.warnings:
             log.warning(message)
+        signed: str | None = None
+        if self.settings.require_signature:
+            try:
+                if blob is not None:
+                    raise VerificationFailed(
+                        f"{subject}: signatures are checked on local files and directory models; provision this "
+                        "one from its signed source",
+                        reason="unsigned",
+                    )
+                from .signatures import verify_signature
+
+                signed = verify_signature(self.settings, path, subject)
+            except VerificationFailed as exc:
+                self._fail(base, _Check("fail", exc.reason, exc), known, bytes_hashed, fmt=fmt, new_blob=blob)
+                raise
         local_path = path
         if blob is not None:
             local_path = self._link_view(ref, source_name or path.name, blob, fmt)
@@ -641,7 +659,7 @@ class ModelProvisioner:
             verification=check.reason,
             last_verified_ms=now,
             fingerprint=fingerprint_of(st),
-            metadata={**fmt.metadata, "format": fmt.format},
+            metadata={**fmt.metadata, "format": fmt.format, **({"signature": signed} if signed else {})},
             blob=blob,
             error=None,
         )
@@ -956,6 +974,12 @@ def _compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool
         "mismatch_advisory",
         warnings=[f"{subject}: digest mismatch (advisory): expected {digest}, got {got}; kept as Active"],
     )
+
+
+def _signature_label(settings: Settings) -> str:
+    from .signatures import signature_label
+
+    return signature_label(settings)
 
 
 def _share_with_group_if_shared(root: Path) -> None:

@@ -100,6 +100,8 @@ def provision_remote(
             _check_git_ids(prov, ref, plan, fetched)
             files = _materialise(prov, ref, plan, fetched)
             result = _lay_out(prov, ref, plan, files, digest, strict)
+            if prov.settings.require_signature:
+                result[6]["signature"] = _check_signature(prov, ref, result)
         except NotModified:
             assert previous_active is not None
             now = now_ms()
@@ -476,6 +478,29 @@ def _lay_out(
         )
     _mark_source(check, source_verified, digest)
     return tree, entry_digest, total, fmt, None, files, extra, check
+
+
+def _check_signature(prov: ModelProvisioner, ref: RemoteRef, result: tuple[Any, ...]) -> str:
+    """A multi-file model carries ``model.sig`` in its file set; verify its view before it becomes Active.
+    On failure the view is removed (nothing half-trusted stays at a final path)."""
+    from .signatures import verify_signature
+
+    local_path, _digest, _size, _fmt, blob, _files, extra, _check = result
+    view = extra.get("view_dir")
+    try:
+        if not isinstance(view, str):
+            raise VerificationFailed(
+                f"{ref.id}: a single-file model from {ref.scheme}: carries no signature; sign and publish it as a "
+                "directory (model files + model.sig), or drop --require-signature",
+                reason="unsigned",
+            )
+        return verify_signature(prov.settings, Path(view), ref.id)
+    except VerificationFailed:
+        if isinstance(view, str):
+            prov.store.remove_tree(view)
+        elif blob:
+            prov.store.remove_view(str(local_path))
+        raise
 
 
 def _mark_source(check: Any, source_verified: bool, digest: Digest | None) -> None:

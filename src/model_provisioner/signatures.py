@@ -1,0 +1,83 @@
+"""Optional signature verification with sigstore's ``model-signing`` (OpenSSF Model Signing).
+
+With ``require_signature`` (settings) or ``ensure --require-signature``, a model becomes Active only if a
+``model-signing`` signature over its files verifies with the configured public key
+(``signature_public_key``, PEM; elliptic-curve keys as ``model_signing sign key`` makes). Where the
+signature lives:
+
+- a directory model (local, or the view of a multi-file remote model): ``model.sig`` inside it (it is part
+  of the files that are fetched and stored, and excluded from what it signs);
+- a local single file ``m.gguf``: ``m.gguf.sig`` beside it.
+
+No signature, a signature by another key, or any file that differs from what was signed is a
+``VerificationFailed`` (exit 4; reason ``unsigned`` or ``signature``) and the model is not Active.
+``model-signing`` is imported only when a signature is required.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, ProvisionerError, VerificationFailed
+from .redact import redact_text
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+SIGNATURE_NAME = "model.sig"
+
+
+def signature_path(model_path: Path) -> Path:
+    return model_path / SIGNATURE_NAME if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
+
+
+def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
+    """Verify ``model_path`` (a file or a directory) against its signature; returns a short description."""
+    key = settings.signature_public_key
+    if not key:
+        raise ConfigError("settings", "signature_public_key", "a signature is required but no public key is configured")
+    signature = signature_path(model_path)
+    if not signature.is_file():
+        raise VerificationFailed(
+            f"{subject}: unsigned: no signature at {signature}; sign it with `model_signing sign key` or drop "
+            "--require-signature",
+            reason="unsigned",
+        )
+    try:
+        from model_signing import hashing, verifying
+    except ImportError as exc:  # pragma: no cover - the dependency is declared
+        raise ProvisionerError(
+            f"signature checks need model-signing: pip install 'model-provisioner[signing]' ({exc})"
+        ) from None
+    try:
+        verifier = verifying.Config()  # type: ignore[no-untyped-call]
+        hasher = hashing.Config()  # type: ignore[no-untyped-call]
+        verifier.use_elliptic_key_verifier(public_key=key)
+        verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
+        verifier.verify(model_path, signature)
+    except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles
+        detail = redact_text(str(exc).splitlines()[0])[:300] if str(exc) else type(exc).__name__
+        raise VerificationFailed(
+            f"{subject}: signature verification failed with key {key}: {detail}", reason="signature"
+        ) from None
+    return signature_label(settings)
+
+
+def signature_label(settings: Settings) -> str:
+    """What an entry records once verified: the key it was verified with (by the digest of the key file),
+    so that a different key in the settings means checking again."""
+    key = settings.signature_public_key or ""
+    try:
+        st = Path(key).stat()
+    except OSError:
+        return "model-signing key (unreadable)"
+    return _label(key, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _label(key: str, _mtime_ns: int, _size: int) -> str:
+    digest = hashlib.sha256(Path(key).read_bytes()).hexdigest()
+    return f"model-signing, key sha256:{digest[:16]}"

@@ -1,0 +1,109 @@
+"""--require-signature: OpenSSF model-signing signatures (key-based) checked before a model is Active."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .servers.oci_push import push_artifact
+from .test_s3 import _write_tree, triton_repo
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def sign(model: Path, private: Path, signature: Path | None = None) -> Path:
+    """Sign like `model_signing sign key`: the signature sits in the model directory, or beside a file."""
+    from model_signing import hashing, signing
+
+    signature = signature or (model / "model.sig" if model.is_dir() else model.with_name(model.name + ".sig"))
+    config = signing.Config().use_elliptic_key_signer(private_key=private)
+    config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[signature], ignore_git_paths=True))
+    config.sign(model, signature)
+    return signature
+
+
+def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(cli: Any, tmp_path: Path,
+                                                                   keys: tuple[Path, Path]) -> None:
+    private, public = keys
+    repo = _write_tree(tmp_path / "signed-repo", triton_repo())
+    flags = ["--require-signature", "--signature-key", str(public)]
+    unsigned = cli("ensure", str(repo), *flags)
+    assert unsigned.code == 4 and "unsigned" in unsigned.stderr, unsigned.stderr
+    sign(repo, private)
+    ok = cli("ensure", str(repo), *flags, "--json")
+    assert ok.code == 0, ok.stderr
+    assert ok.json()["metadata"]["signature"].startswith("model-signing")
+    (repo / "encoder" / "1" / "model.onnx").write_bytes(b"swapped weights")
+    tampered = cli("ensure", str(repo), *flags)
+    assert tampered.code == 4 and "signature verification failed" in tampered.stderr, tampered.stderr
+    assert "model.onnx" in tampered.stderr
+    listing = cli("ls", "--json").json()
+    assert [e["lifecycle"] for e in listing["models"]] == ["Failed"]
+
+
+def test_signed_local_file_and_the_wrong_key(cli: Any, gguf_file: Path, tmp_path: Path,
+                                             keys: tuple[Path, Path]) -> None:
+    private, public = keys
+    sign(gguf_file, private)
+    assert (gguf_file.parent / "tiny.gguf.sig").is_file()
+    ok = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(public))
+    assert ok.code == 0, ok.stderr
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = tmp_path / "other.pub.pem"
+    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    wrong = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(other))
+    assert wrong.code == 4 and "signature verification failed" in wrong.stderr, wrong.stderr
+
+
+def test_required_by_settings_an_earlier_unsigned_copy_is_not_served(cli: Any, gguf_file: Path, tmp_path: Path,
+                                                                     keys: tuple[Path, Path]) -> None:
+    _, public = keys
+    assert cli("ensure", str(gguf_file)).code == 0  # provisioned before signatures were required
+    settings = tmp_path / "signed.json"
+    settings.write_text(json.dumps({"require_signature": True, "signature_public_key": str(public)}))
+    result = cli("ensure", str(gguf_file), env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert result.code == 4 and "unsigned" in result.stderr, result.stderr
+
+
+def test_signed_oci_artifact_and_a_forged_one(registry: Any, cli: Any, make_gguf: Any, tmp_path: Path,
+                                              keys: tuple[Path, Path], cache_dir: Path) -> None:
+    private, public = keys
+    model_dir = tmp_path / "publish"
+    model_dir.mkdir()
+    gguf = Path(make_gguf("signed.gguf")).read_bytes()
+    (model_dir / "model.gguf").write_bytes(gguf)
+    (model_dir / "LICENSE").write_text("MIT")
+    signature = sign(model_dir, private).read_bytes()
+    raw = "application/vnd.cncf.model.weight.v1.raw"
+    layers = [(gguf, raw, {"org.cncf.model.filepath": "model.gguf"}),
+              (b"MIT", "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "LICENSE"}),
+              (signature, "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "model.sig"})]
+    push_artifact(registry.url, "signed/tiny", "v1", layers)
+    flags = ["--require-signature", "--signature-key", str(public)]
+    ok = cli("ensure", f"oci://{registry.host}/signed/tiny:v1", *flags, "--json")
+    assert ok.code == 0, ok.stderr
+    assert Path(ok.json()["local_path"]).name == "model.gguf"
+    # the same signature shipped with other weights: refused, and no view is left behind
+    forged = [(gguf + b"\x00", raw, {"org.cncf.model.filepath": "model.gguf"}), *layers[1:]]
+    push_artifact(registry.url, "signed/forged", "v1", forged)
+    refused = cli("ensure", f"oci://{registry.host}/signed/forged:v1", *flags)
+    assert refused.code == 4 and "signature verification failed" in refused.stderr, refused.stderr
+    assert not any("forged" in str(p) for p in (cache_dir / "gguf").rglob("*"))
