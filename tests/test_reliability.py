@@ -389,3 +389,66 @@ def test_a_moved_cache_serves_from_its_new_place(tmp_path: Path, fileserver: Any
     assert moved.json()["local_path"].startswith(str(new) + "/") and fileserver.requests == []
     assert run_cli("verify", "--all", cache_dir=new).code == 0
     check_invariants(new)
+
+
+# ------------------------------------------------------------------------------------------ secrets
+def test_no_secret_reaches_logs_catalog_provenance_or_handoff(s3: Any, registry_auth: Any, tmp_path: Path,
+                                                              make_gguf: Any, cache_dir: Path) -> None:
+    """AWS keys and pre-signed signatures (s3://), registry passwords and Basic headers (oci://): run with
+    verbose JSON logs, a handoff and provenance, successes and failures, then grep everything produced."""
+    import base64
+
+    import httpx
+
+    from .conftest import REGISTRY_PASSWORD, REGISTRY_USER
+    from .servers.s3 import SECRET_KEY
+
+    data = Path(make_gguf("secret.gguf")).read_bytes()
+    client = s3.client()
+    client.create_bucket(Bucket="secrets")
+    client.put_object(Bucket="secrets", Key="m/model.gguf", Body=data, ChecksumAlgorithm="SHA256")
+    push_artifact(registry_auth.url, "sec/model", "v1",
+                  [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})],
+                  auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    settings = tmp_path / "secrets.json"
+    settings.write_text(json.dumps({"log_format": "json", "oci_credentials": {
+        registry_auth.host: {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}}}))
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    out = tmp_path / "out"
+    runs = [
+        run_cli("-v", "ensure", "s3://secrets/m/model.gguf", "--handoff-dir", str(out), "--json",
+                cache_dir=cache_dir, env=env),
+        run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/model:v1", "--handoff-dir", str(out),
+                cache_dir=cache_dir, env=env),
+        run_cli("-v", "ensure", "s3://secrets/m/missing.gguf", cache_dir=cache_dir, env=env),
+        run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/missing:v1", cache_dir=cache_dir, env=env),
+        run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/model:v1", cache_dir=cache_dir,
+                env={"MODEL_PROVISIONER_SETTINGS": str(tmp_path / "none.json")}),  # wrong settings path: error
+        run_cli("-v", "push", "s3://secrets/m/model.gguf", f"oci://{registry_auth.host}/sec/pushed:v1",
+                cache_dir=cache_dir, env=env),
+    ]
+    assert [r.code for r in runs[:2]] == [0, 0], [r.stderr for r in runs[:2]]
+    assert runs[2].code == 3 and runs[3].code == 3 and runs[5].code == 0, [r.stderr for r in runs]
+    texts = [t for r in runs for t in (r.stdout, r.stderr)]
+    texts += [p.read_bytes().decode("latin-1") for p in [*cache_dir.rglob("*"), *out.rglob("*")]
+              if p.is_file() and "blobs" not in p.parts]
+    basic = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    needles = [SECRET_KEY, REGISTRY_PASSWORD, basic, "X-Amz-Signature", "Signature="]
+    for text in texts:
+        for needle in needles:
+            assert needle not in text, f"{needle[:12]}… leaked"
+    provenance = (out / ".runtime" / "provenance" / "models.jsonl").read_text().splitlines()
+    assert len(provenance) == 2 and all(json.loads(line)["source"] for line in provenance)
+
+
+def test_truncated_source_with_a_matching_content_length_is_caught(fileserver: Any, make_gguf: Any,
+                                                                   cache_dir: Path) -> None:
+    """The server is consistent with itself (Content-Length = what it sends), but the file is short: only the
+    digest can tell, and it does (exit 4, nothing registered, no view)."""
+    data = Path(make_gguf("trunc.gguf", extra_tensor_bytes=MiB)).read_bytes()
+    url = fileserver.put("t/trunc.gguf", data[: len(data) // 2])
+    result = run_cli("ensure", url, "--digest", "sha256:" + hashlib.sha256(data).hexdigest(), cache_dir=cache_dir)
+    assert result.code == 4, result.stderr
+    assert hashlib.sha256(data).hexdigest() in result.stderr
+    assert check_invariants(cache_dir)["active"] == 0
+    assert not (cache_dir / "files").exists() or not any((cache_dir / "files").rglob("*"))
