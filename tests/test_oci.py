@@ -284,3 +284,66 @@ def test_bearer_token_auth_with_the_realm_on_another_host(registry_token: Any, c
     texts = [ok.stdout, ok.stderr, refused.stderr] + [p.read_bytes().decode("latin-1")
                                                       for p in cache_dir.rglob("catalog.db*")]
     assert not any(REGISTRY_PASSWORD in t or "Bearer ey" in t for t in texts)
+
+
+class LyingRegistry:
+    """A registry front (routes on the fault server) for what a real registry never does: a manifest whose
+    bytes do not match the digest asked for, and blob redirects to storage on another host."""
+
+    def __init__(self, server: Any, cdn: Any, layer: bytes) -> None:
+        self.server, self.cdn = server, cdn
+        cdn_url = cdn.put("storage/blob", layer)
+        self.layer_digest = sha(layer)
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2},
+                    "layers": [{"mediaType": MP_RAW, "digest": self.layer_digest, "size": len(layer),
+                                "annotations": {"org.cncf.model.filepath": "m.gguf"}}]}
+        self.manifest = json.dumps(manifest).encode()
+        self.cdn_url = cdn_url
+
+        def route(h: Any, head: bool) -> bool:
+            if h.headers.get("Authorization") != "Basic " + base64.b64encode(b"u:p").decode():
+                h.send_response(401)
+                h.send_header("WWW-Authenticate", 'Basic realm="lying"')
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return True
+            if "/manifests/" in h.path:
+                body = self.manifest
+                h.send_response(200)
+                h.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                if not head:
+                    h.wfile.write(body)
+                return True
+            h.send_response(307)
+            h.send_header("Location", self.cdn_url)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return True
+
+        server.routes["/v2/"] = route
+
+
+def test_manifest_pulled_by_digest_must_hash_to_it(fileserver: Any, tmp_path: Path, cli: Any, settings_file: Any,
+                                                   gguf_bytes: bytes) -> None:
+    from .servers.fileserver import FileServer
+
+    cdn = FileServer(tmp_path / "cdn")
+    try:
+        lying = LyingRegistry(fileserver, cdn, gguf_bytes)
+        host = fileserver.url.split("://")[1]
+        env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(oci_credentials={host: {"username": "u",
+                                                                                      "password": "p"}}))}
+        asked = "sha256:" + "ab" * 32
+        result = cli("ensure", f"oci://{host}/lying/model@{asked}", env=env)
+        assert result.code == 4 and asked in result.stderr, result.stderr
+        # by tag the manifest is taken (and pinned); the blob redirect to storage gets no registry credentials
+        ok = cli("ensure", f"oci://{host}/lying/model:v1", "--json", env=env)
+        assert ok.code == 0, ok.stderr
+        assert ok.json()["metadata"]["oci"]["manifest_digest"] == sha(lying.manifest)
+        assert cdn.requests and all("Authorization" not in r.headers for r in cdn.requests)
+        assert any("Authorization" in r.headers for r in fileserver.requests if "/blobs/" in r.path)
+    finally:
+        cdn.close()

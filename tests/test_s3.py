@@ -240,3 +240,20 @@ def test_local_directory_symlink_escape_and_plain_dirs(cli: Any, tmp_path: Path)
     plain = _write_tree(tmp_path / "notes", {"a.txt": b"x", "b.txt": b"y"})
     result = cli("ensure", str(plain))
     assert result.code == 4 and "no GGUF, safetensors or Triton" in result.stderr, result.stderr
+
+
+def test_s3_download_killed_midway_resumes_with_a_new_presigned_url(s3: Any, cli: Any, cache_dir: Path) -> None:
+    import os
+
+    client = _bucket(s3, "models")
+    data = os.urandom(24 << 20)
+    client.put_object(Bucket="models", Key="big/weights.bin", Body=data, ChecksumAlgorithm="SHA256")
+    killed = cli("ensure", "s3://models/big/weights.bin", env={"MODEL_PROVISIONER_FAILPOINTS": "transfer.write=kill@6"})
+    assert killed.code == -9, killed.stderr
+    kept = sum(p.stat().st_size for p in (cache_dir / "partial").glob("*.part"))
+    assert kept > 0
+    again = cli("ensure", "s3://models/big/weights.bin", "--json")  # signs a new URL: same partial, resumed
+    assert again.code == 0, again.stderr
+    out = again.json()
+    assert out["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert out["bytes_fetched"] <= len(data) - kept + (1 << 20), (out["bytes_fetched"], kept)

@@ -1,7 +1,8 @@
 """Failpoints: named places where a test can make the provisioner crash or pause, deterministically.
 
 Set ``MODEL_PROVISIONER_FAILPOINTS`` to ``name=action[,name=action]`` where action is ``kill`` (SIGKILL
-this process at that point), ``pause:<file>`` (create <file>, then wait until it is deleted, at most
+this process at that point), ``kill@N`` (SIGKILL the N-th time the point is reached, e.g. mid-transfer),
+``pause:<file>`` (create <file>, then wait until it is deleted, at most
 60 s) or ``error`` (raise). Unset in production: the check is one dict lookup.
 """
 
@@ -27,13 +28,18 @@ def _parse(spec: str) -> dict[str, str]:
 
 
 _ACTIVE = _parse(os.environ.get(ENV, ""))
+_REACHED: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
     action = _ACTIVE.get(name)
     if action is None:
         return
-    if action == "kill":
+    if action.startswith("kill@"):
+        _REACHED[name] = _REACHED.get(name, 0) + 1
+        if _REACHED[name] >= int(action[5:]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith("pause:"):
         marker = action.split(":", 1)[1]
