@@ -82,6 +82,7 @@ KILL_MATRIX = {
     "hf-repo": ["transfer.write", "store.blob_committed", "remote.fetched", "view.linking", "catalog.commit"],
     "oci-tar": ["transfer.write", "store.blob_committed", "view.linking", "catalog.commit"],
     "local": ["ensure.locked", "fetch.slot", "ensure.hashed", "ensure.before_commit", "catalog.commit"],
+    "local-dir": ["ensure.locked", "fetch.slot", "ensure.before_commit", "catalog.commit"],
 }
 KILL_CASES = [(flow, point) for flow, points in KILL_MATRIX.items() for point in points]
 
@@ -104,6 +105,10 @@ def kill_source(request: pytest.FixtureRequest, tmp_path: Path, make_gguf: Any) 
         push_artifact(registry.url, repo, "v1", [(tar_bytes(files, compression="gzip"),
                                                   "application/vnd.cncf.model.weight.v1.tar+gzip", {})])
         return f"oci://{registry.host}/{repo}:v1", {}
+    if flow == "local-dir":
+        from .test_s3 import _write_tree, triton_repo
+
+        return str(_write_tree(tmp_path / "triton-repo", triton_repo())), {}
     return str(make_gguf("local.gguf", extra_tensor_bytes=2 * MiB)), {}
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import failpoints
 from .catalog import CatalogEntry, Lifecycle, VerificationRecord, now_ms
 from .digest import Digest
 from .errors import CorruptModel, InvalidInput, ProvisionerError, VerificationFailed
@@ -140,6 +141,7 @@ def provision_directory(
         raise
     for message in check.warnings:
         log.warning(message)
+    failpoints.failpoint("ensure.before_commit")
     now = now_ms()
     active = replace(
         base,

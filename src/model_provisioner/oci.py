@@ -432,59 +432,30 @@ class RegistryClient:
         """Monolithic upload (POST then PUT with the body); False when the registry already had it."""
         if self.blob_exists(repository, digest):
             return False
-        started = self.request(
-            "POST", f"/v2/{repository}/blobs/uploads/", repository, actions="pull,push", follow=False
-        )
-        started.close()
-        if started.status_code != 202 or "Location" not in started.headers:
-            raise TransferFailed(
-                f"registry {self.registry}: starting an upload to {repository} gave {started.status_code}"
-            )
-        location = urljoin(self.base + "/", started.headers["Location"])
-        url = location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
 
         def body() -> Iterator[bytes]:
             with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     yield chunk
 
-        response = self.request(
-            "PUT",
-            url,
-            repository,
-            actions="pull,push",
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            content=body(),
-            follow=False,
-        )
-        response.close()
-        if response.status_code != 201:
-            raise TransferFailed(
-                f"registry {self.registry}: uploading {digest} to {repository} gave {response.status_code}"
-            )
+        self._put_blob(repository, digest, body(), {"Content-Length": str(size)})
         return True
 
     def upload_bytes(self, repository: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if self.blob_exists(repository, digest):
-            return digest
-        started = self.request(
-            "POST", f"/v2/{repository}/blobs/uploads/", repository, actions="pull,push", follow=False
-        )
-        started.close()
-        if started.status_code != 202 or "Location" not in started.headers:
-            raise TransferFailed(
-                f"registry {self.registry}: starting an upload to {repository} gave {started.status_code}"
-            )
-        location = urljoin(self.base + "/", started.headers["Location"])
-        url = location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
+        if not self.blob_exists(repository, digest):
+            self._put_blob(repository, digest, data, {})
+        return digest
+
+    def _put_blob(self, repository: str, digest: str, content: Any, headers: dict[str, str]) -> None:
+        url = self._start_upload(repository, digest)
         response = self.request(
             "PUT",
             url,
             repository,
             actions="pull,push",
-            headers={"Content-Type": "application/octet-stream"},
-            content=data,
+            headers={"Content-Type": "application/octet-stream", **headers},
+            content=content,
             follow=False,
         )
         response.close()
@@ -492,7 +463,6 @@ class RegistryClient:
             raise TransferFailed(
                 f"registry {self.registry}: uploading {digest} to {repository} gave {response.status_code}"
             )
-        return digest
 
     def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
         response = self.request(
