@@ -205,3 +205,72 @@ def test_hub_file_names_escaping_the_repo_are_refused(hub: Any, cli: Any, tmp_pa
     assert "refused path" in result.stderr and "evil.gguf" in result.stderr
     assert sum(hub.cdn.bytes_served.values()) == 0  # refused at planning, before any byte
     assert not (cache_dir.parent / "evil.gguf").exists()
+
+
+HUB_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "sha": st.one_of(st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=45), st.integers(),
+                         st.none()),
+        "id": st.text(max_size=20),
+        "private": st.booleans(),
+        "siblings": st.one_of(JSON, st.lists(st.fixed_dictionaries(
+            {"rfilename": st.one_of(NASTY_PATHS, st.sampled_from(["m-Q4_K_M.gguf", "config.json",
+                                                                 "model.safetensors"]), st.integers())},
+            optional={"size": st.one_of(st.integers(-3, 1 << 40), st.text(max_size=4), st.none()),
+                      "blobId": st.one_of(st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=8)),
+                      "lfs": st.one_of(JSON, st.fixed_dictionaries({
+                          "sha256": st.one_of(st.text(alphabet=HEX, min_size=64, max_size=64), st.text(max_size=8)),
+                          "size": st.one_of(st.integers(-1, 1 << 40), st.text(max_size=3)),
+                          "pointerSize": st.integers(0, 200)}))}), max_size=4)),
+    },
+)
+
+
+settings_decorator = settings(max_examples=200, deadline=None)
+
+
+def test_hub_api_answers_are_checked_before_use(tmp_path: Path) -> None:
+    """model_info answers fuzzed at the HTTP level (the fake Hub's API route returns the generated JSON):
+    plan_hf gives a plan whose paths and digests are sane, or one of our errors, never anything else."""
+    from model_provisioner.config import Settings
+    from model_provisioner.fetchers.hf import plan_hf
+    from model_provisioner.refs import parse
+
+    from .servers.fileserver import FileServer
+
+    server = FileServer(tmp_path / "hub")
+    answer: dict[str, bytes] = {"body": b"{}"}
+
+    def api(h: Any, head: bool) -> bool:
+        body = answer["body"]
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+        return True
+
+    server.routes["/api/models/"] = api
+    settings = Settings(cache_dir=tmp_path / "c", hf_endpoint=server.url)
+    refs = [parse("hf:org/repo"), parse("hf:org/repo:Q4_K_M"), parse("hf:org/repo/m-Q4_K_M.gguf")]
+
+    @settings_decorator
+    @given(HUB_FIELDS, st.sampled_from(refs))
+    def run(doc: dict[str, Any], ref: Any) -> None:
+        answer["body"] = json.dumps(doc).encode()
+        try:
+            plan = plan_hf(ref, settings)
+        except ProvisionerError as exc:
+            assert exc.exit_code in (2, 3, 4, 5, 6) and "\n" not in str(exc)
+            return
+        for file in plan.files:
+            assert not _escapes(file.path)
+            assert file.sha256 is None or len(file.sha256) == 64
+            assert file.size is None or file.size >= 0
+
+    try:
+        run()
+    finally:
+        server.close()
+

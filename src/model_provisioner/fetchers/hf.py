@@ -181,10 +181,7 @@ def _model_info(ref: HfRef, settings: Settings) -> tuple[Any, str]:
 
 def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> FetchPlan:
     info, api_endpoint = _model_info(ref, settings)
-    commit = info.sha
-    if not commit:
-        raise TransferFailed(f"{ref.id}: the Hub at {api_endpoint} did not return a commit for the revision")
-    siblings = {s.rfilename: s for s in (info.siblings or [])}
+    commit, siblings = _checked_listing(ref, info, api_endpoint)
     if ref.path is not None:
         if ref.path not in siblings:
             nearby = sorted(p for p in siblings if p.lower().endswith((".gguf", ".safetensors")))[:8]
@@ -233,6 +230,42 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
         revision=commit,
         metadata={"revision": commit, "repo_id": ref.repo_id, "hub_endpoint": api_endpoint},
     )
+
+
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _checked_listing(ref: HfRef, info: Any, endpoint: str) -> tuple[str, dict[str, Any]]:
+    """The commit and the files of a model_info answer, each field checked before anything trusts it: a
+    hostile or broken Hub answer is a one-line TransferFailed naming the field, never a crash later."""
+
+    def bad(what: str) -> TransferFailed:
+        return TransferFailed(f"{ref.id}: the Hub at {endpoint} returned invalid metadata ({what}); not using it")
+
+    commit = getattr(info, "sha", None)
+    if not isinstance(commit, str) or not _COMMIT_RE.fullmatch(commit):
+        raise bad(f"commit {str(commit)[:60]!r} is not 40 hex characters")
+    siblings: dict[str, Any] = {}
+    for sibling in getattr(info, "siblings", None) or []:
+        name = getattr(sibling, "rfilename", None)
+        if not isinstance(name, str):
+            raise bad("a file without a name")
+        size = getattr(sibling, "size", None)
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise bad(f"{name[:80]!r} has size {str(size)[:20]!r}")
+        lfs = getattr(sibling, "lfs", None)
+        if lfs is not None:
+            lfs_sha, lfs_size = getattr(lfs, "sha256", None), getattr(lfs, "size", None)
+            if not isinstance(lfs_sha, str) or not _SHA256_RE.fullmatch(lfs_sha):
+                raise bad(f"{name[:80]!r} has LFS sha256 {str(lfs_sha)[:70]!r}")
+            if not isinstance(lfs_size, int) or isinstance(lfs_size, bool) or lfs_size < 0:
+                raise bad(f"{name[:80]!r} has LFS size {str(lfs_size)[:20]!r}")
+        blob_id = getattr(sibling, "blob_id", None)
+        if blob_id is not None and (not isinstance(blob_id, str) or not _COMMIT_RE.fullmatch(blob_id)):
+            raise bad(f"{name[:80]!r} has git blob id {str(blob_id)[:60]!r}")
+        siblings[name] = sibling
+    return commit, siblings
 
 
 def _looks_like_gguf_repo(siblings: dict[str, Any]) -> bool:
