@@ -276,7 +276,7 @@ def test_kill_9_at_half_then_rerun_resumes(fileserver: Any, cache_dir: Path, set
     while fileserver.served("k.bin") < len(data) // 2 - MiB:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.02)
-    time.sleep(0.3)  # let the client write what it received
+    time.sleep(0.8)  # let the client write what it received and save its chunk map (every 0.25 s)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     first = fileserver.served("k.bin")

@@ -134,10 +134,11 @@ def provision_remote(
     }
     if plan.revision:
         metadata.setdefault("revision", plan.revision)
-    if outcome0.etag:
-        metadata["etag"] = outcome0.etag
-    if outcome0.last_modified:
-        metadata["last_modified"] = outcome0.last_modified
+    if isinstance(ref, UrlRef):  # validators for a conditional --refresh (other schemes pin digests)
+        if outcome0.etag:
+            metadata["etag"] = outcome0.etag
+        if outcome0.last_modified:
+            metadata["last_modified"] = outcome0.last_modified
     for message in check.warnings:
         log.warning(message)
     failpoints.failpoint("ensure.before_commit")

@@ -55,7 +55,10 @@ def family_of(manifest: Manifest) -> str:
     family = CONFIG_TYPES.get(manifest.config.media_type)
     if family:
         return family
-    if (manifest.artifact_type or "").startswith(("application/vnd.cncf.model", "application/vnd.cnai.model")):
+    modelpack = ("application/vnd.cncf.model", "application/vnd.cnai.model")
+    if (manifest.artifact_type or "").startswith(modelpack) or any(
+        layer.media_type.startswith(modelpack) for layer in manifest.layers
+    ):
         return "modelpack"
     if any(layer.media_type.startswith("application/vnd.docker.ai.") for layer in manifest.layers):
         return "docker-model"
