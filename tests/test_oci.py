@@ -347,3 +347,23 @@ def test_manifest_pulled_by_digest_must_hash_to_it(fileserver: Any, tmp_path: Pa
         assert any("Authorization" in r.headers for r in fileserver.requests if "/blobs/" in r.path)
     finally:
         cdn.close()
+
+
+def test_ollama_layout_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
+    """What Ollama's registry serves (and what `import --ollama` names oci://registry.ollama.ai/…)."""
+    push_artifact(
+        registry.url, "library/tiny", "1b",
+        [(gguf_bytes, "application/vnd.ollama.image.model", {}),
+         (b"{{ .Prompt }}", "application/vnd.ollama.image.template", {}),
+         (b'{"stop": ["</s>"]}', "application/vnd.ollama.image.params", {})],
+        config=(b'{"model_format": "gguf", "model_family": "llama"}',
+                "application/vnd.docker.container.image.v1+json"),
+        media_type="application/vnd.docker.distribution.manifest.v2+json",
+    )
+    result = cli("ensure", f"oci://{registry.host}/library/tiny:1b", "--json")
+    assert result.code == 0, result.stderr
+    out = result.json()
+    assert out["metadata"]["oci"]["family"] == "ollama"
+    path = Path(out["local_path"])
+    assert path.name == "model.gguf" and path.read_bytes() == gguf_bytes
+    assert (path.parent / "template").read_text() == "{{ .Prompt }}"

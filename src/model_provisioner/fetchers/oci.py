@@ -9,6 +9,8 @@ streaming. How a layer becomes files:
   ``.tar+gzip``, ``.tar+zstd`` layers are unpacked.
 - **Docker Model Runner** (``application/vnd.docker.ai.gguf.v3``, ``.safetensors``, ``.mmproj``,
   ``.license``, …): named by ``org.opencontainers.image.title`` or a default per media type.
+- **Ollama** (``application/vnd.ollama.image.model``, ``.projector``, ``.license``, ``.template``, …):
+  default names per type (``model.gguf``, ``mmproj.gguf``, ``LICENSE``, …).
 - **ORAS / generic artifacts**: files named by ``org.opencontainers.image.title`` (ORAS gives plain files
   the generic layer type ``application/vnd.oci.image.layer.v1.tar``); layers marked
   ``io.deis.oras.content.unpack`` (ORAS directories) and untitled image layers are unpacked.
@@ -40,6 +42,13 @@ DOCKER_AI_DEFAULT_NAMES = {
     "application/vnd.docker.ai.mmproj": "model.mmproj",
     "application/vnd.docker.ai.license": "LICENSE",
     "application/vnd.docker.ai.chat.template.jinja": "template.jinja",
+    # Ollama's registry speaks the distribution spec too (the ids `import` gives Ollama models)
+    "application/vnd.ollama.image.model": "model.gguf",
+    "application/vnd.ollama.image.projector": "mmproj.gguf",
+    "application/vnd.ollama.image.license": "LICENSE",
+    "application/vnd.ollama.image.template": "template",
+    "application/vnd.ollama.image.system": "system",
+    "application/vnd.ollama.image.params": "params.json",
 }
 CONFIG_TYPES = {
     "application/vnd.cncf.model.config.v1+json": "modelpack",
@@ -62,6 +71,8 @@ def family_of(manifest: Manifest) -> str:
         return "modelpack"
     if any(layer.media_type.startswith("application/vnd.docker.ai.") for layer in manifest.layers):
         return "docker-model"
+    if any(layer.media_type.startswith("application/vnd.ollama.image.") for layer in manifest.layers):
+        return "ollama"
     return "oras"
 
 
