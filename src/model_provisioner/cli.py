@@ -78,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("ensure", "pull"):
         p = sub.add_parser(name, parents=[common], help="make a model present and verified; print its path")
-        p.add_argument("ref", help="model reference: ./m.gguf, ./model_repository/, file:/abs, hf:org/repo[/f.gguf], https://…, "
-            "s3://bucket/key or s3://bucket/prefix/, oci://registry/repo:tag")
+        p.add_argument(
+            "ref",
+            help="model reference: ./m.gguf, ./model_repository/, file:/abs, hf:org/repo[/f.gguf], https://…, "
+            "s3://bucket/key or s3://bucket/prefix/, oci://registry/repo:tag",
+        )
         p.add_argument("--digest", help="expected digest, sha256:<64 hex>; strict unless --no-strict")
         strictness = p.add_mutually_exclusive_group()
         strictness.add_argument(
