@@ -367,3 +367,44 @@ def test_ollama_layout_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> N
     path = Path(out["local_path"])
     assert path.name == "model.gguf" and path.read_bytes() == gguf_bytes
     assert (path.parent / "template").read_text() == "{{ .Prompt }}"
+
+
+def test_an_expired_registry_token_is_renewed_mid_pull(registry_token: Any, cli: Any, gguf_bytes: bytes,
+                                                       tmp_path: Path) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    tokens = registry_token.tokens
+
+    def bearer(request: httpx.Request) -> httpx.Request:
+        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
+                                                "scope": "repository:public/expiring:pull,push"},
+                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    _modelpack_gguf(registry_token, "public/expiring", gguf_bytes, auth=bearer)
+    tokens.ttl_s = -57  # valid for ~3 s given the registry's 60 s leeway
+    tokens.issued.clear()
+    marker = tmp_path / "paused"
+
+    def release() -> None:  # hold the pull after the manifest (token fresh) until the token is dead
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(4.5)
+        marker.unlink()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        result = cli("ensure", f"oci://{registry_token.host}/public/expiring:v1", "--json",
+                     env={"MODEL_PROVISIONER_FAILPOINTS": f"fetch.slot=pause:{marker}"})
+    finally:
+        thread.join()
+        tokens.ttl_s = 300
+    assert result.code == 0, (result.stderr, tokens.issued)
+    assert Path(result.json()["local_path"]).read_bytes() == gguf_bytes
+    assert len(tokens.issued) >= 2  # the first token, then a renewal after the 401

@@ -221,6 +221,14 @@ class RegistryClient:
         parts = urlsplit(url)
         self.settings.policy.check_host(parts.scheme, parts.netloc, redact_url(url))
 
+    def reauth(self, repository: str) -> dict[str, str]:
+        """Fresh credentials for pulling ``repository`` (after a token expired): the challenge is answered
+        again by asking for the registry's API root of that repository."""
+        self._auth.pop(f"repository:{repository}:pull", None)
+        response = self.request("GET", f"/v2/{repository}/tags/list", repository)
+        response.close()
+        return self.auth_header(repository)
+
     def auth_header(self, repository: str, actions: str = "pull") -> dict[str, str]:
         value = self._auth.get(f"repository:{repository}:{actions}")
         return {"Authorization": value} if value else {}

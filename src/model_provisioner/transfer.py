@@ -72,6 +72,9 @@ class Source:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     label: str = "origin"
+    #: called once on a ``401`` from the origin host to get fresh credentials (a registry's bearer token
+    #: expires in minutes; a large model takes longer, and every retry or range goes back to the registry)
+    reauth: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -408,12 +411,23 @@ class TransferEngine:
         url = source.url
         headers = {**source.headers, **extra}
         origin_host = urlsplit(url).netloc
-        for _ in range(MAX_REDIRECTS + 1):
+        reauthed = False
+        for _ in range(MAX_REDIRECTS + 2):
             parts = urlsplit(url)
             if self.policy is not None:
                 self.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
             request = self.client.build_request("GET", url, headers=headers)
             response = self.client.send(request, stream=True)
+            if (
+                response.status_code == 401
+                and source.reauth is not None
+                and parts.netloc == origin_host
+                and not (reauthed)
+            ):
+                response.close()
+                reauthed = True
+                headers = {**headers, **source.reauth()}
+                continue
             if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 location = urljoin(url, response.headers["Location"])
                 response.close()

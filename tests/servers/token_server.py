@@ -37,6 +37,8 @@ class TokenServer:
 
         self.users = users
         self.issued: list[dict[str, Any]] = []
+        #: token lifetime; the registry allows 60 s of clock skew past ``exp``, so -57 means "dead in 3 s"
+        self.ttl_s = 300
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mprov test token signer")])
         now = datetime.datetime.now(datetime.UTC)
@@ -106,7 +108,7 @@ class TokenServer:
             granted = wanted if user else (["pull"] if repo.startswith("public/") and "pull" in wanted else [])
             access.append({"type": kind, "name": repo, "actions": granted})
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": user or "", "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+        claims = {"iss": ISSUER, "sub": user or "", "aud": SERVICE, "exp": now + self.ttl_s, "nbf": now - 120,
                   "iat": now, "jti": uuid.uuid4().hex, "access": access}
         self.issued.append({"user": user, "access": access})
         body = json.dumps({"token": self._sign(claims), "expires_in": 300}).encode()

@@ -20,6 +20,7 @@ Every name is checked (``paths.check_relative_path``) before anything is fetched
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -134,7 +135,10 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
     files = []
     for path, layer, compression in layer_files(manifest, ref.id):
         source = Source(
-            client.blob_url(ref.repository, layer.digest), headers=headers, label=f"registry {ref.registry}"
+            client.blob_url(ref.repository, layer.digest),
+            headers=headers,
+            label=f"registry {ref.registry}",
+            reauth=functools.partial(client.reauth, ref.repository),
         )
         files.append(RemoteFile(path=path, sources=(source,), size=layer.size, sha256=layer.hex, unpack=compression))
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}
