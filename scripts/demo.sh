@@ -3,7 +3,8 @@
 # known digest, write the llama.cpp handoff, then show that a second run is answered from the catalog.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q .
+# editable, like scripts/test.sh: a plain install would shadow a developer's editable one with a stale copy
+python3 -m pip install -q -e .
 demo="${DEMO_DIR:-$(mktemp -d -t mprov-demo-XXXXXX)}"
 digest="sha256:$(sha256sum examples/tiny-llama.gguf | cut -d' ' -f1)"
 model-provisioner --cache-dir "$demo/cache" ensure examples/tiny-llama.gguf \
