@@ -18,6 +18,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 python3 -m pip install -q -e '.[test]'
-python3 -m ruff check src tests bench examples
+python3 -m ruff check src tests bench examples fuzz
 python3 -m mypy
 python3 -m pytest "$@"

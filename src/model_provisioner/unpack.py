@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import IO
 
-from .errors import CorruptModel
+from .errors import CorruptModel, ProvisionerError
 from .paths import check_relative_path
 from .store import BlobStore
 
@@ -44,12 +44,24 @@ def _open_stream(path: Path, compression: str) -> IO[bytes]:
     return raw
 
 
+def _decompression_errors(compression: str) -> tuple[type[Exception], ...]:
+    """What a decompressor raises on bad input (zstandard has its own error type; gzip's are OSErrors)."""
+    if compression == "zstd":
+        import zstandard
+
+        error: type[Exception] = zstandard.ZstdError
+        return (error,)
+    return ()
+
+
 def unpack_into_store(
     store: BlobStore, archive: Path, compression: str, subject: str, prefix: str = ""
 ) -> list[tuple[str, str, int]]:
     """Stream every member of ``archive`` into the store; returns [(path, sha256 hex, size)]."""
     files: dict[str, tuple[str, int]] = {}
     links: list[tuple[str, str]] = []
+    bad_input: tuple[type[Exception], ...] = (EOFError, OSError, ValueError, TypeError)
+    bad_input += _decompression_errors(compression)
     stream = _open_stream(archive, compression)
     try:
         with tarfile.open(fileobj=stream, mode="r|gz" if compression == "gzip" else "r|") as tar:
@@ -84,9 +96,12 @@ def unpack_into_store(
                 if path in files:
                     raise CorruptModel(subject, f"tar member {member.name!r} appears twice")
                 files[path] = (sha_hex, size)
+    except ProvisionerError:
+        raise
     except tarfile.TarError as exc:
         raise CorruptModel(subject, f"the layer is not a valid tar archive ({exc})") from None
-    except (EOFError, OSError) as exc:
+    except bad_input as exc:
+        # TypeError/ValueError: CPython's stream-mode gzip header parsing raises them on short garbage
         raise CorruptModel(subject, f"the layer is truncated or not {compression}-compressed ({exc})") from None
     finally:
         stream.close()
