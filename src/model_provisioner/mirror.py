@@ -181,9 +181,10 @@ def _push_s3(
 
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from .fetchers.s3 import MANIFEST_NAME, s3_client, s3_error
+    from .fetchers.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
 
     client = s3_client(prov.settings)
+    check_endpoint(client, prov.settings)
     uploaded = 0
     try:
         for path, blob, size in files:

@@ -139,7 +139,13 @@ class ModelProvisioner:
         self.read_only = self.store.root.is_dir() and not os.access(self.store.root, os.W_OK)
         if not self.read_only:
             _share_with_group_if_shared(self.store.root)
-            self.store.ensure_layout()
+            try:
+                self.store.ensure_layout()
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot create the cache at {self.store.root}: {exc.strerror}; choose a writable --cache-dir "
+                    "(or MODEL_PROVISIONER_CACHE)"
+                ) from None
         self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db", read_only=self.read_only)
         self.schemes = schemes
         self._touched: dict[str, int] = {}

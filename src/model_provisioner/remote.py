@@ -333,9 +333,14 @@ def _materialise(
         if file.unpack is None:
             files[file.path] = EntryFile(file.path, outcome.sha256, outcome.size)
             continue
-        members = unpack_into_store(
-            prov.store, outcome.blob, file.unpack, f"{ref.id} [layer sha256:{outcome.sha256[:12]}]"
-        )
+        where = f"{ref.id} [layer sha256:{outcome.sha256[:12]}]"
+        try:
+            members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+        except FileNotFoundError:
+            # another model sharing this layer unpacked it and dropped the archive meanwhile: fetch it again
+            spec = TransferSpec(file.sources, name=where, expected_size=file.size, expected_sha256=file.sha256)
+            outcome = prov.engine.fetch(spec)
+            members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
         for path, sha_hex, size in members:
             if path in files:
                 raise CorruptModel(ref.id, f"{path!r} is in more than one layer")

@@ -121,7 +121,7 @@ def _call(client: Any, what: str, method: str, **kwargs: Any) -> Any:
         raise s3_error(exc, client, what) from None
 
 
-def _check_endpoint(client: Any, settings: Settings) -> None:
+def check_endpoint(client: Any, settings: Settings) -> None:
     from urllib.parse import urlsplit
 
     url = client.meta.endpoint_url
@@ -147,7 +147,7 @@ def _object_file(client: Any, bucket: str, key: str, path: str, what: str, expec
 
 def plan_s3(ref: S3Ref, settings: Settings, *, expected_sha256: str | None = None) -> FetchPlan:
     client = s3_client(settings)
-    _check_endpoint(client, settings)
+    check_endpoint(client, settings)
     if not ref.is_prefix:
         file = _object_file(client, ref.bucket, ref.key, ref.display_name, ref.id)
         if expected_sha256 and file.sha256 is None:
