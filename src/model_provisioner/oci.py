@@ -252,7 +252,7 @@ class RegistryClient:
         scope = f"repository:{repository}:{actions}"
         attempts = max(1, self.settings.transfer.attempts)
         challenged = False
-        attempt = 0
+        attempt = redirects = 0
         while True:
             attempt += 1
             self._check_host(url)
@@ -300,7 +300,11 @@ class RegistryClient:
                     # a redirect to storage on another host: no registry credentials go there
                     self._check_host(target)
                     return self.client.send(self.client.build_request(method, target, headers=headers), stream=stream)
+                redirects += 1
+                if redirects > 10:
+                    raise TransferFailed(f"registry {self.registry}: too many redirects for {redact_url(url)}")
                 url = target
+                attempt -= 1  # a redirect is not a failed attempt
                 continue
             return response
 
@@ -327,7 +331,11 @@ class RegistryClient:
         if self.credentials is not None:
             auth = httpx.BasicAuth(*self.credentials)
         try:
-            response = self.client.get(url, auth=auth)
+            response = self.client.send(self.client.build_request("GET", url), auth=auth, stream=True)
+            try:
+                raw = _read_at_most(response, 1 << 20)
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             raise TransferFailed(
                 f"registry {self.registry}: token service {redact_url(realm)} unreachable: {type(exc).__name__}"
@@ -339,7 +347,7 @@ class RegistryClient:
                 + f" for {query['scope']}; run `docker login {self.registry}` or add oci_credentials to the settings"
             )
         try:
-            body = response.json()
+            body = json.loads(raw)
             token = body.get("token") or body.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -354,7 +362,11 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str, subject: str) -> tuple[bytes, str, str | None]:
         """(bytes, digest, media type). A digest reference must match the bytes."""
         response = self.request(
-            "GET", f"/v2/{repository}/manifests/{reference}", repository, headers={"Accept": MANIFEST_ACCEPT}
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            repository,
+            headers={"Accept": MANIFEST_ACCEPT},
+            stream=True,
         )
         try:
             if response.status_code == 404:
@@ -369,7 +381,7 @@ class RegistryClient:
             length = int(response.headers.get("Content-Length") or 0)
             if length > MAX_MANIFEST_BYTES:
                 raise CorruptModel(subject, f"the manifest is {length} bytes; refusing more than {MAX_MANIFEST_BYTES}")
-            raw = response.read()
+            raw = _read_at_most(response, MAX_MANIFEST_BYTES)
         finally:
             response.close()
         if len(raw) > MAX_MANIFEST_BYTES:
@@ -405,13 +417,13 @@ class RegistryClient:
         """A small blob (a config) read into memory and checked against its descriptor."""
         if descriptor.size > limit:
             raise CorruptModel(subject, f"the config blob is {descriptor.size} bytes; refusing more than {limit}")
-        response = self.request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", repository)
+        response = self.request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", repository, stream=True)
         try:
             if response.status_code == 404:
                 raise NotFound(f"{subject}: registry {self.registry} has no blob {descriptor.digest} in {repository}")
             if response.status_code != 200:
                 raise TransferFailed(f"{subject}: registry {self.registry} answered {response.status_code} for a blob")
-            data = response.read()
+            data = _read_at_most(response, limit)
         finally:
             response.close()
         if len(data) != descriptor.size or "sha256:" + hashlib.sha256(data).hexdigest() != descriptor.digest:
@@ -492,6 +504,16 @@ class RegistryClient:
         finally:
             response.close()
         return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body, but never more than ``limit`` + 1 bytes in memory (the caller refuses anything longer)."""
+    out = bytearray()
+    for chunk in response.iter_bytes():
+        out += chunk
+        if len(out) > limit:
+            break
+    return bytes(out[: limit + 1])
 
 
 def _choose_from_index(entries: list[Descriptor]) -> Descriptor:
