@@ -234,7 +234,8 @@ def test_disk_full_mid_transfer_is_exit_7_then_resumes(small_fs: Any, fileserver
 
 
 # ------------------------------------------------------------------------------ 16-process soak
-def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf: Any, cache_dir: Path) -> None:
+def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf: Any, cache_dir: Path,
+                                                       registry: Any) -> None:
     from .servers.nginx import Nginx
 
     rng = random.Random(8)
@@ -247,7 +248,15 @@ def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf:
         sizes[f"/f{i}.bin"] = len(data)
     server = Nginx(root, tmp_path / "nginx", limit_rate="6m")
     local = str(make_gguf("soak.gguf", extra_tensor_bytes=MiB))
-    refs = [f"{server.url}/f{i}.bin" for i in range(4)] + [local]
+    # two OCI models sharing one tar+gzip layer: concurrent unpacks of the same archive, which each drops
+    shared_layer = tar_bytes({"config.json": b'{"model_type": "llama"}',
+                              "model.safetensors": safetensors_bytes(200_000, seed=5)}, compression="gzip")
+    oci_refs = []
+    for name in ("soak-a", "soak-b"):
+        layer = (shared_layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})
+        push_artifact(registry.url, f"soak/{name}", "v1", [layer], annotations={"name": name})
+        oci_refs.append(f"oci://{registry.host}/soak/{name}:v1")
+    refs = [f"{server.url}/f{i}.bin" for i in range(4)] + [local, *oci_refs]
     env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(tmp_path / "s.json")}
     (tmp_path / "s.json").write_text(json.dumps({"transfer": {"backoff_base_s": 0.05, "stall_timeout_s": 5}}))
     cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "-q", "ensure"]
