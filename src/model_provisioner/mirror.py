@@ -2,7 +2,8 @@
 
 A destination ending in ``/`` (``oci://registry/team/``, ``s3://bucket/mirror/``) is a *mirror root*: the
 model goes to a location derived from its id (``mirror_ref``), which is where ``mirrors.models`` in the
-settings looks for it on other machines, before the origin. Any other destination is used as given.
+settings looks for it on other machines, before the origin. An ``oci://registry/repo[:tag]`` destination
+is used as given (pull it back by that ref); S3 destinations are always mirror roots.
 
 What is pushed carries the digests the origin was verified against:
 - OCI: a CNCF ModelPack artifact. One raw layer per file (so layer digests are the files' sha256 and the
@@ -108,10 +109,18 @@ def push(prov: ModelProvisioner, model: str, destination: str) -> PushResult:
 
         raise OfflineError(f"offline mode is on: cannot push to {target.id}")
     if isinstance(target, OciRef):
+        if target.digest is not None:
+            raise InvalidInput(
+                f"push to {target.id}: a manifest is pushed under a tag (its digest is whatever it hashes to); "
+                "give oci://registry/repo:tag or a mirror root ending in '/'"
+            )
         return _push_oci(prov, entry, files, target)
     if isinstance(target, S3Ref):
         if not target.is_prefix:
-            raise InvalidInput(f"push to S3 needs a prefix ending in '/', got {destination!r}")
+            raise InvalidInput(
+                f"push to S3 takes a mirror root ending in '/' (the model goes under it, where mirrors.models "
+                f"looks), got {destination!r}"
+            )
         return _push_s3(prov, entry, files, target)
     raise InvalidInput(f"push destination must be oci://… or s3://…/, got {destination!r}")
 
