@@ -39,6 +39,8 @@ def scan_tree(root: Path, subject: str) -> list[tuple[str, Path]]:
     real_root = os.path.realpath(root)
     out: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        if os.path.samefile(dirpath, root):
+            dirnames[:] = [d for d in dirnames if d not in (".git", ".cache")]  # VCS and tool caches: not model
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             full = os.path.join(dirpath, name)
