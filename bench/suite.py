@@ -539,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             png = suite.plot_connections()
     finally:
         suite.close()
+        if not args.workdir:  # a full run writes ~25 GB of test files: never leave them behind
+            shutil.rmtree(suite.work, ignore_errors=True)
     report = write_report(suite, png, started, sys.argv[1:] if argv is None else argv)
     print(f"report: {report}", flush=True)
     return 0

@@ -5,14 +5,15 @@
 TARGET: gguf (the header-only GGUF reader), manifest (OCI manifests/indexes + layer naming), pbtxt (Triton
 config.pbtxt), tar (tar/gzip/zstd layer unpacking into a throwaway store), ref (model refs). Our errors
 (``ProvisionerError``) are expected outcomes; anything else is a crash that libFuzzer reports and saves.
-tests/test_fuzz.py runs each target for a bounded number of runs; run longer by hand.
+tests/test_fuzz.py runs each target for a bounded number of runs; run longer by hand (scratch files go to
+./.mprov-fuzz-work).
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import atheris
@@ -27,7 +28,11 @@ with atheris.instrument_imports():
     from model_provisioner.store import BlobStore
     from model_provisioner.unpack import unpack_into_store
 
-WORK = Path(tempfile.mkdtemp(prefix="mprov-fuzz-"))
+# libFuzzer leaves with os._exit (no atexit): the scratch directory lives in the working directory, which
+# the test suite makes a temporary one
+WORK = Path.cwd() / ".mprov-fuzz-work"
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir()
 STORE = BlobStore(WORK / "cache")
 
 

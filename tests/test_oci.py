@@ -221,10 +221,13 @@ def test_credentials_from_settings_file(registry_auth: Any, cli: Any, gguf_bytes
     assert result.code == 0, result.stderr
 
 
-def test_policy_denies_registry_host_before_connecting(registry: Any, cli: Any, settings_file: Any) -> None:
+def test_policy_denies_registry_host_before_connecting(fileserver: Any, cli: Any, settings_file: Any) -> None:
+    # the fault server stands in for a registry: it must not see a single request
+    host = fileserver.url.split("://")[1]
     path = settings_file(policy={"deny_hosts": ["127.0.0.1"], "label": "no-loopback"})
-    result = cli("ensure", f"oci://{registry.host}/team/tiny:v1", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    result = cli("ensure", f"oci://{host}/team/tiny:v1", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
     assert result.code == 5 and "no-loopback" in result.stderr, result.stderr
+    assert fileserver.requests == []
 
 
 def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_bytes: bytes) -> None:

@@ -257,3 +257,11 @@ def test_s3_download_killed_midway_resumes_with_a_new_presigned_url(s3: Any, cli
     out = again.json()
     assert out["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert out["bytes_fetched"] <= len(data) - kept + (1 << 20), (out["bytes_fetched"], kept)
+
+
+def test_policy_denies_the_s3_endpoint_before_any_request(s3: Any, cli: Any, settings_file: Any) -> None:
+    path = settings_file(policy={"deny_hosts": ["127.0.0.1"], "label": "no-loopback"})
+    result = cli("ensure", "s3://models/any/m.gguf", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    assert result.code == 5 and "no-loopback" in result.stderr, result.stderr
+    pushed = cli("push", "s3://models/any/m.gguf", "s3://models/mirror/", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    assert pushed.code in (3, 5), pushed.stderr  # not provisioned (3) or denied (5), never a request

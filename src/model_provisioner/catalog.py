@@ -116,6 +116,11 @@ class CatalogStore(Protocol):
     def close(self) -> None: ...
 
 
+def _same_place(a: str, b: str) -> bool:
+    """Two spellings of one directory (a symlink, a trailing slash) are not a move."""
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
 def _disk_full(catalog: SqliteCatalog) -> InsufficientSpace:
     """SQLITE_FULL as our exit 7: the catalog's disk has no room for the write."""
     import shutil
@@ -252,13 +257,13 @@ class SqliteCatalog:
     def _set_relocation(self) -> None:
         recorded = self._recorded_root()
         current = str(self.path.parent.absolute())
-        self._moved_from = recorded if recorded and recorded != current else None
+        self._moved_from = recorded if recorded and not _same_place(recorded, current) else None
 
     def _relocate(self) -> None:
         recorded = self._recorded_root()
         current = str(self.path.parent.absolute())
-        if recorded == current:
-            return
+        if recorded is not None and _same_place(recorded, current):
+            return  # the same directory (possibly through a symlink): nothing moved, nothing to rewrite
         with self._write() as conn:
             if recorded:
                 old = recorded + "/"

@@ -219,7 +219,7 @@ class RegistryClient:
 
     def _check_host(self, url: str) -> None:
         parts = urlsplit(url)
-        self.settings.policy.check_host(parts.scheme, parts.netloc, redact_url(url))
+        self.settings.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
 
     def reauth(self, repository: str) -> dict[str, str]:
         """Fresh credentials for pulling ``repository`` (after a token expired): the challenge is answered

@@ -126,7 +126,7 @@ def check_endpoint(client: Any, settings: Settings) -> None:
 
     url = client.meta.endpoint_url
     parts = urlsplit(url)
-    settings.policy.check_host(parts.scheme, parts.netloc, redact_url(url))
+    settings.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
 
 
 def _object_file(client: Any, bucket: str, key: str, path: str, what: str, expected: str | None = None) -> RemoteFile:
