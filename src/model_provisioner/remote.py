@@ -78,6 +78,8 @@ def provision_remote(
     previous_active = entry if entry is not None and entry.lifecycle is Lifecycle.ACTIVE else None
     closers: list[Any] = []
     try:
+        # what the caller asked for is what the entry records; a mirror's digest is only checked against
+        user_digest, user_strict = digest, strict
         plan = None if options.refresh else plan_from_mirrors(prov, ref, closers)
         if plan is None:
             plan = _plan_origin(prov, ref, digest, strict, options, previous_active, closers)
@@ -91,7 +93,7 @@ def provision_remote(
                     ref.id, str(digest), str(mirrored), "the mirror holds another version; nothing was downloaded"
                 )
         plan = _check_user_digest_against_source(ref, plan, digest, strict)
-        base = prov._pending(ref, entry, "", digest, strict)
+        base = prov._pending(ref, entry, "", user_digest, user_strict)
         try:
             with fetch_slot(prov.store.locks_dir, prov.settings.max_parallel_fetches, prov.settings.lock_timeout_s):
                 failpoints.failpoint("fetch.slot")
