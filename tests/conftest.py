@@ -20,6 +20,15 @@ from make_tiny_gguf import write_tiny_gguf  # noqa: E402
 
 EXAMPLE_GGUF = ROOT / "examples" / "tiny-llama.gguf"
 
+# The suite is reproducible: hypothesis draws the same examples every run (a CI run is never red because a
+# new random example turned up). Explore with HYPOTHESIS_PROFILE=explore (fresh random examples), and
+# run fuzz/fuzz_parsers.py longer by hand.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("default", derandomize=True)
+_hypothesis_settings.register_profile("explore", derandomize=False)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

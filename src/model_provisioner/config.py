@@ -143,7 +143,12 @@ class Settings:
             values["cache_dir"] = Path(os.path.expanduser(str(values["cache_dir"]))).absolute()
         if "hf_endpoint" in values:
             values["hf_endpoint"] = str(values["hf_endpoint"]).rstrip("/")
-        return replace(cls(), **values)
+        try:
+            return replace(cls(), **values)
+        except ConfigError as exc:  # a value the file gave: name the file, not "settings"
+            if settings_file and exc.path == "settings":
+                raise ConfigError(settings_file, exc.field, exc.problem) from None
+            raise
 
 
 _TOP_TYPES: dict[str, type | tuple[type, ...]] = {

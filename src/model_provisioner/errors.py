@@ -67,6 +67,7 @@ class ConfigError(InvalidInput):
     def __init__(self, path: str, field: str | None, problem: str) -> None:
         self.path = path
         self.field = field
+        self.problem = problem
         where = f"{path}: field {field!r}" if field else path
         super().__init__(f"config {where}: {problem}")
 
