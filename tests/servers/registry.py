@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from .nginx import free_port
+from .nginx import free_port, stop_process
 
 
 class Registry:
@@ -69,10 +69,5 @@ http:
         return self.workdir / "data" / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()

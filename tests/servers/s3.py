@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .nginx import free_port
+from .nginx import free_port, stop_process
 
 ACCESS_KEY = "AKIAMOTOTESTKEY00001"
 SECRET_KEY = "moto-secret-do-not-leak-0123456789"
@@ -58,11 +57,5 @@ class S3Server:
         httpx.post(f"{self.url}/moto-api/reset")
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
-        os.environ.pop("MOTO_DUMMY", None)
