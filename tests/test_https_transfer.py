@@ -289,6 +289,27 @@ def test_kill_9_at_half_then_rerun_resumes(fileserver: Any, cache_dir: Path, set
     assert result.json()["bytes_fetched"] < len(data)
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["stream", "parallel-ranges"])
+def test_killed_after_the_last_byte_the_rerun_fetches_nothing(fileserver: Any, cache_dir: Path, settings_file: Any,
+                                                              parallel: bool) -> None:
+    """Every byte landed, then the process died before the commit: the rerun asks past the end (HTTP 416
+    names the length), verifies the partial file and commits it without downloading it again."""
+    data = payload(6 * MiB, seed=13)
+    url = fileserver.put("done.bin", data)
+    transfer = ({"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 4,
+                 "single_stream_enough_bytes_per_s": 1e15} if parallel else {})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
+    killed = run_cli("ensure", url, cache_dir=cache_dir,
+                     env={**env, "MODEL_PROVISIONER_FAILPOINTS": "transfer.complete=kill"})
+    assert killed.code == -signal.SIGKILL, killed.stderr
+    assert fileserver.served("done.bin") == len(data)
+    result = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    assert Path(result.json()["local_path"]).read_bytes() == data
+    assert result.json()["bytes_fetched"] == 0
+    assert fileserver.served("done.bin") == len(data)  # not one byte more
+
+
 def test_eight_processes_one_transfer(fileserver: Any, cache_dir: Path, settings_file: Any) -> None:
     data = payload(8 * MiB, seed=12)
     url = fileserver.put("c8.bin", data)

@@ -77,9 +77,10 @@ def check_invariants(cache: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------ kill-point matrix
 KILL_MATRIX = {
-    "https": ["ensure.locked", "fetch.slot", "transfer.write", "store.blob_committed", "remote.fetched",
-              "view.linking", "ensure.before_commit", "catalog.commit"],
-    "hf-repo": ["transfer.write", "store.blob_committed", "remote.fetched", "view.linking", "catalog.commit"],
+    "https": ["ensure.locked", "fetch.slot", "transfer.write", "transfer.complete", "store.blob_committed",
+              "remote.fetched", "view.linking", "ensure.before_commit", "catalog.commit"],
+    "hf-repo": ["transfer.write", "transfer.complete", "store.blob_committed", "remote.fetched", "view.linking",
+                "catalog.commit"],
     "oci-tar": ["transfer.write", "store.blob_committed", "view.linking", "catalog.commit"],
     "local": ["ensure.locked", "fetch.slot", "ensure.hashed", "ensure.before_commit", "catalog.commit"],
     "local-dir": ["ensure.locked", "fetch.slot", "ensure.before_commit", "catalog.commit"],

@@ -311,6 +311,22 @@ class TransferEngine:
                 raise NotModified(f"{spec.name}: not modified")
             if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
                 return self._empty(spec)  # an empty resource: no byte range can be satisfied
+            if status == 416 and kept and _unsatisfied_length(response) == kept:
+                # the partial already holds every byte (an interruption after the last range landed, or a
+                # crash before the commit): verify and commit it without fetching anything again
+                etag = response.headers.get("ETag") or etag_kept
+                return self._commit(
+                    spec,
+                    source,
+                    partial,
+                    meta_path,
+                    _rehash_prefix(partial, kept),
+                    kept,
+                    etag,
+                    response.headers.get("Last-Modified"),
+                    fetched=0,
+                    resumed_from=kept,
+                )
             self._raise_for_status(response, spec, source)
             total, start = _total_and_start(response, kept)
             if start != kept:
@@ -381,6 +397,35 @@ class TransferEngine:
                         self._parallel(attempt, None, offset, total, None)
         finally:
             response.close()
+        return self._commit(
+            spec,
+            source,
+            partial,
+            meta_path,
+            hasher,
+            total,
+            etag,
+            last_modified,
+            fetched=progress.fetched,
+            resumed_from=kept,
+        )
+
+    def _commit(
+        self,
+        spec: TransferSpec,
+        source: Source,
+        partial: Path,
+        meta_path: Path,
+        hasher: Any,
+        total: int | None,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        fetched: int,
+        resumed_from: int,
+    ) -> TransferOutcome:
+        """The partial file is complete: check its size and digest, then move it into the blob store."""
+        failpoints.failpoint("transfer.complete")
         size = partial.stat().st_size
         if total is not None and size != total:
             raise _Retryable(f"connection closed after {size} of {total} bytes")
@@ -399,8 +444,8 @@ class TransferEngine:
             sha_hex,
             size,
             blob,
-            progress.fetched,
-            kept,
+            fetched,
+            resumed_from,
             etag,
             last_modified,
             source=f"{source.label} {redact_url(source.url)}",
@@ -697,17 +742,19 @@ class TransferEngine:
             while hashed < total:
                 with cond:
                     while True:
+                        # liveness first, then the prefix: a worker updates ``written`` before it exits, so a
+                        # worker seen dead has nothing more to add to the prefix computed after it
+                        workers_alive = any(t.is_alive() for t in threads)
                         prefix = _contiguous(starts, ends, written)
-                        if prefix > hashed or errors:
-                            break
-                        if not any(t.is_alive() for t in threads):
+                        if prefix > hashed or errors or not workers_alive:
                             break
                         cond.wait(0.25)
                         if time.monotonic() - last_save > 0.25 or sum(written) - last_saved_bytes >= _MAP_SAVE_BYTES:
+                            prefix = _contiguous(starts, ends, written)
                             break
                     if errors:
                         raise errors[0]
-                if prefix <= hashed and not any(t.is_alive() for t in threads):
+                if prefix <= hashed and not workers_alive:
                     raise _Retryable("range workers stopped before the file was complete")
                 region = hashed
                 while hashed < prefix:
@@ -795,6 +842,12 @@ def _total_and_start(response: httpx.Response, kept: int) -> tuple[int | None, i
 
 
 Chunks = list[list[int]]  # [[start, end, bytes written], ...] of a parallel download
+
+
+def _unsatisfied_length(response: httpx.Response) -> int | None:
+    """The complete length a 416 names (``Content-Range: bytes */N``), if it names one."""
+    got = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", "").strip())
+    return int(got.group(1)) if got else None
 
 
 def _kept_prefix(
