@@ -209,6 +209,111 @@ def test_basic_auth_registry(registry_auth: Any, cli: Any, gguf_bytes: bytes, tm
     assert not any(base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode() in t for t in leaked)
 
 
+HELPER = """#!{python}
+# a Docker credential helper (the docker-credential-* protocol): `get` reads a server URL on stdin
+import json, pathlib, sys
+here = pathlib.Path(__file__).parent
+server = sys.stdin.read().strip()
+with open(here / "asked.log", "a") as log:
+    log.write(sys.argv[1] + " " + server + "\\n")
+store = json.loads((here / "store.json").read_text())
+if sys.argv[1] != "get" or server not in store:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+print(json.dumps({{"ServerURL": server, "Username": store[server][0], "Secret": store[server][1]}}))
+"""
+
+
+def _credential_helper(bin_dir: Path, name: str, store: dict[str, tuple[str, str]]) -> Path:
+    """Install docker-credential-<name> in ``bin_dir``; returns its log of what it was asked."""
+    import sys
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    helper = bin_dir / f"docker-credential-{name}"
+    helper.write_text(HELPER.format(python=sys.executable))
+    helper.chmod(0o755)
+    (bin_dir / "store.json").write_text(json.dumps(store))
+    return bin_dir / "asked.log"
+
+
+def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: Any, registry_token: Any, cli: Any,
+                                                                 gguf_bytes: bytes, tmp_path: Path,
+                                                                 cache_dir: Path) -> None:
+    """Docker's order: credHelpers[host], then credsStore, then auths. A helper's `<token>` login is an
+    identity token, exchanged at the token realm by OAuth2 POST; helpers run only when a registry asks."""
+    import os
+
+    import httpx
+
+    _modelpack_gguf(registry_auth, "private/helper", gguf_bytes, auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    tokens = registry_token.tokens
+
+    def bearer(request: httpx.Request) -> httpx.Request:
+        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
+                                                "scope": "repository:private/store:pull,push"},
+                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    _modelpack_gguf(registry_token, "private/store", gguf_bytes, auth=bearer)
+    identity_token = "refresh-9f2c6e0d1b7a4e55"
+    tokens.refresh_tokens[identity_token] = REGISTRY_USER
+    bin_dir = tmp_path / "helpers"
+    asked = _credential_helper(bin_dir, "mprovtest", {
+        registry_auth.host: (REGISTRY_USER, REGISTRY_PASSWORD),
+        registry_token.host: ("<token>", identity_token),
+    })
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    docker = tmp_path / "home" / ".docker"
+    docker.mkdir(parents=True, exist_ok=True)
+    # the auths entry for the Basic registry holds a wrong password: the helper named for the host wins
+    wrong = base64.b64encode(f"{REGISTRY_USER}:wrong".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({
+        "auths": {registry_auth.host: {"auth": wrong}},
+        "credHelpers": {registry_auth.host: "mprovtest"},
+        "credsStore": "mprovtest",
+    }))
+
+    basic = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--json", env=env)
+    assert basic.code == 0, basic.stderr
+    assert Path(basic.json()["local_path"]).read_bytes() == gguf_bytes
+    assert asked.read_text().splitlines() == [f"get {registry_auth.host}"]
+
+    tokens.issued.clear()
+    stored = cli("ensure", f"oci://{registry_token.host}/private/store:v1", "--json", env=env)
+    assert stored.code == 0, stored.stderr
+    assert [t["user"] for t in tokens.issued] == [REGISTRY_USER]  # by POST with the identity token
+    assert asked.read_text().splitlines()[-1] == f"get {registry_token.host}"
+
+    # warm: no registry request, so no helper run
+    before = asked.read_text()
+    assert cli("ensure", f"oci://{registry_token.host}/private/store:v1", env=env).code == 0
+    assert asked.read_text() == before
+
+    # an identity token the token service does not know: refused, exit 5, naming where the login came from
+    tokens.refresh_tokens.clear()
+    revoked = cli("ensure", f"oci://{registry_token.host}/private/store:v1", "--refresh", env=env)
+    assert revoked.code == 5, revoked.stderr
+    assert "docker-credential-mprovtest" in revoked.stderr and registry_token.host in revoked.stderr
+
+    # the helper has no login for this host: anonymous, refused with the registry named (exit 5)
+    (bin_dir / "store.json").write_text("{}")
+    (docker / "config.json").write_text(json.dumps({"credsStore": "mprovtest"}))
+    anonymous = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--refresh", env=env)
+    assert anonymous.code == 5 and registry_auth.host in anonymous.stderr, anonymous.stderr
+
+    # a helper that is not installed: exit 2, naming the helper and the config file
+    (docker / "config.json").write_text(json.dumps({"credHelpers": {registry_auth.host: "nosuch"}}))
+    missing = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--refresh", env=env)
+    assert missing.code == 2, missing.stderr
+    assert "docker-credential-nosuch" in missing.stderr and "config.json" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    texts = [r.stdout + r.stderr for r in (basic, stored, revoked, anonymous, missing)]
+    texts += [p.read_bytes().decode("latin-1") for p in cache_dir.rglob("*") if p.is_file()]
+    assert not any(identity_token in t or REGISTRY_PASSWORD in t for t in texts)
+
+
 def test_credentials_from_settings_file(registry_auth: Any, cli: Any, gguf_bytes: bytes, settings_file: Any) -> None:
     import httpx
 

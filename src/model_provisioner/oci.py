@@ -6,8 +6,9 @@ here.
 
 - Auth: anonymous first; on ``401`` the ``WWW-Authenticate`` challenge decides. ``Bearer realm=…`` gets a
   token from the realm (which may be on another host; the policy is checked first), with Basic credentials
-  when we have them; ``Basic`` sends them directly. Credentials come from the settings
-  (``oci_credentials``) or from ``$DOCKER_CONFIG/config.json`` / ``~/.docker/config.json`` (``auths``).
+  when we have them (an identity token is exchanged by OAuth2 POST instead); ``Basic`` sends them directly.
+  Credentials come from the settings (``oci_credentials``) or from the Docker config: credential helpers,
+  the credential store or ``auths`` (``dockercreds.py``), looked up only when a registry asks.
 - Transport: ``https://`` except for loopback registries and hosts listed in ``oci_plain_http`` (as
   Docker's insecure registries).
 - Manifests: ``Accept`` covers OCI manifest, OCI index and Docker v2 manifest/list. A manifest pulled by
@@ -21,7 +22,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from .dockercreds import RegistryLogin, docker_login
 from .errors import CorruptModel, NotFound, PolicyDenied, TransferFailed
 from .redact import redact_text, redact_url
 
@@ -146,32 +147,6 @@ def _is_loopback(host: str) -> bool:
     return name in ("localhost", "[::1]") or name.startswith("127.")
 
 
-def docker_config_credentials(registry: str) -> tuple[str, str] | None:
-    """Basic credentials for ``registry`` from the Docker config file (``auths``), if any."""
-    base = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
-    path = Path(base) / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    for key in (registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/"):
-        entry = auths.get(key)
-        if not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("auth"), str):
-            try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            return user, password
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return entry["username"], entry["password"]
-    return None
-
-
 class RegistryClient:
     """One registry host. Thread-safe for reads; tokens are cached per scope."""
 
@@ -180,15 +155,23 @@ class RegistryClient:
         self.settings = settings
         plain = _is_loopback(registry) or registry in settings.oci_plain_http
         self.base = f"{'http' if plain else 'https'}://{registry}"
-        creds = settings.oci_credentials.get(registry)
-        self.credentials: tuple[str, str] | None = creds if creds else docker_config_credentials(registry)
-        self.credential_source = (
-            "the settings file (oci_credentials)"
-            if creds
-            else ("the Docker config file" if self.credentials else "no credentials")
-        )
+        self._login: RegistryLogin | None = None
+        self._login_resolved = False
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._client: httpx.Client | None = None
+
+    @property
+    def login(self) -> RegistryLogin | None:
+        """The settings' ``oci_credentials``, else the Docker config (helpers, store, ``auths``); resolved on
+        the first challenge only, so a warm or anonymous pull never runs a credential helper."""
+        if not self._login_resolved:
+            creds = self.settings.oci_credentials.get(self.registry)
+            if creds:
+                self._login = RegistryLogin(creds[0], creds[1], "the settings file (oci_credentials)")
+            else:
+                self._login = docker_login(self.registry)
+            self._login_resolved = True
+        return self._login
 
     # ----------------------------------------------------------------------------------- plumbing
     @property
@@ -275,9 +258,10 @@ class RegistryClient:
                 continue
             if status == 401 or status == 403:
                 response.close()
+                login = self.login
                 who = (
-                    f"the credentials from {self.credential_source} were refused"
-                    if self.credentials
+                    f"the credentials from {login.source} were refused"
+                    if login
                     else "it needs credentials and none were found"
                 )
                 raise PolicyDenied(
@@ -313,13 +297,19 @@ class RegistryClient:
 
         scheme = challenge.split(" ", 1)[0].lower()
         params = dict(_CHALLENGE_RE.findall(challenge))
+        login = self.login
         if scheme == "basic":
-            if self.credentials is None:
+            if login is None:
                 raise PolicyDenied(
                     f"registry {self.registry} requires a login and no credentials were found; run "
                     f"`docker login {self.registry}` or add oci_credentials to the settings"
                 )
-            self._auth[scope] = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+            if login.is_identity_token:
+                raise PolicyDenied(
+                    f"registry {self.registry} asks for a password, but {login.source} holds an identity token; "
+                    f"run `docker login {self.registry}` with a password or add oci_credentials to the settings"
+                )
+            self._auth[scope] = "Basic " + base64.b64encode(f"{login.username}:{login.secret}".encode()).decode()
             return
         if scheme != "bearer" or "realm" not in params:
             raise TransferFailed(f"registry {self.registry} sent an auth challenge this client cannot answer")
@@ -327,11 +317,21 @@ class RegistryClient:
         query = {"service": params.get("service", ""), "scope": params.get("scope") or scope}
         url = realm + ("&" if "?" in realm else "?") + urlencode({k: v for k, v in query.items() if v})
         self._check_host(url)
-        auth = None
-        if self.credentials is not None:
-            auth = httpx.BasicAuth(*self.credentials)
+        if login is not None and login.is_identity_token:
+            # OAuth2 (distribution's token spec): the identity token is a refresh token, exchanged by POST
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": login.secret,
+                "client_id": "model-provisioner",
+                **{k: v for k, v in query.items() if v},
+            }
+            request = self.client.build_request("POST", realm, data=form)
+            auth: httpx.Auth | None = None
+        else:
+            request = self.client.build_request("GET", url)
+            auth = httpx.BasicAuth(login.username, login.secret) if login is not None else None
         try:
-            response = self.client.send(self.client.build_request("GET", url), auth=auth, stream=True)
+            response = self.client.send(request, auth=auth, stream=True)
             try:
                 raw = _read_at_most(response, 1 << 20)
             finally:
@@ -343,7 +343,7 @@ class RegistryClient:
         if response.status_code in (401, 403):
             raise PolicyDenied(
                 f"registry {self.registry}: the token service {redact_url(realm)} refused "
-                + (f"the credentials from {self.credential_source}" if self.credentials else "anonymous access")
+                + (f"the credentials from {login.source}" if login is not None else "anonymous access")
                 + f" for {query['scope']}; run `docker login {self.registry}` or add oci_credentials to the settings"
             )
         try:

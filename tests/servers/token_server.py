@@ -37,6 +37,8 @@ class TokenServer:
 
         self.users = users
         self.issued: list[dict[str, Any]] = []
+        #: OAuth2 refresh tokens ("identity tokens" in Docker's words) this service accepts: token -> user
+        self.refresh_tokens: dict[str, str] = {}
         #: token lifetime; the registry allows 60 s of clock skew past ``exp``, so -57 means "dead in 3 s"
         self.ttl_s = 300
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -66,6 +68,9 @@ class TokenServer:
             def do_GET(self) -> None:
                 server._handle(self)
 
+            def do_POST(self) -> None:
+                server._handle_oauth(self)
+
         self.httpd = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.realm = f"http://127.0.0.2:{self.port}/token"
@@ -88,18 +93,35 @@ class TokenServer:
         signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return signing_input + "." + _b64(signature)
 
+    def _refuse(self, h: BaseHTTPRequestHandler, status: int = 401) -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        """GET: the token spec's Basic-or-anonymous token request."""
         query = parse_qs(urlsplit(h.path).query)
         user = None
         header = h.headers.get("Authorization", "")
         if header.startswith("Basic "):
             name, _, password = base64.b64decode(header[6:]).decode().partition(":")
             if self.users.get(name) != password:
-                h.send_response(401)
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return
+                return self._refuse(h)
             user = name
+        self._grant(h, query, user, "token")
+
+    def _handle_oauth(self, h: BaseHTTPRequestHandler) -> None:
+        """POST: the OAuth2 form (distribution's oauth spec); only the refresh_token grant is offered."""
+        length = int(h.headers.get("Content-Length") or 0)
+        form = parse_qs(h.rfile.read(length).decode())
+        if form.get("grant_type") != ["refresh_token"] or not form.get("client_id"):
+            return self._refuse(h, 400)
+        user = self.refresh_tokens.get((form.get("refresh_token") or [""])[0])
+        if user is None:
+            return self._refuse(h)
+        self._grant(h, form, user, "access_token")
+
+    def _grant(self, h: BaseHTTPRequestHandler, query: dict[str, list[str]], user: str | None, key: str) -> None:
         access = []
         for scope in query.get("scope", []):
             kind, _, rest = scope.partition(":")
@@ -111,7 +133,7 @@ class TokenServer:
         claims = {"iss": ISSUER, "sub": user or "", "aud": SERVICE, "exp": now + self.ttl_s, "nbf": now - 120,
                   "iat": now, "jti": uuid.uuid4().hex, "access": access}
         self.issued.append({"user": user, "access": access})
-        body = json.dumps({"token": self._sign(claims), "expires_in": 300}).encode()
+        body = json.dumps({key: self._sign(claims), "expires_in": 300}).encode()
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(body)))
