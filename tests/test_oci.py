@@ -90,6 +90,49 @@ def test_modelpack_tar_layers_give_a_transformers_view(registry: Any, cli: Any, 
     assert out["metadata"]["model_type"] == "llama"
 
 
+def test_a_tar_layer_shared_by_two_models_is_fetched_once(registry: Any, cli: Any) -> None:
+    """The archive is dropped after unpacking, but what it held is remembered: a second model with the
+    same layer (another tag, another quantization sharing the tokenizer layer) is laid out from the
+    store. gc forgets the record once the files are gone, and the layer is fetched again when needed."""
+    shared = tar_bytes({"tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b"{}"},
+                       compression="gzip")
+    shared_digest = sha(shared)
+    media = "application/vnd.cncf.model.weight.v1.tar+gzip"
+    refs = []
+    for seed in (1, 2):
+        weights = tar_bytes({"config.json": json.dumps({"model_type": "llama", "seed": seed}).encode(),
+                             "model.safetensors": safetensors_bytes(3000, seed=seed)}, compression="gzip")
+        push_artifact(registry.url, f"team/shared-{seed}", "v1", [(weights, media, {}), (shared, media, {})],
+                      config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+        refs.append(f"oci://{registry.host}/team/shared-{seed}:v1")
+
+    first = cli("ensure", refs[0], "--json")
+    assert first.code == 0, first.stderr
+    second = cli("ensure", refs[1], "--json")
+    assert second.code == 0, second.stderr
+    assert registry.blob_gets(shared_digest) == 1  # the second model's copy came from the store
+    for out in (first.json(), second.json()):
+        assert (Path(out["local_path"]) / "tokenizer.json").read_bytes() == b'{"version": "1.0"}'
+    assert cli("verify", second.json()["id"]).code == 0
+
+    # the first model goes; the second still holds the files: the record stays and serves a re-pull
+    assert cli("rm", first.json()["id"]).code == 0
+    assert cli("gc").code == 0
+    again = cli("ensure", refs[0], "--json")
+    assert again.code == 0, again.stderr
+    assert registry.blob_gets(shared_digest) == 1
+
+    # both go: gc takes the files and the record with them; the next pull fetches the layer again
+    assert cli("rm", first.json()["id"]).code == 0 and cli("rm", second.json()["id"]).code == 0
+    gc = cli("gc", "--json")
+    assert gc.code == 0, gc.stderr
+    assert shared_digest.split(":")[1] in gc.stdout  # the layer record is forgotten
+    last = cli("ensure", refs[1], "--json")
+    assert last.code == 0, last.stderr
+    assert registry.blob_gets(shared_digest) == 2
+    assert (Path(last.json()["local_path"]) / "tokenizer_config.json").read_bytes() == b"{}"
+
+
 def test_docker_model_runner_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
     push_artifact(
         registry.url, "ai/tiny", "latest",

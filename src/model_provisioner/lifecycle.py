@@ -266,6 +266,9 @@ def gc(
                     report.add("blob", blob.name, size)
                     if not dry_run:
                         os.unlink(blob.path)
+        # 3b. the record of an unpacked layer whose files went with step 3: the layer is fetched again if needed
+        for layer in prov.store.prune_unpacked(dry_run):
+            report.add("layer-record", layer, 0)
         # 4. views nothing points at (and leftovers of interrupted view builds)
         _gc_views(prov, report, dry_run)
         # 5. partial downloads older than the grace period whose lock is free

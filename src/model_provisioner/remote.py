@@ -269,6 +269,10 @@ def _fetch_all(
 
     def one(file: RemoteFile) -> TransferOutcome:
         name = ref.id if plan.layout == "file" else f"{ref.id} [{file.path}]"
+        if file.unpack and file.sha256 and not plan.conditional and prov.store.unpacked_members(file.sha256):
+            # an archive layer already unpacked for another model: its files are in the store, verified
+            blob = prov.store.blob_path(file.sha256)
+            return TransferOutcome(file.sha256, file.size or 0, blob, 0, source="unpacked layer")
         if prov.settings.adopt_caches and file.sha256 and not prov.store.has_blob(file.sha256):
             _adopt_from_other_caches(prov, file.sha256, name)
         spec = TransferSpec(
@@ -336,18 +340,23 @@ def _materialise(
             files[file.path] = EntryFile(file.path, outcome.sha256, outcome.size)
             continue
         where = f"{ref.id} [layer sha256:{outcome.sha256[:12]}]"
-        try:
-            members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
-        except FileNotFoundError:
-            # another model sharing this layer unpacked it and dropped the archive meanwhile: fetch it again
-            spec = TransferSpec(file.sources, name=where, expected_size=file.size, expected_sha256=file.sha256)
-            outcome = prov.engine.fetch(spec)
-            members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+        members = prov.store.unpacked_members(outcome.sha256)
+        if members is None:
+            try:
+                members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+            except FileNotFoundError:
+                # another model sharing this layer unpacked it and dropped the archive meanwhile
+                members = prov.store.unpacked_members(outcome.sha256)
+                if members is None:
+                    spec = TransferSpec(file.sources, name=where, expected_size=file.size, expected_sha256=file.sha256)
+                    outcome = prov.engine.fetch(spec)
+                    members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+            prov.store.record_unpacked(outcome.sha256, members)
         for path, sha_hex, size in members:
             if path in files:
                 raise CorruptModel(ref.id, f"{path!r} is in more than one layer")
             files[path] = EntryFile(path, sha_hex, size)
-        if prov.catalog.blob_refcount(outcome.sha256) == 0:
+        if prov.store.has_blob(outcome.sha256) and prov.catalog.blob_refcount(outcome.sha256) == 0:
             prov.store.remove_blob(outcome.sha256)  # the archive itself is not part of any view
     if not files:
         raise CorruptModel(ref.id, "the source holds no files")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -20,6 +22,8 @@ from typing import IO, Any
 from . import failpoints
 from .digest import Digest
 from .errors import DigestMismatch, InsufficientSpace, InvalidInput
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 BLOB_MODE = 0o444
 COPY_CHUNK = 1 << 20
@@ -61,6 +65,8 @@ class BlobStore:
         self.blobs_dir = self.root / "blobs" / "sha256"
         self.partial_dir = self.root / "partial"
         self.locks_dir = self.root / "locks"
+        #: what each unpacked archive layer held: ``<layer hex>.json`` = [[path, blob hex, size], ...]
+        self.layers_dir = self.root / "blobs" / "layers"
 
     def ensure_layout(self) -> None:
         for directory in (self.blobs_dir, self.partial_dir, self.locks_dir):
@@ -176,6 +182,60 @@ class BlobStore:
             return blob, actual.sha256.hex, actual.size_bytes
         finally:
             tmp.unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------- unpacked layers
+    def record_unpacked(self, archive_hex: str, members: list[tuple[str, str, int]]) -> None:
+        """Remember what archive ``archive_hex`` unpacked to, so the archive itself need not be kept: another
+        model sharing the layer (a second tag, a shared tokenizer layer) is laid out from the blobs."""
+        Digest.sha256(archive_hex)
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.layers_dir / f".{archive_hex}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps([list(m) for m in members]))
+        os.replace(tmp, self.layers_dir / f"{archive_hex}.json")
+
+    def unpacked_members(self, archive_hex: str) -> list[tuple[str, str, int]] | None:
+        """The recorded members of an unpacked archive when every one of their blobs is still in the store."""
+        Digest.sha256(archive_hex)
+        try:
+            raw = json.loads((self.layers_dir / f"{archive_hex}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(raw, list) or not raw:
+            return None
+        members: list[tuple[str, str, int]] = []
+        for item in raw:
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and isinstance(item[1], str)
+                and _HEX64.fullmatch(item[1])
+                and isinstance(item[2], int)
+            ):
+                return None
+            blob = self.blobs_dir / item[1]
+            try:
+                if blob.stat().st_size != item[2]:
+                    return None
+            except OSError:
+                return None
+            members.append((item[0], item[1], item[2]))
+        return members
+
+    def prune_unpacked(self, dry_run: bool = False) -> list[str]:
+        """Forget layers whose member blobs are gone (gc took them); returns the layer digests forgotten."""
+        gone: list[str] = []
+        if not self.layers_dir.is_dir():
+            return gone
+        for item in os.scandir(self.layers_dir):
+            name = item.name
+            if name.endswith(".json") and _HEX64.fullmatch(name[:-5]) and self.unpacked_members(name[:-5]) is None:
+                gone.append(name[:-5])
+                if not dry_run:
+                    os.unlink(item.path)
+            elif name.endswith(".tmp") and not dry_run:
+                os.unlink(item.path)  # a write a crash interrupted
+        return gone
 
     def remove_blob(self, sha256_hex: str) -> int:
         path = self.blob_path(sha256_hex)

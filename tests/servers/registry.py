@@ -7,6 +7,7 @@ Docker Hub and GHCR do. Started by the tests, stopped when they end.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -40,7 +41,7 @@ class Registry:
 log:
   level: error
   accesslog:
-    disabled: true
+    disabled: false
 storage:
   filesystem:
     rootdirectory: {workdir / 'data'}
@@ -67,6 +68,16 @@ http:
         """Where the registry keeps a blob on disk (to corrupt it in a test)."""
         hex_ = digest.split(":", 1)[1]
         return self.workdir / "data" / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
+
+    def blob_gets(self, digest: str) -> int:
+        """How many times the registry served that blob's bytes (GET with 200/206, from its access log)."""
+        self.log.flush()
+        needle = '"GET /v2/'
+        count = 0
+        for line in (self.workdir / "registry.log").read_text(errors="replace").splitlines():
+            if needle in line and f"/blobs/{digest} " in line and re.search(r'" (200|206) ', line):
+                count += 1
+        return count
 
     def close(self) -> None:
         stop_process(self.proc)
