@@ -263,11 +263,14 @@ store = json.loads((here / "store.json").read_text())
 if sys.argv[1] != "get" or server not in store:
     print("credentials not found in native keychain")
     sys.exit(1)
+if store[server] == "locked":
+    print("error: the keychain is locked", file=sys.stderr)
+    sys.exit(3)
 print(json.dumps({{"ServerURL": server, "Username": store[server][0], "Secret": store[server][1]}}))
 """
 
 
-def _credential_helper(bin_dir: Path, name: str, store: dict[str, tuple[str, str]]) -> Path:
+def _credential_helper(bin_dir: Path, name: str, store: dict[str, Any]) -> Path:
     """Install docker-credential-<name> in ``bin_dir``; returns its log of what it was asked."""
     import sys
 
@@ -345,6 +348,12 @@ def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: 
     anonymous = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--refresh", env=env)
     assert anonymous.code == 5 and registry_auth.host in anonymous.stderr, anonymous.stderr
 
+    # a helper that fails: exit 5 with its own words and its name
+    (bin_dir / "store.json").write_text(json.dumps({registry_auth.host: "locked"}))
+    locked = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--refresh", env=env)
+    assert locked.code == 5, locked.stderr
+    assert "docker-credential-mprovtest" in locked.stderr and "keychain is locked" in locked.stderr
+
     # a helper that is not installed: exit 2, naming the helper and the config file
     (docker / "config.json").write_text(json.dumps({"credHelpers": {registry_auth.host: "nosuch"}}))
     missing = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--refresh", env=env)
@@ -352,7 +361,7 @@ def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: 
     assert "docker-credential-nosuch" in missing.stderr and "config.json" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 
-    texts = [r.stdout + r.stderr for r in (basic, stored, revoked, anonymous, missing)]
+    texts = [r.stdout + r.stderr for r in (basic, stored, revoked, anonymous, locked, missing)]
     texts += [p.read_bytes().decode("latin-1") for p in cache_dir.rglob("*") if p.is_file()]
     assert not any(identity_token in t or REGISTRY_PASSWORD in t for t in texts)
 

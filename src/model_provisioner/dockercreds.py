@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, PolicyDenied
+from .redact import redact_text
 
 IDENTITY_TOKEN_USER = "<token>"
 _HELPER_TIMEOUT_S = 60.0
@@ -131,7 +132,7 @@ def _from_helper(name: str, server: str, path: Path, field_name: str) -> Registr
         said = (done.stdout.strip() or done.stderr.strip()).splitlines()
         if said and "credentials not found" in said[0].lower():
             return None  # the helpers' documented "no login for this server"
-        first = said[0][:200] if said else f"exit code {done.returncode}"
+        first = redact_text(said[0][:200]) if said else f"exit code {done.returncode}"
         raise PolicyDenied(
             f"credential helper {program} failed for {server}: {first}; check its login (e.g. log in again)"
         )
