@@ -220,6 +220,22 @@ def test_traversal_in_annotations_and_tar_members_is_refused(
     assert views == [], views
 
 
+def _pushing_with_a_token(tokens: Any) -> Any:
+    """httpx auth for the test's own pushes to the token-auth registry: a push token for the repository
+    each request names, from the token service with the test user's password."""
+    import httpx
+
+    def bearer(request: httpx.Request) -> httpx.Request:
+        repository = "/".join(request.url.path.split("/")[2:4])
+        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
+                                                "scope": f"repository:{repository}:pull,push"},
+                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    return bearer
+
+
 def _docker_config(home: Path, host: str, user: str, password: str) -> None:
     (home / ".docker").mkdir(parents=True, exist_ok=True)
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -294,14 +310,7 @@ def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: 
     _modelpack_gguf(registry_auth, "private/helper", gguf_bytes, auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
     tokens = registry_token.tokens
 
-    def bearer(request: httpx.Request) -> httpx.Request:
-        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
-                                                "scope": "repository:private/store:pull,push"},
-                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
-        request.headers["Authorization"] = f"Bearer {token}"
-        return request
-
-    _modelpack_gguf(registry_token, "private/store", gguf_bytes, auth=bearer)
+    _modelpack_gguf(registry_token, "private/store", gguf_bytes, auth=_pushing_with_a_token(tokens))
     identity_token = "refresh-9f2c6e0d1b7a4e55"
     tokens.refresh_tokens[identity_token] = REGISTRY_USER
     bin_dir = tmp_path / "helpers"
@@ -408,19 +417,10 @@ def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_byte
 
 def test_bearer_token_auth_with_the_realm_on_another_host(registry_token: Any, cli: Any, gguf_bytes: bytes,
                                                           tmp_path: Path, cache_dir: Path) -> None:
-    import httpx
 
     tokens = registry_token.tokens
-
-    def bearer(request: httpx.Request) -> httpx.Request:
-        scope = f"repository:{request.url.path.split('/')[2]}/{request.url.path.split('/')[3]}:pull,push"
-        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry", "scope": scope},
-                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
-        request.headers["Authorization"] = f"Bearer {token}"
-        return request
-
-    _modelpack_gguf(registry_token, "private/tiny", gguf_bytes, auth=bearer)
-    _modelpack_gguf(registry_token, "public/tiny", gguf_bytes, auth=bearer)
+    _modelpack_gguf(registry_token, "private/tiny", gguf_bytes, auth=_pushing_with_a_token(tokens))
+    _modelpack_gguf(registry_token, "public/tiny", gguf_bytes, auth=_pushing_with_a_token(tokens))
     assert registry_token.host.startswith("127.0.0.1:") and tokens.realm.startswith("http://127.0.0.2:")
 
     # anonymous: a public repository is pulled with an anonymous token; a private one is refused (exit 5)
@@ -534,18 +534,9 @@ def test_an_expired_registry_token_is_renewed_mid_pull(registry_token: Any, cli:
     import threading
     import time
 
-    import httpx
 
     tokens = registry_token.tokens
-
-    def bearer(request: httpx.Request) -> httpx.Request:
-        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
-                                                "scope": "repository:public/expiring:pull,push"},
-                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
-        request.headers["Authorization"] = f"Bearer {token}"
-        return request
-
-    _modelpack_gguf(registry_token, "public/expiring", gguf_bytes, auth=bearer)
+    _modelpack_gguf(registry_token, "public/expiring", gguf_bytes, auth=_pushing_with_a_token(tokens))
     tokens.ttl_s = -57  # valid for ~3 s given the registry's 60 s leeway
     tokens.issued.clear()
     marker = tmp_path / "paused"
