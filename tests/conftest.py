@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,3 +259,62 @@ def registry_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield server
     server.close()
     tokens.close()
+
+
+# ---------------------------------------------------------------------------------- the HTTP API server
+TOKEN = "s3cr3t-api-token-value"
+
+
+class Api:
+    def __init__(self, proc: subprocess.Popen[str], url: str, stderr_path: Path, token: str | None) -> None:
+        self.proc, self.url, self.stderr_path = proc, url, stderr_path
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=60)
+
+    def logs(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture
+def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
+    started: list[Api] = []
+
+    def start(*, token: str | None = TOKEN, settings: dict[str, Any] | None = None, host: str = "127.0.0.1",
+              env: dict[str, str] | None = None) -> Api:
+        # the test servers all listen on loopback, which the API refuses to reach by default (SSRF)
+        data = {"transfer": FAST_TRANSFER, "log_format": "json", "api_allow_networks": ["127.0.0.0/8"],
+                **(settings or {})}
+        settings_path = tmp_path / f"api-settings-{len(started)}.json"
+        settings_path.write_text(json.dumps(data))
+        from .servers.nginx import free_port
+
+        port = free_port()
+        full_env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_path), **(env or {})}
+        if token:
+            full_env["MODEL_PROVISIONER_API_TOKEN"] = token
+        stderr_path = tmp_path / f"api-{port}.log"
+        with open(stderr_path, "w") as log_file:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve", "--host", host,
+                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log_file, env=full_env, text=True)
+        api = Api(proc, f"http://127.0.0.1:{port}", stderr_path, token)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if api.client.get("/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, api.logs()
+            time.sleep(0.05)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.proc.terminate()
+        try:
+            api.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            api.proc.kill()
+        api.client.close()

@@ -228,8 +228,7 @@ def test_custom_code_is_flagged_and_not_trusted_by_default(net: Any, hub: Any, t
     assert resolved.metadata["trust_remote_code"] is True and "custom code" in caplog.text
     handoff = json.loads(write_engine_handoff(tmp_path / "o", "vllm", resolved).read_text())
     assert handoff["model"]["trust_remote_code"] is False
-    allowed = net(hub.url, allow_remote_code=True).ensure_present("hf:org/custom", refresh=True)
-    handoff = json.loads(write_engine_handoff(tmp_path / "o2", "vllm", allowed).read_text())
+    handoff = json.loads(write_engine_handoff(tmp_path / "o2", "vllm", resolved, allow_remote_code=True).read_text())
     assert handoff["model"]["trust_remote_code"] is True
 
 

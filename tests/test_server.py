@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,64 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import EXAMPLE_GGUF, FAST_TRANSFER, run_cli
+from .conftest import EXAMPLE_GGUF, FAST_TRANSFER, TOKEN, run_cli
 from .servers.fileserver import Fault
 from .servers.nginx import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
-TOKEN = "s3cr3t-api-token-value"
-
-
-class Api:
-    def __init__(self, proc: subprocess.Popen[str], url: str, stderr_path: Path, token: str | None) -> None:
-        self.proc, self.url, self.stderr_path = proc, url, stderr_path
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=url, headers=headers, timeout=60)
-
-    def logs(self) -> str:
-        return self.stderr_path.read_text()
-
-
-@pytest.fixture
-def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
-    started: list[Api] = []
-
-    def start(*, token: str | None = TOKEN, settings: dict[str, Any] | None = None, host: str = "127.0.0.1",
-              env: dict[str, str] | None = None) -> Api:
-        data = {"transfer": FAST_TRANSFER, "log_format": "json", **(settings or {})}
-        settings_path = tmp_path / f"api-settings-{len(started)}.json"
-        settings_path.write_text(json.dumps(data))
-        port = free_port()
-        full_env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_path), **(env or {})}
-        if token:
-            full_env["MODEL_PROVISIONER_API_TOKEN"] = token
-        stderr_path = tmp_path / f"api-{port}.log"
-        with open(stderr_path, "w") as log_file:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve", "--host", host,
-                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log_file, env=full_env, text=True)
-        api = Api(proc, f"http://127.0.0.1:{port}", stderr_path, token)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if api.client.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, api.logs()
-            time.sleep(0.05)
-        started.append(api)
-        return api
-
-    yield start
-    for api in started:
-        api.proc.terminate()
-        try:
-            api.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            api.proc.kill()
-        api.client.close()
 
 
 def test_openapi_document_is_current_and_has_examples(api_factory: Any) -> None:

@@ -30,8 +30,10 @@ class Lifecycle(StrEnum):
     FAILED = "Failed"
 
 
-#: (st_dev, st_ino, st_size, st_mtime_ns): decides whether a file must be re-hashed
-Fingerprint = tuple[int, int, int, int]
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): decides whether a file must be re-hashed. ctime is
+#: in it because it cannot be set back: an edit with the mtime restored still shows (a row written before
+#: ctime was recorded has four fields and never matches, so that file is re-hashed once)
+Fingerprint = tuple[int, ...]
 
 
 def now_ms() -> int:
@@ -552,7 +554,7 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         last_verified_ms=row[11],
         created_ms=row[12],
         last_used_ms=row[13],
-        fingerprint=(fp[0], fp[1], fp[2], fp[3]) if fp else None,
+        fingerprint=tuple(int(v) for v in fp) if fp else None,
         metadata=json.loads(row[15]),
         blob=row[16],
         error=row[17],

@@ -50,6 +50,14 @@ class TransferSettings:
     stall_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     ca_bundle: str | None = None
+    #: follow a redirect from https to plain http (never with credentials); off: such a redirect is an error
+    allow_https_downgrade: bool = False
+    #: a connection delivering less than this over ``min_rate_window_s`` is treated as stalled (slow-loris:
+    #: one byte every few seconds is never a read timeout); 0 turns the floor off
+    min_rate_bytes_per_s: float = 1024.0
+    min_rate_window_s: float = 60.0
+    #: no file may take longer than this in all, retries included (None: no deadline)
+    file_deadline_s: float | None = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,10 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: HTTP API: file: refs are accepted only under these directories
     api_file_roots: tuple[str, ...] = ()
+    #: HTTP API: requests may not make the server connect to internal addresses (loopback, private,
+    #: link-local, metadata) except these CIDRs, host globs or exact host:port (the operator's own endpoints
+    #: from these settings are always admitted)
+    api_allow_networks: tuple[str, ...] = ()
     #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
     api_handoff_dir: str | None = None
     #: OCI registries reached over plain http (loopback registries always are), like Docker's insecure registries
@@ -165,6 +177,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "metrics_textfile": str,
     "api_token": str,
     "api_file_roots": list,
+    "api_allow_networks": list,
     "api_handoff_dir": str,
     "oci_plain_http": list,
     "s3_endpoint_url": str,
@@ -185,6 +198,10 @@ _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "stall_timeout_s": (int, float),
     "connect_timeout_s": (int, float),
     "ca_bundle": str,
+    "allow_https_downgrade": bool,
+    "min_rate_bytes_per_s": (int, float),
+    "min_rate_window_s": (int, float),
+    "file_deadline_s": (int, float),
 }
 _POLICY_TYPES: dict[str, type | tuple[type, ...]] = {
     "allow": list,
@@ -335,3 +352,30 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     if engine is not None and engine not in ENGINES:
         raise ConfigError(path, "engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}")
     return ModelConfig(path=path, model_ref=model_ref, expected_digest=digest, strict=strict, engine=engine)
+
+
+def api_settings(settings: Settings) -> Settings:
+    """The settings requests through the HTTP API run under: the same, except that a caller cannot make the
+    server connect to internal addresses (SSRF) other than ``api_allow_networks`` and the endpoints the
+    operator configured here (Hub endpoint and mirrors, https mirrors, team mirrors, the S3 endpoint)."""
+    from urllib.parse import urlsplit
+
+    urls = [settings.hf_endpoint, *settings.hf_mirrors, *(m.mirror for m in settings.https_mirrors)]
+    if settings.s3_endpoint_url:
+        urls.append(settings.s3_endpoint_url)
+    allowed = list(settings.api_allow_networks)
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+        except ValueError:
+            continue
+        if parts.hostname and port:
+            allowed.append(f"{parts.hostname}:{port}")
+    for root in settings.model_mirrors:
+        if root.startswith("oci://"):
+            registry = root[len("oci://") :].split("/", 1)[0]
+            allowed.append(registry if ":" in registry else f"{registry}:443")
+    policy = replace(settings.policy, block_internal=True, internal_allow=tuple(allowed))
+    return replace(settings, policy=policy)
+

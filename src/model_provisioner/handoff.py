@@ -62,8 +62,18 @@ def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def write_engine_handoff(out_dir: str | os.PathLike[str], engine: str, resolved: ResolvedModel) -> Path:
-    """Write ``<out>/.runtime/engines/<engine>.json`` for ``resolved``; returns its path."""
+def trust_remote_code(resolved: ResolvedModel, allow_remote_code: bool) -> bool:
+    """Custom code runs only when the repo needs it AND the settings in force now allow it: decided each time a
+    handoff is written, never remembered from the day the repo was downloaded."""
+    return bool(resolved.metadata.get("trust_remote_code")) and allow_remote_code
+
+
+def write_engine_handoff(
+    out_dir: str | os.PathLike[str], engine: str, resolved: ResolvedModel, *, allow_remote_code: bool = False
+) -> Path:
+    """Write ``<out>/.runtime/engines/<engine>.json`` for ``resolved``; returns its path.
+
+    ``allow_remote_code`` is the operator's setting in force now (``Settings.allow_remote_code``)."""
     engine = choose_engine(resolved, engine)
     meta = resolved.metadata
     metadata: dict[str, Any] = {
@@ -88,10 +98,7 @@ def write_engine_handoff(out_dir: str | os.PathLike[str], engine: str, resolved:
         "metadata": metadata,
     }
     if engine in ("vllm", "tgi"):
-        # custom code runs only when the repo needs it AND the operator allowed it (allow_remote_code)
-        payload["model"]["trust_remote_code"] = bool(meta.get("trust_remote_code")) and bool(
-            meta.get("remote_code_allowed")
-        )
+        payload["model"]["trust_remote_code"] = trust_remote_code(resolved, allow_remote_code)
         for key in ("revision", "repo_digest", "model_type", "architectures"):
             if meta.get(key) is not None:
                 metadata[key] = meta[key]
@@ -113,8 +120,11 @@ def append_provenance(
     bytes_fetched: int = 0,
     correlation_id: str | None = None,
     policy_label: str | None = None,
+    remote_code: bool | None = None,
 ) -> Path:
-    """Append one provenance line for this run to ``<out>/.runtime/provenance/models.jsonl``."""
+    """Append one provenance line for this run to ``<out>/.runtime/provenance/models.jsonl``.
+
+    ``remote_code`` is the trust_remote_code decision the handoff carried (None: not a transformers handoff)."""
     record = {
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "model_id": resolved.id,
@@ -130,6 +140,8 @@ def append_provenance(
         "correlation_id": correlation_id or current_correlation_id(),
         "policy_label": policy_label,
     }
+    if remote_code is not None:
+        record["trust_remote_code"] = remote_code
     path = Path(out_dir) / ".runtime" / "provenance" / "models.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
@@ -156,7 +168,9 @@ def provision_and_handoff(
     """ensure + handoff + provenance: what ``ensure --handoff-dir`` and ``provision`` do."""
     start = time.monotonic()
     resolved = provisioner.ensure_present(ref, expected_digest, strict, **ensure_options)
-    handoff = write_engine_handoff(out_dir, choose_engine(resolved, engine), resolved)
+    chosen = choose_engine(resolved, engine)
+    allowed = provisioner.settings.allow_remote_code
+    handoff = write_engine_handoff(out_dir, chosen, resolved, allow_remote_code=allowed)
     append_provenance(
         out_dir,
         resolved,
@@ -165,6 +179,7 @@ def provision_and_handoff(
         bytes_fetched=resolved.bytes_fetched,
         correlation_id=correlation_id,
         policy_label=provisioner.settings.policy.label,
+        remote_code=trust_remote_code(resolved, allowed) if chosen in ("vllm", "tgi") else None,
     )
     return resolved, handoff
 

@@ -265,7 +265,8 @@ def gc(
                     size = blob.stat().st_size
                     report.add("blob", blob.name, size)
                     if not dry_run:
-                        os.unlink(blob.path)
+                        prov.store.remove_blob(blob.name)
+        prov.store.prune_fingerprints(dry_run)
         # 3b. the record of an unpacked layer whose files went with step 3: the layer is fetched again if needed
         for layer in prov.store.prune_unpacked(dry_run):
             report.add("layer-record", layer, 0)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ProvisionerError
+from .safefs import check_plain_dir, open_in_cache, read_small
 
 
 class LockTimeout(ProvisionerError):
@@ -38,7 +39,8 @@ class FileLock:
 
     def try_acquire(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            # never a symlink or hard link planted in a shared cache: we truncate and write a pid into it
+            fd = open_in_cache(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES):
                 from .errors import ReadOnlyCache
@@ -82,9 +84,9 @@ class FileLock:
 
     def holder_pid(self) -> int | None:
         try:
-            text = self.path.read_text().strip()
+            text = read_small(self.path, 64).decode().strip()
             return int(text) if text else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, ProvisionerError):
             return None
 
     def release(self) -> None:
@@ -97,7 +99,7 @@ class FileLock:
 @contextlib.contextmanager
 def model_lock(locks_dir: Path, model_id: str, timeout_s: float) -> Iterator[bool]:
     """Single-flight for one model id: yields True when we waited for another holder."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+    _make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / _lock_file_name("model:" + model_id), f"the lock on {model_id}")
     waited = lock.acquire(timeout_s)
     try:
@@ -109,7 +111,7 @@ def model_lock(locks_dir: Path, model_id: str, timeout_s: float) -> Iterator[boo
 @contextlib.contextmanager
 def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
     """Global backpressure: at most ``slots`` fetches at once across threads and processes."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+    _make_locks_dir(locks_dir)
     candidates = [FileLock(locks_dir / f"fetch-slot-{i}.lock", "a fetch slot") for i in range(slots)]
     deadline = time.monotonic() + timeout_s
     delay = 0.005
@@ -133,11 +135,16 @@ def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
 STORE_LOCK = "store.lock"
 
 
+def _make_locks_dir(locks_dir: Path) -> None:
+    check_plain_dir(locks_dir)
+    locks_dir.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def store_in_use(locks_dir: Path, timeout_s: float) -> Iterator[None]:
     """Held (shared) by every ensure while it materialises: from its first blob to its catalog commit.
     gc takes the same lock exclusively, so it never deletes a blob an in-flight ensure is about to link."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+    _make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / STORE_LOCK, "the cache (gc is running)", shared=True)
     lock.acquire(timeout_s)
     try:
@@ -149,7 +156,7 @@ def store_in_use(locks_dir: Path, timeout_s: float) -> Iterator[None]:
 @contextlib.contextmanager
 def store_exclusive(locks_dir: Path, timeout_s: float) -> Iterator[bool]:
     """gc's side of ``store_in_use``: waits for in-flight ensures to finish; yields whether it waited."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
+    _make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / STORE_LOCK, "in-flight ensures to finish before gc")
     waited = lock.acquire(timeout_s)
     try:

@@ -32,6 +32,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from .dockercreds import RegistryLogin, docker_login
 from .errors import CorruptModel, NotFound, PolicyDenied, TransferFailed
+from .netguard import guarded_transport, origin_of, redirect_headers, resolves_to_loopback
 from .redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -142,9 +143,6 @@ def parse_manifest(raw: bytes, digest: str, media_type_header: str | None, where
     )
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in ("localhost", "[::1]") or name.startswith("127.")
 
 
 class RegistryClient:
@@ -153,7 +151,8 @@ class RegistryClient:
     def __init__(self, registry: str, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
-        plain = _is_loopback(registry) or registry in settings.oci_plain_http
+        # loopback decided on the resolved address: ``127.attacker.example`` is a name like any other
+        plain = registry in settings.oci_plain_http or resolves_to_loopback(registry)
         self.base = f"{'http' if plain else 'https'}://{registry}"
         self._login: RegistryLogin | None = None
         self._login_resolved = False
@@ -183,7 +182,7 @@ class RegistryClient:
             self._client = httpx.Client(
                 follow_redirects=False,
                 timeout=httpx.Timeout(t.stall_timeout_s, connect=t.connect_timeout_s),
-                verify=t.ca_bundle if t.ca_bundle else True,
+                transport=guarded_transport(self.settings.policy, verify=t.ca_bundle if t.ca_bundle else True),
                 trust_env=False,
                 headers={"User-Agent": "model-provisioner/0.1"},
             )
@@ -280,10 +279,12 @@ class RegistryClient:
             ):
                 response.close()
                 target = urljoin(url, response.headers["Location"])
-                if urlsplit(target).netloc != urlsplit(url).netloc:
-                    # a redirect to storage on another host: no registry credentials go there
+                if origin_of(target) != origin_of(url):
+                    # a redirect to storage on another origin: no registry credentials go there (nor over a
+                    # downgrade to plain http, which is refused unless the settings allow it)
+                    plain = redirect_headers(url, target, headers or {}, self.settings.transfer.allow_https_downgrade)
                     self._check_host(target)
-                    return self.client.send(self.client.build_request(method, target, headers=headers), stream=stream)
+                    return self.client.send(self.client.build_request(method, target, headers=plain), stream=stream)
                 redirects += 1
                 if redirects > 10:
                     raise TransferFailed(f"registry {self.registry}: too many redirects for {redact_url(url)}")

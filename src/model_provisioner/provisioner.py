@@ -118,7 +118,7 @@ class _Check:
 
 
 def fingerprint_of(st: os.stat_result) -> Fingerprint:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ModelProvisioner:
@@ -904,12 +904,25 @@ class ModelProvisioner:
             return  # registered in place: the user's file is never ours to delete
         tree = entry.metadata.get("view_dir")
         if isinstance(tree, str) and tree:
-            self.store.remove_tree(tree)
-        elif entry.local_path:
+            if not self.view_in_use(tree, entry.id):
+                self.store.remove_tree(tree)
+        elif entry.local_path and not self.view_in_use(entry.local_path, entry.id):
             self.store.remove_view(entry.local_path)
         if not keep_blob:
             for blob in {f.blob for f in files} | ({entry.blob} if entry.blob else set()):
                 self._drop_blob_if_unused(blob, entry.id)
+
+    def view_in_use(self, path: str, except_id: str) -> bool:
+        """Whether another entry is laid out at ``path`` (two ids for one file share one view, e.g.
+        ``hf:org/repo:Q4_K_M`` and ``hf:org/repo/<its file>``): a view is removed only when nothing uses it."""
+        for other in self.catalog.entries():
+            if other.id == except_id:
+                continue
+            if other.local_path == path or other.metadata.get("view_dir") == path:
+                return True
+            if Path(other.local_path).is_relative_to(path):
+                return True
+        return False
 
     def _drop_blob_if_unused(self, blob: str, except_id: str) -> None:
         if self.catalog.blob_refcount(blob, excluding=except_id) == 0:

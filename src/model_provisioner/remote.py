@@ -483,14 +483,13 @@ def _lay_out(
     meta = summarize(tree, [f.path for f in files])
     fmt = FormatInfo("transformers", meta)
     extra["view_dir"] = str(tree)
-    extra["remote_code_allowed"] = prov.settings.allow_remote_code
     if meta.get("trust_remote_code"):
         check.warnings.append(
             f"{ref.id} needs custom code (auto_map or *.py files); "
             + (
-                "allow_remote_code is on: the handoff sets trust_remote_code=true"
+                "allow_remote_code is on now: a handoff written while it is on sets trust_remote_code=true"
                 if prov.settings.allow_remote_code
-                else "the handoff sets trust_remote_code=false until you review it and set allow_remote_code: true"
+                else "handoffs set trust_remote_code=false until you review it and set allow_remote_code: true"
             )
         )
     _mark_source(check, source_verified, digest)
@@ -546,17 +545,23 @@ def _inspect(path: Path, subject: str, name: str, prov: ModelProvisioner, blob: 
         raise
 
 
-def _fingerprint(path: Path) -> tuple[int, int, int, int]:
+def _fingerprint(path: Path) -> tuple[int, ...]:
     st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _drop_superseded(prov: ModelProvisioner, old: CatalogEntry, new: CatalogEntry, old_files: list[EntryFile]) -> None:
     """After a new revision replaced an entry: remove the old view and the old blobs nobody uses any more."""
     old_tree = old.metadata.get("view_dir")
     if isinstance(old_tree, str) and old_tree and old_tree != new.metadata.get("view_dir"):
-        prov.store.remove_tree(old_tree)
-    elif old.blob and old.local_path and old.local_path != new.local_path:
+        if not prov.view_in_use(old_tree, new.id):
+            prov.store.remove_tree(old_tree)
+    elif (
+        old.blob
+        and old.local_path
+        and old.local_path != new.local_path
+        and not prov.view_in_use(old.local_path, new.id)
+    ):
         prov.store.remove_view(old.local_path)
     candidates = {old.blob} if old.blob else set()
     candidates |= {f.blob for f in old_files}

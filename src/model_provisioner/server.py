@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .config import Settings
+from .config import Settings, api_settings
 from .errors import ExitCode, InvalidInput, NotFound, PolicyDenied, ProvisionerError
 from .observability import CORRELATION_ID, METRICS, audit
 from .provisioner import ModelProvisioner, ResolvedModel
@@ -123,7 +123,7 @@ def _examples(ok: Any, status: int = 200, errors: tuple[int, ...] = (400, 404)) 
 
 
 def create_app(settings: Settings | None = None, provisioner: ModelProvisioner | None = None) -> FastAPI:
-    settings = settings or Settings.from_env()
+    settings = api_settings(settings or Settings.from_env())
     prov = provisioner or ModelProvisioner(settings)
     METRICS.enable()
     jobs: dict[str, Job] = {}

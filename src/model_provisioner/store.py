@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,9 @@ from typing import IO, Any
 from . import failpoints
 from .digest import Digest
 from .errors import DigestMismatch, InsufficientSpace, InvalidInput
+from .safefs import UnsafeCachePath, check_plain_dir, open_in_cache, read_small, write_atomic
+
+log = logging.getLogger("model_provisioner")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -67,10 +71,14 @@ class BlobStore:
         self.locks_dir = self.root / "locks"
         #: what each unpacked archive layer held: ``<layer hex>.json`` = [[path, blob hex, size], ...]
         self.layers_dir = self.root / "blobs" / "layers"
+        #: ``<hex>``: the blob's (size, mtime_ns, ctime_ns, inode) when its bytes were last hashed
+        self.fingerprints_dir = self.root / "blobs" / "fingerprints"
 
     def ensure_layout(self) -> None:
-        for directory in (self.blobs_dir, self.partial_dir, self.locks_dir):
+        for directory in (self.root / "blobs", self.blobs_dir, self.partial_dir, self.locks_dir):
+            check_plain_dir(directory)
             directory.mkdir(parents=True, exist_ok=True)
+            check_plain_dir(directory)
 
     # ------------------------------------------------------------------------------------------ blobs
     def blob_path(self, sha256_hex: str) -> Path:
@@ -78,7 +86,90 @@ class BlobStore:
         return self.blobs_dir / sha256_hex
 
     def has_blob(self, sha256_hex: str) -> bool:
-        return self.blob_path(sha256_hex).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.blob_path(sha256_hex)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------------------ blob fingerprints
+    def _fingerprint_file(self, sha256_hex: str) -> Path:
+        return self.fingerprints_dir / sha256_hex
+
+    def _record_fingerprint(self, sha256_hex: str, st: os.stat_result) -> None:
+        self.fingerprints_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._fingerprint_file(sha256_hex), _fingerprint_text(st).encode())
+
+    def _fingerprint_matches(self, sha256_hex: str, st: os.stat_result) -> bool:
+        try:
+            fd = open_in_cache(self._fingerprint_file(sha256_hex), os.O_RDONLY)
+        except (OSError, UnsafeCachePath):
+            return False
+        try:
+            recorded = os.read(fd, 256).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+        return recorded == _fingerprint_text(st)
+
+    def trusted_blob(self, sha256_hex: str) -> Path | None:
+        """The blob's path when its bytes are still the ones its name says, else None.
+
+        A blob is trusted by its recorded fingerprint, never by its name alone: a blob hard-linked from
+        another tool's cache can be edited through that other name (same inode). When the fingerprint
+        changed (or none was recorded) the blob is re-hashed now; one that no longer matches its name is
+        removed (quarantined) so that it is fetched again and never served."""
+        path = self.blob_path(sha256_hex)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            os.unlink(path)  # a symlink (or anything else) planted under a blob's name: not a blob
+            log.warning("removed %s: not a regular file", path)
+            return None
+        if self._fingerprint_matches(sha256_hex, st):
+            return path
+        fd = open_in_cache(path, os.O_RDONLY, single_link=False)
+        try:
+            before = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if actual == sha256_hex and _fingerprint_text(before) == _fingerprint_text(after):
+            self._record_fingerprint(sha256_hex, after)
+            return path
+        log.warning(
+            "blob sha256:%s no longer holds the bytes its name says (it hashes to sha256:%s): removed it; "
+            "it will be fetched again",
+            sha256_hex,
+            actual,
+        )
+        self.remove_blob(sha256_hex)
+        return None
+
+    def _link_keeping_trust(self, sha256_hex: str, dest: Path) -> None:
+        """Hard-link a blob at ``dest``. Linking changes the inode's ctime; a blob that was trusted just
+        before gets its fingerprint re-recorded, so our own links never cost a re-hash."""
+        blob = self.blob_path(sha256_hex)
+        before = os.lstat(blob)
+        trusted = self._fingerprint_matches(sha256_hex, before)
+        os.link(blob, dest)
+        if trusted:
+            self._record_fingerprint(sha256_hex, os.lstat(blob))
+
+    def prune_fingerprints(self, dry_run: bool = False) -> int:
+        """Forget fingerprints of blobs that are gone; returns how many."""
+        gone = 0
+        if not self.fingerprints_dir.is_dir():
+            return gone
+        for item in os.scandir(self.fingerprints_dir):
+            if _HEX64.fullmatch(item.name) and self.has_blob(item.name):
+                continue
+            gone += 1
+            if not dry_run:
+                os.unlink(item.path)
+        return gone
 
     @contextlib.contextmanager
     def partial_file(self, label: str = "blob") -> Iterator[tuple[Path, IO[bytes]]]:
@@ -97,22 +188,30 @@ class BlobStore:
             if not fh.closed:
                 fh.close()
 
-    def commit_blob(self, tmp_path: Path, sha256_hex: str) -> Path:
+    def commit_blob(self, tmp_path: Path, sha256_hex: str, *, adopted: bool = False) -> Path:
         """fsync ``tmp_path``, make it read-only and rename it to its blob path (atomic).
 
-        If the blob already exists (another writer won), the temp file is dropped: same bytes.
+        If the blob already exists (another writer won), the temp file is dropped: same bytes. The file is
+        opened without following links and checked (a plain file; one link unless ``adopted`` from another
+        tool's cache), the mode is set on what was opened, and the renamed name must still be that file.
         """
         final = self.blob_path(sha256_hex)
-        fd = os.open(tmp_path, os.O_RDONLY)
+        fd = open_in_cache(tmp_path, os.O_RDONLY, single_link=not adopted)
         try:
             os.fsync(fd)
+            os.fchmod(fd, BLOB_MODE)
+            opened = os.fstat(fd)
+            if self.trusted_blob(sha256_hex) is not None:
+                tmp_path.unlink(missing_ok=True)
+                return final
+            os.replace(tmp_path, final)
+            now = os.lstat(final)
+            if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+                os.unlink(final)  # swapped between our checks and the rename: not the bytes we hashed
+                raise UnsafeCachePath(tmp_path, "was replaced while it was being committed")
+            self._record_fingerprint(sha256_hex, now)
         finally:
             os.close(fd)
-        os.chmod(tmp_path, BLOB_MODE)
-        if final.exists():
-            tmp_path.unlink(missing_ok=True)
-            return final
-        os.replace(tmp_path, final)
         fsync_dir(self.blobs_dir)
         failpoints.failpoint("store.blob_committed")
         return final
@@ -175,10 +274,14 @@ class BlobStore:
         try:
             from .hashing import hash_file
 
+            before = os.lstat(tmp)
             actual = hash_file(tmp, [expected.algo] if expected is not None and expected.algo != "sha256" else [])
+            if _fingerprint_text(os.lstat(tmp)) != _fingerprint_text(before):
+                raise DigestMismatch(subject, "bytes that stay the same", "a file written while it was hashed",
+                                     "nothing was stored; try again when nothing writes to it")
             if expected is not None and actual.get(expected.algo) != expected:
                 raise DigestMismatch(subject, str(expected), str(actual.get(expected.algo)), "nothing was stored")
-            blob = self.commit_blob(tmp, actual.sha256.hex)
+            blob = self.commit_blob(tmp, actual.sha256.hex, adopted=True)
             return blob, actual.sha256.hex, actual.size_bytes
         finally:
             tmp.unlink(missing_ok=True)
@@ -189,16 +292,14 @@ class BlobStore:
         model sharing the layer (a second tag, a shared tokenizer layer) is laid out from the blobs."""
         Digest.sha256(archive_hex)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.layers_dir / f".{archive_hex}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps([list(m) for m in members]))
-        os.replace(tmp, self.layers_dir / f"{archive_hex}.json")
+        write_atomic(self.layers_dir / f"{archive_hex}.json", json.dumps([list(m) for m in members]).encode())
 
     def unpacked_members(self, archive_hex: str) -> list[tuple[str, str, int]] | None:
         """The recorded members of an unpacked archive when every one of their blobs is still in the store."""
         Digest.sha256(archive_hex)
         try:
-            raw = json.loads((self.layers_dir / f"{archive_hex}.json").read_text())
-        except (OSError, ValueError):
+            raw = json.loads(read_small(self.layers_dir / f"{archive_hex}.json", 64 << 20))
+        except (OSError, ValueError, UnsafeCachePath):
             return None
         if not isinstance(raw, list) or not raw:
             return None
@@ -213,9 +314,9 @@ class BlobStore:
                 and isinstance(item[2], int)
             ):
                 return None
-            blob = self.blobs_dir / item[1]
+            blob = self.trusted_blob(item[1])
             try:
-                if blob.stat().st_size != item[2]:
+                if blob is None or os.lstat(blob).st_size != item[2]:
                     return None
             except OSError:
                 return None
@@ -239,8 +340,9 @@ class BlobStore:
 
     def remove_blob(self, sha256_hex: str) -> int:
         path = self.blob_path(sha256_hex)
+        self._fingerprint_file(sha256_hex).unlink(missing_ok=True)
         try:
-            size = path.stat().st_size
+            size = os.lstat(path).st_size
             path.unlink()
         except FileNotFoundError:
             return 0
@@ -273,10 +375,17 @@ class BlobStore:
         """Hard-link blob ``sha256_hex`` at ``<cache>/<rel>`` atomically (replacing what was there)."""
         target = self.safe_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            current, blob = os.lstat(target), os.lstat(self.blob_path(sha256_hex))
+            if (current.st_dev, current.st_ino) == (blob.st_dev, blob.st_ino):
+                return target  # already this blob: rename(2) of two links to one inode would keep both names
+        except FileNotFoundError:
+            pass
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        os.link(self.blob_path(sha256_hex), tmp)
+        self._link_keeping_trust(sha256_hex, tmp)
         failpoints.failpoint("view.linking")
         os.replace(tmp, target)
+        tmp.unlink(missing_ok=True)  # a concurrent writer linked the same blob there first
         fsync_dir(target.parent)
         return target
 
@@ -294,7 +403,7 @@ class BlobStore:
                     raise InvalidInput(f"refusing file name {inner!r}: it would escape {target}")
                 dest = tmp.joinpath(*parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.link(self.blob_path(blob), dest)
+                self._link_keeping_trust(blob, dest)
                 failpoints.failpoint("view.linking")
             if target.exists():
                 old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
@@ -332,6 +441,10 @@ class BlobStore:
             return
         p.unlink(missing_ok=True)
         self._prune(p.parent)
+
+
+def _fingerprint_text(st: os.stat_result) -> str:
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
 
 
 def view_name(file_name: str, fmt: str) -> str:

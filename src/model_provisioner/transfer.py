@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,9 @@ from .errors import (
     TransferFailed,
 )
 from .locks import FileLock
+from .netguard import origin_of, redirect_headers
 from .redact import redact_text, redact_url
+from .safefs import UnsafeCachePath, open_in_cache, read_small, write_atomic
 from .store import start_writeback
 
 if TYPE_CHECKING:
@@ -178,6 +181,16 @@ class TransferEngine:
         self.policy = policy
         self._client = client
         self._client_lock = threading.Lock()
+        #: (monotonic deadline, file name) of the file this thread is fetching (range workers inherit it)
+        self._deadline = threading.local()
+
+    def _check_deadline(self) -> None:
+        value = getattr(self._deadline, "value", None)
+        if value is not None and time.monotonic() > value[0]:
+            raise TransferFailed(
+                f"{value[1]}: not complete within transfer.file_deadline_s ({self.settings.file_deadline_s:.0f}s); "
+                "the partial download is kept and the next run resumes it"
+            )
 
     # ------------------------------------------------------------------------------------- client
     @property
@@ -186,12 +199,16 @@ class TransferEngine:
             if self._client is None:
                 import httpx
 
+                from .netguard import guarded_transport
+                from .policy import Policy
+
                 s = self.settings
+                limits = httpx.Limits(max_connections=max(16, s.connections * 2), max_keepalive_connections=16)
+                verify = s.ca_bundle if s.ca_bundle else True
                 self._client = httpx.Client(
                     follow_redirects=False,
                     timeout=httpx.Timeout(s.stall_timeout_s, connect=s.connect_timeout_s),
-                    limits=httpx.Limits(max_connections=max(16, s.connections * 2), max_keepalive_connections=16),
-                    verify=s.ca_bundle if s.ca_bundle else True,
+                    transport=guarded_transport(self.policy or Policy(), limits=limits, verify=verify),
                     trust_env=False,
                     headers={"User-Agent": "model-provisioner/0.1", "Accept-Encoding": "identity"},
                 )
@@ -205,9 +222,9 @@ class TransferEngine:
     # -------------------------------------------------------------------------------------- fetch
     def fetch(self, spec: TransferSpec, progress: ProgressCallback | None = None) -> TransferOutcome:
         """Bring the bytes of ``spec`` into the blob store, verified. Tries each source in order."""
-        if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
-            blob = self.store.blob_path(spec.expected_sha256)
-            return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
+        stored = self._stored(spec)
+        if stored is not None:
+            return stored
         if spec.expected_size == 0:
             return self._empty(spec)
         # the partial file belongs to the resource (its origin URL), not to what the caller expects of it:
@@ -217,9 +234,9 @@ class TransferEngine:
         lock = FileLock(self.store.locks_dir / f"blob-{key[:32]}.lock", f"the download of {spec.name}")
         lock.acquire(timeout_s=6 * 3600)
         try:
-            if spec.expected_sha256 and self.store.has_blob(spec.expected_sha256) and not spec.conditional:
-                blob = self.store.blob_path(spec.expected_sha256)
-                return TransferOutcome(spec.expected_sha256, blob.stat().st_size, blob, 0, source="blob store")
+            stored = self._stored(spec)
+            if stored is not None:
+                return stored
             partial = self.store.partial_dir / f"{key}.part"
             last_error: ProvisionerError | None = None
             for index, source in enumerate(spec.sources):
@@ -243,6 +260,16 @@ class TransferEngine:
         finally:
             lock.release()
 
+    def _stored(self, spec: TransferSpec) -> TransferOutcome | None:
+        """The blob the spec names, when the store holds it and its bytes still match (re-hashed if its
+        fingerprint changed): a blob is never trusted by its name alone."""
+        if not spec.expected_sha256 or spec.conditional:
+            return None
+        blob = self.store.trusted_blob(spec.expected_sha256)
+        if blob is None:
+            return None
+        return TransferOutcome(spec.expected_sha256, os.lstat(blob).st_size, blob, 0, source="blob store")
+
     def _empty(self, spec: TransferSpec) -> TransferOutcome:
         """An empty file: nothing to download, but it is verified and stored like any other."""
         import io
@@ -258,6 +285,8 @@ class TransferEngine:
     ) -> TransferOutcome:
         shown = redact_url(source.url)
         attempt = 0
+        deadline_s = self.settings.file_deadline_s
+        self._deadline.value = (time.monotonic() + deadline_s, spec.name) if deadline_s else None
         while True:
             attempt += 1
             try:
@@ -277,6 +306,7 @@ class TransferEngine:
                     raise TransferFailed(
                         f"{spec.name}: giving up on {shown} after {attempt} attempts; last error: {exc}"
                     ) from None
+                self._check_deadline()
                 delay = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
                 delay = delay * (0.5 + random.random() / 2)
                 if exc.retry_after is not None:
@@ -375,7 +405,9 @@ class TransferEngine:
             else:
                 # the bounded first range as a stream, timed: fan out to parallel ranges only when one
                 # connection is slow (a per-connection cap, a long fat pipe); otherwise one stream is cheaper
-                _, rate = self._stream(response, partial, kept, hasher, progress)
+                # never more than the range asked for or the size expected: an endless body is cut at once
+                cap = _body_cap(response, kept, total)
+                _, rate = self._stream(response, partial, kept, hasher, progress, cap=cap)
                 served_to = _range_end(response)
                 if served_to is not None and total is not None and served_to + 1 < total:
                     offset = served_to + 1
@@ -426,7 +458,7 @@ class TransferEngine:
     ) -> TransferOutcome:
         """The partial file is complete: check its size and digest, then move it into the blob store."""
         failpoints.failpoint("transfer.complete")
-        size = partial.stat().st_size
+        size = os.lstat(partial).st_size
         if total is not None and size != total:
             raise _Retryable(f"connection closed after {size} of {total} bytes")
         sha_hex = hasher.hexdigest()
@@ -455,7 +487,7 @@ class TransferEngine:
         """GET with redirects followed by hand: credentials never cross to another host."""
         url = source.url
         headers = {**source.headers, **extra}
-        origin_host = urlsplit(url).netloc
+        origin = origin_of(url)
         reauthed = False
         for _ in range(MAX_REDIRECTS + 2):
             parts = urlsplit(url)
@@ -466,8 +498,8 @@ class TransferEngine:
             if (
                 response.status_code == 401
                 and source.reauth is not None
-                and parts.netloc == origin_host
-                and not (reauthed)
+                and origin_of(url) == origin
+                and not reauthed
             ):
                 response.close()
                 reauthed = True
@@ -476,8 +508,7 @@ class TransferEngine:
             if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 location = urljoin(url, response.headers["Location"])
                 response.close()
-                if urlsplit(location).netloc != origin_host:
-                    headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+                headers = redirect_headers(url, location, headers, self.settings.allow_https_downgrade)
                 url = location
                 continue
             return response, url, headers
@@ -510,6 +541,8 @@ class TransferEngine:
         hasher: Any,
         progress: _Progress,
         watch: _SlowStreamWatch | None = None,
+        *,
+        cap: int | None = None,
     ) -> tuple[int, float]:
         """One response body into the partial file at ``kept``: this thread receives and coalesces 1 MiB
         buffers; a sink thread writes and hashes them in order (both release the GIL, so the two overlap on
@@ -523,7 +556,8 @@ class TransferEngine:
         failure: list[BaseException] = []
 
         def sink() -> None:
-            with open(partial, "r+b" if kept else "wb", buffering=0) as fh:
+            fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
+            with os.fdopen(fd, "r+b", buffering=0) as fh:
                 fh.seek(kept)
                 fh.truncate()
                 position = flushed = kept
@@ -549,8 +583,15 @@ class TransferEngine:
         received = 0
         blocked = 0.0  # time spent waiting for the sink: local slowness, not the network's
         loop_start = time.monotonic()
+        oversize = False
         try:
+            floor = _RateFloor(self.settings.min_rate_bytes_per_s, self.settings.min_rate_window_s)
             for chunk in response.iter_raw():
+                if cap is not None and received + len(chunk) > cap:
+                    oversize = True
+                    break
+                floor.add(len(chunk))
+                self._check_deadline()
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 received += len(chunk)
@@ -562,7 +603,7 @@ class TransferEngine:
                     network_s = time.monotonic() - loop_start - blocked
                     if failure or (watch is not None and watch.too_slow(received, network_s)):
                         break
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, _Retryable, TransferFailed) as exc:
             network_error = exc
         finally:
             if pending:
@@ -571,6 +612,15 @@ class TransferEngine:
             writer.join()
         if failure:
             raise failure[0]
+        if oversize:
+            _discard(partial)
+            raise TransferFailed(
+                f"{redact_url(str(response.request.url))} sent more than the {kept + (cap or 0)} bytes expected "
+                "(the declared size or the range asked for); stopped reading and kept nothing: the source is "
+                "wrong or hostile"
+            )
+        if isinstance(network_error, _Retryable | TransferFailed):
+            raise network_error
         if network_error is not None:
             raise _Retryable(_describe(network_error)) from None
         return kept + received, received / max(time.monotonic() - loop_start - blocked, 1e-6)
@@ -602,7 +652,8 @@ class TransferEngine:
             _, start = _total_and_start(response, offset)
             if response.status_code != 206 or start != offset:
                 raise _Restart(f"continuation range answered with HTTP {response.status_code} at {start}")
-            end, _ = self._stream(response, partial, offset, hasher, progress, watch)
+            cap = _body_cap(response, offset, None)
+            end, _ = self._stream(response, partial, offset, hasher, progress, watch, cap=cap)
             return end
         finally:
             response.close()
@@ -624,7 +675,7 @@ class TransferEngine:
         )
         etag, hasher, progress = att.etag, att.hasher, att.progress
         conns = self.settings.connections
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides (shared caches: g+w)
+        fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # the umask decides (shared caches: g+w)
         if chunks is None:
             remaining = total - kept
             size = max(self.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (conns * 4))))
@@ -660,8 +711,11 @@ class TransferEngine:
                     cond.notify_all()
                 gathered, gathered_bytes = [], 0
 
+            floor = _RateFloor(self.settings.min_rate_bytes_per_s, self.settings.min_rate_window_s)
             try:
                 for data in body:
+                    floor.add(len(data))
+                    self._check_deadline()
                     limit = ends[index] - offset - gathered_bytes
                     if limit <= 0:
                         break
@@ -704,7 +758,10 @@ class TransferEngine:
                         response.close()
                     response = None
 
+        deadline = getattr(self._deadline, "value", None)
+
         def worker(first_response: httpx.Response | None) -> None:
+            self._deadline.value = deadline  # the file's deadline holds in every range worker
             try:
                 if first_response is not None:
                     run_chunk(pending[0], first_response)  # it starts at ``kept``: the first incomplete range
@@ -805,6 +862,32 @@ class _SlowStreamWatch:
         return rate < self.enough
 
 
+class _RateFloor:
+    """Slow-loris guard: over each window of ``window_s`` a connection must deliver ``min_rate`` bytes/s on
+    average (a read timeout alone never fires when a byte arrives every few seconds). Off when min_rate is 0."""
+
+    def __init__(self, min_rate: float, window_s: float) -> None:
+        self.min_rate = min_rate
+        self.window_s = window_s
+        self.start = time.monotonic()
+        self.received = 0
+
+    def add(self, n: int) -> None:
+        if self.min_rate <= 0:
+            return
+        self.received += n
+        now = time.monotonic()
+        if now - self.start < self.window_s:
+            return
+        rate = self.received / (now - self.start)
+        if rate < self.min_rate:
+            raise _Retryable(
+                f"too slow: {rate:.0f} B/s over the last {now - self.start:.0f}s, under the floor of "
+                f"{self.min_rate:.0f} B/s (transfer.min_rate_bytes_per_s)"
+            )
+        self.start, self.received = now, 0
+
+
 def _describe(exc: BaseException) -> str:
     name = type(exc).__name__
     text = redact_text(str(exc)) or name
@@ -822,6 +905,17 @@ def _contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
         if start + done < end:
             break
     return prefix
+
+
+def _body_cap(response: httpx.Response, kept: int, total: int | None) -> int | None:
+    """How many body bytes may arrive after ``kept``: the range served (206), else what is left of the expected
+    total. None only when nothing bounds it (no length, no expected size: the digest check is what is left)."""
+    end = _range_end(response)
+    if end is not None:
+        return end + 1 - kept
+    if total is not None:
+        return total - kept
+    return None
 
 
 def _range_end(response: httpx.Response) -> int | None:
@@ -856,9 +950,20 @@ def _kept_prefix(
     """What an earlier partial download left: the contiguous prefix to keep, its ETag, and (for a parallel
     download) the chunk map, so every range resumes where it stopped. Nothing when it is for something else."""
     try:
-        size = partial.stat().st_size
-        meta = json.loads(meta_path.read_text())
+        st = os.lstat(partial)
+    except FileNotFoundError:
+        _discard(partial)
+        return 0, None, None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        # planted (a symlink or hard link to a file outside the cache): never resume into it
+        raise UnsafeCachePath(partial, "is not a plain file with one link")
+    size = st.st_size
+    try:
+        meta = json.loads(read_small(meta_path))
     except (OSError, ValueError):
+        _discard(partial)
+        return 0, None, None
+    if not isinstance(meta, dict):
         _discard(partial)
         return 0, None, None
     if meta.get("origin") != redact_url(spec.sources[-1].url):
@@ -910,8 +1015,8 @@ def _write_meta(
     prefix: int,
     chunks: Chunks | None = None,
 ) -> None:
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(
+    write_atomic(
+        meta_path,
         json.dumps(
             {
                 "name": spec.name,
@@ -924,15 +1029,14 @@ def _write_meta(
                 "prefix": prefix,
                 "chunks": chunks,
             }
-        )
+        ).encode(),
     )
-    os.replace(tmp, meta_path)
 
 
 def _rehash_prefix(partial: Path, kept: int) -> Any:
     hasher = hashlib.sha256()
     if kept:
-        with open(partial, "rb") as fh:
+        with os.fdopen(open_in_cache(partial, os.O_RDONLY), "rb") as fh:
             remaining = kept
             while remaining:
                 data = fh.read(min(_READ_CHUNK * 8, remaining))

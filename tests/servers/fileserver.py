@@ -37,6 +37,8 @@ class Fault:
     claimed_size: int | None = None  # advertise this Content-Length (e.g. huge) and send nothing
     etag: str | None = None
     no_length: bool = False  # no Content-Length, no ranges: the body ends when the connection closes
+    endless: bool = False  # 200, chunked-like (no length): the file, then zeros until the client hangs up
+    drip_s: float | None = None  # slow-loris: one body byte every drip_s seconds (no Content-Length)
 
 
 @dataclass
@@ -154,6 +156,25 @@ class FileServer:
             h.send_header("ETag", etag)
             h.send_header("Content-Length", "0")
             h.end_headers()
+            return
+        if fault.endless or fault.drip_s is not None:
+            h.send_response(200)
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.close_connection = True
+            if head:
+                return
+            data = file.read_bytes()
+            for _ in range(4096 if fault.endless else len(data)):  # bounded: at most 256 MiB of zeros
+                piece = data if fault.endless else data[:1]
+                data = (b"\0" * CHUNK) if fault.endless else data[1:]
+                try:
+                    self._write(h, path, piece)
+                    h.wfile.flush()
+                except OSError:
+                    return
+                if fault.drip_s is not None:
+                    time.sleep(fault.drip_s)
             return
         if fault.no_length:
             h.send_response(200)

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import NotFound, PolicyDenied, TransferFailed
 from ..formats.gguf import SPLIT_NAME_RE
 from ..paths import check_relative_path
-from ..redact import redact_text
+from ..redact import redact_text, redact_url
 from ..refs import HfRef
 from ..transfer import Source
 from . import FetchPlan, RemoteFile
@@ -228,7 +228,7 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
         layout=layout,
         files=tuple(files),
         revision=commit,
-        metadata={"revision": commit, "repo_id": ref.repo_id, "hub_endpoint": api_endpoint},
+        metadata={"revision": commit, "repo_id": ref.repo_id, "hub_endpoint": redact_url(api_endpoint)},
     )
 
 

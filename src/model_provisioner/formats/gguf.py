@@ -168,7 +168,7 @@ class GGUFInfo:
                 "index": self.kv.get("split.no", int(match.group(1)) - 1 if match else None),
                 "tensors_total": self.kv.get("split.tensors.count"),
             }
-        return {k: v for k, v in out.items() if v is not None}
+        return {k: _bounded(v) for k, v in out.items() if v is not None}
 
     def _quantization(self) -> str | None:
         ftype = self.kv.get("general.file_type")
@@ -177,6 +177,16 @@ class GGUFInfo:
         if self.tensor_types:  # no file_type: the dominant tensor type is the best description
             return max(self.tensor_types.items(), key=lambda kv: kv[1])[0]
         return None
+
+
+MAX_METADATA_STRING = 256
+
+
+def _bounded(value: Any) -> Any:
+    """A string read from the file, kept to MAX_METADATA_STRING characters (a name can be megabytes long)."""
+    if isinstance(value, str) and len(value) > MAX_METADATA_STRING:
+        return value[:MAX_METADATA_STRING] + "…"
+    return value
 
 
 class _Cursor:
@@ -315,7 +325,9 @@ def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
         ttype = cur.scalar("I", f"tensor {name!r} type")
         offset = cur.scalar("Q", f"tensor {name!r} offset")
         type_info = GGML_TYPES.get(ttype)
-        type_name = type_info[0] if type_info else f"type{ttype}"
+        # unknown type ids are counted together: a hostile file with a million distinct ids must not make a
+        # million-key catalog row (what the catalog keeps is bounded by the number of known types)
+        type_name = type_info[0] if type_info else "unknown"
         tensor_types[type_name] = tensor_types.get(type_name, 0) + 1
         if type_info is not None:
             _, block, block_bytes = type_info
