@@ -318,3 +318,26 @@ def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
         except subprocess.TimeoutExpired:
             api.proc.kill()
         api.client.close()
+
+
+# ------------------------------------------------------------------------------------- disk full
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Any:
+    """A 6 MiB tmpfs mounted for this test (root only: skipped, with the reason shown, otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root; the disk-full tests run in CI as root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode().strip()}")
+
+    class SmallFs:
+        path = mount
+
+        @staticmethod
+        def grow(size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+
+    yield SmallFs
+    subprocess.run(["umount", "-l", str(mount)], check=False)

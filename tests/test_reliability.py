@@ -179,28 +179,6 @@ def test_self_signed_tls_is_refused_unless_its_ca_is_configured(tmp_path: Path, 
 
 
 # ------------------------------------------------------------------------------------- disk full
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Any:
-    """A 6 MiB tmpfs mounted for this test (root only: skipped, with the reason shown, otherwise)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root; the disk-full tests run in CI as root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode().strip()}")
-
-    class SmallFs:
-        path = mount
-
-        @staticmethod
-        def grow(size: str) -> None:
-            subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
-
-    yield SmallFs
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_disk_full_known_size_is_exit_7_before_transfer(small_fs: Any, fileserver: Any, make_gguf: Any) -> None:
     data = Path(make_gguf("big.gguf", extra_tensor_bytes=10 * MiB)).read_bytes()
     url = fileserver.put("big.gguf", data)

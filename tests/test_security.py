@@ -169,9 +169,8 @@ def test_the_api_refuses_to_fetch_internal_addresses_and_every_redirect_hop(api_
     try:
         secret_url = internal.put("admin/secret.bin", b"internal only\n")
         c = api_factory(settings={"api_allow_networks": []}).client
-        spellings = [secret_url, secret_url.replace("127.0.0.1", "2130706433"),
-                     secret_url.replace("127.0.0.1", "127.1"), secret_url.replace("127.0.0.1", "[::ffff:127.0.0.1]"),
-                     secret_url.replace("127.0.0.1", "localhost")]
+        spellings = [secret_url] + [secret_url.replace("127.0.0.1", host)
+                                    for host in ("0x7f000001", "[::ffff:127.0.0.1]", "localhost")]
         for url in spellings:
             answer = c.post("/v1/models/ensure", json={"ref": url})
             assert answer.status_code == 403, (url, answer.text)
@@ -197,10 +196,22 @@ def test_deny_hosts_holds_for_every_spelling_of_an_address(fileserver: Any, cach
                                                            settings_file: Any) -> None:
     url = fileserver.put("d.bin", payload(1000))
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(policy={"deny_hosts": ["127.0.0.1", "127.*"]}))}
-    for host in ("2130706433", "0x7f000001", "017700000001", "127.1", "[::ffff:127.0.0.1]", "localhost"):
+    for host in ("0x7f000001", "[::ffff:127.0.0.1]", "localhost", "[::ffff:7f00:1]"):
         result = run_cli("ensure", url.replace("127.0.0.1", host), cache_dir=cache_dir, env=env)
         assert result.code == 5 and "deny_hosts" in result.stderr, (host, result.stderr)
+    for host in ("2130706433", "017700000001", "127.1"):  # digits-only spellings are not valid URL hosts at all
+        result = run_cli("ensure", url.replace("127.0.0.1", host), cache_dir=cache_dir, env=env)
+        assert result.code == 2 and "IPv4" in result.stderr, (host, result.stderr)
     assert fileserver.requests == []
+    # a redirect (whose target never passes the ref parser) to another spelling is denied too
+    fileserver.put("hop.bin", b"x")
+    from .servers.fileserver import Fault
+
+    fileserver.faults["/hop.bin"] = Fault(redirect_to=f"http://0x7f000002:{fileserver.port}/d.bin")
+    other = settings_file(policy={"deny_hosts": ["127.0.0.2"]})
+    result = run_cli("ensure", f"{fileserver.url}/hop.bin", cache_dir=cache_dir,
+                     env={"MODEL_PROVISIONER_SETTINGS": str(other)})
+    assert result.code == 5 and "deny_hosts '127.0.0.2'" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------- 8. credentials never follow a change of origin
@@ -433,3 +444,150 @@ def test_removing_one_of_two_ids_for_one_file_keeps_the_others_view(hub: Any, ca
     assert run_cli("locate", "hf:org/two/m-Q4_K_M.gguf", cache_dir=cache_dir, env=env).code == 0
     assert run_cli("rm", "hf:org/two/m-Q4_K_M.gguf", cache_dir=cache_dir, env=env).code == 0
     assert not view.exists()
+
+
+# ------------------------------------------------- 9. api_file_roots: checked on the file that is hashed
+def test_swapping_a_path_between_a_link_and_a_file_never_registers_a_file_outside_the_roots(
+    api_factory: Any, tmp_path: Path, make_gguf: Any
+) -> None:
+    import threading
+
+    root = tmp_path / "allowed"
+    root.mkdir()
+    inside = make_gguf("inside.gguf", context_length=1024)
+    outside = make_gguf("outside-secret.gguf", context_length=4096)
+    os.link(inside, root / "real.gguf")
+    target = root / "m.gguf"
+    as_link, as_file = root / ".swap-link", root / ".swap-file"
+    c = api_factory(settings={"api_file_roots": [str(root)]}).client
+    stop = threading.Event()
+
+    def swapper() -> None:
+        while not stop.is_set():
+            for prepared, make in ((as_link, lambda p: p.symlink_to(outside)),
+                                   (as_file, lambda p: os.link(root / "real.gguf", p))):
+                prepared.unlink(missing_ok=True)
+                make(prepared)
+                os.replace(prepared, target)
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    try:
+        statuses = [c.post("/v1/models/ensure", json={"ref": str(target)}).status_code for _ in range(150)]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert set(statuses) <= {200, 403, 409, 422}, statuses
+    secret = "sha256:" + sha(outside.read_bytes())
+    models = c.get("/v1/models").json()["models"]
+    for model in models:
+        assert model["digest"] != secret, model
+        assert Path(model["local_path"]).resolve() != outside.resolve()
+
+
+# --------------------------------------------------------------- 10. decompression bombs in OCI layers
+def _push_bomb(registry: Any, repo: str, member_bytes: int) -> str:
+    from .servers.oci_push import push_artifact, tar_bytes
+    from .test_oci import MODELPACK_CONFIG
+
+    layer = tar_bytes({"config.json": b"{}", "model.safetensors": b"\0" * member_bytes}, compression="gzip")
+    push_artifact(registry.url, repo, "v1", [(layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})],
+                  config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+    return f"oci://{registry.host}/{repo}:v1"
+
+
+def test_a_gzip_bomb_layer_is_refused_before_it_is_written(registry: Any, cache_dir: Path,
+                                                           settings_file: Any) -> None:
+    ref = _push_bomb(registry, "bombs/ratio", 64 * MiB)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
+    result = run_cli("ensure", ref, cache_dir=cache_dir, env=env)
+    assert result.code == 4 and "decompression bomb" in result.stderr and "max_unpack_ratio" in result.stderr, \
+        result.stderr
+    written = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
+    assert written < 4 * MiB  # nothing of the 64 MiB member was written
+    assert run_cli("locate", ref, cache_dir=cache_dir, env=env).code == 3
+
+
+def test_a_layer_that_unpacks_past_the_free_space_is_exit_7(registry: Any, small_fs: Any,
+                                                            settings_file: Any) -> None:
+    ref = _push_bomb(registry, "bombs/space", 20 * MiB)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer={"max_unpack_ratio": 100000}))}
+    result = run_cli("ensure", ref, cache_dir=small_fs.path / "cache", env=env)
+    assert result.code == 7 and "not enough disk space" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------ 13. bounded request bodies and bounded quoting
+def test_huge_request_bodies_are_413_and_huge_refs_are_quoted_short(api_factory: Any, cache_dir: Path) -> None:
+    c = api_factory().client
+    huge = b'{"ref": "' + b"a" * (100 << 20) + b'"}'
+    answer = c.post("/v1/models/ensure", content=huge, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "body_too_large"
+
+    def chunks() -> Any:  # no Content-Length: cut once past the cap
+        yield b'{"ref": "'
+        for _ in range(100):
+            yield b"b" * (1 << 20)
+        yield b'"}'
+
+    answer = c.post("/v1/models/ensure", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert c.get("/healthz").status_code == 200
+    long_ref = c.post("/v1/models/ensure", json={"ref": "hf:" + "x" * 50_000})
+    assert long_ref.status_code == 400 and len(long_ref.text) < 600, long_ref.text
+    cli = run_cli("ensure", "hf:org/" + "y" * 100_000, cache_dir=cache_dir)
+    assert cli.code == 2 and len(cli.stderr) < 600 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+
+
+# ----------------------------------------------- 14. odd and hostile input: exit 2 or 4, never 1 or Pending
+def test_odd_hosts_are_invalid_refs(cache_dir: Path) -> None:
+    for host in ("0177.0.0.1", "256.1.1.1", "a..b", "x" * 300 + ".example", ".lead.example", "127.1",
+                 "2130706433"):
+        result = run_cli("ensure", f"https://{host}/m.gguf", cache_dir=cache_dir)
+        assert result.code == 2 and "host" in result.stderr, (host, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(hub: Any, cache_dir: Path,
+                                                                          settings_file: Any) -> None:
+    from .conftest import EXAMPLE_GGUF
+    from .test_hf import safetensors_bytes
+
+    gguf = EXAMPLE_GGUF.read_bytes()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    hub.add_repo("org/longname", {"n" * 300 + ".gguf": gguf})
+    hub.add_repo("org/deep", {"config.json": b'{"a": ' + deep + b"}", "model.safetensors": safetensors_bytes(100)})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    for ref in ("hf:org/longname", "hf:org/deep"):
+        result = run_cli("ensure", ref, cache_dir=cache_dir, env=env)
+        assert result.code == 4, (ref, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    models = run_cli("ls", "--json", cache_dir=cache_dir, env=env).json()["models"]
+    assert all(m["lifecycle"] == "Failed" for m in models), models
+
+
+def test_a_file_beside_a_directory_of_the_same_name_is_exit_4(s3: Any, cache_dir: Path) -> None:
+    from .test_hf import safetensors_bytes
+    from .test_s3 import _bucket
+
+    client = _bucket(s3, "clash")
+    objects = {"m/config.json": b"{}", "m/config.json/x": b"1", "m/model.safetensors": safetensors_bytes(100)}
+    for key, body in objects.items():
+        client.put_object(Bucket="clash", Key=key, Body=body)
+    result = run_cli("ensure", "s3://clash/m/", cache_dir=cache_dir)
+    assert result.code == 4 and "both a file and the directory" in result.stderr, result.stderr
+    assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"][0]["lifecycle"] == "Failed"
+
+
+def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_path: Path,
+                                                                            cache_dir: Path) -> None:
+    from .test_s3 import triton_repo
+
+    repo = tmp_path / "triton"
+    for name, data in triton_repo().items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    (repo / "encoder" / "²").mkdir()
+    (repo / "encoder" / "²" / "model.onnx").write_bytes(b"x")
+    result = run_cli("ensure", str(repo), "--engine", "triton", "--json", cache_dir=cache_dir)
+    assert result.code in (0, 4), result.stderr
+    assert "Traceback" not in result.stderr

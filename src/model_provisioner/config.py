@@ -58,6 +58,8 @@ class TransferSettings:
     min_rate_window_s: float = 60.0
     #: no file may take longer than this in all, retries included (None: no deadline)
     file_deadline_s: float | None = 6 * 3600.0
+    #: a compressed tar layer may unpack to at most this many times its size (decompression bombs)
+    max_unpack_ratio: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Settings:
     #: link-local, metadata) except these CIDRs, host globs or exact host:port (the operator's own endpoints
     #: from these settings are always admitted)
     api_allow_networks: tuple[str, ...] = ()
+    #: HTTP API: request bodies larger than this are refused (413)
+    api_max_body_bytes: int = 64 * 1024
     #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
     api_handoff_dir: str | None = None
     #: OCI registries reached over plain http (loopback registries always are), like Docker's insecure registries
@@ -117,6 +121,9 @@ class Settings:
     #: a model becomes Active only with a model-signing signature that verifies with this key
     require_signature: bool = False
     signature_public_key: str | None = None
+    #: set for requests through the HTTP API (never from a settings file): file: refs must lie under
+    #: ``api_file_roots``, reached without symbolic links, and be the very file that is hashed
+    confine_files: bool = False
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -178,6 +185,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "api_token": str,
     "api_file_roots": list,
     "api_allow_networks": list,
+    "api_max_body_bytes": int,
     "api_handoff_dir": str,
     "oci_plain_http": list,
     "s3_endpoint_url": str,
@@ -202,6 +210,7 @@ _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "min_rate_bytes_per_s": (int, float),
     "min_rate_window_s": (int, float),
     "file_deadline_s": (int, float),
+    "max_unpack_ratio": (int, float),
 }
 _POLICY_TYPES: dict[str, type | tuple[type, ...]] = {
     "allow": list,
@@ -297,6 +306,8 @@ def _read_mapping(path: str) -> dict[str, Any]:
     if path.endswith(".json"):
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise ConfigError(path, None, "invalid JSON: nested too deeply") from None
         except ValueError as exc:
             raise ConfigError(path, None, f"invalid JSON: {exc}") from None
     else:
@@ -377,5 +388,5 @@ def api_settings(settings: Settings) -> Settings:
             registry = root[len("oci://") :].split("/", 1)[0]
             allowed.append(registry if ":" in registry else f"{registry}:443")
     policy = replace(settings.policy, block_internal=True, internal_allow=tuple(allowed))
-    return replace(settings, policy=policy)
+    return replace(settings, policy=policy, confine_files=True)
 

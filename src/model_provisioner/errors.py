@@ -10,6 +10,18 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+#: the most characters of user input quoted in a message (then an ellipsis)
+QUOTE_LIMIT = 200
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of user input for a message, cut at ``limit`` characters: a message stays one short line even
+    for a 100 MB input."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"… ({len(text)} characters)"
+    return repr(text)
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -47,7 +59,7 @@ class InvalidModelRef(InvalidInput):
 
         self.ref = redact_text(ref)
         self.problem = problem
-        super().__init__(f"invalid model reference {self.ref!r}: {problem}")
+        super().__init__(f"invalid model reference {quote(self.ref)}: {problem}")
 
 
 class InvalidDigest(InvalidInput):
@@ -56,7 +68,7 @@ class InvalidDigest(InvalidInput):
     def __init__(self, value: object, problem: str) -> None:
         self.value = value
         self.problem = problem
-        super().__init__(f"invalid digest {value!r}: {problem}")
+        super().__init__(f"invalid digest {quote(value)}: {problem}")
 
 
 class ConfigError(InvalidInput):

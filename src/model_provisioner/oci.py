@@ -111,7 +111,7 @@ def parse_manifest(raw: bytes, digest: str, media_type_header: str | None, where
     """An image manifest, or the manifest descriptors of an index."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CorruptModel(where, "the manifest is not valid JSON") from None
     if not isinstance(data, dict):
         raise CorruptModel(where, "the manifest is not a JSON object")
@@ -350,7 +350,7 @@ class RegistryClient:
         try:
             body = json.loads(raw)
             token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise TransferFailed(f"registry {self.registry}: the token service answered without a token")

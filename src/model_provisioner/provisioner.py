@@ -37,6 +37,7 @@ from .errors import (
     InvalidInput,
     NotFound,
     OfflineError,
+    PolicyDenied,
     ProvisionerError,
     ReadOnlyCache,
     UnsupportedFormat,
@@ -520,11 +521,15 @@ class ModelProvisioner:
         self, ref: FileRef, entry: CatalogEntry | None, digest: Digest | None, strict: bool
     ) -> ResolvedModel:
         path = ref.local_path
+        if self.settings.confine_files and path.is_dir():
+            self._check_confined(ref, path, os.stat(path))
         if path.is_dir():
             from .localtree import provision_directory
 
             return provision_directory(self, ref, entry, digest, strict)
         st = _stat_model_file(path, ref.id)
+        if self.settings.confine_files:
+            self._check_confined(ref, path, st)
         # a pin in force from an earlier run still applies when the caller does not repeat it; a digest
         # that failed the first time it was given never becomes a pin
         prior_pin = entry.expected_digest if entry is not None and entry.verification == "verified" else None
@@ -544,6 +549,19 @@ class ModelProvisioner:
             known = FileHash(Digest.parse(entry.digest), entry.size_bytes, {})
         base = self._pending(ref, entry, str(path), digest, strict)
         return self._verify_and_commit(ref, base, path, st, digest, strict, known, blob=None, prior_pin=prior_pin)
+
+    def _check_confined(self, ref: ModelRef, path: Path, st: os.stat_result) -> None:
+        """API requests: the file must be under api_file_roots, reached without a symlink, and be the inode
+        about to be hashed (the hash is then checked against a second stat: a swap in between is refused)."""
+        from .safefs import confined_stat
+
+        confined = confined_stat(path, self.settings.api_file_roots)
+        if confined is None or (confined.st_dev, confined.st_ino) != (st.st_dev, st.st_ino):
+            raise PolicyDenied(
+                f"{ref.id}: file refs through the API must be plain files under the configured roots "
+                f"({', '.join(self.settings.api_file_roots) or 'none configured: set api_file_roots'}), "
+                "reached without symbolic links"
+            )
 
     def _import_into_store(
         self, ref: ModelRef, source: Path, digest: Digest | None, strict: bool, *, link: bool = False
@@ -614,11 +632,13 @@ class ModelProvisioner:
             bytes_hashed = known.size_bytes
             failpoints.failpoint("ensure.hashed")
             if fingerprint_of(os.stat(path)) != fingerprint_of(st):
-                raise VerificationFailed(
+                changed = VerificationFailed(
                     f"{subject}: the file changed while it was being hashed; wait for the writer to finish "
                     "and run ensure again",
                     reason="changed",
                 )
+                self._fail(base, _Check("fail", "changed", changed), None, bytes_hashed, new_blob=blob)
+                raise changed
         try:
             fmt = inspect_file(path, subject)
         except UnsupportedFormat as exc:

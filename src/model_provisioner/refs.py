@@ -297,6 +297,10 @@ class OciRef(ModelRef):
 # --------------------------------------------------------------------------------------------- parsing
 
 
+#: no reference is longer (pre-signed URLs are about 2,000 characters)
+MAX_REF_CHARS = 16384
+
+
 def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str] | None = None) -> ModelRef:
     """Parse any supported reference form into a typed :class:`ModelRef`.
 
@@ -314,6 +318,8 @@ def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str
         raise InvalidModelRef(repr(text), "a model reference must be a string")
     original = text
     text = text.strip()
+    if len(text) > MAX_REF_CHARS:
+        raise InvalidModelRef(original, f"longer than {MAX_REF_CHARS} characters; no model reference is that long")
     if not text:
         raise InvalidModelRef(original, f"empty reference; use one of: {SUPPORTED_FORMS}")
     if "\x00" in text:
@@ -359,7 +365,12 @@ def _parse_local(original: str, text: str, cwd: str | os.PathLike[str] | None) -
         raise InvalidModelRef(original, "cannot expand '~': unknown user or HOME not set")
     base = os.fspath(cwd) if cwd is not None else os.getcwd()
     absolute = os.path.join(base, expanded)
-    return FileRef(os.path.realpath(absolute))
+    for _ in range(3):
+        try:
+            return FileRef(os.path.realpath(absolute))
+        except OSError:
+            continue  # a link replaced while it was being resolved (readlink found a file): resolve again
+    raise InvalidModelRef(original, "the path keeps changing while it is being resolved (a link being replaced)")
 
 
 def _parse_file_uri(original: str, rest: str, cwd: str | os.PathLike[str] | None) -> FileRef:
@@ -400,6 +411,43 @@ def _parse_hf(original: str, rest: str) -> HfRef:
     return HfRef(f"{org}/{name_part}", revision=revision, path=path, quant=quant)
 
 
+_DNS_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with a URL's host name, or None: an address written in digits must be a plain dotted
+    quad (``0177.0.0.1``, ``256.1.1.1`` and ``2130706433`` are refused, not guessed at), and a name is
+    labels of 1-63 letters, digits, ``-`` or ``_``, 253 characters at most."""
+    import ipaddress
+
+    if ":" in host:  # an IPv6 literal (urlsplit removed the brackets)
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return f"the host {host[:80]!r} is not a valid IPv6 address"
+        return None
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return (
+                f"the host {host[:80]!r} is not a valid IPv4 address; write it as four decimal numbers 0-255 "
+                "without leading zeros (e.g. 10.0.0.7)"
+            )
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253:
+        return f"the host name is {len(name)} characters long; the most DNS allows is 253"
+    for label in name.split("."):
+        if not label:
+            return f"the host {host[:80]!r} has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > 63:
+            return f"the host {host[:80]!r} has a label of {len(label)} characters; the most DNS allows is 63"
+        if not _DNS_LABEL_RE.fullmatch(label):
+            return f"the host {host[:80]!r} has a label with characters a host name cannot hold"
+    return None
+
+
 def _parse_url(original: str, text: str) -> UrlRef:
     try:
         parts = urlsplit(text)
@@ -409,6 +457,9 @@ def _parse_url(original: str, text: str) -> UrlRef:
     host = parts.hostname or ""
     if not host:
         raise InvalidModelRef(original, "URL has no host")
+    problem = host_problem(host)
+    if problem is not None:
+        raise InvalidModelRef(original, problem)
     if ":" in host:
         host = f"[{host}]"
     userinfo = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""

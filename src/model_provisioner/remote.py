@@ -27,6 +27,7 @@ from .formats.gguf import SPLIT_NAME_RE
 from .formats.transformers import check_complete, shards_from_index, summarize
 from .hashing import FileHash, git_blob_sha1, hash_file
 from .locks import fetch_slot
+from .paths import check_no_file_dir_clash
 from .redact import redact_url
 from .refs import HfRef, OciRef, S3Ref, UrlRef
 from .store import repo_digest
@@ -334,6 +335,7 @@ def _materialise(
     from .unpack import unpack_into_store
 
     files: dict[str, EntryFile] = {}
+    ratio = prov.settings.transfer.max_unpack_ratio
     for file in plan.files:
         outcome = fetched[file.path]
         if file.unpack is None:
@@ -343,14 +345,14 @@ def _materialise(
         members = prov.store.unpacked_members(outcome.sha256)
         if members is None:
             try:
-                members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+                members = unpack_into_store(prov.store, outcome.blob, file.unpack, where, max_ratio=ratio)
             except FileNotFoundError:
                 # another model sharing this layer unpacked it and dropped the archive meanwhile
                 members = prov.store.unpacked_members(outcome.sha256)
                 if members is None:
                     spec = TransferSpec(file.sources, name=where, expected_size=file.size, expected_sha256=file.sha256)
                     outcome = prov.engine.fetch(spec)
-                    members = unpack_into_store(prov.store, outcome.blob, file.unpack, where)
+                    members = unpack_into_store(prov.store, outcome.blob, file.unpack, where, max_ratio=ratio)
             prov.store.record_unpacked(outcome.sha256, members)
         for path, sha_hex, size in members:
             if path in files:
@@ -360,6 +362,7 @@ def _materialise(
             prov.store.remove_blob(outcome.sha256)  # the archive itself is not part of any view
     if not files:
         raise CorruptModel(ref.id, "the source holds no files")
+    check_no_file_dir_clash(list(files), ref.id)
     return list(files.values())
 
 

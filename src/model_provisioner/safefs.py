@@ -83,10 +83,28 @@ def read_small(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
     return data
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` through a fresh temporary name (``O_EXCL``: never an existing file or link) + rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+def write_atomic(path: Path, data: bytes, *, fixed_tmp: bool = False) -> None:
+    """Write ``path`` through a temporary name + rename. The temporary is never an existing link: a fresh
+    unique name (``O_EXCL``), or with ``fixed_tmp`` (callers that hold the file's lock, so that a crash leaves
+    no stray name behind: the next write reuses it) ``<name>.tmp`` opened with ``O_NOFOLLOW``."""
+    if fixed_tmp:
+        tmp = path.with_name(path.name + ".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            os.unlink(tmp)  # a planted symlink: remove the link itself, never touch its target
+            fd = os.open(tmp, flags | os.O_EXCL, 0o666)
+        try:
+            check_opened(fd, tmp)
+        except BaseException:
+            os.close(fd)
+            raise
+    else:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         view = memoryview(data)
         while view:
@@ -97,3 +115,31 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def confined_stat(path: str | os.PathLike[str], roots: tuple[str, ...]) -> os.stat_result | None:
+    """The stat of ``path`` when it lies under one of ``roots`` and is reached from that root without any
+    symbolic link (each component opened with ``O_NOFOLLOW``); None otherwise. The caller compares the inode
+    with what it then hashes (and again after), so a path swapped between a link and a file is refused."""
+    absolute = os.path.abspath(path)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if absolute != real_root and not absolute.startswith(real_root.rstrip("/") + "/"):
+            continue
+        parts = [p for p in absolute[len(real_root) :].split("/") if p]
+        fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except OSError:
+                    return None  # a symlink (ELOOP, ENOTDIR), or gone
+                os.close(fd)
+                fd = child
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+    return None
+

@@ -136,6 +136,9 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         description="Ensure, verify and manage models on this machine. Errors: {error: {code, message}}.",
     )
     app.state.provisioner = prov
+    from .bodylimit import BodyLimit
+
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
 
     # ------------------------------------------------------------------------------- middleware
     @app.middleware("http")
@@ -177,7 +180,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     def check_ref_allowed(ref: str) -> None:
         model_ref = parse(ref)
         if isinstance(model_ref, FileRef):
-            path = os.path.realpath(model_ref.path)
+            path = str(model_ref.path)  # parse() resolved it; the provisioner checks the file it hashes again
             if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
                 raise PolicyDenied(
                     f"{model_ref.id}: file refs through the API are limited to the configured roots "

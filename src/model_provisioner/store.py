@@ -8,6 +8,7 @@ same filesystem, fsync, rename, fsync of the directory. Nothing half-written is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -96,8 +97,11 @@ class BlobStore:
         return self.fingerprints_dir / sha256_hex
 
     def _record_fingerprint(self, sha256_hex: str, st: os.stat_result) -> None:
-        self.fingerprints_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self._fingerprint_file(sha256_hex), _fingerprint_text(st).encode())
+        try:
+            self.fingerprints_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._fingerprint_file(sha256_hex), _fingerprint_text(st).encode())
+        except OSError as exc:  # only an optimisation: without a record the blob is re-hashed when next used
+            log.debug("could not record the fingerprint of blob %s: %s", sha256_hex, exc)
 
     def _fingerprint_matches(self, sha256_hex: str, st: os.stat_result) -> bool:
         try:
@@ -238,7 +242,7 @@ class BlobStore:
                 hasher.update(chunk)
                 if other is not None:
                     other.update(chunk)
-                out.write(chunk)
+                self._write(out, chunk)
             out.close()
             sha_hex = hasher.hexdigest()
             if expected is not None:
@@ -258,7 +262,7 @@ class BlobStore:
                 if limit is not None and size > limit:
                     raise ValueError(f"{label}: more than the {limit} bytes declared")
                 hasher.update(chunk)
-                out.write(chunk)
+                self._write(out, chunk)
             out.close()
             sha_hex = hasher.hexdigest()
             blob = self.commit_blob(tmp, sha_hex)
@@ -347,6 +351,15 @@ class BlobStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def _write(self, out: IO[bytes], chunk: bytes) -> None:
+        """A write into ``partial/``: a full disk is ``InsufficientSpace`` (exit 7), never an I/O error."""
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientSpace(str(self.root), len(chunk), shutil.disk_usage(self.partial_dir).free) from None
+            raise
 
     def check_free_space(self, needed: int) -> None:
         self.ensure_layout()

@@ -45,6 +45,7 @@ from .errors import (
     PolicyDenied,
     ProvisionerError,
     TransferFailed,
+    quote,
 )
 from .locks import FileLock
 from .netguard import origin_of, redirect_headers
@@ -493,7 +494,14 @@ class TransferEngine:
             parts = urlsplit(url)
             if self.policy is not None:
                 self.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
-            request = self.client.build_request("GET", url, headers=headers)
+            import httpx
+
+            try:
+                request = self.client.build_request("GET", url, headers=headers)
+            except (ValueError, httpx.InvalidURL) as exc:  # a redirect to a host no URL can name
+                raise TransferFailed(
+                    f"{redact_url(source.url)}: cannot follow to {quote(redact_url(url))}: {exc}"
+                ) from None
             response = self.client.send(request, stream=True)
             if (
                 response.status_code == 401
@@ -1030,6 +1038,7 @@ def _write_meta(
                 "chunks": chunks,
             }
         ).encode(),
+        fixed_tmp=True,  # the download's lock is held: one writer
     )
 
 

@@ -54,11 +54,27 @@ def _decompression_errors(compression: str) -> tuple[type[Exception], ...]:
     return ()
 
 
+#: default bound on (bytes the members declare) / (bytes of the compressed layer): model weights compress
+#: little (about 1.1x), tokenizer text about 4x; a zip bomb is 1000x and more
+MAX_UNPACK_RATIO = 100.0
+
+
 def unpack_into_store(
-    store: BlobStore, archive: Path, compression: str, subject: str, prefix: str = ""
+    store: BlobStore,
+    archive: Path,
+    compression: str,
+    subject: str,
+    prefix: str = "",
+    *,
+    max_ratio: float = MAX_UNPACK_RATIO,
 ) -> list[tuple[str, str, int]]:
-    """Stream every member of ``archive`` into the store; returns [(path, sha256 hex, size)]."""
+    """Stream every member of ``archive`` into the store; returns [(path, sha256 hex, size)].
+
+    Before a member is written: what the members declare so far must stay within ``max_ratio`` times the
+    archive's size (a bomb is refused, exit 4, naming the setting) and fit in the free space (exit 7)."""
     files: dict[str, tuple[str, int]] = {}
+    archive_bytes = max(1, archive.stat().st_size)
+    declared = 0
     links: list[tuple[str, str]] = []
     bad_input: tuple[type[Exception], ...] = (EOFError, OSError, ValueError, TypeError)
     bad_input += _decompression_errors(compression)
@@ -85,6 +101,15 @@ def unpack_into_store(
                     continue
                 if not member.isfile():
                     raise CorruptModel(subject, f"tar member {member.name!r} is a device or FIFO; refused")
+                declared += member.size
+                if compression != "tar" and declared > archive_bytes * max_ratio:
+                    raise CorruptModel(
+                        subject,
+                        f"tar member {member.name[:200]!r} brings the layer to {declared} bytes unpacked from "
+                        f"{archive_bytes} packed, more than {max_ratio:g}x (a decompression bomb?); refused before "
+                        "writing it; raise transfer.max_unpack_ratio if the layer is genuine",
+                    )
+                store.check_free_space(member.size)
                 source = tar.extractfile(member)
                 if source is None:  # pragma: no cover - isfile() members always have data
                     continue

@@ -127,7 +127,7 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
         raw = client.read_blob(ref.repository, manifest.config, ref.id, limit=1 << 20)
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CorruptModel(ref.id, f"the model config blob {manifest.config.digest} is not JSON") from None
         if isinstance(parsed, dict):
             config = parsed

@@ -216,7 +216,7 @@ def _read_manifest(client: Any, ref: S3Ref, key: str) -> dict[str, Any]:
     where = f"{ref.id}{MANIFEST_NAME}"
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CorruptModel(where, "not valid JSON") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, list) or not isinstance(data.get("id"), str) or not isinstance(data.get("digest"), str):

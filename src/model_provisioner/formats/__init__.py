@@ -53,6 +53,8 @@ def _safetensors_summary(path: str | os.PathLike[str], subject: str) -> dict[str
             raise CorruptModel(subject, f"corrupt safetensors: header length {header_len} exceeds the file")
         try:
             header = json.loads(fh.read(header_len))
+        except RecursionError:
+            raise CorruptModel(subject, "corrupt safetensors header: JSON nested too deeply") from None
         except ValueError as exc:
             raise CorruptModel(subject, f"corrupt safetensors header: {exc}") from None
     if not isinstance(header, dict):

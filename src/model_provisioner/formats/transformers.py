@@ -17,7 +17,7 @@ def shards_from_index(index_bytes: bytes, subject: str) -> set[str]:
         index = json.loads(index_bytes)
         weight_map = index["weight_map"]
         return {str(v) for v in weight_map.values()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise CorruptModel(subject, "model.safetensors.index.json has no valid weight_map") from None
 
 
@@ -48,8 +48,8 @@ def summarize(repo_dir: Path, paths: list[str]) -> dict[str, Any]:
         try:
             loaded = json.loads(config_path.read_text(encoding="utf-8"))
             config = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            raise CorruptModel(str(config_path), "config.json is not valid JSON") from None
+        except (OSError, ValueError, RecursionError):
+            raise CorruptModel(str(config_path), "config.json is not valid JSON (or nested too deeply)") from None
     for key in ("model_type", "architectures", "torch_dtype"):
         if key in config:
             meta[key] = config[key]

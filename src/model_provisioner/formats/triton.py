@@ -90,7 +90,7 @@ def inspect_repository(tree: Path, root: str, paths: list[str], subject: str) ->
         if config.name and config.name != name:
             raise CorruptModel(where, f"config name {config.name!r} differs from its directory {name!r}")
         files = [p[len(name) + 1 :] for p in inside if p.startswith(name + "/")]
-        versions = sorted({int(f.split("/")[0]) for f in files if "/" in f and f.split("/")[0].isdigit()})
+        versions = sorted({int(f.split("/")[0]) for f in files if "/" in f and _is_version(f.split("/")[0])})
         platform = config.platform or ""
         backend = config.backend or ""
         info: dict[str, Any] = {"name": name, "versions": versions}
@@ -127,3 +127,9 @@ def inspect_repository(tree: Path, root: str, paths: list[str], subject: str) ->
                 f"ensemble {name!r} uses models missing from the repository: {', '.join(missing)}",
             )
     return {"models": models, "model_names": [m["name"] for m in models], "repository_root": root}
+
+
+def _is_version(name: str) -> bool:
+    """A Triton version directory: ASCII digits only (``"²".isdigit()`` is true, ``int("²")`` fails)."""
+    return name.isascii() and name.isdigit()
+
