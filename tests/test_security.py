@@ -591,3 +591,93 @@ def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_
     result = run_cli("ensure", str(repo), "--engine", "triton", "--json", cache_dir=cache_dir)
     assert result.code in (0, 4), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------- 7 (API). slow origins never starve probes, local work or SIGTERM
+def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, fileserver: Any, tmp_path: Path,
+                                                             gguf_file: Path, cache_dir: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    from .servers.fileserver import Fault
+
+    data = payload(3000, seed=7)
+    slow = []
+    for i in range(6):
+        url = fileserver.put(f"slow{i}.bin", data)
+        fileserver.faults[f"/slow{i}.bin"] = Fault(drip_s=0.05)  # 20 B/s: minutes per file
+        slow.append(url)
+    api = api_factory(settings={"api_file_roots": [str(gguf_file.parent)], "api_max_sync_fetches": 4,
+                                "transfer": {"min_rate_bytes_per_s": 0, "stall_timeout_s": 30, "attempts": 1}})
+    c = api.client
+    for url in slow[:4]:
+        assert c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": url}).status_code == 202
+    started = time.monotonic()
+    local = c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": str(gguf_file)}).json()
+    while c.get(f"/v1/jobs/{local['id']}").json()["state"] in ("queued", "running"):
+        assert time.monotonic() - started < 10, "the local job waited behind slow downloads"
+        time.sleep(0.05)
+    assert c.get(f"/v1/jobs/{local['id']}").json()["state"] == "succeeded"
+    # more synchronous slow ensures than the bound: the rest are told to come back, probes still answer
+    answers: list[int] = []
+
+    def sync(url: str) -> None:
+        with httpx.Client(base_url=api.url, headers=dict(c.headers), timeout=3) as own:
+            try:
+                answers.append(own.post("/v1/models/ensure", json={"ref": url}).status_code)
+            except httpx.TimeoutException:
+                answers.append(0)
+
+    threads = [threading.Thread(target=sync, args=(slow[4 + i % 2] + f"?n={i}",), daemon=True) for i in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    probe_start = time.monotonic()
+    assert c.get("/healthz", timeout=2).status_code == 200
+    assert time.monotonic() - probe_start < 1.0
+    for t in threads:
+        t.join(timeout=10)
+    assert answers.count(503) >= 8, answers
+    # SIGTERM with slow transfers running: the server is gone within seconds, partials kept
+    stopped = time.monotonic()
+    api.proc.send_signal(signal.SIGTERM)
+    api.proc.wait(timeout=15)
+    assert time.monotonic() - stopped < 10
+    assert any((cache_dir / "partial").glob("*.part"))
+
+
+def test_finished_jobs_expire() -> None:
+    import time
+
+    from model_provisioner.jobs import Job, JobRegistry
+
+    registry = JobRegistry(2, ttl_s=0.2, max_jobs=5)
+
+    def work(job: Job) -> None:
+        job.state = "succeeded"
+
+    for i in range(20):
+        registry.submit(Job(str(i), "file:/m"), None, work)
+    time.sleep(0.1)
+    assert len(registry) == 5  # never more than max_jobs finished ones
+    time.sleep(0.3)
+    assert registry.get("19") is None and len(registry) == 0
+    broken = Job("b", "file:/m")
+    registry.submit(broken, "origin", lambda job: 1 / 0)
+    time.sleep(0.1)
+    assert broken.state == "failed" and "ZeroDivisionError" in broken.error["message"]
+    registry.shutdown()
+
+
+def test_a_symlinked_catalog_is_refused_and_its_target_untouched(cache_dir: Path, tmp_path: Path,
+                                                                 gguf_file: Path) -> None:
+    victim = tmp_path / "victim.db"
+    victim.write_bytes(b"not a database of ours\n")
+    cache_dir.mkdir()
+    (cache_dir / "catalog.db").symlink_to(victim)
+    result = run_cli("ensure", str(gguf_file), cache_dir=cache_dir)
+    assert result.code == 4 and "catalog.db" in result.stderr and "symbolic link" in result.stderr, result.stderr
+    assert victim.read_bytes() == b"not a database of ours\n"

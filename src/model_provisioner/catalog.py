@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from . import failpoints
 from .errors import InsufficientSpace, ReadOnlyCache
 from .redact import redact_text
+from .safefs import UnsafeCachePath, open_in_cache
 
 
 class Lifecycle(StrEnum):
@@ -237,7 +238,12 @@ class SqliteCatalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # create the file ourselves so that its mode follows the umask (SQLite would use 0644, and its WAL
         # and shared-memory files copy the database's mode): a group-shared cache stays group-writable
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666))
+        # and never through a link planted in a shared cache (SQLite itself would follow it)
+        os.close(open_in_cache(self.path, os.O_RDWR | os.O_CREAT))
+        for side in ("-wal", "-shm"):
+            side_path = Path(str(self.path) + side)
+            if side_path.is_symlink():
+                raise UnsafeCachePath(side_path, "is a symbolic link")
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":

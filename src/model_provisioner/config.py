@@ -107,6 +107,11 @@ class Settings:
     api_allow_networks: tuple[str, ...] = ()
     #: HTTP API: request bodies larger than this are refused (413)
     api_max_body_bytes: int = 64 * 1024
+    #: HTTP API: synchronous (wait=true) remote ensures at once; more get 503 + Retry-After (jobs queue instead).
+    #: The server runs synchronous requests on 40 threads: this keeps 8 for every other request
+    api_max_sync_fetches: int = 32
+    #: HTTP API: background jobs running at once against one origin (the rest wait without holding a worker)
+    api_jobs_per_origin: int = 2
     #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
     api_handoff_dir: str | None = None
     #: OCI registries reached over plain http (loopback registries always are), like Docker's insecure registries
@@ -186,6 +191,8 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "api_file_roots": list,
     "api_allow_networks": list,
     "api_max_body_bytes": int,
+    "api_max_sync_fetches": int,
+    "api_jobs_per_origin": int,
     "api_handoff_dir": str,
     "oci_plain_http": list,
     "s3_endpoint_url": str,

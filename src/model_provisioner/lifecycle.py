@@ -266,7 +266,7 @@ def gc(
                     report.add("blob", blob.name, size)
                     if not dry_run:
                         prov.store.remove_blob(blob.name)
-        prov.store.prune_fingerprints(dry_run)
+        prov.store.fingerprints.prune(prov.store.has_blob, dry_run)
         # 3b. the record of an unpacked layer whose files went with step 3: the layer is fetched again if needed
         for layer in prov.store.prune_unpacked(dry_run):
             report.add("layer-record", layer, 0)

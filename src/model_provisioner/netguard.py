@@ -14,16 +14,19 @@ import ipaddress
 import re
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .errors import TransferFailed
 from .redact import redact_url
 
-if TYPE_CHECKING:
-    from .policy import Policy
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddressCheck(Protocol):
+    """What the connect-time guard asks (``policy.Policy`` is one)."""
+
+    def check_address(self, host: str, port: int | None, address: IPAddress, shown: str | None = None) -> None: ...
 _NUMERIC_V4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}")
 
 
@@ -89,7 +92,7 @@ def resolves_to_loopback(host: str) -> bool:
     return bool(addresses) and all(a.is_loopback for a in addresses)
 
 
-def guarded_transport(policy: Policy, **kwargs: Any) -> Any:
+def guarded_transport(policy: AddressCheck, **kwargs: Any) -> Any:
     """An ``httpx.HTTPTransport`` whose every TCP connection is checked by ``policy.check_address``."""
     import httpx  # lazy: only the network schemes need it
 
@@ -99,7 +102,7 @@ def guarded_transport(policy: Policy, **kwargs: Any) -> Any:
     return transport
 
 
-def _guarded_backend(policy: Policy) -> Any:
+def _guarded_backend(policy: AddressCheck) -> Any:
     import httpcore
 
     class GuardedBackend(httpcore.SyncBackend):

@@ -169,6 +169,11 @@ class ModelProvisioner:
         """A provisioner for local files only (no network schemes), with its catalog in ``cache_dir``."""
         return cls(Settings.from_env(cache_dir=Path(cache_dir)), schemes=frozenset({"file"}))
 
+    def cancel_transfers(self) -> None:
+        """Stop running downloads at their next chunk (a server shutting down); partials are kept."""
+        if self._engine is not None:
+            self._engine.cancel()
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()

@@ -411,7 +411,7 @@ def _parse_hf(original: str, rest: str) -> HfRef:
     return HfRef(f"{org}/{name_part}", revision=revision, path=path, quant=quant)
 
 
-_DNS_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", re.IGNORECASE)
+_DNS_LABEL_RE = re.compile(r"[\w-]+")  # letters (IDN too), digits, "_" and "-"
 
 
 def host_problem(host: str) -> str | None:

@@ -14,8 +14,6 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request
@@ -25,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from .config import Settings, api_settings
 from .errors import ExitCode, InvalidInput, NotFound, PolicyDenied, ProvisionerError
+from .jobs import Job, JobRegistry, ServerBusy, origin_of_ref
 from .observability import CORRELATION_ID, METRICS, audit
 from .provisioner import ModelProvisioner, ResolvedModel
 from .redact import redact_text
@@ -86,32 +85,12 @@ class GcRequest(BaseModel):
     dry_run: bool = False
 
 
-@dataclass
-class Job:
-    id: str
-    ref: str
-    state: str = "queued"  # queued | running | succeeded | failed
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "ref": self.ref,
-            "state": self.state,
-            "progress": {"bytes_done": self.bytes_done, "bytes_total": self.bytes_total},
-            "result": self.result,
-            "error": self.error,
-        }
-
-
 def _error_body(exc: ProvisionerError) -> tuple[int, dict[str, Any]]:
     from .lifecycle import LeaseHeld
 
-    status = 409 if isinstance(exc, LeaseHeld) else STATUS_BY_EXIT.get(exc.exit_code, 500)
+    status = 409 if isinstance(exc, LeaseHeld) else 503 if isinstance(exc, ServerBusy) else STATUS_BY_EXIT.get(
+        exc.exit_code, 500
+    )
     return status, {"error": {"code": exc.code, "message": redact_text(str(exc))}}
 
 
@@ -126,9 +105,9 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     settings = api_settings(settings or Settings.from_env())
     prov = provisioner or ModelProvisioner(settings)
     METRICS.enable()
-    jobs: dict[str, Job] = {}
-    jobs_lock = threading.Lock()
-    workers = ThreadPoolExecutor(max_workers=max(4, settings.max_parallel_fetches), thread_name_prefix="mprov-job")
+    jobs = JobRegistry(max(4, settings.max_parallel_fetches), per_origin=settings.api_jobs_per_origin)
+    # synchronous remote ensures hold a server thread each: bounded, so probes and local work stay responsive
+    sync_fetches = threading.BoundedSemaphore(settings.api_max_sync_fetches)
     roots = tuple(os.path.realpath(r) for r in settings.api_file_roots)
     app = FastAPI(
         title="model-provisioner",
@@ -136,6 +115,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         description="Ensure, verify and manage models on this machine. Errors: {error: {code, message}}.",
     )
     app.state.provisioner = prov
+    app.state.jobs = jobs
     from .bodylimit import BodyLimit
 
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
@@ -168,7 +148,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     @app.exception_handler(ProvisionerError)
     async def provisioner_error(request: Request, exc: ProvisionerError) -> JSONResponse:
         status, body = _error_body(exc)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers={"Retry-After": "5"} if status == 503 else None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -258,16 +238,25 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         wait: bool = Query(True, description="false: run as a job, answer 202 with its id"),
     ) -> Any:
         check_ref_allowed(body.ref)
+        model_ref = parse(body.ref)
+        origin = origin_of_ref(model_ref)
         if wait:
-            return run_ensure(body)
-        job = Job(uuid.uuid4().hex, parse(body.ref).id)
-        with jobs_lock:
-            jobs[job.id] = job
+            if origin is None:
+                return run_ensure(body)
+            if not sync_fetches.acquire(blocking=False):
+                raise ServerBusy(
+                    f"{settings.api_max_sync_fetches} synchronous downloads are already running "
+                    "(api_max_sync_fetches); retry later, or send wait=false to run it as a job"
+                )
+            try:
+                return run_ensure(body)
+            finally:
+                sync_fetches.release()
+        job = Job(uuid.uuid4().hex, model_ref.id)
         cid = CORRELATION_ID.get()
 
-        def work() -> None:
+        def work(job: Job) -> None:
             CORRELATION_ID.set(cid)
-            job.state = "running"
             try:
                 job.result = run_ensure(body, job)
                 job.state = "succeeded"
@@ -275,7 +264,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
                 job.error = _error_body(exc)[1]["error"]
                 job.state = "failed"
 
-        workers.submit(work)
+        jobs.submit(job, origin, work)
         return JSONResponse(job.as_json(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
     @app.get(
@@ -466,7 +455,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         return Response(METRICS.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness", responses=_examples({"status": "ok"}, errors=()))
-    def healthz() -> Any:
+    async def healthz() -> Any:  # on the event loop: answers even when every worker thread is busy
         return {"status": "ok"}
 
     @app.get(
@@ -528,4 +517,26 @@ def serve(host: str, port: int, settings: Settings) -> None:
     check_bind(host, settings)
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(settings)
+    # SIGTERM: uvicorn stops accepting, gives in-flight requests a few seconds, then returns here; running
+    # transfers are cancelled at their next chunk (partials kept for the next run) and the process exits
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    stop_background_work(app)
+
+
+def stop_background_work(app: FastAPI, grace_s: float = 3.0) -> None:
+    import logging
+    import sys
+
+    app.state.jobs.shutdown()
+    app.state.provisioner.cancel_transfers()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(
+        t.name.startswith("mprov-") and t.is_alive() for t in threading.enumerate()
+    ):
+        time.sleep(0.05)
+    logging.shutdown()
+    sys.stderr.flush()
+    # worker threads still blocked in a read would hold the interpreter's exit; everything on disk is
+    # crash-safe (kill -9 is tested), so leave now
+    os._exit(0)

@@ -50,8 +50,7 @@ from .errors import (
 from .locks import FileLock
 from .netguard import origin_of, redirect_headers
 from .redact import redact_text, redact_url
-from .safefs import UnsafeCachePath, open_in_cache, read_small, write_atomic
-from .store import start_writeback
+from .safefs import UnsafeCachePath, open_in_cache, read_small, start_writeback, write_atomic
 
 if TYPE_CHECKING:
     import httpx
@@ -184,8 +183,19 @@ class TransferEngine:
         self._client_lock = threading.Lock()
         #: (monotonic deadline, file name) of the file this thread is fetching (range workers inherit it)
         self._deadline = threading.local()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop every transfer at its next chunk (the process is stopping): partial files and chunk maps are
+        kept, so the next run resumes them. Blocked reads end when the client is closed."""
+        self._cancelled.set()
+        client = self._client
+        if client is not None:
+            client.close()
 
     def _check_deadline(self) -> None:
+        if self._cancelled.is_set():
+            raise TransferFailed("cancelled: the process is stopping; the partial download is kept for the next run")
         value = getattr(self._deadline, "value", None)
         if value is not None and time.monotonic() > value[0]:
             raise TransferFailed(
