@@ -84,11 +84,11 @@ def test_catalog_redacts_refs_and_errors(tmp_path: Path) -> None:
             scheme="https",
             local_path="",
             lifecycle=Lifecycle.FAILED,
-            error="GET https://h/m.gguf?sig=s3cr3t failed: token hf_abcdefghijklmnop",
+            error="GET https://h/m.gguf?sig=s3cr3t failed: token hf_abcdefghijklmnopqrstuvwxyzABCDEFGH",
         )
     )
     raw = (tmp_path / "c.db").read_bytes() + (tmp_path / "c.db-wal").read_bytes()
-    assert b"s3cr3t" not in raw and b"pw@" not in raw and b"hf_abcdefghijklmnop" not in raw
+    assert b"s3cr3t" not in raw and b"pw@" not in raw and b"hf_abcdefghijklmnopqrstuvwxyzABCDEFGH" not in raw
 
 
 def test_entry_cache_sees_other_connections(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from . import failpoints
 from .errors import InsufficientSpace, ReadOnlyCache
-from .redact import redact_text
+from .redact import redact_ref, redact_text
 from .safefs import UnsafeCachePath, open_in_cache
 
 
@@ -522,7 +522,7 @@ class SqliteCatalog:
 def _row(e: CatalogEntry) -> tuple[Any, ...]:
     return (
         e.id,
-        redact_text(e.ref),
+        redact_ref(e.ref),
         e.scheme,
         e.local_path,
         str(e.lifecycle),

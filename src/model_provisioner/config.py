@@ -143,6 +143,12 @@ class Settings:
             raise ConfigError("settings", "log_format", f"expected text or json, got {self.log_format!r}")
         if self.offline and not self.policy.offline:
             object.__setattr__(self, "policy", replace(self.policy, offline=True))
+        from .redact import register_secret
+
+        register_secret(self.hf_token)
+        register_secret(self.api_token)
+        for _user, password in self.oci_credentials.values():
+            register_secret(password)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -159,6 +165,10 @@ class Settings:
             values["hf_endpoint"] = env["HF_ENDPOINT"]
         if env.get("MODEL_PROVISIONER_API_TOKEN"):
             values["api_token"] = env["MODEL_PROVISIONER_API_TOKEN"]
+        from .redact import register_secret
+
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            register_secret(env.get(name))
         token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
         if token:
             values["hf_token"] = token.strip()

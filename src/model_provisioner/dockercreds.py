@@ -38,6 +38,11 @@ class RegistryLogin:
     #: where it came from, for messages: never the secret itself
     source: str = ""
 
+    def __post_init__(self) -> None:
+        from .redact import register_secret
+
+        register_secret(self.secret)  # whatever it is, it never appears in a message
+
     @property
     def is_identity_token(self) -> bool:
         return self.username == IDENTITY_TOKEN_USER

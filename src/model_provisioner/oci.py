@@ -33,7 +33,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from .dockercreds import RegistryLogin, docker_login
 from .errors import CorruptModel, NotFound, PolicyDenied, TransferFailed
 from .netguard import guarded_transport, origin_of, redirect_headers, resolves_to_loopback
-from .redact import redact_text, redact_url
+from .redact import redact_text, redact_url, register_secret
 
 if TYPE_CHECKING:
     import httpx
@@ -354,6 +354,7 @@ class RegistryClient:
             token = None
         if not isinstance(token, str) or not token:
             raise TransferFailed(f"registry {self.registry}: the token service answered without a token")
+        register_secret(str(token))
         self._auth[scope] = f"Bearer {token}"
         # a push token also covers pulls of the same repository
         if scope.endswith(":pull,push"):

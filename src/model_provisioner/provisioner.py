@@ -262,7 +262,7 @@ class ModelProvisioner:
         with model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s):
             failpoints.failpoint("ensure.locked")
             entry = self.catalog.get(model_ref.id)  # the holder before us may have done the work
-            warm = self._warm(entry, digest, strict_mode, options)
+            warm = self._warm(entry, digest, strict_mode, options, locked=True)
             if warm is not None:
                 return warm
             local = self._reverify_in_place(entry, digest, options)
@@ -457,7 +457,13 @@ class ModelProvisioner:
 
     # ============================================================================== the warm path
     def _warm(
-        self, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions | None = None
+        self,
+        entry: CatalogEntry | None,
+        digest: Digest | None,
+        strict: bool,
+        options: FetchOptions | None = None,
+        *,
+        locked: bool = False,
     ) -> ResolvedModel | None:
         """Active + fingerprint unchanged + (no digest asked, or the one we verified) -> answer now."""
         if entry is None or entry.lifecycle is not Lifecycle.ACTIVE:
@@ -489,6 +495,12 @@ class ModelProvisioner:
             return None
         if entry.fingerprint is not None and fingerprint_of(st) != entry.fingerprint:
             return None
+        if digest is not None and entry.expected_digest != str(digest) and not self.read_only:
+            # the bytes are the ones verified, and a digest is given for the first time: it becomes the pin
+            # (README: a digest that verified once keeps applying to that id); written under the model lock
+            if not locked:
+                return None
+            entry = self._record_pin(entry, digest, strict)
         now = now_ms()
         if (
             now - max(entry.last_used_ms, self._touched.get(entry.id, 0)) >= self.settings.touch_interval_ms
@@ -497,6 +509,15 @@ class ModelProvisioner:
             self.catalog.touch(entry.id, now)
             self._touched[entry.id] = now
         return _resolved(entry, from_cache=True)
+
+    def _record_pin(self, entry: CatalogEntry, digest: Digest, strict: bool) -> CatalogEntry:
+        now = now_ms()
+        reason = "verified" if entry.verification in ("recorded", "source_verified", "verified") else entry.verification
+        pinned = replace(entry, expected_digest=str(digest), strict=strict, verification=reason, last_verified_ms=now)
+        self.catalog.put(pinned)
+        self._record(VerificationRecord(entry.id, now, "pass", reason or "verified", entry.digest, 0))
+        log.info("%s: %s is now pinned for this id", entry.id, digest)
+        return pinned
 
     # ============================================================================ materialisation
     def _materialise(

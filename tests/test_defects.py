@@ -1,0 +1,85 @@
+"""Issue 13: defects found trying the tool as a new user would. One regression test per item, through the CLI
+or the HTTP API, against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import EXAMPLE_GGUF, run_cli
+
+MiB = 1 << 20
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------- 1. a digest given later becomes the pin
+def test_a_digest_given_for_a_recorded_entry_becomes_its_pin(cli: Any, gguf_file: Path) -> None:
+    digest = sha(gguf_file.read_bytes())
+    assert cli("ensure", str(gguf_file)).code == 0  # recorded
+    pinned = cli("ensure", str(gguf_file), "--digest", digest, "--json")
+    assert pinned.code == 0 and pinned.json()["verification"] == "verified", pinned.stdout
+    with open(gguf_file, "ab") as fh:
+        fh.write(b"X")
+    changed = cli("ensure", str(gguf_file))  # the pin is not repeated: it still applies
+    assert changed.code == 4 and "mismatch" in changed.stderr, changed.stderr
+
+
+def test_a_digest_in_a_model_config_pins_a_recorded_entry(cli: Any, gguf_file: Path, tmp_path: Path) -> None:
+    assert cli("ensure", str(gguf_file)).code == 0
+    config = tmp_path / "model.yaml"
+    config.write_text(f"model_ref: {gguf_file}\nexpected_digest: {sha(gguf_file.read_bytes())}\n")
+    out = tmp_path / "out"
+    assert cli("provision", "--config", str(config), "--out", str(out)).code == 0
+    handoff = json.loads((out / ".runtime" / "engines" / "llamacpp.json").read_text())
+    assert handoff["metadata"]["verification"] == "verified"
+    with open(gguf_file, "ab") as fh:
+        fh.write(b"X")
+    assert cli("ensure", str(gguf_file)).code == 4
+
+
+def test_a_digest_through_the_api_pins_a_recorded_entry(api_factory: Any, tmp_path: Path) -> None:
+    model = tmp_path / "api" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(EXAMPLE_GGUF.read_bytes())
+    c = api_factory(settings={"api_file_roots": [str(model.parent)]}).client
+    assert c.post("/v1/models/ensure", json={"ref": str(model)}).json()["verification"] == "recorded"
+    pinned = c.post("/v1/models/ensure", json={"ref": str(model), "expected_digest": sha(model.read_bytes())})
+    assert pinned.status_code == 200 and pinned.json()["verification"] == "verified"
+    with open(model, "ab") as fh:
+        fh.write(b"X")
+    assert c.post("/v1/models/ensure", json={"ref": str(model)}).status_code == 422
+
+
+# -------------------------------------------------------- 2. redaction rewrites secrets, never names
+def test_names_that_look_like_tokens_are_stored_as_they_are(cli: Any, tmp_path: Path, cache_dir: Path,
+                                                             settings_file: Any) -> None:
+    model = tmp_path / "hf_tinyllama.gguf"
+    model.write_bytes(EXAMPLE_GGUF.read_bytes())
+    out = tmp_path / "out"
+    ensured = cli("ensure", str(model), "--json", "--handoff-dir", str(out))
+    assert ensured.code == 0 and ensured.json()["id"] == f"file:{model}"
+    listed = cli("ls", "--json").json()["models"]
+    assert listed[0]["id"] == f"file:{model}"
+    provenance = (out / ".runtime" / "provenance" / "models.jsonl").read_text()
+    assert "hf_tinyllama.gguf" in provenance and "***" not in provenance
+    raw = b"".join(p.read_bytes() for p in cache_dir.glob("catalog.db*"))
+    assert b"hf_tinyllama.gguf" in raw and b"***" not in raw
+    bad = settings_file(hf_endpoit="x")
+    unknown = run_cli("ls", cache_dir=cache_dir, env={"MODEL_PROVISIONER_SETTINGS": str(bad)})
+    assert unknown.code == 2 and "hf_endpoint" in unknown.stderr and "***" not in unknown.stderr
+
+
+def test_secrets_in_use_are_redacted_by_value_and_shape(tmp_path: Path) -> None:
+    from model_provisioner import Settings
+    from model_provisioner.redact import redact_text
+
+    shapeless = "Tok3n-w1thout-any-shape"  # no known token shape: redacted because it is in use
+    Settings.from_env({"HF_TOKEN": shapeless, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"},
+                      cache_dir=tmp_path)
+    text = f"GET failed with {shapeless}; key wJalrXUtnFEMI/K7MDENG/bPxRfiCY; hf_{'A' * 34} in ./hf_tinyllama.gguf"
+    assert redact_text(text) == "GET failed with ***; key ***; *** in ./hf_tinyllama.gguf"
