@@ -83,3 +83,76 @@ def test_secrets_in_use_are_redacted_by_value_and_shape(tmp_path: Path) -> None:
                       cache_dir=tmp_path)
     text = f"GET failed with {shapeless}; key wJalrXUtnFEMI/K7MDENG/bPxRfiCY; hf_{'A' * 34} in ./hf_tinyllama.gguf"
     assert redact_text(text) == "GET failed with ***; key ***; *** in ./hf_tinyllama.gguf"
+
+
+# ------------------------------------------------------------ 3. Ctrl-C and SIGTERM keep the partial
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_an_interrupted_download_is_kept_shown_and_resumed(fileserver: Any, cache_dir: Path, settings_file: Any,
+                                                           signame: str, mode: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .servers.fileserver import Fault
+
+    data = os.urandom(24 * MiB)
+    url = fileserver.put("big.bin", data)
+    transfer = {"parallel_threshold_bytes": 8 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
+                "single_stream_enough_bytes_per_s": 1e15, "connections": 4, "stall_timeout_s": 30}
+    if mode == "stream":
+        transfer["connections"] = 1
+    # every range after the first stalls half-way: the download is interrupted while parallel ranges run
+    fileserver.faults["/big.bin"] = Fault(stall_after=MiB, stall_s=20, times=4, clean_first=1)
+    env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
+    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
+                             url, "--digest", sha(data)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while fileserver.served("big.bin") < 3 * MiB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, signame))
+    started = time.monotonic()
+    code = proc.wait(timeout=15)
+    assert code == 130 and time.monotonic() - started < 5, proc.stderr.read() if proc.stderr else ""
+    assert any((cache_dir / "partial").glob("*.part"))
+    listed = run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]
+    assert [m["lifecycle"] for m in listed] == ["Interrupted"]
+    served_before = fileserver.served("big.bin")
+    fileserver.faults.clear()
+    rerun = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir,
+                    env={"MODEL_PROVISIONER_SETTINGS": env["MODEL_PROVISIONER_SETTINGS"]})
+    assert rerun.code == 0, rerun.stderr
+    assert rerun.json()["bytes_fetched"] < len(data) - 2 * MiB  # resumed, not fetched again
+    assert fileserver.served("big.bin") - served_before < len(data) - 2 * MiB
+    assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"][0]["lifecycle"] == "Active"
+
+
+def test_gc_cleans_an_interrupted_entry(cache_dir: Path, fileserver: Any, settings_file: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .servers.fileserver import Fault
+
+    url = fileserver.put("gc.bin", os.urandom(4 * MiB))
+    fileserver.faults["/gc.bin"] = Fault(stall_after=MiB, stall_s=20, times=1)
+    env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_file())}
+    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
+                             url], env=env, stderr=subprocess.DEVNULL)
+    while fileserver.served("gc.bin") < MiB:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to mark it: a stale Pending row
+    proc.wait(timeout=10)
+    assert [m["lifecycle"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]] == ["Interrupted"]
+    gc = run_cli("gc", "--json", cache_dir=cache_dir)
+    assert gc.code == 0, gc.stderr
+    assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"] == []
+    assert any((cache_dir / "partial").glob("*.part"))  # young partials are kept for a resume

@@ -338,14 +338,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     filters = [_parse_filter(f) for f in args.filter]
     now = time.time() * 1000
+    from .locks import model_lock_is_free
+
     with _provisioner(args) as prov:
         rows = prov.catalog.rows_for_listing()
         use = usage(prov, rows)
+        # a Pending entry nobody is provisioning was interrupted (a SIGKILL); Ctrl-C/SIGTERM mark it themselves
+        stale = {r[0] for r in rows if r[1] == "Pending" and model_lock_is_free(prov.store.locks_dir, r[0])}
     models = []
     for r in rows:
+        interrupted = r[0] in stale or (r[1] == "Failed" and r[4] == "interrupted")
         item = {
             "id": r[0],
-            "lifecycle": r[1],
+            "lifecycle": "Interrupted" if interrupted else r[1],
             "size_bytes": r[2],
             "format": r[3],
             "verification": r[4],
@@ -661,9 +666,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 # ========================================================================================= main
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command like Ctrl-C: transfers stop, partials are kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     log_format = "text"
     metrics_file: str | None = None
     try:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import Lease, Lifecycle, now_ms
 from .errors import InvalidInput, NotFound, PolicyDenied
-from .locks import lock_is_free, store_exclusive
+from .locks import lock_is_free, model_lock_is_free, store_exclusive
 from .refs import parse
 
 if TYPE_CHECKING:
@@ -249,8 +249,14 @@ def gc(
         report.waited_for_ensures = waited
         # 1. Failed entries past their retention (their store files go with them)
         for row in prov.catalog.rows_for_listing():
-            if row[1] == "Failed" and now - max(row[6], row[11]) > failed_retention_s * 1000:
-                report.add("failed-entry", row[0], 0)
+            expired = row[1] == "Failed" and now - max(row[6], row[11]) > failed_retention_s * 1000
+            # an interrupted ensure holds nothing (its partial download is kept below, within the grace
+            # period); a Pending row nobody is provisioning is what a SIGKILL left
+            interrupted = (row[1] == "Failed" and row[4] == "interrupted") or (
+                row[1] == "Pending" and model_lock_is_free(prov.store.locks_dir, row[0])
+            )
+            if expired or interrupted:
+                report.add("interrupted-entry" if interrupted and not expired else "failed-entry", row[0], 0)
                 if not dry_run:
                     prov.evict(row[0], force=True)
         # 2. budget

@@ -165,6 +165,11 @@ def store_exclusive(locks_dir: Path, timeout_s: float) -> Iterator[bool]:
         lock.release()
 
 
+def model_lock_is_free(locks_dir: Path, model_id: str) -> bool:
+    """True when no process is provisioning ``model_id`` right now."""
+    return lock_is_free(locks_dir / _lock_file_name("model:" + model_id))
+
+
 def lock_is_free(path: Path) -> bool:
     """True when nobody holds a flock on ``path`` (we take and drop it at once)."""
     if not path.exists():

@@ -10,9 +10,11 @@ range workers, retries) and with no second lookup between the check and the conn
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
+import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -102,11 +104,25 @@ def guarded_transport(policy: AddressCheck, **kwargs: Any) -> Any:
     return transport
 
 
+def abort_connections(transport: Any) -> None:
+    """Shut down every socket ``transport`` opened: reads blocked in them return at once (cancellation)."""
+    backend = getattr(getattr(transport, "_pool", None), "_network_backend", None)
+    for sock in list(getattr(backend, "sockets", ())):
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _guarded_backend(policy: AddressCheck) -> Any:
     import httpcore
 
     class GuardedBackend(httpcore.SyncBackend):
-        """Resolve once, check every address, connect to a checked address (no second lookup)."""
+        """Resolve once, check every address, connect to a checked address (no second lookup). Remembers
+        its sockets (weakly) so that a cancellation can shut them down."""
+
+        sockets: weakref.WeakSet[socket.socket]
+
+        def __init__(self) -> None:
+            self.sockets = weakref.WeakSet()
 
         def connect_tcp(
             self,
@@ -124,9 +140,14 @@ def _guarded_backend(policy: AddressCheck) -> Any:
             for address in addresses:
                 policy.check_address(host, port, address)
                 try:
-                    return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
+                    stream = super().connect_tcp(str(address), port, timeout, local_address, socket_options)
                 except httpcore.ConnectError as exc:
                     last = exc
+                    continue
+                sock = stream.get_extra_info("socket")
+                if sock is not None:
+                    self.sockets.add(sock)
+                return stream
             raise last or httpcore.ConnectError(f"{host} resolves to no address")
 
     return GuardedBackend()

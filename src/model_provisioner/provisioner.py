@@ -269,7 +269,11 @@ class ModelProvisioner:
             if local is not None:
                 return local
             with store_in_use(self.store.locks_dir, self.settings.lock_timeout_s), METRICS.fetching():
-                resolved = self._materialise(model_ref, entry, digest, strict_mode, options)
+                try:
+                    resolved = self._materialise(model_ref, entry, digest, strict_mode, options)
+                except (KeyboardInterrupt, SystemExit):
+                    self._interrupted(model_ref.id, entry)
+                    raise
         if self.settings.max_cache_bytes is not None and not resolved.from_cache:
             from .lifecycle import enforce_budget
 
@@ -509,6 +513,26 @@ class ModelProvisioner:
             self.catalog.touch(entry.id, now)
             self._touched[entry.id] = now
         return _resolved(entry, from_cache=True)
+
+    def _interrupted(self, model_id: str, before: CatalogEntry | None) -> None:
+        """Ctrl-C or SIGTERM during an ensure: an Active entry that was being refreshed stays as it was;
+        anything else is marked as interrupted (Failed, reason ``interrupted``), never left Pending. Partial
+        downloads are kept: the same command resumes them."""
+        current = self.catalog.get(model_id)
+        if current is None or current.lifecycle is not Lifecycle.PENDING:
+            return
+        if before is not None and before.lifecycle is Lifecycle.ACTIVE:
+            self.catalog.put(before)
+            return
+        self.catalog.put(
+            replace(
+                current,
+                lifecycle=Lifecycle.FAILED,
+                verification="interrupted",
+                error=f"{model_id}: interrupted before it was complete; the partial download is kept: run the "
+                "same command again to resume it",
+            )
+        )
 
     def _record_pin(self, entry: CatalogEntry, digest: Digest, strict: bool) -> CatalogEntry:
         now = now_ms()

@@ -284,16 +284,28 @@ def _fetch_all(
     small = [f for f in plan.files if not (_is_weight(f.path) or f.unpack)]
     large = [f for f in plan.files if _is_weight(f.path) or f.unpack]
     results: dict[str, TransferOutcome] = {}
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for file, outcome in zip(small, pool.map(one, small), strict=True):
-            results[file.path] = outcome
-        if INDEX in results:
-            shards = shards_from_index(results[INDEX].blob.read_bytes(), f"{ref.id} [{INDEX}]")
-            check_complete(shards, [f.path for f in plan.files], plan.available, ref.id)
-        # weights one or two at a time: each large file already uses parallel ranges
-        with ThreadPoolExecutor(max_workers=2) as big_pool:
-            for file, outcome in zip(large, big_pool.map(one, large), strict=True):
-                results[file.path] = outcome
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            try:
+                for file, outcome in zip(small, pool.map(one, small), strict=True):
+                    results[file.path] = outcome
+                if INDEX in results:
+                    shards = shards_from_index(results[INDEX].blob.read_bytes(), f"{ref.id} [{INDEX}]")
+                    check_complete(shards, [f.path for f in plan.files], plan.available, ref.id)
+                # weights one or two at a time: each large file already uses parallel ranges
+                with ThreadPoolExecutor(max_workers=2) as big_pool:
+                    try:
+                        for file, outcome in zip(large, big_pool.map(one, large), strict=True):
+                            results[file.path] = outcome
+                    except (KeyboardInterrupt, SystemExit):
+                        prov.engine.cancel()  # Ctrl-C: the workers stop at their next chunk, partials kept
+                        raise
+            except (KeyboardInterrupt, SystemExit):
+                prov.engine.cancel()
+                raise
+    except (KeyboardInterrupt, SystemExit):
+        prov.engine.resume_after_cancel()  # the pools are done: later transfers in this process may run
+        raise
     return results
 
 

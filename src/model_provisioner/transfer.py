@@ -128,6 +128,12 @@ class _Restart(Exception):
     """The server did not honour our Range: start the file over."""
 
 
+class Cancelled(TransferFailed):
+    """The transfer was stopped (Ctrl-C, SIGTERM, a server shutting down); its partial file is kept."""
+
+    code = "cancelled"
+
+
 class NotModified(ProvisionerError):
     code = "not_modified"
 
@@ -184,18 +190,27 @@ class TransferEngine:
         #: (monotonic deadline, file name) of the file this thread is fetching (range workers inherit it)
         self._deadline = threading.local()
         self._cancelled = threading.Event()
+        self._transport: Any = None
 
     def cancel(self) -> None:
-        """Stop every transfer at its next chunk (the process is stopping): partial files and chunk maps are
-        kept, so the next run resumes them. Blocked reads end when the client is closed."""
+        """Stop every transfer at its next chunk (Ctrl-C, SIGTERM, a server stopping): partial files and chunk
+        maps are kept, so the next run resumes them. Blocked reads end when the client is closed."""
+        from .netguard import abort_connections
+
         self._cancelled.set()
-        client = self._client
+        with self._client_lock:
+            client, self._client = self._client, None
         if client is not None:
+            abort_connections(self._transport)
             client.close()
+
+    def resume_after_cancel(self) -> None:
+        """Accept transfers again (a library caller that caught the interruption goes on)."""
+        self._cancelled.clear()
 
     def _check_deadline(self) -> None:
         if self._cancelled.is_set():
-            raise TransferFailed("cancelled: the process is stopping; the partial download is kept for the next run")
+            raise Cancelled("interrupted; the partial download is kept and the next run resumes it")
         value = getattr(self._deadline, "value", None)
         if value is not None and time.monotonic() > value[0]:
             raise TransferFailed(
@@ -216,10 +231,11 @@ class TransferEngine:
                 s = self.settings
                 limits = httpx.Limits(max_connections=max(16, s.connections * 2), max_keepalive_connections=16)
                 verify = s.ca_bundle if s.ca_bundle else True
+                self._transport = guarded_transport(self.policy or Policy(), limits=limits, verify=verify)
                 self._client = httpx.Client(
                     follow_redirects=False,
                     timeout=httpx.Timeout(s.stall_timeout_s, connect=s.connect_timeout_s),
-                    transport=guarded_transport(self.policy or Policy(), limits=limits, verify=verify),
+                    transport=self._transport,
                     trust_env=False,
                     headers={"User-Agent": "model-provisioner/0.1", "Accept-Encoding": "identity"},
                 )
@@ -261,7 +277,7 @@ class TransferEngine:
                     _discard(partial)
                     raise
                 except (TransferFailed, NotFound, DigestMismatch, PolicyDenied) as exc:
-                    if is_last:
+                    if is_last or isinstance(exc, Cancelled):
                         raise
                     log.warning("%s: %s failed (%s); trying the next source", spec.name, source.label, exc)
                     if isinstance(exc, DigestMismatch):
@@ -300,6 +316,7 @@ class TransferEngine:
         self._deadline.value = (time.monotonic() + deadline_s, spec.name) if deadline_s else None
         while True:
             attempt += 1
+            self._check_deadline()
             try:
                 try:
                     return self._attempt(source, spec, partial, progress_cb)
@@ -751,6 +768,7 @@ class TransferEngine:
 
             failures = 0
             while starts[index] + written[index] < ends[index]:
+                self._check_deadline()
                 try:
                     if response is None:
                         lo = starts[index] + written[index]

@@ -39,6 +39,7 @@ class Fault:
     no_length: bool = False  # no Content-Length, no ranges: the body ends when the connection closes
     endless: bool = False  # 200, chunked-like (no length): the file, then zeros until the client hangs up
     drip_s: float | None = None  # slow-loris: one body byte every drip_s seconds (no Content-Length)
+    clean_first: int = 0  # serve this many responses cleanly before cut/stall/corrupt apply
 
 
 @dataclass
@@ -204,8 +205,11 @@ class FileServer:
             if fault.wrong_range_offset is not None and start > 0:  # a resume answered at the wrong offset
                 start = fault.wrong_range_offset
         active = fault.times is None or fault.times > 0
-        if fault.times is not None and fault.times > 0 and (fault.cut_after or fault.stall_after or
-                                                            fault.corrupt_at is not None):
+        if fault.clean_first > 0:
+            fault.clean_first -= 1
+            active = False
+        if active and fault.times is not None and fault.times > 0 and (fault.cut_after or fault.stall_after or
+                                                                       fault.corrupt_at is not None):
             fault.times -= 1
         length = end - start + 1
         h.send_response(206 if partial else 200)
