@@ -18,6 +18,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 python3 -m pip install -q -e '.[test]'
+# the llama-cpp-python sdist from PyPI (real GGUF vocab files; cached in ~/.cache/model-provisioner-tests)
+python3 scripts/fetch_test_assets.py
 python3 -m ruff check src tests bench examples fuzz
 python3 -m mypy
 python3 -m pytest "$@"

@@ -341,3 +341,16 @@ def small_fs(tmp_path: Path) -> Any:
 
     yield SmallFs
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ------------------------------------------------------------------- assets fetched by scripts/test.sh
+@pytest.fixture(scope="session")
+def llamacpp_sdist() -> Path:
+    """The llama-cpp-python sdist (scripts/fetch_test_assets.py puts it in the cache; run it if missing)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import fetch_test_assets
+
+    path = fetch_test_assets.CACHE / fetch_test_assets.SDIST
+    if not path.is_file():
+        assert fetch_test_assets.main() == 0, "could not fetch the llama-cpp-python sdist from PyPI"
+    return path

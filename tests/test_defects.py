@@ -156,3 +156,57 @@ def test_gc_cleans_an_interrupted_entry(cache_dir: Path, fileserver: Any, settin
     assert gc.code == 0, gc.stderr
     assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"] == []
     assert any((cache_dir / "partial").glob("*.part"))  # young partials are kept for a resume
+
+
+# ------------------------------------------- 4. every GGUF llama.cpp ships is accepted and read correctly
+def _reference_readings(files: list[Path], cache: Path) -> dict[str, dict[str, Any]]:
+    """What gguf.GGUFReader reads from each file (architecture, context length, tokenizer model). The reader
+    takes ~6 s per vocab file, so its readings are cached beside the sdist, keyed by each file's sha256."""
+    from gguf import GGUFReader
+
+    cache_file = cache / "gguf-reference-readings.json"
+    known: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    out: dict[str, dict[str, Any]] = {}
+    for path in files:
+        key = sha(path.read_bytes())
+        if key not in known:
+            reader = GGUFReader(path)
+
+            def field(name: str, reader: Any = reader) -> Any:
+                item = reader.fields.get(name)
+                return None if item is None else item.contents()
+
+            arch = field("general.architecture")
+            known[key] = {"architecture": arch, "ctx_max": field(f"{arch}.context_length"),
+                          "tokenizer_model": field("tokenizer.ggml.model")}
+            cache_file.write_text(json.dumps(known, indent=1, sort_keys=True))
+        out[path.name] = known[key]
+    return out
+
+
+def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(llamacpp_sdist: Path, tmp_path: Path,
+                                                               cache_dir: Path) -> None:
+    import tarfile
+
+    from model_provisioner import ModelProvisioner
+
+    files = []
+    with tarfile.open(llamacpp_sdist) as sdist:
+        for member in sdist:
+            base = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and "/vendor/llama.cpp/models/" in member.name and base.startswith("ggml-vocab-") \
+                    and base.endswith(".gguf"):
+                source = sdist.extractfile(member)
+                assert source is not None
+                (tmp_path / base).write_bytes(source.read())
+                files.append(tmp_path / base)
+    assert len(files) >= 15, files
+    reference = _reference_readings(files, llamacpp_sdist.parent)
+    with ModelProvisioner.file_only(cache_dir) as prov:
+        for path in files:
+            resolved = prov.ensure_present(path)  # was: "truncated GGUF: tensor data ends at byte N+3"
+            assert resolved.format == "gguf", path.name
+            for key, expected in reference[path.name].items():
+                assert resolved.metadata.get(key) == expected, (path.name, key)
+    inspected = run_cli("inspect", str(files[0]), "--json", cache_dir=tmp_path / "other")
+    assert inspected.code == 0, inspected.stderr

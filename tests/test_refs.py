@@ -232,3 +232,10 @@ def test_scheme_prefixed_garbage_never_crashes(prefix: str, body: str) -> None:
     except InvalidModelRef:
         return
     assert parse(ref.id).id == ref.id
+
+
+def test_a_local_path_ending_in_a_space_round_trips() -> None:
+    """Found by the coverage-guided fuzzer (input ``h\\xc6oci:: //``): the id of such a path was re-parsed
+    with its trailing space stripped."""
+    ref = parse("h\ufffdoci:: //", cwd="/tmp")
+    assert ref.id == "file:/tmp/h\ufffdoci:: " and parse(ref.id, cwd="/tmp").id == ref.id

@@ -317,7 +317,9 @@ def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str
     if not isinstance(text, str):
         raise InvalidModelRef(repr(text), "a model reference must be a string")
     original = text
-    text = text.strip()
+    text = text.lstrip()
+    if not text.lower().startswith("file:"):
+        text = text.rstrip()  # a canonical file: id is taken as it is (a path may end with a space)
     if len(text) > MAX_REF_CHARS:
         raise InvalidModelRef(original, f"longer than {MAX_REF_CHARS} characters; no model reference is that long")
     if not text:

@@ -485,6 +485,9 @@ class TransferEngine:
         resumed_from: int,
     ) -> TransferOutcome:
         """The partial file is complete: check its size and digest, then move it into the blob store."""
+        # a cancellation shuts sockets down, which ends a body without a length like a clean EOF: never
+        # take that for the end of the file
+        self._check_deadline()
         failpoints.failpoint("transfer.complete")
         size = os.lstat(partial).st_size
         if total is not None and size != total:
