@@ -210,3 +210,47 @@ def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(llamacpp_sdist: P
                 assert resolved.metadata.get(key) == expected, (path.name, key)
     inspected = run_cli("inspect", str(files[0]), "--json", cache_dir=tmp_path / "other")
     assert inspected.code == 0, inspected.stderr
+
+
+# ---------------------------------------------------------- 5. push local files and directories directly
+def test_a_local_file_and_directory_are_pushed_and_pulled_back(registry: Any, s3: Any, cli: Any, tmp_path: Path,
+                                                               make_gguf: Any) -> None:
+    from .test_s3 import _bucket
+
+    model = make_gguf("my-finetune.gguf", context_length=2048)
+    assert cli("ensure", str(model)).code == 0
+    pushed = cli("push", str(model), f"oci://{registry.host}/team/finetune:v1", "--json")
+    assert pushed.code == 0, pushed.stderr
+    assert pushed.json()["digest"] == sha(model.read_bytes())
+    assert pushed.json()["bytes_uploaded"] == model.stat().st_size
+    pulled = run_cli("ensure", f"oci://{registry.host}/team/finetune:v1", "--digest", sha(model.read_bytes()),
+                     "--json", cache_dir=tmp_path / "other")
+    assert pulled.code == 0, pulled.stderr
+    assert Path(pulled.json()["local_path"]).read_bytes() == model.read_bytes()
+
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tree / "config.json").write_text('{"model_type": "llama"}')
+    from .test_hf import safetensors_bytes
+
+    (tree / "model.safetensors").write_bytes(safetensors_bytes(2000))
+    ensured = cli("ensure", str(tree), "--json")
+    assert ensured.code == 0, ensured.stderr
+    _bucket(s3, "team")
+    to_s3 = cli("push", str(tree), "s3://team/mirror/", "--json")
+    assert to_s3.code == 0, to_s3.stderr
+    assert to_s3.json()["digest"] == ensured.json()["digest"] and to_s3.json()["files"] == 2
+    to_oci = cli("push", f"file:{tree}", f"oci://{registry.host}/team/repo:v1", "--json")
+    assert to_oci.code == 0, to_oci.stderr
+
+
+def test_a_local_file_changed_since_it_was_verified_is_not_pushed(registry: Any, cli: Any, make_gguf: Any) -> None:
+    model = make_gguf("changed.gguf")
+    assert cli("ensure", str(model)).code == 0
+    with open(model, "ab") as fh:
+        fh.write(b"X")
+    result = cli("push", str(model), f"oci://{registry.host}/team/changed:v1")
+    assert result.code == 4 and "changed.gguf" in result.stderr, result.stderr
+    manifest = __import__("httpx").get(f"{registry.url}/v2/team/changed/manifests/v1",
+                                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert manifest.status_code == 404  # nothing was published under the tag

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import CatalogEntry, Lifecycle
-from .errors import InvalidInput, NotFound
+from .errors import DigestMismatch, InvalidInput, NotFound
 from .refs import OciRef, S3Ref, parse
 
 if TYPE_CHECKING:
@@ -75,24 +75,56 @@ class PushResult:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _entry_files(prov: ModelProvisioner, entry: CatalogEntry) -> list[tuple[str, str, int]]:
-    """(path in the model, blob, size) for an Active entry; the blobs must be present."""
+@dataclass(frozen=True)
+class PushFile:
+    path: str  # inside the model
+    sha256: str  # hex: what the catalog verified
+    size: int
+    source: Path  # where the bytes are read from: a blob, or the user's own file
+
+
+def _entry_files(prov: ModelProvisioner, entry: CatalogEntry) -> list[PushFile]:
+    """The files of an Active entry and where to read them: store blobs, or (a model registered in place: a
+    local file or directory) the user's files, which must still be the bytes that were verified."""
     files = prov.catalog.files(entry.id)
     if files:
-        out = [(f.path, f.blob, f.size_bytes) for f in files]
+        out = [PushFile(f.path, f.blob, f.size_bytes, prov.store.blob_path(f.blob)) for f in files]
     elif entry.blob:
         name = Path(entry.local_path).name
         name = re.sub(r"@[0-9a-f]{64}$", "", name) if "@" in name else name
-        out = [(name, entry.blob, entry.size_bytes)]
+        out = [PushFile(name, entry.blob, entry.size_bytes, prov.store.blob_path(entry.blob))]
     else:
-        raise InvalidInput(
-            f"{entry.id} is registered in place (a local file outside the store); ensure a copy into the "
-            "store first, or push a remote ref"
-        )
-    for _, blob, _ in out:
-        if not prov.store.has_blob(blob):
-            raise NotFound(f"{entry.id}: blob sha256:{blob} is missing from the store; run verify --repair")
+        return _local_files(entry)
+    for file in out:
+        if not prov.store.has_blob(file.sha256):
+            raise NotFound(f"{entry.id}: blob sha256:{file.sha256} is missing from the store; run verify --repair")
     return out
+
+
+def _local_files(entry: CatalogEntry) -> list[PushFile]:
+    """A local directory is re-hashed here (its files are not recorded one by one) and must still have the
+    verified repo digest; a local file's bytes are checked as they are uploaded."""
+    if "local_tree" in entry.metadata:
+        from .hashing import hash_file
+        from .localtree import scan_tree
+        from .store import repo_digest
+
+        root = Path(str(entry.metadata["local_tree"]))
+        out = []
+        for rel, path in scan_tree(root, entry.id):
+            hashed = hash_file(path, [])
+            out.append(PushFile(rel, hashed.sha256.hex, hashed.size_bytes, path))
+        actual = repo_digest([(f.path, f.sha256, f.size) for f in out])
+        if actual != entry.digest:
+            raise DigestMismatch(
+                f"{entry.id} ({root})", str(entry.digest), actual, "it changed since it was verified; nothing was "
+                "pushed (run ensure to verify it again)"
+            )
+        return out
+    if not entry.digest or not entry.digest.startswith("sha256:"):
+        raise InvalidInput(f"{entry.id} has no sha256 digest recorded; run ensure on it again before pushing")
+    path = Path(entry.local_path)
+    return [PushFile(path.name, entry.digest.split(":", 1)[1], entry.size_bytes, path)]
 
 
 def push(prov: ModelProvisioner, model: str, destination: str) -> PushResult:
@@ -137,25 +169,28 @@ def _modelpack_layer_type(path: str) -> str:
 
 
 def _push_oci(
-    prov: ModelProvisioner, entry: CatalogEntry, files: list[tuple[str, str, int]], target: OciRef
+    prov: ModelProvisioner, entry: CatalogEntry, files: list[PushFile], target: OciRef
 ) -> PushResult:
     from .oci import RegistryClient
 
     uploaded = skipped = 0
     layers = []
     with RegistryClient(target.registry, prov.settings) as client:
-        for path, blob, size in files:
-            digest = f"sha256:{blob}"
-            if client.upload_blob(target.repository, prov.store.blob_path(blob), digest, size):
-                uploaded += size
+        for file in files:
+            digest = f"sha256:{file.sha256}"
+            if client.upload_blob(target.repository, file.source, digest, file.size, subject=entry.id):
+                uploaded += file.size
             else:
-                skipped += size
+                skipped += file.size
             layers.append(
                 {
-                    "mediaType": _modelpack_layer_type(path),
+                    "mediaType": _modelpack_layer_type(file.path),
                     "digest": digest,
-                    "size": size,
-                    "annotations": {"org.cncf.model.filepath": path, "org.opencontainers.image.title": path},
+                    "size": file.size,
+                    "annotations": {
+                        "org.cncf.model.filepath": file.path,
+                        "org.opencontainers.image.title": file.path,
+                    },
                 }
             )
         config = {
@@ -184,7 +219,7 @@ def _push_oci(
 
 
 def _push_s3(
-    prov: ModelProvisioner, entry: CatalogEntry, files: list[tuple[str, str, int]], target: S3Ref
+    prov: ModelProvisioner, entry: CatalogEntry, files: list[PushFile], target: S3Ref
 ) -> PushResult:
     import base64
 
@@ -196,30 +231,33 @@ def _push_s3(
     check_endpoint(client, prov.settings)
     uploaded = 0
     try:
-        for path, blob, size in files:
-            if size > SINGLE_PUT_MAX:
-                # multipart: S3 keeps a composite checksum; pulls check the manifest's sha256 instead
-                client.upload_file(
-                    str(prov.store.blob_path(blob)),
-                    target.bucket,
-                    target.key + path,
-                    ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                )
-            else:
-                with open(prov.store.blob_path(blob), "rb") as body:
+        for file in files:
+            key = target.key + file.path
+            with open(file.source, "rb") as raw:
+                body = HashingReader(raw)
+                if file.size > SINGLE_PUT_MAX:
+                    # multipart: S3 keeps a composite checksum; pulls check the manifest's sha256 instead
+                    client.upload_fileobj(body, target.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+                else:
                     client.put_object(
                         Bucket=target.bucket,
-                        Key=target.key + path,
+                        Key=key,
                         Body=body,
-                        ChecksumSHA256=base64.b64encode(bytes.fromhex(blob)).decode(),
+                        ChecksumSHA256=base64.b64encode(bytes.fromhex(file.sha256)).decode(),
                     )
-            uploaded += size
+            if body.hexdigest() != file.sha256:
+                client.delete_object(Bucket=target.bucket, Key=key)
+                raise DigestMismatch(
+                    f"{entry.id} [{file.source}]", f"sha256:{file.sha256}", f"sha256:{body.hexdigest()}",
+                    "it changed since it was verified; the upload was deleted and no manifest written",
+                )
+            uploaded += file.size
         manifest = {
             "id": entry.id,
             "digest": entry.digest,
             "format": entry.format,
             "revision": entry.metadata.get("revision"),
-            "files": [{"path": p, "sha256": b, "size": s} for p, b, s in files],
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
         }
         client.put_object(
             Bucket=target.bucket,
@@ -231,6 +269,32 @@ def _push_s3(
         raise s3_error(exc, client, target.id) from None
     log.info("%s: pushed %d files to %s", entry.id, len(files), target.id)
     return PushResult(target.id, len(files), uploaded, 0, entry.digest or "")
+
+
+class HashingReader:
+    """A file object that hashes what is read from it (what was uploaded is what was hashed); seeking back
+    to the start (an SDK retrying) starts the hash again."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._hasher = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self._hasher.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position: int = self.raw.seek(offset, whence)
+        if position == 0:
+            self._hasher = hashlib.sha256()
+        return position
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 def _iso(ms: int) -> str:

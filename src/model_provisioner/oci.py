@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from .dockercreds import RegistryLogin, docker_login
-from .errors import CorruptModel, NotFound, PolicyDenied, TransferFailed
+from .errors import CorruptModel, DigestMismatch, NotFound, PolicyDenied, TransferFailed
 from .netguard import guarded_transport, origin_of, redirect_headers, resolves_to_loopback
 from .redact import redact_text, redact_url, register_secret
 
@@ -450,17 +450,40 @@ class RegistryClient:
         location = urljoin(self.base + "/", started.headers["Location"])
         return location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
 
-    def upload_blob(self, repository: str, path: Path, digest: str, size: int) -> bool:
-        """Monolithic upload (POST then PUT with the body); False when the registry already had it."""
+    def upload_blob(self, repository: str, path: Path, digest: str, size: int, subject: str = "") -> bool:
+        """Monolithic upload (POST then PUT with the body); False when the registry already had it. The bytes
+        are hashed as they are sent: a file that no longer has ``digest`` is ``DigestMismatch`` (exit 4)."""
         if self.blob_exists(repository, digest):
             return False
+        hasher = hashlib.sha256()
 
         def body() -> Iterator[bytes]:
+            left = size  # never more than declared: a longer file fails the digest check below
             with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
+                while left > 0 and (chunk := fh.read(min(1 << 20, left))):
+                    left -= len(chunk)
+                    hasher.update(chunk)
                     yield chunk
 
-        self._put_blob(repository, digest, body(), {"Content-Length": str(size)})
+        def check() -> None:
+            if f"sha256:{hasher.hexdigest()}" != digest:
+                raise DigestMismatch(
+                    f"{subject or repository} [{path}]", digest, f"sha256:{hasher.hexdigest()}",
+                    "it changed since it was verified; nothing was published",
+                )
+
+        actual_size = path.stat().st_size
+        if actual_size != size:
+            raise DigestMismatch(
+                f"{subject or repository} [{path}]", f"{digest} ({size} bytes)", f"{actual_size} bytes",
+                "it changed since it was verified; nothing was published",
+            )
+        try:
+            self._put_blob(repository, digest, body(), {"Content-Length": str(size)})
+        except TransferFailed:
+            check()  # the registry refused the bytes because they are not the digest: say so
+            raise
+        check()
         return True
 
     def upload_bytes(self, repository: str, data: bytes) -> str:
