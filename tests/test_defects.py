@@ -254,3 +254,35 @@ def test_a_local_file_changed_since_it_was_verified_is_not_pushed(registry: Any,
     manifest = __import__("httpx").get(f"{registry.url}/v2/team/changed/manifests/v1",
                                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert manifest.status_code == 404  # nothing was published under the tag
+
+
+# ------------------------------------------------------ 6. verify, rm and ensure say what really happened
+def test_verify_rm_and_ensure_say_what_happened(cli: Any, tmp_path: Path, make_gguf: Any) -> None:
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    not_gguf = tmp_path / "fake.gguf"
+    not_gguf.write_bytes(b"<html>not a model</html>")
+    for bad in (empty, not_gguf):
+        assert cli("ensure", str(bad)).code == 4
+        verified = cli("verify", str(bad))
+        assert verified.code == 4 and verified.stdout.startswith("FAILED") and "ok" not in verified.stdout.split()[0]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "config.json").write_text("{}")
+    from .test_hf import safetensors_bytes
+
+    (tree / "model.safetensors").write_bytes(safetensors_bytes(100))
+    assert cli("ensure", str(tree)).code == 0
+    good = make_gguf("good.gguf")
+    assert cli("ensure", str(good)).code == 0
+    every = cli("verify", str(tree), str(good))
+    assert every.code == 0, every.stdout
+    assert all(f"file:{p}" in every.stdout for p in (tree, good)), every.stdout
+    notes = tmp_path / "readme.txt"
+    notes.write_text("just notes\n")
+    ensured = cli("ensure", str(notes))
+    assert ensured.code == 0 and "no model format recognised" in ensured.stderr, ensured.stderr
+    assert cli("inspect", str(notes), "--json").json()["metadata"]["format"] == "file"
+    removed = cli("rm", str(notes))
+    assert removed.code == 0 and "forgot" in removed.stdout and "stays where it is" in removed.stdout
+    assert notes.read_text() == "just notes\n"

@@ -645,13 +645,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     with _provisioner(args) as prov:
+        in_place = {e.id for e in prov.list_models() if e.blob is None and e.scheme == "file"}
         removed = prov.evict(args.pattern, dry_run=args.dry_run, force=args.force)
     if not removed:
         raise NotFound(f"nothing in the catalog matches {args.pattern!r}; see `{PROG} ls`")
+
+    def line(model_id: str) -> str:
+        if model_id in in_place:  # registered in place: only the catalog entry goes, never the user's file
+            verb = "would forget" if args.dry_run else "forgot"
+            return f"{verb} {model_id} (its file is yours and stays where it is)"
+        return ("would remove " if args.dry_run else "removed ") + model_id
+
     _emit(
         args,
-        {"removed": removed, "dry_run": args.dry_run},
-        "\n".join(("would remove " if args.dry_run else "removed ") + r for r in removed),
+        {"removed": removed, "forgotten_only": [r for r in removed if r in in_place], "dry_run": args.dry_run},
+        "\n".join(line(r) for r in removed),
     )
     return 0
 

@@ -213,4 +213,5 @@ def reverify_directory(prov: ModelProvisioner, entry: CatalogEntry, digest: Dige
         )
     )
     prov._record(VerificationRecord(entry.id, now, "pass", "verified", actual, total))
-    return VerificationReport(entry.id, True, "verified", str(expected or recorded), actual, entry.local_path, "ok")
+    message = f"{entry.id}: ok ({len(files)} files, {actual})"
+    return VerificationReport(entry.id, True, "verified", str(expected or recorded), actual, entry.local_path, message)

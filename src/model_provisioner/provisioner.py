@@ -364,6 +364,18 @@ class ModelProvisioner:
             entry = self.catalog.get(model_id)
             if entry is None:
                 raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
+            if entry.lifecycle is not Lifecycle.ACTIVE:
+                # a Failed entry (empty, corrupt, unsupported, a mismatch) is not made ok by re-hashing it
+                why = entry.verification or str(entry.lifecycle).lower()
+                return VerificationReport(
+                    entry.id,
+                    False,
+                    why,
+                    entry.expected_digest,
+                    entry.digest,
+                    entry.local_path,
+                    f"{entry.id}: {entry.lifecycle} ({why}): {entry.error or 'not provisioned'}; run ensure on it",
+                )
             return self._reverify(entry, Digest.parse(expected_digest) if expected_digest else None)
 
     def _verify_read_only(self, model_id: str, expected_digest: str | Digest | None) -> VerificationReport:
@@ -704,6 +716,12 @@ class ModelProvisioner:
             raise check.error
         for message in check.warnings:
             log.warning(message)
+        if fmt.format == "file":
+            log.warning(
+                "%s: no model format recognised (not GGUF, safetensors or a model repository); recorded as a "
+                "plain file (format 'file'): check the path if you meant a model",
+                subject,
+            )
         signed: str | None = None
         if self.settings.require_signature:
             try:

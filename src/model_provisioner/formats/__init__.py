@@ -39,7 +39,7 @@ def inspect_file(path: str | os.PathLike[str], subject: str | None = None, name:
         return FormatInfo("gguf", info.summary(name))
     if name.endswith(".safetensors"):
         return FormatInfo("safetensors", _safetensors_summary(path, subject))
-    return FormatInfo("unknown", {})
+    return FormatInfo("file", {})  # no model format recognised: any file is accepted, and says so
 
 
 def _safetensors_summary(path: str | os.PathLike[str], subject: str) -> dict[str, Any]:
