@@ -192,7 +192,7 @@ def test_verify_ls_rm_round_trip(cli: Any, make_gguf: Any) -> None:
     bad = cli("verify", "--all")
     assert bad.code == 4 and "FAILED" in bad.stdout and "1 of 2" in bad.stderr
     dry = cli("rm", "file:*a.gguf", "--dry-run")
-    assert dry.code == 0 and "would remove" in dry.stdout
+    assert dry.code == 0 and "would forget" in dry.stdout  # registered in place: only forgotten
     assert len(cli("ls", "--json").json()["models"]) == 2
     assert cli("rm", "file:*").code == 0
     assert cli("ls", "--json").json()["models"] == []

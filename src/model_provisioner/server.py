@@ -54,7 +54,13 @@ MODEL_EXAMPLE = {
 ERROR_EXAMPLE = {"error": {"code": "not_found", "message": "hf:org/repo/x.gguf is not in the catalog"}}
 
 
-class EnsureRequest(BaseModel):
+class StrictBody(BaseModel):
+    """Request bodies refuse fields they do not know (400 naming them): a typo is never silently ignored."""
+
+    model_config = {"extra": "forbid"}
+
+
+class EnsureRequest(StrictBody):
     ref: str = Field(description="model reference: hf:org/repo/file.gguf, https://…, file:/abs (allowed roots)")
     expected_digest: str | None = Field(default=None, description="sha256:<64 hex>; strict unless strict=false")
     strict: bool | None = None
@@ -62,25 +68,42 @@ class EnsureRequest(BaseModel):
     refresh: bool = False
 
     model_config = {
-        "json_schema_extra": {"examples": [{"ref": "hf:TheOrg/Tiny-GGUF:Q4_K_M", "expected_digest": DIGEST_EXAMPLE}]}
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"ref": "hf:TheOrg/Tiny-GGUF:Q4_K_M", "expected_digest": DIGEST_EXAMPLE}]},
     }
 
 
-class LeaseRequest(BaseModel):
+class LeaseRequest(StrictBody):
     holder: str = Field(description="who uses the model, shown when rm is refused")
-    ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="the lease expires after this")
+    ttl_s: float | None = Field(default=None, gt=0, le=30 * 86400, description="seconds; default 3600")
+    ttl: str | None = Field(default=None, description="the CLI's duration syntax instead of ttl_s: 45s, 30m, 12h, 7d")
+
+    def seconds(self) -> float:
+        if self.ttl is not None and self.ttl_s is not None:
+            raise InvalidInput("give ttl or ttl_s, not both")
+        if self.ttl is None:
+            return self.ttl_s if self.ttl_s is not None else 3600.0
+        from .lifecycle import parse_duration
+
+        seconds = parse_duration(self.ttl)
+        if not 0 < seconds <= 30 * 86400:
+            raise InvalidInput(f"ttl {self.ttl!r} must be more than 0 and at most 30d")
+        return seconds
 
 
-class PushRequest(BaseModel):
+class PushRequest(StrictBody):
     destination: str = Field(
         description="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' is a mirror root "
         "(the location mirrors.models looks in)"
     )
 
-    model_config = {"json_schema_extra": {"examples": [{"destination": "oci://registry.internal/mirror/"}]}}
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"examples": [{"destination": "oci://registry.internal/mirror/"}]},
+    }
 
 
-class GcRequest(BaseModel):
+class GcRequest(StrictBody):
     max_size_bytes: int | None = Field(default=None, ge=0)
     dry_run: bool = False
 
@@ -91,7 +114,24 @@ def _error_body(exc: ProvisionerError) -> tuple[int, dict[str, Any]]:
     status = 409 if isinstance(exc, LeaseHeld) else 503 if isinstance(exc, ServerBusy) else STATUS_BY_EXIT.get(
         exc.exit_code, 500
     )
-    return status, {"error": {"code": exc.code, "message": redact_text(str(exc))}}
+    return status, {"error": {"code": exc.code, "message": _in_api_terms(redact_text(str(exc)))}}
+
+
+#: the library's messages name CLI flags; through the API the same advice names the request fields
+_CLI_TO_API = (
+    ("pass --no-strict", 'send "strict": false'),
+    ("--no-strict", '"strict": false'),
+    ("or use --force", "or add ?force=true to the DELETE"),
+    ("use --force", "add ?force=true to the DELETE"),
+    ("pass --digest", 'send "expected_digest":'),
+    ("--refresh", '"refresh": true'),
+)
+
+
+def _in_api_terms(message: str) -> str:
+    for flag, field_text in _CLI_TO_API:
+        message = message.replace(flag, field_text)
+    return message
 
 
 def _examples(ok: Any, status: int = 200, errors: tuple[int, ...] = (400, 404)) -> dict[int | str, Any]:
@@ -126,6 +166,8 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         cid = request.headers.get("X-Correlation-Id") or uuid.uuid4().hex
         cid = "".join(c for c in cid if c.isalnum() or c in "-_.:")[:128] or uuid.uuid4().hex
         token = CORRELATION_ID.set(cid)
+        started = time.monotonic()
+        status = 500
         try:
             open_paths = ("/healthz", "/readyz")
             if settings.api_token and request.url.path not in open_paths:
@@ -138,11 +180,22 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
                         headers={"WWW-Authenticate": "Bearer"},
                     )
                     response.headers["X-Correlation-Id"] = cid
+                    status = response.status_code
                     return response
             response = await call_next(request)
             response.headers["X-Correlation-Id"] = cid
+            status = response.status_code
             return response
         finally:
+            # one line per request, denied ones included: the audit trail exists for exactly those
+            audit(
+                "request",
+                method=request.method,
+                path=request.url.path[:300],
+                status=status,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                correlation_id=cid,
+            )
             CORRELATION_ID.reset(token)
 
     @app.exception_handler(ProvisionerError)
@@ -379,7 +432,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     ) -> Any:
         from .lifecycle import acquire_lease
 
-        made = acquire_lease(prov, model_id, holder=body.holder, ttl_s=body.ttl_s)
+        made = acquire_lease(prov, model_id, holder=body.holder, ttl_s=body.seconds())
         return {
             "lease_id": made.lease_id,
             "model_id": made.model_id,
@@ -433,8 +486,11 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
         ),
     )
     def run_gc(
-        body: Annotated[GcRequest, Body(openapi_examples={"plan": {"summary": "dry run", "value": {"dry_run": True}}})],
+        body: Annotated[
+            GcRequest | None, Body(openapi_examples={"plan": {"summary": "dry run", "value": {"dry_run": True}}})
+        ] = None,
     ) -> Any:
+        body = body or GcRequest()
         report = prov.gc(max_bytes=body.max_size_bytes, dry_run=body.dry_run)
         return {"dry_run": report.dry_run, "removed": report.removed, "bytes_freed": report.bytes_freed}
 
@@ -517,11 +573,40 @@ def serve(host: str, port: int, settings: Settings) -> None:
     check_bind(host, settings)
     import uvicorn
 
+    _check_port_free(host, port)
     app = create_app(settings)
+    import logging
+
+    logging.getLogger("model_provisioner.audit").setLevel(logging.INFO)  # request lines, in either log format
+    audit(
+        "serving",
+        url=f"http://{host if ':' not in host else f'[{host}]'}:{port}",
+        cache=str(settings.cache_dir),
+        auth="bearer token" if settings.api_token else "none",
+    )
     # SIGTERM: uvicorn stops accepting, gives in-flight requests a few seconds, then returns here; running
     # transfers are cancelled at their next chunk (partials kept for the next run) and the process exits
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     stop_background_work(app)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A port in use is one line naming it (uvicorn would print its own traceback-like error)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidInput(
+                    f"port {port} on {host} is in use (another server is listening there); choose another with "
+                    "--port, or stop that server"
+                ) from None
+            raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
 
 
 def stop_background_work(app: FastAPI, grace_s: float = 3.0) -> None:
