@@ -339,3 +339,42 @@ def test_api_bodies_refuse_unknown_fields_and_speak_in_fields(api_factory: Any, 
     assert mismatch.status_code == 422 and "--no-strict" not in message and '"strict": false' in message, message
     removal = c.delete(f"/v1/models/file:{model}")
     assert removal.status_code == 409 and "?force=true" in removal.json()["error"]["message"], removal.text
+
+
+# -------------------------------------------------------- 15. a repo is laid out by the weights it holds
+def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_error(hub: Any, cache_dir: Path,
+                                                                                  settings_file: Any) -> None:
+    gguf = EXAMPLE_GGUF.read_bytes()
+    hub.add_repo("org/gguf-and-config", {"config.json": b'{"model_type": "llama"}', "m-Q4_K_M.gguf": gguf,
+                                         "README.md": b"readme"})
+    hub.add_repo("org/no-weights", {"config.json": b'{"model_type": "llama"}', "README.md": b"readme"})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    result = run_cli("ensure", "hf:org/gguf-and-config", "--json", cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    assert result.json()["metadata"]["format"] == "gguf" and Path(result.json()["local_path"]).read_bytes() == gguf
+    empty = run_cli("ensure", "hf:org/no-weights", cache_dir=cache_dir, env=env)
+    assert empty.code == 4 and "no loadable weights" in empty.stderr and "safetensors" in empty.stderr, empty.stderr
+    assert run_cli("locate", "hf:org/no-weights", cache_dir=cache_dir, env=env).code == 3
+
+
+# --------------------------------------------------------------------- 9. leases can be seen and named
+def test_leases_are_listed_and_named_where_they_block(cli: Any, api_factory: Any, tmp_path: Path,
+                                                       cache_dir: Path) -> None:
+    model = tmp_path / "api" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(EXAMPLE_GGUF.read_bytes())
+    assert cli("ensure", str(model)).code == 0
+    both = cli("lease", str(model), "--ttl", "1h", "--pid", "1", "--holder", "job42", "--json").json()
+    assert both["pid"] == 1 and both["expires_ms"] - both["created_ms"] == 3600 * 1000  # TTL and pid, both kept
+    ttl_only = cli("lease", str(model), "--ttl", "10m", "--holder", "job43").stdout.strip()
+    listed = cli("leases", "--json").json()["leases"]
+    assert {entry["lease_id"] for entry in listed} == {both["lease_id"], ttl_only}
+    text = cli("leases").stdout
+    assert "None" not in text and "job42" in text and "pid 1 on" in text and "expires in" in text
+    refused = cli("rm", str(model))
+    assert refused.code == 5 and both["lease_id"] in refused.stderr and ttl_only in refused.stderr
+    assert "None" not in refused.stderr and "release" in refused.stderr
+    c = api_factory(settings={"api_file_roots": [str(model.parent)]}).client
+    assert {entry["lease_id"] for entry in c.get("/v1/leases").json()["leases"]} == {both["lease_id"], ttl_only}
+    assert cli("release", both["lease_id"]).code == 0 and cli("release", ttl_only).code == 0
+    assert cli("leases", "--json").json()["leases"] == []

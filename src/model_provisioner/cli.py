@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lease_id", metavar="LEASE_ID")
     p.set_defaults(func=cmd_release)
 
+    p = sub.add_parser("leases", parents=[common], help="list the live leases (expired and dead ones are dropped)")
+    p.set_defaults(func=cmd_leases)
+
     p = sub.add_parser(
         "import",
         parents=[common],
@@ -490,7 +493,23 @@ def cmd_lease(args: argparse.Namespace) -> int:
     pid = args.pid if args.pid is not None else (None if ttl else os.getppid())
     with _provisioner(args) as prov:
         lease = acquire_lease(prov, args.ref, holder=args.holder, pid=pid, ttl_s=ttl)
-    _emit(args, lease.__dict__, lease.lease_id)
+    from .lifecycle import lease_json
+
+    _emit(args, lease_json(lease), lease.lease_id)
+    return 0
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    from .lifecycle import describe_lease, lease_json, live_leases
+
+    with _provisioner(args) as prov:
+        leases = live_leases(prov)
+    text = "\n".join(
+        f"{lease.lease_id}  {lease.holder}  {lease.model_id}  {describe_lease(lease)}" for lease in leases
+    )
+    _emit(args, {"leases": [lease_json(lease) for lease in leases]}, text or None)
+    if not leases and not args.json:
+        sys.stderr.write(f"{PROG}: no live leases\n")
     return 0
 
 

@@ -133,8 +133,42 @@ def check_removable(prov: ModelProvisioner, model_id: str, pinned: bool, force: 
         raise LeaseHeld(f"{model_id} is pinned; unpin it first (model-provisioner unpin {model_id}) or use --force")
     holders = live_leases(prov, model_id)
     if holders:
-        who = ", ".join(f"{h.holder} (pid {h.pid} on {h.host})" if h.pid else h.holder for h in holders)
-        raise LeaseHeld(f"{model_id} is in use: leased by {who}; release it or use --force")
+        who = "; ".join(f"{h.holder} ({describe_lease(h)}, lease {h.lease_id})" for h in holders)
+        ids = " ".join(h.lease_id for h in holders)
+        raise LeaseHeld(
+            f"{model_id} is in use: leased by {who}; release it (model-provisioner release {ids}) or use --force"
+        )
+
+
+def describe_lease(lease: Lease, now: int | None = None) -> str:
+    """``pid 4242 on host``, ``expires in 59m``: only what the lease has (never a Python ``None``)."""
+    now = now if now is not None else now_ms()
+    parts: list[str] = []
+    if lease.pid is not None:
+        parts.append(f"pid {lease.pid} on {lease.host}")
+    if lease.expires_ms is not None:
+        left = max(0, (lease.expires_ms - now) // 1000)
+        parts.append(f"expires in {_duration_text(left)}")
+    return ", ".join(parts) or "until released"
+
+
+def lease_json(lease: Lease) -> dict[str, Any]:
+    return {
+        "lease_id": lease.lease_id,
+        "model_id": lease.model_id,
+        "holder": lease.holder,
+        "host": lease.host,
+        "pid": lease.pid,
+        "created_ms": lease.created_ms,
+        "expires_ms": lease.expires_ms,
+    }
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 # ======================================================================================= accounting

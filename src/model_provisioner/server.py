@@ -440,6 +440,21 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
             "expires_ms": made.expires_ms,
         }
 
+    @app.get(
+        "/v1/leases",
+        tags=["leases"],
+        summary="The live leases (expired ones and those of dead processes are dropped)",
+        responses=_examples(
+            {"leases": [{"lease_id": "9c1d…", "model_id": MODEL_EXAMPLE["id"], "holder": "vllm-1", "host": "node-3",
+                         "pid": None, "created_ms": 1795296400000, "expires_ms": 1795300000000}]},
+            errors=(),
+        ),
+    )
+    def list_leases() -> Any:
+        from .lifecycle import lease_json, live_leases
+
+        return {"leases": [lease_json(lease) for lease in live_leases(prov)]}
+
     @app.delete(
         "/v1/leases/{lease_id}",
         tags=["leases"],

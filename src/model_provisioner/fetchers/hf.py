@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..config import Settings
-from ..errors import NotFound, PolicyDenied, TransferFailed
+from ..errors import CorruptModel, NotFound, PolicyDenied, TransferFailed
 from ..formats.gguf import SPLIT_NAME_RE
 from ..paths import check_relative_path
 from ..redact import redact_text, redact_url
@@ -198,6 +198,15 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
         paths = select_repo_files(list(siblings), include, exclude)
         if not paths:
             raise NotFound(f"{ref.id}: no files selected from hf:{ref.repo_id} (check --include/--exclude)")
+        if not include and not any(_is_transformers_weight(p) for p in paths):
+            # an engine given config.json alone has nothing to load: never Active without weights
+            present = ", ".join(sorted(siblings)[:8]) + (", ..." if len(siblings) > 8 else "")
+            raise CorruptModel(
+                ref.id,
+                f"hf:{ref.repo_id} at {commit[:12]} has no loadable weights for vLLM/TGI (no *.safetensors or "
+                f"pytorch_model*.bin; files: {present}); choose files with --include or a file ref "
+                "hf:org/repo/<file>",
+            )
         layout = "transformers"
     files = []
     for path in paths:
@@ -268,9 +277,13 @@ def _checked_listing(ref: HfRef, info: Any, endpoint: str) -> tuple[str, dict[st
     return commit, siblings
 
 
+def _is_transformers_weight(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".safetensors") or (name.startswith("pytorch_model") and name.endswith(".bin"))
+
+
 def _looks_like_gguf_repo(siblings: dict[str, Any]) -> bool:
-    """A repo with GGUF files and no safetensors/config is a GGUF repo: ``hf:org/repo`` then means its GGUF."""
+    """A repo whose weights are GGUF files is a GGUF repo (a ``config.json`` beside them, as many GGUF repos
+    carry, does not make it a transformers repo): ``hf:org/repo`` then means its GGUF."""
     names = list(siblings)
-    return any(n.lower().endswith(".gguf") for n in names) and not any(
-        n.endswith(".safetensors") or n == "config.json" for n in names
-    )
+    return any(n.lower().endswith(".gguf") for n in names) and not any(_is_transformers_weight(n) for n in names)
