@@ -378,3 +378,45 @@ def test_leases_are_listed_and_named_where_they_block(cli: Any, api_factory: Any
     assert {entry["lease_id"] for entry in c.get("/v1/leases").json()["leases"]} == {both["lease_id"], ttl_only}
     assert cli("release", both["lease_id"]).code == 0 and cli("release", ttl_only).code == 0
     assert cli("leases", "--json").json()["leases"] == []
+
+
+# ------------------------------------------------------------- 11. signature set-up errors are exit 2
+def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_file: Path, tmp_path: Path,
+                                                              cache_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .test_signatures import sign
+
+    assert cli("ensure", str(gguf_file)).code == 0  # Active, recorded
+    missing = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(tmp_path / "nope.pem"))
+    assert missing.code == 2 and "--signature-key" in missing.stderr and "Errno" not in missing.stderr
+    no_key = cli("ensure", str(gguf_file), "--require-signature")
+    assert no_key.code == 2 and "--signature-key" in no_key.stderr, no_key.stderr
+    without_extra = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['model_signing'] = None; "
+         "from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))",
+         "--cache-dir", str(cache_dir), "ensure", str(gguf_file), "--require-signature", "--signature-key",
+         str(gguf_file)], capture_output=True, text=True, env={**os.environ}, timeout=60)
+    assert without_extra.returncode in (2,), without_extra.stderr
+    assert "model-provisioner[signing]" in without_extra.stderr
+    assert [m["lifecycle"] for m in cli("ls", "--json").json()["models"]] == ["Active"]  # nothing changed
+    # a file changed under a valid signature: exit 4 naming it, both digests in hex
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    signed = sha(gguf_file.read_bytes())
+    sign(gguf_file, private)
+    with open(gguf_file, "ab") as fh:
+        fh.write(b"X")
+    changed = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(public))
+    assert changed.code == 4 and str(gguf_file) in changed.stderr, changed.stderr
+    assert signed in changed.stderr and sha(gguf_file.read_bytes()) in changed.stderr
+    assert "digest_value=b" not in changed.stderr

@@ -246,6 +246,10 @@ class ModelProvisioner:
         progress: ProgressCallback | None,
     ) -> ResolvedModel:
         self.settings.policy.check_ref(model_ref)  # before any lock, file or socket
+        if self.settings.require_signature:
+            from .signatures import check_signature_setup
+
+            check_signature_setup(self.settings)  # a missing key or extra is exit 2, before any state changes
         digest = Digest.parse(expected_digest) if expected_digest is not None else None
         strict_mode = strict if strict is not None else digest is not None
         options = FetchOptions(refresh, tuple(include), tuple(exclude), progress)

@@ -16,12 +16,14 @@ No signature, a signature by another key, or any file that differs from what was
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, ProvisionerError, VerificationFailed
+from .errors import InvalidInput, ProvisionerError, VerificationFailed
 from .redact import redact_text
 
 if TYPE_CHECKING:
@@ -34,11 +36,59 @@ def signature_path(model_path: Path) -> Path:
     return model_path / SIGNATURE_NAME if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
 
 
-def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
-    """Verify ``model_path`` (a file or a directory) against its signature; returns a short description."""
+def check_signature_setup(settings: Settings) -> None:
+    """Before anything is provisioned: the extra is installed and the key is there (exit 2, one line naming
+    the extra or the flag; no entry changes state)."""
+    import importlib.util
+
     key = settings.signature_public_key
     if not key:
-        raise ConfigError("settings", "signature_public_key", "a signature is required but no public key is configured")
+        raise InvalidInput(
+            "a signature is required (--require-signature or require_signature) but no public key is given: "
+            "pass --signature-key PEM (or set signature_public_key in the settings)"
+        )
+    try:
+        with open(key, "rb"):
+            pass
+    except OSError as exc:
+        raise InvalidInput(
+            f"the signature key {key!r} (--signature-key / signature_public_key) cannot be read: {exc.strerror}"
+        ) from None
+    if importlib.util.find_spec("model_signing") is None:
+        raise InvalidInput(
+            "signature checks need the signing extra: pip install 'model-provisioner[signing]' "
+            "(or drop --require-signature)"
+        )
+
+
+_DIGEST_REPR = re.compile(r"Digest\(algorithm='(\w+)', digest_value=(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")
+
+
+def _readable(detail: str) -> str:
+    """model-signing prints ``Digest(algorithm='sha256', digest_value=b'\\xe3FC…')``: show ``sha256:<hex>``."""
+
+    def hexed(match: re.Match[str]) -> str:
+        literal = match.group(2)
+        for _ in range(3):  # the library nests reprs: a bytes repr inside a str repr inside a list repr
+            try:
+                raw = ast.literal_eval(literal)
+            except (ValueError, SyntaxError):
+                return match.group(0)
+            if not isinstance(raw, bytes):
+                return match.group(0)
+            if b"\\x" not in raw and not raw.startswith(b"\\"):
+                return f"{match.group(1)}:{raw.hex()}"
+            literal = "b'" + raw.decode("latin-1").replace("'", "\\'") + "'"
+        return match.group(0)
+
+    return _DIGEST_REPR.sub(hexed, detail)
+
+
+def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
+    """Verify ``model_path`` (a file or a directory) against its signature; returns a short description."""
+    check_signature_setup(settings)
+    key = settings.signature_public_key
+    assert key is not None
     signature = signature_path(model_path)
     if not signature.is_file():
         raise VerificationFailed(
@@ -59,7 +109,7 @@ def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
         verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
         verifier.verify(model_path, signature)
     except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles
-        detail = redact_text(str(exc).splitlines()[0])[:300] if str(exc) else type(exc).__name__
+        detail = redact_text(_readable(str(exc).splitlines()[0]))[:600] if str(exc) else type(exc).__name__
         raise VerificationFailed(
             f"{subject}: signature verification failed with key {key}: {detail}", reason="signature"
         ) from None
