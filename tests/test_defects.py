@@ -420,3 +420,49 @@ def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_fil
     assert changed.code == 4 and str(gguf_file) in changed.stderr, changed.stderr
     assert signed in changed.stderr and sha(gguf_file.read_bytes()) in changed.stderr
     assert "digest_value=b" not in changed.stderr
+
+
+# --------------------------------------------------------------- 12. a small core, extras by name
+def _run_without(modules: list[str], *args: str, cache_dir: Path) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    block = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
+    code = f"import sys; {block}; from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "--cache-dir", str(cache_dir), *args], capture_output=True,
+                          text=True, env={**os.environ}, timeout=60)
+
+
+def test_the_core_install_is_small_and_each_missing_extra_is_named(cache_dir: Path, tmp_path: Path,
+                                                                   gguf_file: Path) -> None:
+    import tomllib
+
+    from .conftest import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = sorted(d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"])
+    assert core == ["PyYAML", "httpx", "huggingface_hub", "rich"]
+    extras = project["optional-dependencies"]
+    assert {"s3", "oci", "triton", "server", "signing", "all"} <= set(extras)
+    # a local GGUF needs nothing else
+    plain = _run_without(["boto3", "botocore", "fastapi", "uvicorn", "prometheus_client", "zstandard",
+                          "tritonclient", "model_signing"], "ensure", str(gguf_file), cache_dir=cache_dir)
+    assert plain.returncode == 0, plain.stderr
+    for modules, args, extra in (
+        (["boto3"], ["ensure", "s3://bucket/key.gguf"], "s3"),
+        (["fastapi"], ["serve", "--port", "1"], "server"),
+        (["model_signing"], ["ensure", str(gguf_file), "--require-signature", "--signature-key", str(gguf_file)],
+         "signing"),
+    ):
+        result = _run_without(modules, *args, cache_dir=cache_dir)
+        assert result.returncode == 2, (extra, result.stderr)
+        assert f"pip install 'model-provisioner[{extra}]'" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_version_flag(cli: Any) -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.code == 0 and version("model-provisioner") in result.stdout

@@ -64,13 +64,23 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-provisioner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Provision models: this exact model, verified, on this machine, now.",
         epilog="exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed, "
-        "5 denied by policy or offline, 6 transfer failed, 7 out of disk space",
+        "5 denied by policy or offline, 6 transfer failed, 7 out of disk space, 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -526,10 +536,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
     if args.openapi:
+        from .extras import require_extra
+
+        require_extra("server", "the HTTP API (serve)")
         from .server import create_app
 
         sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n")
         return 0
+    from .extras import require_extra
+
+    require_extra("server", "the HTTP API (serve)")
     from .server import serve
 
     serve(args.host, args.port, settings)
@@ -714,11 +730,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProvisionerError:
         pass  # reported below, when the command builds its provisioner
     _setup_logging(args.quiet or args.json, args.verbose, log_format)
-    if metrics_file:
-        from .observability import METRICS
-
-        METRICS.enable()
     try:
+        if metrics_file:
+            from .observability import METRICS
+
+            METRICS.enable()
         return int(args.func(args))
     except ProvisionerError as exc:
         from .redact import redact_text
@@ -745,7 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.UNEXPECTED)
     finally:
         if metrics_file:
-            _write_metrics_textfile(args, metrics_file)
+            from .observability import METRICS
+
+            if METRICS.enabled:  # not when the server extra is missing (that error was reported)
+                _write_metrics_textfile(args, metrics_file)
 
 
 def _write_metrics_textfile(args: argparse.Namespace, path: str) -> None:

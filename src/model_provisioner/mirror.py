@@ -223,6 +223,9 @@ def _push_s3(
 ) -> PushResult:
     import base64
 
+    from .extras import require_extra
+
+    require_extra("s3", "pushing to S3")
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .fetchers.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error

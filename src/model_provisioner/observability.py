@@ -68,6 +68,9 @@ class Metrics:
     def enable(self) -> None:
         if self.enabled:
             return
+        from .extras import require_extra
+
+        require_extra("server", "Prometheus metrics (serve, metrics_textfile)")
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double every counter for no scraping value

@@ -39,8 +39,6 @@ def signature_path(model_path: Path) -> Path:
 def check_signature_setup(settings: Settings) -> None:
     """Before anything is provisioned: the extra is installed and the key is there (exit 2, one line naming
     the extra or the flag; no entry changes state)."""
-    import importlib.util
-
     key = settings.signature_public_key
     if not key:
         raise InvalidInput(
@@ -54,11 +52,9 @@ def check_signature_setup(settings: Settings) -> None:
         raise InvalidInput(
             f"the signature key {key!r} (--signature-key / signature_public_key) cannot be read: {exc.strerror}"
         ) from None
-    if importlib.util.find_spec("model_signing") is None:
-        raise InvalidInput(
-            "signature checks need the signing extra: pip install 'model-provisioner[signing]' "
-            "(or drop --require-signature)"
-        )
+    from .extras import require_extra
+
+    require_extra("signing", "signature checks (--require-signature)")
 
 
 _DIGEST_REPR = re.compile(r"Digest\(algorithm='(\w+)', digest_value=(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")

@@ -38,6 +38,9 @@ def compression_of(media_type: str) -> str | None:
 def _open_stream(path: Path, compression: str) -> IO[bytes]:
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned stream
     if compression == "zstd":
+        from .extras import require_extra
+
+        require_extra("oci", "tar+zstd layers")
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)

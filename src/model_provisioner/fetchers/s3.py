@@ -36,6 +36,9 @@ PRESIGN_EXPIRES_S = 6 * 3600
 
 
 def s3_client(settings: Settings) -> Any:
+    from ..extras import require_extra
+
+    require_extra("s3", "s3:// refs and pushes to S3")
     import boto3
     from botocore.config import Config
 

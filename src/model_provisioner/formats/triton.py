@@ -38,11 +38,12 @@ DEFAULT_FILES = {
 
 @functools.cache
 def model_config_module() -> Any:
+    from ..extras import require_extra
+
+    require_extra("triton", "Triton model repositories (Triton's config.pbtxt schema)")
     spec = importlib.util.find_spec("tritonclient")
-    if spec is None or not spec.submodule_search_locations:
-        raise ProvisionerError(
-            "Triton repositories need tritonclient's model_config proto: pip install 'tritonclient>=2.40' protobuf"
-        )
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - checked just above
+        raise ProvisionerError("tritonclient is installed without its model_config proto")
     path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
     loader_spec = importlib.util.spec_from_file_location("model_provisioner_triton_model_config_pb2", path)
     if loader_spec is None or loader_spec.loader is None:  # pragma: no cover - the file ships with tritonclient
