@@ -104,7 +104,7 @@ def test_advisory_mismatch_exit_0_with_warning(cli: Any, gguf_file: Path) -> Non
         (["--offline", "ensure", "s3://bucket/m.gguf"], 5, ["s3://bucket/m.gguf", "offline"]),
         (["--offline", "ensure", "oci://registry.example/org/m:v1"], 5, ["registry.example", "offline"]),
         (["provision", "--config", "{badconfig}"], 2, ["{badconfig}", "expected_digest"]),
-        (["provision", "--config", "{nofile}"], 2, ["{nofile}", "not found"]),
+        (["provision", "--config", "{nofile}"], 3, ["{nofile}", "not found"]),  # a missing file is exit 3
         (["verify"], 2, ["--all"]),
         (["rm", "file:/nothing/*"], 3, ["nothing in the catalog"]),
         (["locate", "hf:org/repo/x.gguf"], 3, ["not provisioned"]),

@@ -126,7 +126,7 @@ def test_cli_provision(cli: Any, gguf_file: Path, tmp_path: Path) -> None:
     config.write_text(json.dumps({"model_ref": str(gguf_file), "expected_digest": f"sha256:{digest_of(gguf_file)}"}))
     result = cli("provision", "--config", str(config), "--out", str(tmp_path / "o"), "--json")
     assert result.code == 0, result.stderr
-    assert result.json()["lifecycle"] == "Active"
+    assert result.json()["models"][0]["lifecycle"] == "Active"
     assert (tmp_path / "o/.runtime/engines/llamacpp.json").exists()
 
 

@@ -466,3 +466,64 @@ def test_version_flag(cli: Any) -> None:
 
     result = cli("--version")
     assert result.code == 0 and version("model-provisioner") in result.stdout
+
+
+# ------------------------------------------------------------- 10. model configs: documented, lists, output
+def test_a_model_config_with_a_list_and_cli_spellings(cli: Any, tmp_path: Path, make_gguf: Any) -> None:
+    first = make_gguf("a.gguf", context_length=1024)
+    config = tmp_path / "models" / "models.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - ref: ./a.gguf\n    digest: {sha(first.read_bytes())}\n"  # relative to the config's folder
+        f"  - model_ref: {tmp_path / 'models' / 'tree'}\n    engine: vllm\n"
+    )
+    tree = tmp_path / "models" / "tree"
+    tree.mkdir()
+    (tree / "config.json").write_text('{"model_type": "llama"}')
+    from .test_hf import safetensors_bytes
+
+    (tree / "model.safetensors").write_bytes(safetensors_bytes(100))
+    out = tmp_path / "out"
+    result = cli("provision", "--config", str(config), "--out", str(out), "--json")
+    assert result.code == 0, result.stderr
+    answers = result.json()["models"]
+    assert [a["engine"] for a in answers] == ["llamacpp", "vllm"]
+    assert all(Path(a["handoff"]).is_file() for a in answers)
+    assert Path(answers[0]["handoff"]) == out / ".runtime" / "engines" / "llamacpp.json"
+    text = cli("provision", "--config", str(config), "--out", str(out))
+    assert text.code == 0 and "llamacpp.json" in text.stderr + text.stdout
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(f"models:\n  - model_ref: {first}\n  - model_ref: {first}\n")
+    refused = cli("provision", "--config", str(clash), "--out", str(out))
+    assert refused.code == 2 and "llamacpp.json" in refused.stderr, refused.stderr
+    missing = cli("provision", "--config", str(tmp_path / "absent.yaml"), "--out", str(out))
+    assert missing.code == 3 and "absent.yaml" in missing.stderr
+
+
+# ------------------------------------------------------------------ 14. output that says what happened
+def test_refresh_mirror_inspect_and_durations_say_what_happened(cli: Any, fileserver: Any, tmp_path: Path,
+                                                                 settings_file: Any, gguf_file: Path) -> None:
+    url = fileserver.put("r.gguf", EXAMPLE_GGUF.read_bytes())
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
+    assert cli("ensure", url, env=env).code == 0
+    same = cli("ensure", url, "--refresh", env=env)
+    assert same.code == 0 and "not modified" in same.stderr, same.stderr
+    fileserver.put("r.gguf", EXAMPLE_GGUF.read_bytes()[:-1] + b"Z")
+    changed = cli("ensure", url, "--refresh", env=env)
+    assert changed.code == 0 and "changed at the source" in changed.stderr, changed.stderr
+    assert cli("ensure", str(gguf_file)).code == 0
+    inspected = cli("inspect", str(gguf_file))
+    assert "None" not in inspected.stdout and "T" in inspected.stdout.split("last_used:")[1].split("\n")[0]
+    bare = cli("gc", "--grace", "5")
+    assert bare.code == 2 and "unit" in bare.stderr, bare.stderr
+    assert cli("gc", "--grace", "5m").code == 0
+
+
+def test_the_library_prints_nothing_by_itself(tmp_path: Path, gguf_file: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from model_provisioner import ModelProvisioner\n"
+            f"with ModelProvisioner.file_only({str(tmp_path / 'c')!r}) as p: p.ensure_present({str(gguf_file)!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

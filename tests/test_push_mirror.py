@@ -42,6 +42,7 @@ def test_hf_repo_pushed_to_a_registry_mirror_is_pulled_with_zero_origin_bytes(
     assert _origin_bytes(hub) == 0 and hub.server.requests == []
     assert pulled["digest"] == origin["digest"]
     assert pulled["metadata"]["mirror"].startswith(f"oci://{registry.host}/mirror/")
+    assert pulled["origin"].startswith(f"from mirror oci://{registry.host}/mirror/")  # not like an origin fetch
     assert pulled["local_path"].endswith(f"transformers/org/mirrored@{commit}")
     for name in ("config.json", "model-00001-of-00002.safetensors"):
         assert (Path(pulled["local_path"]) / name).read_bytes() == (Path(origin["local_path"]) / name).read_bytes()

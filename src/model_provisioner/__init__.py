@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .catalog import CatalogEntry, CatalogStore, Lifecycle, SqliteCatalog
-from .config import ModelConfig, Settings, load_model_config
+from .config import Settings
 from .digest import Digest
 from .errors import (
     ConfigError,
@@ -23,11 +23,23 @@ from .errors import (
     UnsupportedScheme,
     VerificationFailed,
 )
-from .handoff import append_provenance, provision_from_config_to_default_handoff, write_engine_handoff
+from .handoff import (
+    append_provenance,
+    provision_config,
+    provision_from_config_to_default_handoff,
+    write_engine_handoff,
+)
+from .modelconfig import ModelConfig, load_model_config, load_model_configs
 from .provisioner import ModelProvisioner, ResolvedModel, VerificationReport
 from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
 
 __version__ = "0.1.0"
+
+# a library prints nothing by itself: its warnings reach whatever logging the application configured
+# (the CLI configures its own handler); without any, Python's last-resort handler would print them
+import logging as _logging
+
+_logging.getLogger("model_provisioner").addHandler(_logging.NullHandler())
 
 __all__ = [
     "CatalogEntry",
@@ -64,7 +76,9 @@ __all__ = [
     "VerificationReport",
     "append_provenance",
     "load_model_config",
+    "load_model_configs",
     "parse",
+    "provision_config",
     "provision_from_config_to_default_handoff",
     "write_engine_handoff",
 ]

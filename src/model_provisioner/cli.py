@@ -302,6 +302,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
     if not args.quiet and not args.json:
         how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
         fetched = f", {_human_size(resolved.bytes_fetched)} fetched" if resolved.bytes_fetched else ""
+        fetched += f", {resolved.origin}" if resolved.origin else ""
         sys.stderr.write(
             f"{PROG}: {resolved.id}: {how}, {resolved.digest}, {_human_size(resolved.size_bytes)}{fetched}, {took} ms\n"
         )
@@ -640,9 +641,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _emit(args, payload)
     else:
         for key, value in payload.items():
+            if value is None:
+                continue  # nothing to say (never a Python None on the screen)
             if key == "metadata":
                 for mkey, mvalue in value.items():
                     sys.stdout.write(f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n")
+            elif key.endswith("_ms") and isinstance(value, int):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
+                sys.stdout.write(f"{key[:-3]}: {stamp} ({_ago(time.time() * 1000 - value)})\n")
             elif key != "verifications":
                 sys.stdout.write(f"{key}: {value}\n")
     return 0
@@ -700,11 +706,15 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from .handoff import provision_from_config_to_default_handoff
+    from .handoff import provision_config
 
     with _provisioner(args) as prov:
-        resolved = provision_from_config_to_default_handoff(args.config, args.out, prov)
-    _emit(args, resolved.as_json(), str(resolved.local_path))
+        results = provision_config(args.config, args.out, prov)
+    models = [{**resolved.as_json(handoff.stem), "handoff": str(handoff)} for resolved, handoff in results]
+    if not args.quiet and not args.json:
+        for resolved, handoff in results:
+            sys.stderr.write(f"{PROG}: {resolved.id}: {resolved.verification}; handoff written to {handoff}\n")
+    _emit(args, {"models": models}, "\n".join(str(resolved.local_path) for resolved, _ in results))
     return 0
 
 

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .digest import Digest
-from .errors import ConfigError, InvalidDigest, InvalidModelRef
+from .errors import ConfigError, NotFound
 from .policy import Policy
-from .refs import ModelRef, parse
 
 ENV_CACHE = "MODEL_PROVISIONER_CACHE"
 ENV_OFFLINE = "MODEL_PROVISIONER_OFFLINE"
@@ -259,7 +257,7 @@ def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[typ
 
 
 def _load_settings_file(path: str) -> dict[str, Any]:
-    data = _read_mapping(path)
+    data = read_mapping(path)
     sections = {"transfer", "policy", "mirrors", "oci_credentials"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
@@ -311,12 +309,12 @@ def _load_settings_file(path: str) -> dict[str, Any]:
     return out
 
 
-def _read_mapping(path: str) -> dict[str, Any]:
+def read_mapping(path: str) -> dict[str, Any]:
     """Read a YAML or JSON file that must hold a mapping; errors name the file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
+        raise NotFound(f"config {path}: file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
     data: Any
@@ -339,47 +337,6 @@ def _read_mapping(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(path, None, f"expected a mapping of fields, got {type(data).__name__}")
     return data
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A model config file (DESIGN §5): what to provision and how strictly."""
-
-    path: str
-    model_ref: ModelRef
-    expected_digest: Digest | None
-    strict: bool | None
-    engine: str | None
-
-
-def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
-    path = os.fspath(path)
-    data = _read_mapping(path)
-    allowed = {"model_ref", "expected_digest", "strict_verification", "engine"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(path, unknown[0], f"unknown field; allowed fields: {', '.join(sorted(allowed))}")
-    raw_ref = data.get("model_ref")
-    if not isinstance(raw_ref, str) or not raw_ref.strip():
-        raise ConfigError(path, "model_ref", "required: a model reference such as ./model.gguf or hf:org/repo")
-    try:
-        # relative paths in a config are relative to the config file, not to wherever it is run from
-        model_ref = parse(raw_ref, cwd=os.path.dirname(os.path.abspath(path)))
-    except InvalidModelRef as exc:
-        raise ConfigError(path, "model_ref", str(exc)) from None
-    digest: Digest | None = None
-    if data.get("expected_digest") is not None:
-        try:
-            digest = Digest.parse(data["expected_digest"])
-        except InvalidDigest as exc:
-            raise ConfigError(path, "expected_digest", str(exc)) from None
-    strict = data.get("strict_verification")
-    if strict is not None and not isinstance(strict, bool):
-        raise ConfigError(path, "strict_verification", f"expected true or false, got {strict!r}")
-    engine = data.get("engine")
-    if engine is not None and engine not in ENGINES:
-        raise ConfigError(path, "engine", f"expected one of {', '.join(ENGINES)}, got {engine!r}")
-    return ModelConfig(path=path, model_ref=model_ref, expected_digest=digest, strict=strict, engine=engine)
 
 
 def api_settings(settings: Settings) -> Settings:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import load_model_config
 from .errors import InvalidInput
+from .modelconfig import load_model_configs
 from .observability import correlation_id as current_correlation_id
 from .redact import redact_text
 
@@ -169,19 +169,74 @@ def provision_and_handoff(
     start = time.monotonic()
     resolved = provisioner.ensure_present(ref, expected_digest, strict, **ensure_options)
     chosen = choose_engine(resolved, engine)
+    took = int((time.monotonic() - start) * 1000)
+    return resolved, _hand_off(provisioner, out_dir, chosen, resolved, took, correlation_id)
+
+
+def _hand_off(
+    provisioner: ModelProvisioner,
+    out_dir: str | os.PathLike[str],
+    engine: str,
+    resolved: ResolvedModel,
+    duration_ms: int,
+    correlation_id: str | None,
+) -> Path:
     allowed = provisioner.settings.allow_remote_code
-    handoff = write_engine_handoff(out_dir, chosen, resolved, allow_remote_code=allowed)
+    handoff = write_engine_handoff(out_dir, engine, resolved, allow_remote_code=allowed)
     append_provenance(
         out_dir,
         resolved,
         source=str(resolved.metadata.get("source") or resolved.id),
-        duration_ms=int((time.monotonic() - start) * 1000),
+        duration_ms=duration_ms,
         bytes_fetched=resolved.bytes_fetched,
         correlation_id=correlation_id,
         policy_label=provisioner.settings.policy.label,
-        remote_code=trust_remote_code(resolved, allowed) if chosen in ("vllm", "tgi") else None,
+        remote_code=trust_remote_code(resolved, allowed) if engine in ("vllm", "tgi") else None,
     )
-    return resolved, handoff
+    return handoff
+
+
+def provision_config(
+    config_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    provisioner: ModelProvisioner | None = None,
+    *,
+    correlation_id: str | None = None,
+) -> list[tuple[ResolvedModel, Path]]:
+    """Every model of a model config (one, or a ``models:`` list): ensure them all, then write each handoff
+    and provenance line. Two models that would share one engine's handoff file are refused before any
+    handoff is written."""
+    from .provisioner import ModelProvisioner
+
+    configs = load_model_configs(config_path)
+    owned = provisioner is None
+    prov = provisioner or ModelProvisioner()
+    try:
+        ensured: list[tuple[ResolvedModel, str, int]] = []
+        for config in configs:
+            start = time.monotonic()
+            resolved = prov.ensure_present(
+                config.model_ref.id,
+                str(config.expected_digest) if config.expected_digest else None,
+                config.strict,
+            )
+            took = int((time.monotonic() - start) * 1000)
+            ensured.append((resolved, choose_engine(resolved, config.engine), took))
+        engines = [engine for _, engine, _ in ensured]
+        shared = next((engine for engine in engines if engines.count(engine) > 1), None)
+        if shared is not None:
+            raise InvalidInput(
+                f"config {os.fspath(config_path)}: two models would share the handoff "
+                f"{Path(out_dir) / '.runtime' / 'engines' / (shared + '.json')}; give them different engines or "
+                "provision them into separate --out directories"
+            )
+        return [
+            (resolved, _hand_off(prov, out_dir, engine, resolved, took, correlation_id))
+            for resolved, engine, took in ensured
+        ]
+    finally:
+        if owned:
+            prov.close()
 
 
 def provision_from_config_to_default_handoff(
@@ -191,23 +246,6 @@ def provision_from_config_to_default_handoff(
     *,
     correlation_id: str | None = None,
 ) -> ResolvedModel:
-    """Read a model config (YAML/JSON), ensure the model and write the engine handoff + provenance."""
-    from .provisioner import ModelProvisioner
-
-    config = load_model_config(config_path)
-    owned = provisioner is None
-    prov = provisioner or ModelProvisioner()
-    try:
-        resolved, _ = provision_and_handoff(
-            prov,
-            config.model_ref.id,
-            out_dir,
-            expected_digest=str(config.expected_digest) if config.expected_digest else None,
-            strict=config.strict,
-            engine=config.engine,
-            correlation_id=correlation_id,
-        )
-    finally:
-        if owned:
-            prov.close()
-    return resolved
+    """Read a model config (YAML/JSON), ensure the model and write the engine handoff + provenance (the first
+    model of a list is returned; ``provision_config`` returns them all)."""
+    return provision_config(config_path, out_dir, provisioner, correlation_id=correlation_id)[0][0]

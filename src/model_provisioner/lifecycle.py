@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("model_provisioner")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 VIEW_ROOTS = ("gguf", "files", "transformers", "triton")
 
@@ -52,11 +52,11 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` (a bare number is seconds)."""
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w``: the unit is required (is ``5`` five seconds or five days?)."""
     m = _DURATION_RE.match(str(text))
     if m is None:
-        raise InvalidInput(f"invalid duration {text!r}; use e.g. 45s, 30m, 12h, 7d, 2w")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m.group(2) or "s").lower()]
+        raise InvalidInput(f"invalid duration {text!r}: give a number with a unit, e.g. 45s, 30m, 12h, 7d, 2w")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2).lower()]
 
 
 # ============================================================================================ leases

@@ -73,6 +73,9 @@ class ResolvedModel:
     from_cache: bool = False
     #: bytes received over the network by this call
     bytes_fetched: int = 0
+    #: where the answer came from when that is news: "from mirror …", "not modified at the source (HTTP 304)",
+    #: "changed at the source", "unchanged at the source"
+    origin: str | None = None
 
     def as_json(self, engine: str | None = None) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class ResolvedModel:
             "from_cache": self.from_cache,
             "bytes_fetched": self.bytes_fetched,
             "metadata": self.metadata,
+            **({"origin": self.origin} if self.origin else {}),
         }
 
 

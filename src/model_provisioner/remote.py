@@ -110,7 +110,7 @@ def provision_remote(
             now = now_ms()
             prov.catalog.put(replace(previous_active, last_verified_ms=now, last_used_ms=now))
             log.info("%s: not modified at the source; kept the cached copy", ref.id)
-            return _resolved(previous_active, from_cache=True)
+            return replace(_resolved(previous_active, from_cache=True), origin="not modified at the source (HTTP 304)")
         except ProvisionerError as exc:
             if previous_active is not None and options.refresh:
                 prov.catalog.put(previous_active)  # a failed refresh never loses a good copy
@@ -168,7 +168,12 @@ def provision_remote(
     log.info(
         "%s: %s in %d ms (%d bytes fetched)", ref.id, check.reason, (time.monotonic() - start) * 1000, bytes_fetched
     )
-    return replace(_resolved(active, from_cache=False), bytes_fetched=bytes_fetched)
+    origin = None
+    if plan.metadata.get("mirror"):
+        origin = f"from mirror {plan.metadata['mirror']}"
+    elif options.refresh and previous_active is not None:
+        origin = "unchanged at the source" if previous_active.digest == entry_digest else "changed at the source"
+    return replace(_resolved(active, from_cache=False), bytes_fetched=bytes_fetched, origin=origin)
 
 
 def _plan_origin(
