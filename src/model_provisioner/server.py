@@ -14,98 +14,30 @@ import os
 import threading
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
+from .api_models import (
+    DIGEST_EXAMPLE,
+    ERROR_EXAMPLE,
+    MODEL_EXAMPLE,
+    STATUS_BY_EXIT,
+    EnsureRequest,
+    GcRequest,
+    LeaseRequest,
+    PushRequest,
+    in_api_terms,
+)
 from .config import Settings, api_settings
-from .errors import ExitCode, InvalidInput, NotFound, PolicyDenied, ProvisionerError
+from .errors import InvalidInput, NotFound, PolicyDenied, ProvisionerError
 from .jobs import Job, JobRegistry, ServerBusy, origin_of_ref
 from .observability import CORRELATION_ID, METRICS, audit
 from .provisioner import ModelProvisioner, ResolvedModel
 from .redact import redact_text
 from .refs import FileRef, parse
-
-STATUS_BY_EXIT = {
-    ExitCode.INVALID_INPUT: 400,
-    ExitCode.NOT_FOUND: 404,
-    ExitCode.VERIFICATION_FAILED: 422,
-    ExitCode.DENIED: 403,
-    ExitCode.TRANSFER_FAILED: 502,
-    ExitCode.NO_SPACE: 507,
-    ExitCode.UNEXPECTED: 500,
-}
-DIGEST_EXAMPLE = "sha256:a487953d63d5f43969f61720d4bda20aacbd3340d1a5f0060119e7b8dc1c73d8"
-MODEL_EXAMPLE = {
-    "id": "hf:TheOrg/Tiny-GGUF/tiny-Q4_K_M.gguf",
-    "local_path": "/var/cache/models/gguf/TheOrg/Tiny-GGUF/tiny-Q4_K_M.gguf@a487953d63d5…",
-    "digest": DIGEST_EXAMPLE,
-    "size_bytes": 896,
-    "lifecycle": "Active",
-    "engine": "llamacpp",
-    "verification": "source_verified",
-    "from_cache": False,
-    "bytes_fetched": 896,
-    "metadata": {"format": "gguf", "ctx_max": 4096, "architecture": "llama", "revision": "7a52b909f6f8…"},
-}
-ERROR_EXAMPLE = {"error": {"code": "not_found", "message": "hf:org/repo/x.gguf is not in the catalog"}}
-
-
-class StrictBody(BaseModel):
-    """Request bodies refuse fields they do not know (400 naming them): a typo is never silently ignored."""
-
-    model_config = {"extra": "forbid"}
-
-
-class EnsureRequest(StrictBody):
-    ref: str = Field(description="model reference: hf:org/repo/file.gguf, https://…, file:/abs (allowed roots)")
-    expected_digest: str | None = Field(default=None, description="sha256:<64 hex>; strict unless strict=false")
-    strict: bool | None = None
-    engine: Literal["llamacpp", "vllm", "tgi", "triton"] | None = None
-    refresh: bool = False
-
-    model_config = {
-        "extra": "forbid",
-        "json_schema_extra": {"examples": [{"ref": "hf:TheOrg/Tiny-GGUF:Q4_K_M", "expected_digest": DIGEST_EXAMPLE}]},
-    }
-
-
-class LeaseRequest(StrictBody):
-    holder: str = Field(description="who uses the model, shown when rm is refused")
-    ttl_s: float | None = Field(default=None, gt=0, le=30 * 86400, description="seconds; default 3600")
-    ttl: str | None = Field(default=None, description="the CLI's duration syntax instead of ttl_s: 45s, 30m, 12h, 7d")
-
-    def seconds(self) -> float:
-        if self.ttl is not None and self.ttl_s is not None:
-            raise InvalidInput("give ttl or ttl_s, not both")
-        if self.ttl is None:
-            return self.ttl_s if self.ttl_s is not None else 3600.0
-        from .lifecycle import parse_duration
-
-        seconds = parse_duration(self.ttl)
-        if not 0 < seconds <= 30 * 86400:
-            raise InvalidInput(f"ttl {self.ttl!r} must be more than 0 and at most 30d")
-        return seconds
-
-
-class PushRequest(StrictBody):
-    destination: str = Field(
-        description="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' is a mirror root "
-        "(the location mirrors.models looks in)"
-    )
-
-    model_config = {
-        "extra": "forbid",
-        "json_schema_extra": {"examples": [{"destination": "oci://registry.internal/mirror/"}]},
-    }
-
-
-class GcRequest(StrictBody):
-    max_size_bytes: int | None = Field(default=None, ge=0)
-    dry_run: bool = False
 
 
 def _error_body(exc: ProvisionerError) -> tuple[int, dict[str, Any]]:
@@ -114,24 +46,7 @@ def _error_body(exc: ProvisionerError) -> tuple[int, dict[str, Any]]:
     status = 409 if isinstance(exc, LeaseHeld) else 503 if isinstance(exc, ServerBusy) else STATUS_BY_EXIT.get(
         exc.exit_code, 500
     )
-    return status, {"error": {"code": exc.code, "message": _in_api_terms(redact_text(str(exc)))}}
-
-
-#: the library's messages name CLI flags; through the API the same advice names the request fields
-_CLI_TO_API = (
-    ("pass --no-strict", 'send "strict": false'),
-    ("--no-strict", '"strict": false'),
-    ("or use --force", "or add ?force=true to the DELETE"),
-    ("use --force", "add ?force=true to the DELETE"),
-    ("pass --digest", 'send "expected_digest":'),
-    ("--refresh", '"refresh": true'),
-)
-
-
-def _in_api_terms(message: str) -> str:
-    for flag, field_text in _CLI_TO_API:
-        message = message.replace(flag, field_text)
-    return message
+    return status, {"error": {"code": exc.code, "message": in_api_terms(redact_text(str(exc)))}}
 
 
 def _examples(ok: Any, status: int = 200, errors: tuple[int, ...] = (400, 404)) -> dict[int | str, Any]:
