@@ -294,3 +294,19 @@ def test_coverage_guided_fuzzing_finds_no_crash(target: str, tmp_path: Path) -> 
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Done {ATHERIS_RUNS[target]} runs" in done.stderr
+
+
+CRASHES = sorted((Path(__file__).resolve().parent / "fuzz_crashes").glob("crash-*"))
+
+
+@pytest.mark.parametrize("target", ["gguf", "manifest", "pbtxt", "tar", "ref"])
+def test_every_input_the_fuzzer_ever_crashed_on_is_replayed(target: str, tmp_path: Path) -> None:
+    """The inputs libFuzzer saved when it found a crash (kept in tests/fuzz_crashes/) are run through every
+    target again: each must now end in one of our errors or in success."""
+    pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
+    assert CRASHES, "tests/fuzz_crashes/ holds the saved inputs"
+    script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_parsers.py"
+    done = subprocess.run([sys.executable, str(script), target, *map(str, CRASHES)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Running: {CRASHES[-1]}" in done.stderr

@@ -134,6 +134,12 @@ def test_wrong_content_range_is_refused_and_restarted(net: Any, fileserver: Any)
     fileserver.faults["/wr.bin"] = Fault(cut_after=MiB, times=1, wrong_range_offset=10)
     resolved = net().ensure_present(url, sha(data))
     assert resolved.local_path.read_bytes() == data
+    # the mechanism, not only the outcome: the resume asked for the rest, was answered at the wrong offset,
+    # and the next request started over from byte 0 (a wrong 206 is never written at our offset)
+    starts = [int(r.headers["Range"].split("=")[1].split("-")[0]) for r in fileserver.requests if "Range" in r.headers]
+    resumed_at = starts.index(MiB)
+    assert starts[resumed_at + 1] == 0, starts
+    assert fileserver.served("wr.bin") <= len(data) + MiB + len(data)  # the cut MiB, the wrong answer, then all
 
 
 def test_corrupted_byte_fails_strictly_and_leaves_nothing(net: Any, fileserver: Any, cache_dir: Path) -> None:
