@@ -63,8 +63,10 @@ def speed_ratio(name: str, ours: list[float], peer: list[float], peer_name: str,
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   env={**os.environ, **(env or {})})
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    if done.returncode != 0:  # say why: the command's own last words, not only its exit status
+        said = done.stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(cmd[:8])} exited {done.returncode}: {said}")
 
 
 def fresh(path: Path) -> None:
