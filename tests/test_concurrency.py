@@ -113,3 +113,41 @@ def test_global_fetch_limit_across_processes(cache_dir: Path, make_gguf: Any, tm
     marker.unlink()
     assert holder.wait(timeout=60) == 0
     assert run_cli("ensure", str(b), cache_dir=cache_dir, env=env).code == 0
+
+
+def test_two_writers_of_the_same_bytes_committing_at_once_both_succeed(fileserver: Any, cache_dir: Path,
+                                                                       settings_file: Any, tmp_path: Path) -> None:
+    """B checks the store (empty) and stops just before its rename; A renames its copy and stops; B renames
+    its copy over A's; A then finds another inode under the blob's name. That is another writer of the same
+    bytes, not an attack: both ensures succeed (it was exit 4, "replaced while it was being committed")."""
+    import hashlib
+    import os
+    import time
+
+    data = os.urandom(256 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    url_a, url_b = fileserver.put("a/same.bin", data), fileserver.put("b/same.bin", data)
+    settings = str(settings_file())
+    marker_a, marker_b = tmp_path / "a.paused", tmp_path / "b.paused"
+
+    def start(url: str, failpoint: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": settings, "MODEL_PROVISIONER_FAILPOINTS": failpoint}
+        return subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
+                                 url, "--digest", digest], env=env, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(marker: Path) -> None:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"{marker.name} never paused"
+            time.sleep(0.01)
+
+    b = start(url_b, f"store.blob_renaming=pause:{marker_b}")
+    wait_for(marker_b)
+    a = start(url_a, f"store.blob_renamed=pause:{marker_a}")
+    wait_for(marker_a)
+    marker_b.unlink()  # B renames its copy over A's and finishes
+    assert b.wait(timeout=30) == 0, b.stderr.read() if b.stderr else ""
+    marker_a.unlink()  # A finds B's inode under the name
+    assert a.wait(timeout=30) == 0, a.stderr.read() if a.stderr else ""
+    blob = cache_dir / "blobs" / "sha256" / digest.split(":")[1]
+    assert blob.read_bytes() == data

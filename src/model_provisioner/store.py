@@ -145,11 +145,17 @@ class BlobStore:
             if self.trusted_blob(sha256_hex) is not None:
                 tmp_path.unlink(missing_ok=True)
                 return final
+            failpoints.failpoint("store.blob_renaming")
             os.replace(tmp_path, final)
+            failpoints.failpoint("store.blob_renamed")
             now = os.lstat(final)
             if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
-                os.unlink(final)  # swapped between our checks and the rename: not the bytes we hashed
-                raise UnsafeCachePath(tmp_path, "was replaced while it was being committed")
+                # another writer of the same bytes renamed its copy over ours just after (two files of one
+                # content fetched at once), or the temp file was swapped after we checked it: trust what is
+                # there only if it hashes to its name (trusted_blob removes it otherwise)
+                if self.trusted_blob(sha256_hex) is None:
+                    raise UnsafeCachePath(tmp_path, "was replaced while it was being committed")
+                return final
             self.fingerprints.record(sha256_hex, now)
         finally:
             os.close(fd)
