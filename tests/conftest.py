@@ -354,3 +354,19 @@ def llamacpp_sdist() -> Path:
     if not path.is_file():
         assert fetch_test_assets.main() == 0, "could not fetch the llama-cpp-python sdist from PyPI"
     return path
+
+
+# ------------------------------------------------------------------------------ signing keys
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    """An elliptic-curve key pair as `model_signing sign key` uses: (private PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public

@@ -382,7 +382,7 @@ def test_leases_are_listed_and_named_where_they_block(cli: Any, api_factory: Any
 
 # ------------------------------------------------------------- 11. signature set-up errors are exit 2
 def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_file: Path, tmp_path: Path,
-                                                              cache_dir: Path) -> None:
+                                                              cache_dir: Path, keys: tuple[Path, Path]) -> None:
     import os
     import subprocess
     import sys
@@ -403,15 +403,7 @@ def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_fil
     assert "model-provisioner[signing]" in without_extra.stderr
     assert [m["lifecycle"] for m in cli("ls", "--json").json()["models"]] == ["Active"]  # nothing changed
     # a file changed under a valid signature: exit 4 naming it, both digests in hex
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private, public = keys
     signed = sha(gguf_file.read_bytes())
     sign(gguf_file, private)
     with open(gguf_file, "ab") as fh:

@@ -6,24 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .servers.oci_push import push_artifact
 from .test_s3 import _write_tree, triton_repo
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def sign(model: Path, private: Path, signature: Path | None = None) -> Path:
