@@ -107,6 +107,7 @@ class CatalogStore(Protocol):
     def entries(self) -> list[CatalogEntry]: ...
     def touch(self, model_id: str, ts_ms: int) -> None: ...
     def blob_refcount(self, sha256_hex: str, excluding: str | None = None) -> int: ...
+    def path_in_use(self, path: str, excluding: str | None = None) -> bool: ...
     def record_verification(self, record: VerificationRecord) -> None: ...
     def verifications(self, model_id: str) -> list[VerificationRecord]: ...
     def set_pinned(self, model_id: str, pinned: bool) -> bool: ...
@@ -246,11 +247,27 @@ class SqliteCatalog:
                 raise UnsafeCachePath(side_path, "is a symbolic link")
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._use_wal(busy_timeout_s)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._relocate()
+
+    def _use_wal(self, busy_timeout_s: float) -> None:
+        """Switch a new catalog to WAL. Processes creating the catalog at the same moment can make the switch
+        answer "database is locked" at once (the busy handler does not cover every case of a journal-mode
+        change), so it is retried, bounded by the busy timeout."""
+        deadline = time.monotonic() + busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     # ------------------------------------------------------------------------------- relocation
     # Paths inside the cache are stored absolute. A cache that moved (a copied directory, an image layer
@@ -377,6 +394,18 @@ class SqliteCatalog:
                 (sha256_hex, excluding),
             ).fetchone()
         return int(row[0])
+
+    def path_in_use(self, path: str, excluding: str | None = None) -> bool:
+        """Whether an entry (other than ``excluding``) is laid out at ``path``, inside it, or has it as its view
+        directory: two ids for one file share one view, which goes only when nothing uses it."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM models WHERE id IS NOT ?2 AND (local_path = ?1 "
+                "OR substr(local_path, 1, length(?1) + 1) = ?1 || '/' "
+                "OR json_extract(metadata, '$.view_dir') = ?1) LIMIT 1",
+                (path, excluding),
+            ).fetchone()
+        return row is not None
 
     def files(self, model_id: str) -> list[EntryFile]:
         with self._lock:

@@ -1011,14 +1011,7 @@ class ModelProvisioner:
     def view_in_use(self, path: str, except_id: str) -> bool:
         """Whether another entry is laid out at ``path`` (two ids for one file share one view, e.g.
         ``hf:org/repo:Q4_K_M`` and ``hf:org/repo/<its file>``): a view is removed only when nothing uses it."""
-        for other in self.catalog.entries():
-            if other.id == except_id:
-                continue
-            if other.local_path == path or other.metadata.get("view_dir") == path:
-                return True
-            if Path(other.local_path).is_relative_to(path):
-                return True
-        return False
+        return self.catalog.path_in_use(path, excluding=except_id)
 
     def _drop_blob_if_unused(self, blob: str, except_id: str) -> None:
         if self.catalog.blob_refcount(blob, excluding=except_id) == 0:

@@ -8,10 +8,12 @@ engine view and commits the catalog entry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -290,28 +292,31 @@ def _fetch_all(
     large = [f for f in plan.files if _is_weight(f.path) or f.unpack]
     results: dict[str, TransferOutcome] = {}
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            try:
-                for file, outcome in zip(small, pool.map(one, small), strict=True):
+        # on Ctrl-C the transfers are cancelled before each pool waits for its workers (partials are kept)
+        with ThreadPoolExecutor(max_workers=4) as pool, _cancel_on_interrupt(prov):
+            for file, outcome in zip(small, pool.map(one, small), strict=True):
+                results[file.path] = outcome
+            if INDEX in results:
+                shards = shards_from_index(results[INDEX].blob.read_bytes(), f"{ref.id} [{INDEX}]")
+                check_complete(shards, [f.path for f in plan.files], plan.available, ref.id)
+            # weights one or two at a time: each large file already uses parallel ranges
+            with ThreadPoolExecutor(max_workers=2) as big_pool, _cancel_on_interrupt(prov):
+                for file, outcome in zip(large, big_pool.map(one, large), strict=True):
                     results[file.path] = outcome
-                if INDEX in results:
-                    shards = shards_from_index(results[INDEX].blob.read_bytes(), f"{ref.id} [{INDEX}]")
-                    check_complete(shards, [f.path for f in plan.files], plan.available, ref.id)
-                # weights one or two at a time: each large file already uses parallel ranges
-                with ThreadPoolExecutor(max_workers=2) as big_pool:
-                    try:
-                        for file, outcome in zip(large, big_pool.map(one, large), strict=True):
-                            results[file.path] = outcome
-                    except (KeyboardInterrupt, SystemExit):
-                        prov.engine.cancel()  # Ctrl-C: the workers stop at their next chunk, partials kept
-                        raise
-            except (KeyboardInterrupt, SystemExit):
-                prov.engine.cancel()
-                raise
     except (KeyboardInterrupt, SystemExit):
         prov.engine.resume_after_cancel()  # the pools are done: later transfers in this process may run
         raise
     return results
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(prov: ModelProvisioner) -> Iterator[None]:
+    """Entered after a thread pool, so it exits first: cancel the transfers, then the pool waits for them."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        prov.engine.cancel()
+        raise
 
 
 def _adopt_from_other_caches(prov: ModelProvisioner, sha_hex: str, name: str) -> None:

@@ -209,14 +209,11 @@ class TransferEngine:
         self._cancelled.clear()
 
     def _check_deadline(self) -> None:
-        if self._cancelled.is_set():
-            raise Cancelled("interrupted; the partial download is kept and the next run resumes it")
-        value = getattr(self._deadline, "value", None)
-        if value is not None and time.monotonic() > value[0]:
-            raise TransferFailed(
-                f"{value[1]}: not complete within transfer.file_deadline_s ({self.settings.file_deadline_s:.0f}s); "
-                "the partial download is kept and the next run resumes it"
-            )
+        """Between requests: stop when cancelled or past the file's deadline (per chunk: ``_ChunkGuard``)."""
+        _ChunkGuard(self).check(time.monotonic())
+
+    def _chunk_guard(self) -> _ChunkGuard:
+        return _ChunkGuard(self)
 
     # ------------------------------------------------------------------------------------- client
     @property
@@ -516,16 +513,17 @@ class TransferEngine:
 
     def _open(self, source: Source, extra: Mapping[str, str]) -> tuple[httpx.Response, str, dict[str, str]]:
         """GET with redirects followed by hand: credentials never cross to another host."""
+        import httpx
+
         url = source.url
         headers = {**source.headers, **extra}
         origin = origin_of(url)
         reauthed = False
+
         for _ in range(MAX_REDIRECTS + 2):
             parts = urlsplit(url)
             if self.policy is not None:
                 self.policy.check_host(parts.scheme, parts.hostname or "", redact_url(url))
-            import httpx
-
             try:
                 request = self.client.build_request("GET", url, headers=headers)
             except (ValueError, httpx.InvalidURL) as exc:  # a redirect to a host no URL can name
@@ -623,13 +621,12 @@ class TransferEngine:
         loop_start = time.monotonic()
         oversize = False
         try:
-            floor = _RateFloor(self.settings.min_rate_bytes_per_s, self.settings.min_rate_window_s)
+            guard = self._chunk_guard()
             for chunk in response.iter_raw():
                 if cap is not None and received + len(chunk) > cap:
                     oversize = True
                     break
-                floor.add(len(chunk))
-                self._check_deadline()
+                guard.add(len(chunk))
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 received += len(chunk)
@@ -749,11 +746,10 @@ class TransferEngine:
                     cond.notify_all()
                 gathered, gathered_bytes = [], 0
 
-            floor = _RateFloor(self.settings.min_rate_bytes_per_s, self.settings.min_rate_window_s)
+            guard = self._chunk_guard()
             try:
                 for data in body:
-                    floor.add(len(data))
-                    self._check_deadline()
+                    guard.add(len(data))
                     limit = ends[index] - offset - gathered_bytes
                     if limit <= 0:
                         break
@@ -901,21 +897,37 @@ class _SlowStreamWatch:
         return rate < self.enough
 
 
-class _RateFloor:
-    """Slow-loris guard: over each window of ``window_s`` a connection must deliver ``min_rate`` bytes/s on
-    average (a read timeout alone never fires when a byte arrives every few seconds). Off when min_rate is 0."""
+class _ChunkGuard:
+    """What every received chunk is checked against, with one clock read: a cancellation (Ctrl-C, SIGTERM,
+    a server stopping), the file's deadline (``transfer.file_deadline_s``), and the slow-loris floor: over
+    each window of ``min_rate_window_s`` a connection must deliver ``min_rate_bytes_per_s`` on average (a
+    read timeout alone never fires when a byte arrives every few seconds; a rate of 0 turns it off)."""
 
-    def __init__(self, min_rate: float, window_s: float) -> None:
-        self.min_rate = min_rate
-        self.window_s = window_s
+    def __init__(self, engine: TransferEngine) -> None:
+        settings = engine.settings
+        self.cancelled = engine._cancelled
+        self.deadline: tuple[float, str] | None = getattr(engine._deadline, "value", None)
+        self.deadline_s = settings.file_deadline_s
+        self.min_rate = settings.min_rate_bytes_per_s
+        self.window_s = settings.min_rate_window_s
         self.start = time.monotonic()
         self.received = 0
 
+    def check(self, now: float) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("interrupted; the partial download is kept and the next run resumes it")
+        if self.deadline is not None and now > self.deadline[0]:
+            raise TransferFailed(
+                f"{self.deadline[1]}: not complete within transfer.file_deadline_s ({self.deadline_s:.0f}s); "
+                "the partial download is kept and the next run resumes it"
+            )
+
     def add(self, n: int) -> None:
+        now = time.monotonic()
+        self.check(now)
         if self.min_rate <= 0:
             return
         self.received += n
-        now = time.monotonic()
         if now - self.start < self.window_s:
             return
         rate = self.received / (now - self.start)
