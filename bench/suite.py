@@ -351,8 +351,8 @@ class Suite:
         """One big blob from Debian's docker-registry: ours vs ORAS (oras-py ``pull``) on the same artifact."""
         from tests.servers.registry import Registry
 
-        from model_provisioner.config import Settings
-        from model_provisioner.oci import RegistryClient
+        from model_provisioner.config.settings import Settings
+        from model_provisioner.net.registry.client import RegistryClient
 
         registry = Registry(self.work / "registry")
         try:

@@ -6,7 +6,7 @@ TARGET: gguf (the header-only GGUF reader), manifest (OCI manifests/indexes + la
 config.pbtxt), tar (tar/gzip/zstd layer unpacking into a throwaway store), ref (model refs). Our errors
 (``ProvisionerError``) are expected outcomes; anything else is a crash that libFuzzer reports and saves.
 tests/test_fuzz.py runs each target for a bounded number of runs; run longer by hand (scratch files go to
-./.mprov-fuzz-work).
+./.mprov-fuzz-work; crash inputs to ./.mprov-fuzz-work/artifacts/ unless -artifact_prefix is given).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from model_provisioner.errors import ProvisionerError
-    from model_provisioner.fetchers.oci import layer_files
+    from model_provisioner.core.errors import ProvisionerError
+    from model_provisioner.core.refs import parse
     from model_provisioner.formats.gguf import read_gguf
     from model_provisioner.formats.triton import parse_config
-    from model_provisioner.oci import Manifest, parse_manifest
-    from model_provisioner.refs import parse
-    from model_provisioner.store import BlobStore
-    from model_provisioner.unpack import unpack_into_store
+    from model_provisioner.net.registry.manifests import Manifest, parse_manifest
+    from model_provisioner.sources.oci import layer_files
+    from model_provisioner.storage.blobs import BlobStore
+    from model_provisioner.storage.unpack import unpack_into_store
 
 # libFuzzer leaves with os._exit (no atexit): the scratch directory lives in the working directory, which
 # the test suite makes a temporary one
@@ -84,5 +84,11 @@ TARGETS = {"gguf": gguf, "manifest": manifest, "pbtxt": pbtxt, "tar": tar, "ref"
 
 if __name__ == "__main__":
     target = TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    flags = sys.argv[2:]
+    if not any(flag.startswith("-artifact_prefix=") for flag in flags):
+        # a crash input goes to the scratch directory, never where the command was run (the repo root);
+        # keep the ones worth replaying in tests/fuzz_crashes/
+        (WORK / "artifacts").mkdir(parents=True, exist_ok=True)
+        flags.append(f"-artifact_prefix={WORK / 'artifacts'}/")
+    atheris.Setup([sys.argv[0], *flags], target)
     atheris.Fuzz()

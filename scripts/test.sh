@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything the tests need, then every test: lint (ruff), types (mypy), pytest.
+# Everything the tests need, then every test: lint (ruff), types (mypy), layering (import-linter), pytest.
 # This is the README's test command; .ci/run calls it on a clean clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +22,5 @@ python3 -m pip install -q -e '.[test]'
 python3 scripts/fetch_test_assets.py
 python3 -m ruff check src tests bench examples fuzz
 python3 -m mypy
+lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
 python3 -m pytest "$@"

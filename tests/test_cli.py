@@ -221,3 +221,16 @@ def test_console_scripts_are_installed() -> None:
     for name in ("model-provisioner", "mprov"):
         exe = shutil.which(name) or str(Path(sys.executable).parent / name)
         assert Path(exe).exists(), f"{name} is not installed; run pip install -e ."
+
+
+def test_the_version_is_the_packages_version() -> None:
+    import importlib.metadata
+    import tomllib
+
+    import model_provisioner
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert model_provisioner.__version__ == declared
+    assert importlib.metadata.version("model-provisioner") == declared
+    shown = run_cli("--version")
+    assert shown.code == 0 and shown.stdout.strip().endswith(declared), shown.stdout

@@ -76,7 +76,7 @@ def test_names_that_look_like_tokens_are_stored_as_they_are(cli: Any, tmp_path: 
 
 def test_secrets_in_use_are_redacted_by_value_and_shape(tmp_path: Path) -> None:
     from model_provisioner import Settings
-    from model_provisioner.redact import redact_text
+    from model_provisioner.core.redact import redact_text
 
     shapeless = "Tok3n-w1thout-any-shape"  # no known token shape: redacted because it is in use
     Settings.from_env({"HF_TOKEN": shapeless, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"},

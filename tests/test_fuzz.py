@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_provisioner.errors import ProvisionerError
+from model_provisioner.core.errors import ProvisionerError
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -63,8 +63,8 @@ MANIFESTS = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(MANIFESTS)
 def test_oci_manifests_parse_or_fail_cleanly(doc: Any) -> None:
-    from model_provisioner.fetchers.oci import layer_files
-    from model_provisioner.oci import Manifest, parse_manifest
+    from model_provisioner.net.registry.manifests import Manifest, parse_manifest
+    from model_provisioner.sources.oci import layer_files
 
     raw = json.dumps(doc).encode()
     try:
@@ -80,7 +80,7 @@ def test_oci_manifests_parse_or_fail_cleanly(doc: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_random_manifest_bytes(raw: bytes) -> None:
-    from model_provisioner.oci import parse_manifest
+    from model_provisioner.net.registry.manifests import parse_manifest
 
     try:
         parse_manifest(raw, "sha256:" + "0" * 64, "application/vnd.oci.image.manifest.v1+json", "oci://r.io/x:y")
@@ -110,8 +110,8 @@ def test_triton_config_pbtxt_parses_or_fails_cleanly(text: str) -> None:
 @given(st.lists(st.tuples(NASTY_PATHS, st.binary(max_size=20), st.sampled_from(["file", "sym", "hard", "dir"])),
                 max_size=4), st.sampled_from(["tar", "gzip", "zstd"]))
 def test_tar_layers_never_escape(tmp_path: Path, members: list[tuple[str, bytes, str]], compression: str) -> None:
-    from model_provisioner.store import BlobStore
-    from model_provisioner.unpack import unpack_into_store
+    from model_provisioner.storage.blobs import BlobStore
+    from model_provisioner.storage.unpack import unpack_into_store
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -154,7 +154,7 @@ def test_tar_layers_never_escape(tmp_path: Path, members: list[tuple[str, bytes,
 @settings(max_examples=300, deadline=None)
 @given(NASTY_PATHS)
 def test_remote_path_names_are_checked(path: str) -> None:
-    from model_provisioner.paths import check_relative_path
+    from model_provisioner.core.paths import check_relative_path
 
     try:
         assert check_relative_path(path, "somewhere") == path
@@ -168,8 +168,8 @@ def test_remote_path_names_are_checked(path: str) -> None:
                                         "cache_dir", "offline", "log_format", "nope", "s3_region", "api_file_roots"]),
                        JSON, max_size=4))
 def test_settings_files_load_or_name_the_bad_field(tmp_path: Path, data: dict[str, Any]) -> None:
-    from model_provisioner.config import Settings
-    from model_provisioner.errors import ConfigError
+    from model_provisioner.config.settings import Settings
+    from model_provisioner.core.errors import ConfigError
 
     path = tmp_path / "s.json"
     path.write_text(json.dumps(data))
@@ -185,7 +185,7 @@ def test_settings_files_load_or_name_the_bad_field(tmp_path: Path, data: dict[st
     "model.safetensors", "model.safetensors.index.json", "mmproj-f16.gguf", "pytorch_model.bin"])), max_size=12),
     st.one_of(st.none(), st.sampled_from(["Q4_K_M", "q8_0", "F16", "nope"])))
 def test_hub_file_selection_on_hostile_listings(names: list[str], quant: str | None) -> None:
-    from model_provisioner.fetchers.hf import select_gguf, select_repo_files
+    from model_provisioner.sources.hf import select_gguf, select_repo_files
 
     try:
         picked = select_gguf(names, quant, "org/repo")
@@ -236,9 +236,9 @@ settings_decorator = settings(max_examples=200, deadline=None)
 def test_hub_api_answers_are_checked_before_use(tmp_path: Path) -> None:
     """model_info answers fuzzed at the HTTP level (the fake Hub's API route returns the generated JSON):
     plan_hf gives a plan whose paths and digests are sane, or one of our errors, never anything else."""
-    from model_provisioner.config import Settings
-    from model_provisioner.fetchers.hf import plan_hf
-    from model_provisioner.refs import parse
+    from model_provisioner.config.settings import Settings
+    from model_provisioner.core.refs import parse
+    from model_provisioner.sources.hf import plan_hf
 
     from .servers.fileserver import FileServer
 

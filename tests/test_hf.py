@@ -24,7 +24,7 @@ from model_provisioner import (
     PolicyDenied,
     VerificationFailed,
 )
-from model_provisioner.handoff import write_engine_handoff
+from model_provisioner.api.handoff import write_engine_handoff
 
 from .conftest import run_cli
 from .servers.fileserver import Fault

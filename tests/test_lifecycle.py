@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from model_provisioner import DigestMismatch, Lifecycle, ModelProvisioner, Settings
-from model_provisioner.lifecycle import LeaseHeld, parse_duration, parse_size
+from model_provisioner.core.errors import LeaseHeld
+from model_provisioner.core.units import parse_duration, parse_size
 
 from .conftest import run_cli
 
@@ -75,7 +76,7 @@ def test_gc_removes_what_nothing_uses_and_reports_bytes(prov: Any, cache_dir: Pa
 
 
 def test_gc_keeps_a_partial_whose_download_is_running(prov: Any, cache_dir: Path) -> None:
-    from model_provisioner.locks import FileLock
+    from model_provisioner.storage.locks import FileLock
 
     key = "c" * 64
     partial = cache_dir / "partial" / f"{key}.part"
@@ -146,7 +147,7 @@ def test_lru_eviction_order_respects_pins_and_leases(cache_dir: Path, tmp_path: 
         with p.lease(c.id, holder="engine-1"):
             d = p.register_model("https://h.example/d.bin", blob_file(tmp_path, "d.bin"))
             p.ensure_present(d.id)
-            from model_provisioner.lifecycle import enforce_budget
+            from model_provisioner.ops.gc import enforce_budget
 
             evicted = enforce_budget(p, settings.max_cache_bytes or 0)
         assert [e[0] for e in evicted] == [a.id]  # b pinned, c leased, d just used

@@ -207,7 +207,7 @@ def test_bad_local_inputs(provisioner: ModelProvisioner, tmp_path: Path, kind: s
 
 
 def test_registry_schemes_offline_open_no_socket(cache_dir: Path, no_sockets: Any) -> None:
-    from model_provisioner.errors import OfflineError
+    from model_provisioner.core.errors import OfflineError
 
     with ModelProvisioner(Settings.from_env(cache_dir=cache_dir, offline=True)) as prov:
         for ref in ("s3://bucket/m.gguf", "oci://r.io/m:v"):

@@ -27,7 +27,7 @@ def sha(data: bytes) -> str:
 
 
 def partial_key(url: str) -> str:
-    from model_provisioner.redact import redact_url
+    from model_provisioner.core.redact import redact_url
 
     return hashlib.sha256(redact_url(url).encode()).hexdigest()
 
@@ -289,7 +289,7 @@ def test_an_https_to_http_redirect_is_refused_and_never_carries_credentials(tmp_
 # ----------------------------------------------------------- 17. a registry name is not an address
 def test_a_registry_named_like_loopback_is_not_reached_over_plain_http() -> None:
     from model_provisioner import Settings
-    from model_provisioner.oci import RegistryClient
+    from model_provisioner.net.registry.client import RegistryClient
 
     settings = Settings.from_env(cache_dir="/nonexistent")
     assert RegistryClient("127.attacker.example", settings).base == "https://127.attacker.example"
@@ -656,7 +656,7 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, f
 def test_finished_jobs_expire() -> None:
     import time
 
-    from model_provisioner.jobs import Job, JobRegistry
+    from model_provisioner.server.jobs import Job, JobRegistry
 
     registry = JobRegistry(2, ttl_s=0.2, max_jobs=5)
 

@@ -38,6 +38,35 @@ def test_openapi_document_is_current_and_has_examples(api_factory: Any) -> None:
                 assert op["requestBody"]["content"]["application/json"].get("examples"), f"{method} {path}"
 
 
+def test_every_success_response_has_a_schema(api_factory: Any) -> None:
+    """docs/openapi.json documents what each route answers, field by field (not only an example)."""
+    spec = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            for status, response in op["responses"].items():
+                content = response.get("content", {}).get("application/json")
+                if content is None or "text/plain" in response["content"] or status == "422":
+                    continue  # the metrics are text; 422 is FastAPI's own validation body (we answer 400)
+                assert content.get("schema", {}).get("$ref"), f"{method} {path} {status} has no response schema"
+    entry = spec["components"]["schemas"]["EntryOut"]["properties"]
+    assert {"id", "digest", "lifecycle", "expected_digest", "verifications"} <= set(entry)
+
+
+def test_inspect_json_and_get_model_are_the_same_object(api_factory: Any, cache_dir: Path, tmp_path: Path) -> None:
+    from make_tiny_gguf import write_tiny_gguf
+
+    root = tmp_path / "models"
+    root.mkdir()
+    model = write_tiny_gguf(root / "m.gguf")
+    api = api_factory(settings={"api_file_roots": [str(root)]})
+    made = api.client.post("/v1/models/ensure", json={"ref": f"file:{model}"})
+    assert made.status_code == 200, made.text
+    over_http = api.client.get(f"/v1/models/file:{model}").json()
+    on_cli = run_cli("inspect", f"file:{model}", "--json", cache_dir=cache_dir).json()
+    assert over_http == on_cli
+    assert on_cli["verifications"] and on_cli["lifecycle"] == "Active" and on_cli["ref"] == f"file:{model}"
+
+
 def test_every_endpoint_end_to_end(api_factory: Any, hub: Any, tmp_path: Path) -> None:
     from make_tiny_gguf import write_tiny_gguf
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from model_provisioner import Digest, DigestMismatch, InvalidInput, Lifecycle, SqliteCatalog
-from model_provisioner.catalog import SCHEMA_VERSION, CatalogEntry
-from model_provisioner.store import BlobStore
+from model_provisioner.storage.blobs import BlobStore
+from model_provisioner.storage.catalog import SCHEMA_VERSION, CatalogEntry
 
 
 def test_import_is_atomic_read_only_and_deduplicated(tmp_path: Path) -> None:

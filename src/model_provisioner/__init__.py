@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from .catalog import CatalogEntry, CatalogStore, Lifecycle, SqliteCatalog
-from .config import Settings
-from .digest import Digest
-from .errors import (
+from model_provisioner.api.handoff import (
+    append_provenance,
+    provision_config,
+    provision_from_config_to_default_handoff,
+    write_engine_handoff,
+)
+from model_provisioner.api.provisioner import ModelProvisioner
+from model_provisioner.config.modelconfig import ModelConfig, load_model_config, load_model_configs
+from model_provisioner.config.settings import Settings
+from model_provisioner.core.digest import Digest
+from model_provisioner.core.errors import (
     ConfigError,
     CorruptModel,
     DigestMismatch,
@@ -23,17 +30,13 @@ from .errors import (
     UnsupportedScheme,
     VerificationFailed,
 )
-from .handoff import (
-    append_provenance,
-    provision_config,
-    provision_from_config_to_default_handoff,
-    write_engine_handoff,
-)
-from .modelconfig import ModelConfig, load_model_config, load_model_configs
-from .provisioner import ModelProvisioner, ResolvedModel, VerificationReport
-from .refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
+from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef, parse
+from model_provisioner.core.version import VERSION
+from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.storage.catalog import CatalogEntry, CatalogStore, SqliteCatalog
+from model_provisioner.verify.results import ResolvedModel, VerificationReport
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # a library prints nothing by itself: its warnings reach whatever logging the application configured
 # (the CLI configures its own handler); without any, Python's last-resort handler would print them

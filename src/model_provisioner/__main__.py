@@ -1,3 +1,3 @@
-from .cli import main
+from model_provisioner.cli import main
 
 raise SystemExit(main())

@@ -40,6 +40,8 @@ class Fault:
     endless: bool = False  # 200, chunked-like (no length): the file, then zeros until the client hangs up
     drip_s: float | None = None  # slow-loris: one body byte every drip_s seconds (no Content-Length)
     clean_first: int = 0  # serve this many responses cleanly before cut/stall/corrupt apply
+    statuses_after: int = 0  # answer ``statuses`` only after this many requests were served normally
+    seen: int = 0  # requests for this path so far (counted server-side)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived (server clock)
 
 
 class FileServer:
@@ -123,7 +126,8 @@ class FileServer:
     def serve_file(self, h: BaseHTTPRequestHandler, path: str, head: bool, file: Path | None = None,
                    extra_headers: dict[str, str] | None = None, etag: str | None = None) -> None:
         fault = self.faults.get(path, Fault())
-        if fault.statuses:
+        fault.seen += 1
+        if fault.statuses and fault.seen > fault.statuses_after:
             status = fault.statuses.pop(0)
             h.send_response(status)
             if fault.retry_after is not None:

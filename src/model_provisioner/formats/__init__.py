@@ -8,8 +8,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CorruptModel
-from . import gguf
+from model_provisioner.core.errors import CorruptModel
+from model_provisioner.formats import gguf
 
 __all__ = ["FormatInfo", "inspect_file"]
 

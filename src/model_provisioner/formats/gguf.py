@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptModel, UnsupportedFormat
+from model_provisioner.core.errors import CorruptModel, UnsupportedFormat
 
 GGUF_MAGIC = b"GGUF"
 #: legacy magics as they appear on disk (little-endian u32 'ggml', 'ggmf', 'ggjt')

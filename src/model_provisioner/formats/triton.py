@@ -18,7 +18,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptModel, ProvisionerError
+from model_provisioner.core.errors import CorruptModel, ProvisionerError
+from model_provisioner.core.extras import require_extra
 
 #: the file Triton loads from a version directory, by platform or backend
 DEFAULT_FILES = {
@@ -38,7 +39,6 @@ DEFAULT_FILES = {
 
 @functools.cache
 def model_config_module() -> Any:
-    from ..extras import require_extra
 
     require_extra("triton", "Triton model repositories (Triton's config.pbtxt schema)")
     spec = importlib.util.find_spec("tritonclient")
@@ -55,7 +55,7 @@ def model_config_module() -> Any:
 
 def parse_config(text: str, where: str) -> Any:
     """Parse one ``config.pbtxt``; a syntax or field error names the file and line."""
-    from google.protobuf import text_format
+    from google.protobuf import text_format  # noqa: PLC0415  # heavy: protobuf, imported only when this path runs
 
     message = model_config_module().ModelConfig()
     try:
@@ -133,4 +133,3 @@ def inspect_repository(tree: Path, root: str, paths: list[str], subject: str) ->
 def _is_version(name: str) -> bool:
     """A Triton version directory: ASCII digits only (``"²".isdigit()`` is true, ``int("²")`` fails)."""
     return name.isascii() and name.isdigit()
-

@@ -1,0 +1,1 @@
+"""The public Python API (``ModelProvisioner``), engine handoffs, and the JSON shapes both front ends use."""

@@ -1,0 +1,310 @@
+"""``ModelProvisioner``: the one entry point behind the CLI, the HTTP API and the Python API.
+
+It wires the layers together (settings, store, catalog, ledger, transfer engine) and delegates: the order of
+steps of an ensure is in ``pipeline/ensure.py``, re-hashing in ``verify/rehash.py``, the lifecycle of an entry
+in ``pipeline/ledger.py``, whole-cache operations in ``ops/`` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_provisioner.config.settings import Settings
+from model_provisioner.core.digest import Digest
+from model_provisioner.core.errors import InvalidInput, NotFound, ProvisionerError
+from model_provisioner.core.refs import FileRef, ModelRef, parse
+from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.obs.audit import audit
+from model_provisioner.obs.logs import install_redaction
+from model_provisioner.obs.metrics import METRICS
+from model_provisioner.ops import gc as gc_ops
+from model_provisioner.ops.leases import leased
+from model_provisioner.pipeline import ensure as ensure_flow
+from model_provisioner.pipeline.context import FetchOptions, Workspace
+from model_provisioner.pipeline.ledger import Ledger
+from model_provisioner.pipeline.localfile import import_into_store
+from model_provisioner.storage.blobs import BlobStore
+from model_provisioner.storage.catalog import CatalogEntry, CatalogStore, Lease, SqliteCatalog
+from model_provisioner.storage.locks import model_lock, store_in_use
+from model_provisioner.storage.safefs import share_with_group_if_shared
+from model_provisioner.verify.rehash import rehash_entry, unchanged_since_verified
+from model_provisioner.verify.results import ResolvedModel, VerificationReport, resolved_from
+
+if TYPE_CHECKING:
+    from model_provisioner.transfer.engine import TransferEngine
+    from model_provisioner.transfer.types import ProgressCallback
+
+log = logging.getLogger("model_provisioner")
+
+RefLike = str | os.PathLike[str] | ModelRef
+DigestLike = str | Digest | dict[str, str]
+
+__all__ = ["FetchOptions", "ModelProvisioner", "ResolvedModel", "VerificationReport"]
+
+
+class ModelProvisioner:
+    """Provision models: ``ensure_present`` answers from the catalog when it can and verifies when it must."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        catalog: CatalogStore | None = None,
+        store: BlobStore | None = None,
+        schemes: frozenset[str] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = store or BlobStore(self.settings.cache_dir)
+        #: a cache on a read-only filesystem or directory (e.g. a pre-populated image layer) serves what it
+        #: holds and writes nothing: no locks, no last-used updates, no verification records
+        self.read_only = self.store.root.is_dir() and not os.access(self.store.root, os.W_OK)
+        if not self.read_only:
+            share_with_group_if_shared(self.store.root)
+            try:
+                self.store.ensure_layout()
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot create the cache at {self.store.root}: {exc.strerror}; choose a writable --cache-dir "
+                    "(or MODEL_PROVISIONER_CACHE)"
+                ) from None
+        self.catalog: CatalogStore = catalog or SqliteCatalog(self.store.root / "catalog.db", read_only=self.read_only)
+        self.schemes = schemes
+        self.ledger = Ledger(self.catalog, self.store, read_only=self.read_only)
+        self._engine: TransferEngine | None = None
+        self.workspace = Workspace(
+            self.settings, self.store, self.catalog, self.ledger, lambda: self.engine, self.read_only, schemes
+        )
+
+    @property
+    def engine(self) -> TransferEngine:
+        """The transfer engine (and its HTTP client) is created on first network use only."""
+        if self._engine is None:
+            from model_provisioner.transfer.engine import TransferEngine  # noqa: PLC0415  # heavy: see pipeline/ensure.py
+
+            install_redaction()
+            self._engine = TransferEngine(self.store, self.settings.transfer, self.settings.policy)
+        return self._engine
+
+    @classmethod
+    def file_only(cls, cache_dir: str | os.PathLike[str]) -> ModelProvisioner:
+        """A provisioner for local files only (no network schemes), with its catalog in ``cache_dir``."""
+        return cls(Settings.from_env(cache_dir=Path(cache_dir)), schemes=frozenset({"file"}))
+
+    def cancel_transfers(self) -> None:
+        """Stop running downloads at their next chunk (a server shutting down); partials are kept."""
+        if self._engine is not None:
+            self._engine.cancel()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        self.catalog.close()
+
+    def __enter__(self) -> ModelProvisioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ========================================================================= ensure and locate
+    def ensure_present(
+        self,
+        ref: RefLike,
+        expected_digest: DigestLike | None = None,
+        strict: bool | None = None,
+        *,
+        refresh: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        progress: ProgressCallback | None = None,
+    ) -> ResolvedModel:
+        """Make ``ref`` present and verified locally; return where it is.
+
+        A digest given means strict unless ``strict=False`` (advisory: mismatch warns, stays Active).
+        An Active entry is answered from the catalog with no network; ``refresh=True`` re-checks the
+        source (a conditional request for https). ``include``/``exclude`` globs choose a Hub repo's files.
+        """
+        model_ref = parse(ref)
+        started = time.monotonic()
+        digest = Digest.parse(expected_digest) if expected_digest is not None else None
+        options = FetchOptions(refresh, tuple(include), tuple(exclude), progress)
+        try:
+            resolved = ensure_flow.ensure(
+                self.workspace, model_ref, digest, strict if strict is not None else digest is not None, options
+            )
+            if self.settings.max_cache_bytes is not None and not resolved.from_cache:
+                gc_ops.enforce_budget(self, self.settings.max_cache_bytes, protect=frozenset({resolved.id}))
+        except ProvisionerError as exc:
+            self._observe(model_ref, None, exc.code, started)
+            raise
+        self._observe(model_ref, resolved, "cached" if resolved.from_cache else "fetched", started)
+        return resolved
+
+    def _observe(self, ref: ModelRef, resolved: ResolvedModel | None, outcome: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        fetched = resolved.bytes_fetched if resolved is not None else 0
+        METRICS.ensured(ref.scheme, outcome, seconds, fetched)
+        audit(
+            "ensure",
+            model_id=ref.id,
+            model_ref=ref.id,
+            digest=resolved.digest if resolved is not None else None,
+            bytes=fetched,
+            duration_ms=int(seconds * 1000),
+            policy_label=self.settings.policy.label,
+            outcome=outcome,
+            from_cache=resolved.from_cache if resolved is not None else None,
+        )
+
+    def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
+        """``ensure_present`` for callers that only want the local path as a string."""
+        return str(self.ensure_present(ref, expected_digest, strict).local_path)
+
+    def exists(self, ref: RefLike) -> bool:
+        return self.locate(ref) is not None
+
+    def locate(self, ref: RefLike) -> ResolvedModel | None:
+        """Where an Active model is, from the catalog and one stat: no hashing, no network.
+
+        Returns None when it is not provisioned, not Active, gone, or changed since it was verified.
+        """
+        entry = self.catalog.get(parse(ref).id)
+        if entry is None or entry.lifecycle is not Lifecycle.ACTIVE or not unchanged_since_verified(entry):
+            return None
+        return resolved_from(entry, from_cache=True)
+
+    def entry(self, ref: RefLike) -> CatalogEntry | None:
+        return self.catalog.get(parse(ref).id)
+
+    def list_models(self) -> list[CatalogEntry]:
+        return self.catalog.entries()
+
+    # ================================================================================== verify
+    def verify(self, ref: RefLike, expected_digest: str | Digest | None = None) -> VerificationReport:
+        """Re-hash a provisioned model and compare with what the catalog recorded (and the pinned digest)."""
+        model_id = parse(ref).id
+        digest = Digest.parse(expected_digest) if expected_digest else None
+        if self.read_only:
+            entry = self.catalog.get(model_id)
+            if entry is None:
+                raise NotFound(f"{model_id} is not in the read-only cache at {self.store.root}")
+            rehash = rehash_entry(entry, self.catalog.files(model_id), digest)  # nothing can be recorded
+            return rehash.report(model_id, "ok (read-only cache: nothing recorded)" if rehash.ok else None)
+        with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
+            entry = self.catalog.get(model_id)
+            if entry is None:
+                raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
+            if entry.lifecycle is not Lifecycle.ACTIVE:
+                # a Failed entry (empty, corrupt, unsupported, a mismatch) is not made ok by re-hashing it
+                why = entry.verification or str(entry.lifecycle).lower()
+                return VerificationReport(
+                    entry.id,
+                    False,
+                    why,
+                    entry.expected_digest,
+                    entry.digest,
+                    entry.local_path,
+                    f"{entry.id}: {entry.lifecycle} ({why}): {entry.error or 'not provisioned'}; run ensure on it",
+                )
+            return self.ledger.apply(entry, rehash_entry(entry, self.catalog.files(model_id), digest))
+
+    def verify_many(
+        self,
+        ids: list[str],
+        *,
+        jobs: int | None = None,
+        repair: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[VerificationReport]:
+        """Re-hash many models in parallel (hashing releases the GIL: threads use every core); ``repair``
+        re-fetches the failed ones from their source."""
+        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
+            reports = list(pool.map(self.verify, ids))
+        if progress is not None:
+            progress(len(reports), len(ids))
+        if repair:
+            for index, report in enumerate(reports):
+                entry = self.catalog.get(report.id)
+                if report.ok or entry is None or entry.scheme == "file":
+                    continue
+                try:
+                    repaired = self.ensure_present(report.id, entry.expected_digest, entry.strict or None, refresh=True)
+                except ProvisionerError as exc:
+                    log.error("%s: repair failed: %s", report.id, exc)
+                    continue
+                reports[index] = replace(
+                    report,
+                    ok=True,
+                    outcome="repaired",
+                    message=f"{report.id}: repaired from its source ({repaired.digest})",
+                )
+        return reports
+
+    # ============================================================================== register
+    def register_model(
+        self,
+        ref: RefLike,
+        local_path: str | os.PathLike[str] | None = None,
+        expected_digest: str | Digest | None = None,
+        strict: bool | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        link: bool = False,
+    ) -> ResolvedModel:
+        """Register bytes you already have under a model ref.
+
+        For a ``file:`` ref this is ``ensure_present``. For any other ref (``hf:…``, ``https://…``) the
+        file at ``local_path`` is copied into the blob store (hashing while copying), verified, viewed and
+        recorded, so that later ``ensure`` calls of that ref are answered locally, offline included.
+        """
+        model_ref = parse(ref)
+        digest = Digest.parse(expected_digest) if expected_digest is not None else None
+        strict_mode = strict if strict is not None else digest is not None
+        if isinstance(model_ref, FileRef):
+            if local_path is not None and os.path.realpath(local_path) != model_ref.path:
+                raise InvalidInput(f"{model_ref.id} is a local file; register it without a separate path")
+            resolved = self.ensure_present(model_ref, digest, strict_mode)
+        else:
+            if local_path is None:
+                raise InvalidInput(f"registering {model_ref.id} needs the local file that holds its bytes")
+            with (
+                model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s),
+                store_in_use(self.store.locks_dir, self.settings.lock_timeout_s),
+            ):
+                resolved = import_into_store(
+                    self.workspace, model_ref, Path(local_path), digest, strict_mode, link=link
+                )
+        if metadata:
+            entry = self.catalog.get(resolved.id)
+            if entry is not None:
+                merged = {**entry.metadata, **metadata}
+                self.catalog.put(replace(entry, metadata=merged))
+                resolved = replace(resolved, metadata=merged)
+        return resolved
+
+    # ============================================================================== lifecycle
+    def evict(self, pattern: RefLike, *, dry_run: bool = False, force: bool = False) -> list[str]:
+        """Remove entries matching an id or a glob (``ops.gc.evict``); pinned and leased ones need ``force``."""
+        return gc_ops.evict(self, self.ledger, pattern, dry_run=dry_run, force=force)
+
+    def pin(self, ref: RefLike, pinned: bool = True) -> bool:
+        return self.catalog.set_pinned(parse(ref).id, pinned)
+
+    def lease(self, ref: RefLike, holder: str | None = None) -> AbstractContextManager[Lease]:
+        """``with prov.lease("hf:org/repo/m.gguf"):`` eviction and ``rm`` leave the model alone meanwhile."""
+        return leased(self, ref, holder)
+
+    def gc(self, **kwargs: Any) -> gc_ops.GcReport:
+        return gc_ops.gc(self, **kwargs)
+
+    def view_in_use(self, path: str, except_id: str) -> bool:
+        """Whether another entry is laid out at ``path`` (a view is removed only when nothing uses it)."""
+        return self.ledger.view_in_use(path, except_id)

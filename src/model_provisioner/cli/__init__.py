@@ -1,0 +1,7 @@
+"""Command line: ``model-provisioner`` (alias ``mprov``). Results go to stdout (one JSON object with
+``--json``); human messages, warnings and errors go to stderr, one line each. The grammar is in ``parser``,
+the commands in ``model_commands`` and ``cache_commands``, the error handling in ``main``."""
+
+from model_provisioner.cli.main import main
+
+__all__ = ["main"]

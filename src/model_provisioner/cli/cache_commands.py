@@ -1,0 +1,221 @@
+"""Commands over the whole cache: ls, gc, pin/unpin, lease, leases, release, push, import, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from model_provisioner.api.shapes import lease_json
+from model_provisioner.cli.output import PROG, ago, emit, human_size, provisioner
+from model_provisioner.config.settings import Settings
+from model_provisioner.core.errors import InvalidInput, NotFound
+from model_provisioner.core.extras import require_extra
+from model_provisioner.core.refs import parse
+from model_provisioner.core.units import parse_duration, parse_size
+from model_provisioner.ops.adopt import ImportReport, import_hf_cache, import_ollama
+from model_provisioner.ops.leases import acquire_lease, describe_lease, live_leases
+from model_provisioner.ops.usage import usage
+from model_provisioner.storage.locks import model_lock_is_free
+from model_provisioner.storage.othercaches import default_hf_cache, default_ollama_models
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    filters = [_parse_filter(f) for f in args.filter]
+    now = time.time() * 1000
+    with provisioner(args) as prov:
+        rows = prov.catalog.rows_for_listing()
+        use = usage(prov, rows)
+        # a Pending entry nobody is provisioning was interrupted (a SIGKILL); Ctrl-C/SIGTERM mark it themselves
+        stale = {r.id for r in rows if r.lifecycle == "Pending" and model_lock_is_free(prov.store.locks_dir, r.id)}
+    models = []
+    for r in rows:
+        interrupted = r.id in stale or (r.lifecycle == "Failed" and r.verification == "interrupted")
+        item: dict[str, Any] = {
+            "id": r.id,
+            "lifecycle": "Interrupted" if interrupted else r.lifecycle,
+            "size_bytes": r.size_bytes,
+            "format": r.format,
+            "verification": r.verification,
+            "local_path": r.local_path,
+            "last_used_ms": r.last_used_ms,
+            "pinned": r.pinned,
+            "digest": r.digest,
+            "scheme": r.scheme,
+        }
+        if all(check(item, now) for check in filters):
+            models.append(item)
+    if args.sort == "size":
+        models.sort(key=lambda m: -m["size_bytes"])
+    elif args.sort == "used":
+        models.sort(key=lambda m: m["last_used_ms"])
+    if args.json:
+        emit(
+            args,
+            {
+                "models": models,
+                "entries": use.entries,
+                "logical_bytes": use.logical_bytes,
+                "disk_bytes": use.disk_bytes,
+            },
+        )
+        return 0
+    if models:
+        table = [("ID", "LIFECYCLE", "SIZE", "FORMAT", "LAST USED", "PATH")]
+        for m in models:
+            pin = " (pinned)" if m["pinned"] else ""
+            table.append(
+                (
+                    m["id"] + pin,
+                    m["lifecycle"],
+                    human_size(m["size_bytes"]),
+                    m["format"],
+                    ago(now - m["last_used_ms"]),
+                    m["local_path"] or "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table]
+        sys.stdout.write("\n".join(out) + "\n")
+    sys.stderr.write(
+        f"{PROG}: {len(models)} of {use.entries} entries; {human_size(use.logical_bytes)} listed, "
+        f"{human_size(use.disk_bytes)} on disk (shared blobs counted once)\n"
+    )
+    return 0
+
+
+def _parse_filter(expr: str) -> Callable[[dict[str, Any], float], bool]:
+    """``size>1GB``, ``unused>7d``, ``used<1h``, ``lifecycle=Failed``, ``format=gguf``."""
+    m = re.fullmatch(r"\s*(size|unused|used|lifecycle|format|scheme)\s*(>=|<=|>|<|=)\s*(\S+)\s*", expr)
+    if m is None:
+        raise InvalidInput(f"invalid filter {expr!r}; use e.g. 'size>1GB', 'unused>7d', 'lifecycle=Failed'")
+    key, op, raw = m.groups()
+    if key in ("lifecycle", "format", "scheme"):
+        if op != "=":
+            raise InvalidInput(f"filter {expr!r}: {key} takes '=' only")
+        return lambda item, now: str(item[key]).lower() == raw.lower()
+    value = parse_size(raw) if key == "size" else parse_duration(raw) * 1000
+    compare = {">": float.__gt__, "<": float.__lt__, ">=": float.__ge__, "<=": float.__le__, "=": float.__eq__}[op]
+    if key == "size":
+        return lambda item, now: compare(float(item["size_bytes"]), float(value))
+    # unused = time since last use; used<1h means the same quantity, read the other way
+    return lambda item, now: compare(float(now - item["last_used_ms"]), float(value))
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    max_bytes = parse_size(args.max_size) if args.max_size else None
+    with provisioner(args) as prov:
+        report = prov.gc(
+            max_bytes=max_bytes,
+            dry_run=args.dry_run,
+            grace_s=parse_duration(args.grace),
+            failed_retention_s=parse_duration(args.failed_retention),
+        )
+    if args.json:
+        emit(args, {"dry_run": report.dry_run, "removed": report.removed, "bytes_freed": report.bytes_freed})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for item in report.removed:
+        size = f" ({human_size(item['bytes'])})" if item["bytes"] else ""
+        sys.stdout.write(f"{verb} {item['kind']}: {item['what']}{size}\n")
+    sys.stderr.write(
+        f"{PROG}: gc {verb} {len(report.removed)} items, "
+        f"{human_size(report.bytes_freed)} {'to free' if args.dry_run else 'freed'}\n"
+    )
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        if not prov.pin(args.ref, args.pinned):
+            raise NotFound(f"{parse(args.ref).id} is not in the catalog; see `{PROG} ls`")
+    emit(
+        args,
+        {"id": parse(args.ref).id, "pinned": args.pinned},
+        ("pinned " if args.pinned else "unpinned ") + parse(args.ref).id,
+    )
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        from model_provisioner.ops.push import push  # noqa: PLC0415  # heavy: the registry and S3 clients (~5 ms of start-up), only for push
+
+        result = push(prov, args.ref, args.destination)
+    human = (
+        f"pushed {result.files} file(s) to {result.destination} "
+        f"({result.bytes_uploaded} bytes uploaded, {result.bytes_skipped} already there); digest {result.digest}"
+    )
+    emit(args, result.as_dict(), human)
+    return 0
+
+
+def cmd_lease(args: argparse.Namespace) -> int:
+
+    ttl = parse_duration(args.ttl) if args.ttl else None
+    pid = args.pid if args.pid is not None else (None if ttl else os.getppid())
+    with provisioner(args) as prov:
+        lease = acquire_lease(prov, args.ref, holder=args.holder, pid=pid, ttl_s=ttl)
+    emit(args, lease_json(lease), lease.lease_id)
+    return 0
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        leases = live_leases(prov)
+    text = "\n".join(f"{lease.lease_id}  {lease.holder}  {lease.model_id}  {describe_lease(lease)}" for lease in leases)
+    emit(args, {"leases": [lease_json(lease) for lease in leases]}, text or None)
+    if not leases and not args.json:
+        sys.stderr.write(f"{PROG}: no live leases\n")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        if not prov.catalog.remove_lease(args.lease_id):
+            raise NotFound(f"no lease {args.lease_id!r}; it was released or expired")
+    emit(args, {"released": args.lease_id}, f"released {args.lease_id}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
+    require_extra("server", "the HTTP API (serve)")
+    from model_provisioner.server.app import create_app, serve  # noqa: PLC0415  # heavy: fastapi, uvicorn
+
+    if args.openapi:
+        sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n")
+        return 0
+    serve(args.host, args.port, settings)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+
+    report = ImportReport()
+    with provisioner(args) as prov:
+        if args.only in (None, "hf"):
+            hub = Path(args.hf_cache) if args.hf_cache else default_hf_cache()
+            if hub.is_dir():
+                import_hf_cache(prov, hub, report)
+            elif args.hf_cache:
+                raise NotFound(f"no huggingface_hub cache at {hub}")
+        if args.only in (None, "ollama"):
+            ollama = Path(args.ollama) if args.ollama else default_ollama_models()
+            if ollama.is_dir():
+                import_ollama(prov, ollama, report)
+            elif args.ollama:
+                raise NotFound(f"no Ollama models directory at {ollama}")
+    if args.json:
+        emit(args, {"adopted": report.adopted, "skipped": report.skipped})
+    else:
+        for item in report.adopted:
+            sys.stdout.write(f"adopted {item['ref']} ({human_size(item['size_bytes'])}, {item['digest']})\n")
+        sys.stderr.write(f"{PROG}: adopted {len(report.adopted)} files, skipped {len(report.skipped)}\n")
+    return 0

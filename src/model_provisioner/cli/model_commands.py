@@ -1,0 +1,152 @@
+"""Commands about one model: ensure, inspect, locate, verify, rm, provision."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from model_provisioner.api.handoff import provision_and_handoff, provision_config
+from model_provisioner.api.shapes import entry_json
+from model_provisioner.cli.output import PROG, ago, emit, human_size, progress_bar, provisioner
+from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
+from model_provisioner.core.refs import FileRef, parse
+from model_provisioner.formats import inspect_file
+
+
+def cmd_ensure(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov, progress_bar(args) as progress:
+        start = time.monotonic()
+        engine = args.engine
+        options: dict[str, Any] = {
+            "refresh": args.refresh,
+            "include": args.include,
+            "exclude": args.exclude,
+            "progress": progress,
+        }
+        if args.handoff_dir:
+            resolved, handoff = provision_and_handoff(
+                prov,
+                args.ref,
+                args.handoff_dir,
+                expected_digest=args.digest,
+                strict=args.strict,
+                engine=engine,
+                **options,
+            )
+            engine = handoff.stem
+        else:
+            resolved = prov.ensure_present(args.ref, args.digest, args.strict, **options)
+        took = int((time.monotonic() - start) * 1000)
+    if not args.quiet and not args.json:
+        how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
+        fetched = f", {human_size(resolved.bytes_fetched)} fetched" if resolved.bytes_fetched else ""
+        fetched += f", {resolved.origin}" if resolved.origin else ""
+        sys.stderr.write(
+            f"{PROG}: {resolved.id}: {how}, {resolved.digest}, {human_size(resolved.size_bytes)}{fetched}, {took} ms\n"
+        )
+    emit(args, resolved.as_json(engine), str(resolved.local_path))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ref = parse(args.ref)
+    with provisioner(args) as prov:
+        entry = prov.entry(ref)
+        history = prov.catalog.verifications(ref.id) if entry is not None else []
+    if entry is not None:
+        payload = entry_json(entry, history)
+    elif isinstance(ref, FileRef):
+        if not os.path.isfile(ref.path):
+            raise NotFound(f"model file not found: {ref.path}; check the path")
+        info = inspect_file(ref.path, ref.id)
+        payload = {
+            "id": ref.id,
+            "local_path": ref.path,
+            "lifecycle": None,
+            "format": info.format,
+            "size_bytes": os.path.getsize(ref.path),
+            "metadata": info.metadata,
+        }
+    else:
+        raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
+    if args.json:
+        emit(args, payload)
+    else:
+        for key, value in payload.items():
+            if value is None:
+                continue  # nothing to say (never a Python None on the screen)
+            if key == "metadata":
+                for mkey, mvalue in value.items():
+                    sys.stdout.write(f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n")
+            elif key.endswith("_ms") and isinstance(value, int):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
+                sys.stdout.write(f"{key[:-3]}: {stamp} ({ago(time.time() * 1000 - value)})\n")
+            elif key != "verifications":
+                sys.stdout.write(f"{key}: {value}\n")
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        resolved = prov.locate(args.ref)
+    if resolved is None:
+        raise NotFound(
+            f"{args.ref} is not provisioned here (or changed since it was verified); run `{PROG} ensure {args.ref}`"
+        )
+    emit(args, resolved.as_json(), str(resolved.local_path))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise InvalidInput("verify needs model ids or --all")
+    with provisioner(args) as prov:
+        ids = [e.id for e in prov.list_models()] if args.all else args.ids
+        reports = prov.verify_many(ids, jobs=args.jobs, repair=args.repair)
+    failed = [r for r in reports if not r.ok]
+    if args.json:
+        emit(args, {"results": [r.__dict__ for r in reports], "failed": len(failed)})
+    else:
+        for r in reports:
+            sys.stdout.write(("ok    " if r.ok else "FAILED ") + r.message + "\n")
+    if failed:
+        if not args.json:
+            sys.stderr.write(f"{PROG}: error: {len(failed)} of {len(reports)} models failed verification\n")
+        return int(ExitCode.VERIFICATION_FAILED)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        in_place = {e.id for e in prov.list_models() if e.blob is None and e.scheme == "file"}
+        removed = prov.evict(args.pattern, dry_run=args.dry_run, force=args.force)
+    if not removed:
+        raise NotFound(f"nothing in the catalog matches {args.pattern!r}; see `{PROG} ls`")
+
+    def line(model_id: str) -> str:
+        if model_id in in_place:  # registered in place: only the catalog entry goes, never the user's file
+            verb = "would forget" if args.dry_run else "forgot"
+            return f"{verb} {model_id} (its file is yours and stays where it is)"
+        return ("would remove " if args.dry_run else "removed ") + model_id
+
+    emit(
+        args,
+        {"removed": removed, "forgotten_only": [r for r in removed if r in in_place], "dry_run": args.dry_run},
+        "\n".join(line(r) for r in removed),
+    )
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        results = provision_config(args.config, args.out, prov)
+    models = [{**resolved.as_json(handoff.stem), "handoff": str(handoff)} for resolved, handoff in results]
+    if not args.quiet and not args.json:
+        for resolved, handoff in results:
+            sys.stderr.write(f"{PROG}: {resolved.id}: {resolved.verification}; handoff written to {handoff}\n")
+    emit(args, {"models": models}, "\n".join(str(resolved.local_path) for resolved, _ in results))
+    return 0

@@ -1,0 +1,88 @@
+"""How the command line speaks: results on stdout (one JSON object with ``--json``), human messages on
+stderr, sizes and ages as people read them, a progress bar only on an interactive terminal."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from model_provisioner.api.provisioner import ModelProvisioner
+from model_provisioner.config.settings import Settings
+from model_provisioner.obs.logs import configure_logging
+
+PROG = "model-provisioner"
+
+
+def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
+    configure_logging(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING, log_format, PROG)
+
+
+def provisioner(args: argparse.Namespace) -> ModelProvisioner:
+    settings = Settings.from_env(
+        cache_dir=args.cache_dir,
+        offline=args.offline or None,
+        require_signature=getattr(args, "require_signature", None),
+        signature_public_key=getattr(args, "signature_key", None),
+    )
+    return ModelProvisioner(settings)
+
+
+def emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(payload, sort_keys=True, default=str) + "\n")
+    elif human is not None:
+        sys.stdout.write(human + "\n")
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def ago(ms: float) -> str:
+    seconds = max(0.0, ms / 1000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@contextlib.contextmanager
+def progress_bar(args: argparse.Namespace) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A rich progress bar on stderr, only for an interactive terminal and never with --json/-q."""
+    if args.json or args.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
+    from rich.progress import (  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(args.ref if len(args.ref) < 48 else "…" + args.ref[-47:], total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

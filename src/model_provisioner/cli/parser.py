@@ -1,0 +1,230 @@
+"""The command line's grammar: the commands and their options (docs/architecture.md, "Contracts")."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from model_provisioner.cli import cache_commands, model_commands
+from model_provisioner.cli.output import PROG
+from model_provisioner.core.version import VERSION
+from model_provisioner.core.vocab import ENGINES
+
+
+def global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--cache-dir",
+        default=default,
+        metavar="DIR",
+        help="cache directory (env MODEL_PROVISIONER_CACHE, default ~/.cache/models)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="serve from the catalog only (env MODEL_PROVISIONER_OFFLINE=1, HF_HUB_OFFLINE=1)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="errors only on stderr",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="more detail on stderr",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="machine-readable output on stdout",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Provision models: this exact model, verified, on this machine, now.",
+        epilog="exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed, "
+        "5 denied by policy or offline, 6 transfer failed, 7 out of disk space, 8 timed out waiting, "
+        "130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    global_options(common, suppress=True)
+    _add_ensure(sub, common)
+    _add_cache_commands(sub, common)
+    _add_model_commands(sub, common)
+    return parser
+
+
+def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``ensure`` (alias ``pull``): the main job."""
+    for name in ("ensure", "pull"):
+        p = sub.add_parser(name, parents=[common], help="make a model present and verified; print its path")
+        p.add_argument(
+            "ref",
+            help="model reference: ./m.gguf, ./model_repository/, file:/abs, hf:org/repo[/f.gguf], https://…, "
+            "s3://bucket/key or s3://bucket/prefix/, oci://registry/repo:tag",
+        )
+        p.add_argument("--digest", help="expected digest, sha256:<64 hex>; strict unless --no-strict")
+        strictness = p.add_mutually_exclusive_group()
+        strictness.add_argument(
+            "--no-strict",
+            dest="strict",
+            action="store_false",
+            default=None,
+            help="a digest mismatch warns instead of failing",
+        )
+        strictness.add_argument(
+            "--strict",
+            dest="strict",
+            action="store_true",
+            default=None,
+            help="fail on a digest mismatch (the default when --digest is given)",
+        )
+        p.add_argument(
+            "--require-signature",
+            action="store_true",
+            default=None,
+            help="Active only with a model-signing signature (model.sig / FILE.sig) verified by --signature-key",
+        )
+        p.add_argument("--signature-key", metavar="PEM", help="public key for --require-signature")
+        p.add_argument(
+            "--engine",
+            choices=list(ENGINES),
+            help="write the handoff for this engine (default from the model format)",
+        )
+        p.add_argument(
+            "--handoff-dir",
+            metavar="DIR",
+            help="write DIR/.runtime/engines/<engine>.json and a provenance line",
+        )
+        p.add_argument(
+            "--refresh",
+            action="store_true",
+            help="re-check the source even when a verified copy is cached (conditional request)",
+        )
+        p.add_argument(
+            "--include",
+            action="append",
+            default=[],
+            metavar="GLOB",
+            help="Hub repo files to fetch (repeatable; replaces the default minimal set)",
+        )
+        p.add_argument(
+            "--exclude", action="append", default=[], metavar="GLOB", help="Hub repo files to leave out (repeatable)"
+        )
+        p.set_defaults(func=model_commands.cmd_ensure)
+
+
+def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Commands over the whole cache: ls, gc, pins, leases, push, import."""
+    p = sub.add_parser("ls", parents=[common], help="list the catalog, with the cache's real disk use")
+    p.add_argument(
+        "--sort",
+        choices=["name", "size", "used"],
+        default="name",
+        help="name (default), size (largest first), used (least recently used first)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="size>1GB, size<500MB, unused>7d, used<1h, lifecycle=Failed, format=gguf (repeatable)",
+    )
+    p.set_defaults(func=cache_commands.cmd_ls)
+
+    p = sub.add_parser("gc", parents=[common], help="remove unreferenced blobs, stale views and partials")
+    p.add_argument("--max-size", metavar="SIZE", help="also evict least recently used entries down to SIZE")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
+    p.add_argument("--grace", default="1h", metavar="DURATION", help="keep partial downloads younger than this")
+    p.add_argument("--failed-retention", default="7d", metavar="DURATION", help="keep Failed entries this long")
+    p.set_defaults(func=cache_commands.cmd_gc)
+
+    for name, helptext in (("pin", "protect a model from eviction and gc"), ("unpin", "remove the protection")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("ref", metavar="ID")
+        p.set_defaults(func=cache_commands.cmd_pin, pinned=name == "pin")
+
+    p = sub.add_parser("lease", parents=[common], help="mark a model in use by a process; prints the lease id")
+    p.add_argument("ref", metavar="ID")
+    p.add_argument("--holder", help="who holds it (shown by rm)")
+    p.add_argument("--pid", type=int, help="the process using it (default: the caller of this command)")
+    p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
+    p.set_defaults(func=cache_commands.cmd_lease)
+
+    p = sub.add_parser(
+        "push",
+        parents=[common],
+        help="publish a provisioned model to a team mirror (OCI registry as ModelPack, or an S3 prefix)",
+    )
+    p.add_argument("ref", metavar="ID")
+    p.add_argument(
+        "destination",
+        metavar="DEST",
+        help="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' on an oci:// or s3:// root "
+        "places it where mirrors.models finds it",
+    )
+    p.set_defaults(func=cache_commands.cmd_push)
+
+    p = sub.add_parser("release", parents=[common], help="end a lease")
+    p.add_argument("lease_id", metavar="LEASE_ID")
+    p.set_defaults(func=cache_commands.cmd_release)
+
+    p = sub.add_parser("leases", parents=[common], help="list the live leases (expired and dead ones are dropped)")
+    p.set_defaults(func=cache_commands.cmd_leases)
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="adopt verified blobs from huggingface_hub and Ollama caches (nothing downloaded twice)",
+    )
+    p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
+    p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
+    p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
+    p.set_defaults(func=cache_commands.cmd_import)
+
+
+def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Commands about one model or the service: inspect, locate, verify, rm, serve, provision."""
+    p = sub.add_parser("inspect", parents=[common], help="show a model's catalog entry and metadata")
+    p.add_argument("ref", help="model id or reference (a local file is read without registering it)")
+    p.set_defaults(func=model_commands.cmd_inspect)
+
+    p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")
+    p.add_argument("ref")
+    p.set_defaults(func=model_commands.cmd_locate)
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="verify every catalog entry")
+    p.add_argument("--repair", action="store_true", help="re-fetch models that fail from their source")
+    p.add_argument("--jobs", type=int, help="parallel hashing threads (default: number of cores)")
+    p.set_defaults(func=model_commands.cmd_verify)
+
+    p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
+    p.add_argument("pattern", metavar="ID|GLOB")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
+    p.set_defaults(func=model_commands.cmd_rm)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP control plane (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs a token)")
+    p.add_argument("--port", type=int, default=8077)
+    p.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
+    p.set_defaults(func=cache_commands.cmd_serve)
+
+    p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
+    p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
+    p.set_defaults(func=model_commands.cmd_provision)

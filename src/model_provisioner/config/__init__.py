@@ -1,0 +1,1 @@
+"""Settings, model config files and the network policy (docs/settings.md)."""

@@ -1,0 +1,217 @@
+"""The exception tree. Each class means one thing a caller can handle, and carries its CLI exit code.
+
+Exit codes (docs/architecture.md, "Contracts"): 0 ok · 1 unexpected · 2 invalid input · 3 not found ·
+4 verification failed · 5 denied by policy or offline · 6 transfer failed after retries · 7 out of disk
+space · 8 timed out waiting (a lock).
+
+Messages are one line, name the offending input and say what the user can do next.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+
+from model_provisioner.core.redact import redact_text
+
+#: the most characters of user input quoted in a message (then an ellipsis)
+QUOTE_LIMIT = 200
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of user input for a message, cut at ``limit`` characters: a message stays one short line even
+    for a 100 MB input."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"… ({len(text)} characters)"
+    return repr(text)
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    INVALID_INPUT = 2
+    NOT_FOUND = 3
+    VERIFICATION_FAILED = 4
+    DENIED = 5
+    TRANSFER_FAILED = 6
+    NO_SPACE = 7
+    TIMED_OUT = 8
+
+
+class ProvisionerError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.UNEXPECTED
+    #: short machine-readable code, used by the JSON error output and (later) the HTTP API
+    code: str = "unexpected"
+
+
+class InvalidInput(ProvisionerError, ValueError):
+    """The user gave us something malformed: a ref, a digest, a config file, a flag."""
+
+    exit_code = ExitCode.INVALID_INPUT
+    code = "invalid_input"
+
+
+class InvalidModelRef(InvalidInput):
+    """A model reference that cannot be parsed. ``.ref`` keeps the offending input (redacted)."""
+
+    code = "invalid_ref"
+
+    def __init__(self, ref: str, problem: str) -> None:
+
+        self.ref = redact_text(ref)
+        self.problem = problem
+        super().__init__(f"invalid model reference {quote(self.ref)}: {problem}")
+
+
+class InvalidDigest(InvalidInput):
+    code = "invalid_digest"
+
+    def __init__(self, value: object, problem: str) -> None:
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid digest {quote(value)}: {problem}")
+
+
+class ConfigError(InvalidInput):
+    """A config file that cannot be used; names the file and the field."""
+
+    code = "invalid_config"
+
+    def __init__(self, path: str, field: str | None, problem: str) -> None:
+        self.path = path
+        self.field = field
+        self.problem = problem
+        where = f"{path}: field {field!r}" if field else path
+        super().__init__(f"config {where}: {problem}")
+
+
+class UnsupportedScheme(InvalidInput):
+    """The ref parses, but this build cannot fetch its scheme yet."""
+
+    code = "unsupported_scheme"
+
+
+class UnsupportedFormat(InvalidInput):
+    """A model file in a format we refuse on purpose (e.g. legacy GGML)."""
+
+    code = "unsupported_format"
+
+
+class NotFound(ProvisionerError):
+    exit_code = ExitCode.NOT_FOUND
+    code = "not_found"
+
+
+class VerificationFailed(ProvisionerError):
+    """The bytes are not what they should be (digest mismatch, empty, corrupt model)."""
+
+    exit_code = ExitCode.VERIFICATION_FAILED
+    code = "verification_failed"
+
+    def __init__(self, message: str, *, reason: str = "mismatch") -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class DigestMismatch(VerificationFailed):
+    def __init__(self, subject: str, expected: str, actual: str, action: str) -> None:
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"digest mismatch for {subject}: expected {expected}, got {actual}; {action}",
+            reason="mismatch",
+        )
+
+
+class CorruptModel(VerificationFailed):
+    def __init__(self, subject: str, problem: str) -> None:
+        self.subject = subject
+        super().__init__(f"{subject}: {problem}", reason="corrupt")
+
+
+class PolicyDenied(ProvisionerError):
+    exit_code = ExitCode.DENIED
+    code = "denied"
+
+
+class OfflineError(PolicyDenied):
+    code = "offline"
+
+
+class ReadOnlyCache(PolicyDenied):
+    """The cache is read-only (an image layer, a read-only mount): it serves what it holds, nothing more."""
+
+    code = "read_only_cache"
+
+
+class TransferFailed(ProvisionerError):
+    exit_code = ExitCode.TRANSFER_FAILED
+    code = "transfer_failed"
+
+
+class InsufficientSpace(ProvisionerError):
+    exit_code = ExitCode.NO_SPACE
+    code = "no_space"
+
+    def __init__(self, where: str, needed: int, available: int) -> None:
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"not enough disk space in {where}: need {needed} bytes, {available} available; "
+            "free space (e.g. `model-provisioner rm`) or use --cache-dir on a larger disk"
+        )
+
+
+class UnsafeCachePath(VerificationFailed):
+    """A path inside the cache is not what we create there (a symlink, a FIFO, a file with other links)."""
+
+    code = "unsafe_cache_path"
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        super().__init__(
+            f"refusing {self.path}: it {problem}; something other than model-provisioner put it in the cache. "
+            "Remove it (and check who can write to the cache directory), then run the command again",
+            reason="unsafe_path",
+        )
+
+
+class LockTimeout(ProvisionerError):
+    """Waiting for a lock (another process provisioning the same model, a fetch slot, gc) took too long."""
+
+    exit_code = ExitCode.TIMED_OUT
+    code = "lock_timeout"
+
+
+class LeaseHeld(PolicyDenied):
+    """A pinned model, or one an engine holds a live lease on, cannot be removed without force."""
+
+    code = "leased"
+
+
+class ServerBusy(ProvisionerError):
+    """The API's bound on concurrent synchronous downloads is reached (HTTP 503 with Retry-After)."""
+
+    code = "busy"
+
+
+class Cancelled(TransferFailed):
+    """The transfer was stopped (Ctrl-C, SIGTERM, a server shutting down); its partial file is kept."""
+
+    code = "cancelled"
+
+
+class NotModified(ProvisionerError):
+    """A conditional refresh found the source unchanged (HTTP 304): the cached copy stands."""
+
+    code = "not_modified"
+
+
+class MissingExtra(InvalidInput):
+    """An optional dependency group (an ``extra``) this feature needs is not installed."""
+
+    code = "missing_extra"

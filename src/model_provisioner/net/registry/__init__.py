@@ -1,0 +1,1 @@
+"""OCI distribution: manifests, the registry client with its auth, Docker credentials."""

@@ -1,0 +1,1 @@
+"""Observability: logs, metrics and the audit trail (docs/architecture.md)."""

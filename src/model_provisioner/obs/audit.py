@@ -1,0 +1,41 @@
+"""The audit trail (one record per ensure, verify, push…) and the correlation id that ties a request's lines."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from typing import Any
+
+CORRELATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+
+
+def correlation_id() -> str:
+    """The current request's correlation id (the HTTP API sets it from X-Correlation-Id), or a new one."""
+    value = CORRELATION_ID.get()
+    if value is None:
+        value = uuid.uuid4().hex
+        CORRELATION_ID.set(value)
+    return value
+
+
+audit_log = logging.getLogger("model_provisioner.audit")
+
+AUDIT_FIELDS = (
+    "model_id",
+    "model_ref",
+    "digest",
+    "bytes",
+    "duration_ms",
+    "policy_label",
+    "correlation_id",
+    "outcome",
+    "from_cache",
+)
+
+
+def audit(event: str, **fields: Any) -> None:
+    if not audit_log.isEnabledFor(logging.INFO):
+        return  # the warm path pays nothing when nobody reads the audit trail
+    fields.setdefault("correlation_id", correlation_id())
+    audit_log.info(event, extra={"audit": {k: v for k, v in fields.items() if v is not None}})

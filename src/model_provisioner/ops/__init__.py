@@ -1,0 +1,1 @@
+"""Operations over the whole cache: leases, usage, gc and the size budget, adopting caches, push."""

@@ -1,0 +1,277 @@
+"""Team mirrors: ``push`` a provisioned model to an OCI registry or an S3 prefix; pull it back by id.
+
+A destination ending in ``/`` (``oci://registry/team/``, ``s3://bucket/mirror/``) is a *mirror root*: the
+model goes to a location derived from its id (``mirror_ref``), which is where ``mirrors.models`` in the
+settings looks for it on other machines, before the origin. An ``oci://registry/repo[:tag]`` destination
+is used as given (pull it back by that ref); S3 destinations are always mirror roots.
+
+What is pushed carries the digests the origin was verified against:
+- OCI: a CNCF ModelPack artifact. One raw layer per file (so layer digests are the files' sha256 and the
+  blobs dedupe with the cache on pull), ``org.cncf.model.filepath`` naming each, a ModelPack config with
+  the format and ``modelfs.diffIds``, and manifest annotations with the source id, its digest and
+  revision.
+- S3: every file under the prefix with a ``ChecksumSHA256``, then ``model-provisioner.json`` (id, digest,
+  revision, files with sha256 and size) written last, so a half-finished push is never taken for a
+  mirror copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_provisioner.core.errors import DigestMismatch, InvalidInput, NotFound, OfflineError
+from model_provisioner.core.extras import require_extra
+from model_provisioner.core.hashing import hash_file, repo_digest
+from model_provisioner.core.refs import OciRef, S3Ref, parse
+from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.net.registry.client import RegistryClient
+from model_provisioner.ops.cache import Cache
+from model_provisioner.sources.mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
+from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
+from model_provisioner.storage.catalog import CatalogEntry
+from model_provisioner.verify.trees import scan_tree
+
+log = logging.getLogger("model_provisioner")
+
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODELPACK_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
+MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
+SINGLE_PUT_MAX = 4 << 30
+
+
+@dataclass(frozen=True)
+class PushResult:
+    destination: str
+    files: int
+    bytes_uploaded: int
+    bytes_skipped: int
+    digest: str
+    manifest_digest: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PushFile:
+    path: str  # inside the model
+    sha256: str  # hex: what the catalog verified
+    size: int
+    source: Path  # where the bytes are read from: a blob, or the user's own file
+
+
+def _entry_files(prov: Cache, entry: CatalogEntry) -> list[PushFile]:
+    """The files of an Active entry and where to read them: store blobs, or (a model registered in place: a
+    local file or directory) the user's files, which must still be the bytes that were verified."""
+    files = prov.catalog.files(entry.id)
+    if files:
+        out = [PushFile(f.path, f.blob, f.size_bytes, prov.store.blob_path(f.blob)) for f in files]
+    elif entry.blob:
+        name = Path(entry.local_path).name
+        name = re.sub(r"@[0-9a-f]{64}$", "", name) if "@" in name else name
+        out = [PushFile(name, entry.blob, entry.size_bytes, prov.store.blob_path(entry.blob))]
+    else:
+        return _local_files(entry)
+    for file in out:
+        if not prov.store.has_blob(file.sha256):
+            raise NotFound(f"{entry.id}: blob sha256:{file.sha256} is missing from the store; run verify --repair")
+    return out
+
+
+def _local_files(entry: CatalogEntry) -> list[PushFile]:
+    """A local directory is re-hashed here (its files are not recorded one by one) and must still have the
+    verified repo digest; a local file's bytes are checked as they are uploaded."""
+    if "local_tree" in entry.metadata:
+        root = Path(str(entry.metadata["local_tree"]))
+        out = []
+        for rel, path in scan_tree(root, entry.id):
+            hashed = hash_file(path, [])
+            out.append(PushFile(rel, hashed.sha256.hex, hashed.size_bytes, path))
+        actual = repo_digest([(f.path, f.sha256, f.size) for f in out])
+        if actual != entry.digest:
+            raise DigestMismatch(
+                f"{entry.id} ({root})",
+                str(entry.digest),
+                actual,
+                "it changed since it was verified; nothing was pushed (run ensure to verify it again)",
+            )
+        return out
+    if not entry.digest or not entry.digest.startswith("sha256:"):
+        raise InvalidInput(f"{entry.id} has no sha256 digest recorded; run ensure on it again before pushing")
+    path = Path(entry.local_path)
+    return [PushFile(path.name, entry.digest.split(":", 1)[1], entry.size_bytes, path)]
+
+
+def push(prov: Cache, model: str, destination: str) -> PushResult:
+    entry = prov.catalog.get(model) or prov.catalog.get(parse(model).id)
+    if entry is None:
+        raise NotFound(f"{model} is not in the catalog; ensure it first")
+    if entry.lifecycle is not Lifecycle.ACTIVE:
+        raise InvalidInput(f"{entry.id} is {entry.lifecycle}; only Active (verified) models are pushed")
+    files = _entry_files(prov, entry)
+    target = mirror_ref(destination, entry.id) if destination.endswith("/") else parse(destination)
+    prov.settings.policy.check_ref(target)
+    if prov.settings.offline:
+        raise OfflineError(f"offline mode is on: cannot push to {target.id}")
+    if isinstance(target, OciRef):
+        if target.digest is not None:
+            raise InvalidInput(
+                f"push to {target.id}: a manifest is pushed under a tag (its digest is whatever it hashes to); "
+                "give oci://registry/repo:tag or a mirror root ending in '/'"
+            )
+        return _push_oci(prov, entry, files, target)
+    if isinstance(target, S3Ref):
+        if not target.is_prefix:
+            raise InvalidInput(
+                f"push to S3 takes a mirror root ending in '/' (the model goes under it, where mirrors.models "
+                f"looks), got {destination!r}"
+            )
+        return _push_s3(prov, entry, files, target)
+    raise InvalidInput(f"push destination must be oci://… or s3://…/, got {destination!r}")
+
+
+def _modelpack_layer_type(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith((".gguf", ".safetensors", ".bin", ".pt", ".onnx", ".plan", ".pth")):
+        return "application/vnd.cncf.model.weight.v1.raw"
+    if lower.endswith(".py"):
+        return "application/vnd.cncf.model.code.v1.raw"
+    if lower.rsplit("/", 1)[-1].startswith(("readme", "license")) or lower.endswith(".md"):
+        return "application/vnd.cncf.model.doc.v1.raw"
+    return "application/vnd.cncf.model.weight.config.v1.raw"
+
+
+def _push_oci(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef) -> PushResult:
+
+    uploaded = skipped = 0
+    layers = []
+    with RegistryClient(target.registry, prov.settings) as client:
+        for file in files:
+            digest = f"sha256:{file.sha256}"
+            if client.upload_blob(target.repository, file.source, digest, file.size, subject=entry.id):
+                uploaded += file.size
+            else:
+                skipped += file.size
+            layers.append(
+                {
+                    "mediaType": _modelpack_layer_type(file.path),
+                    "digest": digest,
+                    "size": file.size,
+                    "annotations": {
+                        "org.cncf.model.filepath": file.path,
+                        "org.opencontainers.image.title": file.path,
+                    },
+                }
+            )
+        config = {
+            "descriptor": {"name": entry.id, "createdAt": _iso(entry.created_ms)},
+            "config": {"format": entry.format},
+            "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
+        }
+        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config_digest = client.upload_bytes(target.repository, config_bytes)
+        annotations = {ANN_SOURCE: entry.id, ANN_DIGEST: entry.digest or ""}
+        revision = entry.metadata.get("revision")
+        if isinstance(revision, str) and revision:
+            annotations[ANN_REVISION] = revision
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA,
+            "artifactType": MODELPACK_ARTIFACT,
+            "config": {"mediaType": MODELPACK_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+            "layers": layers,
+            "annotations": annotations,
+        }
+        raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        manifest_digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
+    log.info("%s: pushed to %s (%s)", entry.id, target.id, manifest_digest)
+    return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", manifest_digest)
+
+
+def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3Ref) -> PushResult:
+
+    require_extra("s3", "pushing to S3")
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415  # heavy: boto3, imported only when this path runs
+
+    client = s3_client(prov.settings)
+    check_endpoint(client, prov.settings)
+    uploaded = 0
+    try:
+        for file in files:
+            key = target.key + file.path
+            with open(file.source, "rb") as raw:
+                body = HashingReader(raw)
+                if file.size > SINGLE_PUT_MAX:
+                    # multipart: S3 keeps a composite checksum; pulls check the manifest's sha256 instead
+                    client.upload_fileobj(body, target.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+                else:
+                    client.put_object(
+                        Bucket=target.bucket,
+                        Key=key,
+                        Body=body,
+                        ChecksumSHA256=base64.b64encode(bytes.fromhex(file.sha256)).decode(),
+                    )
+            if body.hexdigest() != file.sha256:
+                client.delete_object(Bucket=target.bucket, Key=key)
+                raise DigestMismatch(
+                    f"{entry.id} [{file.source}]",
+                    f"sha256:{file.sha256}",
+                    f"sha256:{body.hexdigest()}",
+                    "it changed since it was verified; the upload was deleted and no manifest written",
+                )
+            uploaded += file.size
+        manifest = {
+            "id": entry.id,
+            "digest": entry.digest,
+            "format": entry.format,
+            "revision": entry.metadata.get("revision"),
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
+        }
+        client.put_object(
+            Bucket=target.bucket,
+            Key=target.key + MANIFEST_NAME,
+            Body=json.dumps(manifest, indent=1, sort_keys=True).encode(),
+            ContentType="application/json",
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise s3_error(exc, client, target.id) from None
+    log.info("%s: pushed %d files to %s", entry.id, len(files), target.id)
+    return PushResult(target.id, len(files), uploaded, 0, entry.digest or "")
+
+
+class HashingReader:
+    """A file object that hashes what is read from it (what was uploaded is what was hashed); seeking back
+    to the start (an SDK retrying) starts the hash again."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._hasher = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self._hasher.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position: int = self.raw.seek(offset, whence)
+        if position == 0:
+            self._hasher = hashlib.sha256()
+        return position
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))

@@ -1,0 +1,1 @@
+"""The order of steps of one ensure, and the ledger that owns Pending -> Active | Failed."""

@@ -1,0 +1,1 @@
+"""Each scheme turns a ref into a ``FetchPlan`` (what to fetch, from where, what it must be)."""

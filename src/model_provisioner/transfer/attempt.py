@@ -1,0 +1,199 @@
+"""One attempt at one file from one source: resume what a partial download left, ask for the rest, take the
+answer apart (304, 416, a range at the wrong offset, a size that contradicts the plan), stream it or fan out
+to parallel ranges, then check size and digest and commit the blob."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from model_provisioner.core import failpoints
+from model_provisioner.core.errors import DigestMismatch, NotFound, NotModified, PolicyDenied, TransferFailed
+from model_provisioner.core.redact import redact_url
+from model_provisioner.net.ranges import body_cap, range_end, total_and_start, unsatisfied_length
+from model_provisioner.net.retry import is_retryable_status, retry_after_of
+from model_provisioner.transfer.connection import Connection
+from model_provisioner.transfer.guard import SlowStreamWatch
+from model_provisioner.transfer.parallel import AttemptState, ParallelDownload
+from model_provisioner.transfer.partial import Chunks, discard, kept_prefix, rehash_prefix, write_meta
+from model_provisioner.transfer.stream import stream_into, stream_rest
+from model_provisioner.transfer.types import (
+    Progress,
+    ProgressCallback,
+    Restart,
+    Retryable,
+    Source,
+    TransferOutcome,
+    TransferSpec,
+    describe,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("model_provisioner")
+
+
+def run_attempt(
+    conn: Connection, source: Source, spec: TransferSpec, partial: Path, progress_cb: ProgressCallback | None
+) -> TransferOutcome:
+    import httpx  # noqa: PLC0415  # heavy: only network transfers get here
+
+    meta_path = partial.with_suffix(".json")
+    kept, etag_kept, chunks = kept_prefix(partial, meta_path, spec, source)
+    headers = dict(spec.conditional)
+    # The first request is a bounded range (exactly the first chunk of a parallel download), so that no
+    # byte a server pushes is ever thrown away; a server without ranges answers 200 with everything.
+    first_end = kept + conn.settings.parallel_chunk_min_bytes
+    if chunks is not None:
+        first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
+    headers["Range"] = f"bytes={kept}-{first_end - 1}"
+    if kept and etag_kept and not etag_kept.startswith("W/"):
+        headers["If-Range"] = etag_kept
+    try:
+        response, final_url, final_headers = conn.open(source, headers)
+    except httpx.HTTPError as exc:
+        raise Retryable(describe(exc)) from None
+    try:
+        status = response.status_code
+        if status == 304 and spec.conditional:
+            raise NotModified(f"{spec.name}: not modified")
+        if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
+            return conn.empty(spec)  # an empty resource: no byte range can be satisfied
+        if status == 416 and kept and unsatisfied_length(response.headers) == kept:
+            # the partial already holds every byte (an interruption after the last range landed, or a
+            # crash before the commit): verify and commit it without fetching anything again
+            etag = response.headers.get("ETag") or etag_kept
+            hasher = rehash_prefix(partial, kept)
+            last_modified = response.headers.get("Last-Modified")
+            return commit(conn, spec, source, partial, hasher, kept, etag, last_modified, fetched=0, resumed_from=kept)
+        raise_for_status(response, spec)
+        total, start = total_and_start(status, response.headers)
+        if start != kept:
+            # 200 to a Range request, or a 206 starting elsewhere: start over from zero
+            if status == 206:
+                response.close()
+                discard(partial)
+                raise Retryable("server answered the Range request at the wrong offset; restarting")
+            if kept:
+                log.info("%s: server ignored the Range request; starting over", spec.name)
+            kept, chunks = 0, None
+        if spec.expected_size is not None and total is not None and total != spec.expected_size:
+            raise TransferFailed(
+                f"{spec.name}: {redact_url(source.url)} serves {total} bytes but {spec.expected_size} are "
+                "expected; the source changed or is wrong"
+            )
+        total = total if total is not None else spec.expected_size
+        if total is not None:
+            conn.store.check_free_space(total - kept)
+        etag = response.headers.get("ETag")
+        last_modified = response.headers.get("Last-Modified")
+        if chunks is not None and (total is None or chunks[-1][1] != total or (etag_kept and etag != etag_kept)):
+            raise Restart("the resource changed since the interrupted download")
+        if chunks is None:
+            write_meta(meta_path, spec, source, etag, parallel=False, prefix=kept)
+        progress = Progress(total, progress_cb)
+        hasher = rehash_prefix(partial, kept)
+        if kept:
+            progress.add(kept, fetched=False)
+        att = AttemptState(spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress)
+        _receive(conn, att, response, kept, total, chunks)
+    finally:
+        response.close()
+    return commit(
+        conn, spec, source, partial, hasher, total, etag, last_modified, fetched=progress.fetched, resumed_from=kept
+    )
+
+
+def _receive(
+    conn: Connection, att: AttemptState, response: httpx.Response, kept: int, total: int | None, chunks: Chunks | None
+) -> None:
+    """The body of the first answer, then what is left: one stream while it is fast enough, else parallel ranges
+    (a per-connection cap, a long fat pipe); a resumed parallel download resumes as one."""
+    settings = conn.settings
+    status = response.status_code
+    accepts_ranges = status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
+    parallel = (
+        total is not None
+        and accepts_ranges
+        and settings.connections > 1
+        and (chunks is not None or total - kept >= settings.parallel_threshold_bytes)
+    )
+    if parallel and chunks is not None:  # resuming an interrupted parallel download
+        assert total is not None
+        ParallelDownload(conn, att, kept, total, chunks).run(response)
+        return
+    # never more than the range asked for or the size expected: an endless body is cut at once
+    cap = body_cap(status, response.headers, kept, total)
+    _, rate = stream_into(conn, response, att.partial, kept, att.hasher, att.progress, cap=cap)
+    served_to = range_end(status, response.headers)
+    if served_to is None or total is None or served_to + 1 >= total:
+        return
+    offset = served_to + 1
+    # ``rate`` counts receiving time only: a slow disk is no reason to fan out
+    enough = settings.single_stream_enough_bytes_per_s
+    if not parallel or rate >= enough:
+        # keep watching: servers often let a first burst through at full speed
+        watch = SlowStreamWatch(enough) if parallel else None
+        offset = stream_rest(conn, att.source, att.etag, att.partial, offset, att.hasher, att.progress, watch)
+    if offset < total:
+        log.info("%s: one connection is slow; the rest as %d parallel ranges", att.spec.name, settings.connections)
+        ParallelDownload(conn, att, offset, total, None).run(None)
+
+
+def commit(
+    conn: Connection,
+    spec: TransferSpec,
+    source: Source,
+    partial: Path,
+    hasher: Any,
+    total: int | None,
+    etag: str | None,
+    last_modified: str | None,
+    *,
+    fetched: int,
+    resumed_from: int,
+) -> TransferOutcome:
+    """The partial file is complete: check its size and digest, then move it into the blob store."""
+    # a cancellation shuts sockets down, which ends a body without a length like a clean EOF: never
+    # take that for the end of the file
+    conn.check_deadline()
+    failpoints.failpoint("transfer.complete")
+    size = os.lstat(partial).st_size
+    if total is not None and size != total:
+        raise Retryable(f"connection closed after {size} of {total} bytes")
+    sha_hex = hasher.hexdigest()
+    if spec.expected_sha256 and sha_hex != spec.expected_sha256:
+        discard(partial)
+        raise DigestMismatch(
+            spec.name,
+            f"sha256:{spec.expected_sha256}",
+            f"sha256:{sha_hex}",
+            f"deleted the download from {source.label} {redact_url(source.url)}",
+        )
+    blob = conn.store.commit_blob(partial, sha_hex)
+    partial.with_suffix(".json").unlink(missing_ok=True)
+    shown = f"{source.label} {redact_url(source.url)}"
+    return TransferOutcome(sha_hex, size, blob, fetched, resumed_from, etag, last_modified, source=shown)
+
+
+def raise_for_status(response: httpx.Response, spec: TransferSpec) -> None:
+    status = response.status_code
+    shown = redact_url(str(response.request.url))
+    if status in (200, 206):
+        return
+    if is_retryable_status(status):
+        raise Retryable(f"HTTP {status} from {shown}", retry_after_of(response.headers))
+    if status in (404, 410):
+        raise NotFound(f"{spec.name}: {shown} answered HTTP {status} (not found); check the reference")
+    if status in (401, 403):
+        raise PolicyDenied(
+            f"{spec.name}: {shown} refused access (HTTP {status}); check the token or credentials for "
+            f"{urlsplit(shown).hostname}"
+        )
+    if status == 416:
+        raise Restart(f"HTTP 416 from {shown}: range not satisfiable")
+    raise TransferFailed(f"{spec.name}: unexpected HTTP {status} from {shown}")

@@ -1,0 +1,224 @@
+"""Large files as parallel range requests written at their offsets (``os.pwritev``). The hash follows the
+contiguous completed prefix, read back from the page cache, and the chunk map is saved often (every 0.25 s or
+4 MiB), so a crash resumes every range where it stopped."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_provisioner.net.ranges import content_range
+from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
+from model_provisioner.storage.safefs import open_in_cache, start_writeback
+from model_provisioner.transfer.connection import Connection
+from model_provisioner.transfer.partial import (
+    MAP_SAVE_BYTES,
+    READ_CHUNK,
+    Chunks,
+    contiguous,
+    discard,
+    pwritev_all,
+    write_meta,
+)
+from model_provisioner.transfer.types import Progress, Restart, Retryable, Source, TransferSpec, describe
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@dataclass
+class AttemptState:
+    """What one attempt at one file works with (so the range machinery takes one argument, not nine)."""
+
+    spec: TransferSpec
+    source: Source
+    partial: Path
+    meta_path: Path
+    url: str  # after redirects
+    headers: dict[str, str]  # for ``url``: credentials already dropped if it is on another host
+    etag: str | None
+    hasher: Any
+    progress: Progress
+
+
+class ParallelDownload:
+    """Fetch [kept, total) of one file as ranges on ``transfer.connections`` workers."""
+
+    def __init__(self, conn: Connection, att: AttemptState, kept: int, total: int, chunks: Chunks | None) -> None:
+        self.conn = conn
+        self.att = att
+        self.total = total
+        self.backoff = Backoff.of(conn.settings)
+        self.fd = open_in_cache(att.partial, os.O_RDWR | os.O_CREAT)  # the umask decides (shared caches: g+w)
+        if chunks is None:
+            connections = conn.settings.connections
+            remaining = total - kept
+            size = max(conn.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (connections * 4))))
+            chunks = [[s, min(s + size, total), 0] for s in range(kept, total, size)]
+            os.ftruncate(self.fd, kept)
+        self.starts = [c[0] for c in chunks]
+        self.ends = [c[1] for c in chunks]
+        self.written = [c[2] for c in chunks]
+        self.hashed = kept
+        att.progress.add(sum(self.written) - (kept - self.starts[0]), fetched=False)
+        self.pending = [i for i in range(len(chunks)) if self.starts[i] + self.written[i] < self.ends[i]]
+        self.cond = threading.Condition()
+        self.errors: list[BaseException] = []
+        self.next_index = 0
+        self.base_headers = {k: v for k, v in att.headers.items() if k.lower() not in ("range", "if-range")}
+        if att.etag and not att.etag.startswith("W/"):
+            self.base_headers["If-Range"] = att.etag
+
+    # ------------------------------------------------------------------------------- run
+    def run(self, first: httpx.Response | None) -> None:
+        """``first`` (the response that showed the server's range support) serves the first pending range."""
+        self.next_index = 1 if first is not None else 0
+        deadline = self.conn.deadline
+        threads = [
+            threading.Thread(target=self._worker, args=(first if i == 0 else None, deadline), daemon=True)
+            for i in range(min(self.conn.settings.connections, len(self.pending)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self._follow_with_hash(threads)
+        finally:
+            with self.cond:
+                self.next_index = len(self.pending)  # stop handing out ranges
+            for t in threads:
+                t.join(timeout=self.conn.settings.stall_timeout_s + 5)
+            self._save()
+            os.close(self.fd)
+        if self.errors:
+            exc = self.errors[0]
+            if isinstance(exc, Restart):
+                discard(self.att.partial)
+                raise Retryable(f"{exc}; restarting")
+            raise exc
+
+    def _follow_with_hash(self, threads: list[threading.Thread]) -> None:
+        """Hash the contiguous completed prefix as it grows, reading back what the workers wrote."""
+        self._save()
+        last_save = time.monotonic()
+        last_saved_bytes = sum(self.written)
+        buf = bytearray(READ_CHUNK * 4)
+        while self.hashed < self.total:
+            with self.cond:
+                while True:
+                    # liveness first, then the prefix: a worker updates ``written`` before it exits, so a
+                    # worker seen dead has nothing more to add to the prefix computed after it
+                    workers_alive = any(t.is_alive() for t in threads)
+                    prefix = contiguous(self.starts, self.ends, self.written)
+                    if prefix > self.hashed or self.errors or not workers_alive:
+                        break
+                    self.cond.wait(0.25)
+                    if time.monotonic() - last_save > 0.25 or sum(self.written) - last_saved_bytes >= MAP_SAVE_BYTES:
+                        prefix = contiguous(self.starts, self.ends, self.written)
+                        break
+                if self.errors:
+                    raise self.errors[0]
+            if prefix <= self.hashed and not workers_alive:
+                raise Retryable("range workers stopped before the file was complete")
+            region = self.hashed
+            while self.hashed < prefix:
+                n = os.preadv(self.fd, [memoryview(buf)[: min(len(buf), prefix - self.hashed)]], self.hashed)
+                if n <= 0:
+                    raise Retryable("short read of the partial file")
+                self.att.hasher.update(memoryview(buf)[:n])
+                self.hashed += n
+            if self.hashed > region:
+                start_writeback(self.fd, region, self.hashed - region)  # hashed bytes can go to disk now
+            written_now = sum(self.written)
+            if time.monotonic() - last_save > 0.25 or written_now - last_saved_bytes >= MAP_SAVE_BYTES:
+                self._save()
+                last_save, last_saved_bytes = time.monotonic(), written_now
+
+    def _save(self) -> None:
+        with self.cond:
+            snapshot = [[a, b, w] for a, b, w in zip(self.starts, self.ends, self.written, strict=True)]
+        att = self.att
+        write_meta(att.meta_path, att.spec, att.source, att.etag, parallel=True, prefix=self.hashed, chunks=snapshot)
+
+    # --------------------------------------------------------------------------- workers
+    def _worker(self, first_response: httpx.Response | None, deadline: tuple[float, str] | None) -> None:
+        self.conn.deadline = deadline  # the file's deadline holds in every range worker
+        try:
+            if first_response is not None:
+                self._run_range(self.pending[0], first_response)  # it starts at ``kept``: the first incomplete range
+            while True:
+                with self.cond:
+                    if self.errors or self.next_index >= len(self.pending):
+                        return
+                    index = self.pending[self.next_index]
+                    self.next_index += 1
+                self._run_range(index, None)
+        except BaseException as exc:
+            with self.cond:
+                self.errors.append(exc)
+                self.cond.notify_all()
+
+    def _run_range(self, index: int, response: httpx.Response | None) -> None:
+        """One range to its end, retried (backoff with jitter, ``Retry-After`` honoured) up to ``attempts``."""
+        import httpx  # noqa: PLC0415  # heavy: only network transfers get here
+
+        client = self.conn.client
+        failures = 0
+        while self.starts[index] + self.written[index] < self.ends[index]:
+            self.conn.check_deadline()
+            try:
+                if response is None:
+                    lo = self.starts[index] + self.written[index]
+                    headers = {**self.base_headers, "Range": f"bytes={lo}-{self.ends[index] - 1}"}
+                    response = client.send(client.build_request("GET", self.att.url, headers=headers), stream=True)
+                    if is_retryable_status(response.status_code):
+                        raise Retryable(f"HTTP {response.status_code}", retry_after_of(response.headers))
+                    served = content_range(response.headers)
+                    if response.status_code != 206 or served is None or served.start != lo:
+                        raise Restart(f"range request answered with HTTP {response.status_code}")
+                self._pump(index, response.iter_raw())
+            except (httpx.HTTPError, Retryable) as exc:
+                failures += 1
+                if failures >= self.conn.settings.attempts:
+                    raise Retryable(f"range {self.starts[index]}-{self.ends[index] - 1}: {describe(exc)}") from None
+                self.backoff.sleep(failures, exc.retry_after if isinstance(exc, Retryable) else None)
+            finally:
+                if response is not None:
+                    response.close()
+                response = None
+
+    def _pump(self, index: int, body: Any) -> None:
+        """Gather ~1 MiB of received pieces, then one pwritev at the right offset (no join copy); what was
+        received is kept, even when the connection broke."""
+        offset = self.starts[index] + self.written[index]
+        gathered: list[bytes] = []
+        gathered_bytes = 0
+        guard = self.conn.chunk_guard()
+        try:
+            for data in body:
+                guard.add(len(data))
+                limit = self.ends[index] - offset - gathered_bytes
+                if limit <= 0:
+                    break
+                if len(data) > limit:
+                    data = data[:limit]
+                gathered.append(data)
+                gathered_bytes += len(data)
+                if gathered_bytes >= READ_CHUNK or len(gathered) >= 512:  # IOV_MAX is 1024
+                    offset = self._flush(index, gathered, gathered_bytes, offset)
+                    gathered, gathered_bytes = [], 0
+        finally:
+            self._flush(index, gathered, gathered_bytes, offset)
+
+    def _flush(self, index: int, gathered: list[bytes], gathered_bytes: int, offset: int) -> int:
+        if not gathered_bytes:
+            return offset
+        pwritev_all(self.fd, gathered, offset, self.conn.store)
+        self.att.progress.add(gathered_bytes)
+        with self.cond:
+            self.written[index] += gathered_bytes
+            self.cond.notify_all()
+        return offset + gathered_bytes

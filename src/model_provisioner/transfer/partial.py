@@ -1,0 +1,182 @@
+"""Partial downloads: ``<cache>/partial/<key>.part`` and its chunk map ``<key>.json``.
+
+A partial file survives any interruption. On the next attempt the kept prefix is re-hashed (so the digest
+covers every byte) and only the rest is asked for; a parallel download's chunk map lets every range resume
+where it stopped. A partial that is not a plain file with one link (a planted symlink or hard link) is
+never resumed into (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from model_provisioner.core import failpoints
+from model_provisioner.core.errors import InsufficientSpace, UnsafeCachePath
+from model_provisioner.core.redact import redact_url
+from model_provisioner.storage.blobs import BlobStore
+from model_provisioner.storage.safefs import open_in_cache, read_small, write_atomic
+from model_provisioner.transfer.types import Retryable, Source, TransferSpec
+
+READ_CHUNK = 1 << 20
+WRITEBACK_BYTES = 32 << 20
+MAP_SAVE_BYTES = 4 << 20
+
+
+def contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
+    prefix = starts[0]
+    for start, end, done in zip(starts, ends, written, strict=True):
+        if start != prefix:
+            break
+        prefix = start + done
+        if start + done < end:
+            break
+    return prefix
+
+
+Chunks = list[list[int]]  # [[start, end, bytes written], ...] of a parallel download
+
+
+def kept_prefix(
+    partial: Path, meta_path: Path, spec: TransferSpec, source: Source
+) -> tuple[int, str | None, Chunks | None]:
+    """What an earlier partial download left: the contiguous prefix to keep, its ETag, and (for a parallel
+    download) the chunk map, so every range resumes where it stopped. Nothing when it is for something else."""
+    try:
+        st = os.lstat(partial)
+    except FileNotFoundError:
+        discard(partial)
+        return 0, None, None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        # planted (a symlink or hard link to a file outside the cache): never resume into it
+        raise UnsafeCachePath(partial, "is not a plain file with one link")
+    size = st.st_size
+    try:
+        meta = json.loads(read_small(meta_path))
+    except (OSError, ValueError):
+        discard(partial)
+        return 0, None, None
+    if not isinstance(meta, dict):
+        discard(partial)
+        return 0, None, None
+    if meta.get("origin") != redact_url(spec.sources[-1].url):
+        discard(partial)
+        return 0, None, None
+    known_size = meta.get("expected_size")
+    if known_size is not None and spec.expected_size is not None and known_size != spec.expected_size:
+        discard(partial)  # the resource changed size: the old bytes are of something else
+        return 0, None, None
+    chunks = valid_chunks(meta.get("chunks"), size) if meta.get("parallel") else None
+    if meta.get("parallel") and chunks is None:
+        discard(partial)
+        return 0, None, None
+    if chunks is not None:
+        kept = contiguous([c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks])
+    else:
+        kept = size
+    if spec.expected_size is not None and kept > spec.expected_size:
+        discard(partial)
+        return 0, None, None
+    return kept, meta.get("etag"), chunks
+
+
+def valid_chunks(raw: Any, file_size: int) -> Chunks | None:
+    if not isinstance(raw, list) or not raw:
+        return None
+    chunks: Chunks = []
+    previous_end = None
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) and v >= 0 for v in item)):
+            return None
+        start, end, done = item
+        if end <= start or done > end - start or (previous_end is not None and start != previous_end):
+            return None
+        if done and start + done > file_size:
+            return None
+        chunks.append([start, end, done])
+        previous_end = end
+    return chunks
+
+
+def write_meta(
+    meta_path: Path,
+    spec: TransferSpec,
+    source: Source,
+    etag: str | None,
+    *,
+    parallel: bool,
+    prefix: int,
+    chunks: Chunks | None = None,
+) -> None:
+    write_atomic(
+        meta_path,
+        json.dumps(
+            {
+                "name": spec.name,
+                "source": redact_url(source.url),
+                "origin": redact_url(spec.sources[-1].url),
+                "expected_sha256": spec.expected_sha256,
+                "expected_size": spec.expected_size,
+                "etag": etag,
+                "parallel": parallel,
+                "prefix": prefix,
+                "chunks": chunks,
+            }
+        ).encode(),
+        fixed_tmp=True,  # the download's lock is held: one writer
+    )
+
+
+def rehash_prefix(partial: Path, kept: int) -> Any:
+    hasher = hashlib.sha256()
+    if kept:
+        with os.fdopen(open_in_cache(partial, os.O_RDONLY), "rb") as fh:
+            remaining = kept
+            while remaining:
+                data = fh.read(min(READ_CHUNK * 8, remaining))
+                if not data:
+                    raise Retryable("partial file shorter than recorded")
+                hasher.update(data)
+                remaining -= len(data)
+    return hasher
+
+
+def discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    partial.with_suffix(".json").unlink(missing_ok=True)
+
+
+def enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
+    if exc.errno == errno.ENOSPC:
+        return InsufficientSpace(str(store.root), READ_CHUNK, shutil.disk_usage(store.partial_dir).free)
+    return exc
+
+
+def write_chunk(fh: Any, data: bytes, store: BlobStore) -> None:
+    failpoints.failpoint("transfer.write")
+    try:
+        fh.write(data)
+    except OSError as exc:
+        raise enospc(store, exc) from None
+
+
+def pwritev_all(fd: int, pieces: list[bytes], offset: int, store: BlobStore) -> None:
+    failpoints.failpoint("transfer.write")
+    try:
+        total = sum(len(p) for p in pieces)
+        n = os.pwritev(fd, pieces, offset)
+        if n < total:  # short write (rare): finish piece by piece
+            data = memoryview(b"".join(pieces))[n:]
+            offset += n
+            while data:
+                k = os.pwrite(fd, data, offset)
+                data = data[k:]
+                offset += k
+    except OSError as exc:
+        raise enospc(store, exc) from None

@@ -1,0 +1,92 @@
+"""The transfer engine's vocabulary: what to fetch (``TransferSpec`` from ``Source``s), what came of it
+(``TransferOutcome``), progress, the two internal signals (retry, restart from zero)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_provisioner.core.redact import redact_text
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place the bytes can come from. ``url`` may hold secrets (never logged)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    label: str = "origin"
+    #: called once on a ``401`` from the origin host to get fresh credentials (a registry's bearer token
+    #: expires in minutes; a large model takes longer, and every retry or range goes back to the registry)
+    reauth: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    sources: Sequence[Source]
+    name: str
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    #: extra request headers for a conditional refresh (If-None-Match / If-Modified-Since)
+    conditional: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    sha256: str
+    size: int
+    blob: Path
+    bytes_fetched: int
+    resumed_from: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    source: str = ""
+    not_modified: bool = False
+
+
+class Retryable(Exception):
+    """This attempt failed in a way another attempt may not (a dropped connection, a 5xx, a stall)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Restart(Exception):
+    """The server did not honour our Range: start the file over."""
+
+
+@dataclass
+class Progress:
+    """Bytes done (``fetched``: over the network this time) for one file, reported at most every 0.1 s."""
+
+    total: int | None
+    callback: ProgressCallback | None
+    done: int = 0
+    fetched: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_report: float = 0.0
+
+    def add(self, n: int, fetched: bool = True) -> None:
+        with self.lock:
+            self.done += n
+            if fetched:
+                self.fetched += n
+            now = time.monotonic()
+            if self.callback is not None and (now - self.last_report > 0.1 or (self.total and self.done >= self.total)):
+                self.last_report = now
+                self.callback(self.done, self.total)
+
+
+def describe(exc: BaseException) -> str:
+    """An HTTP error as one line, secrets redacted; a timeout says it is the stall timeout."""
+    name = type(exc).__name__
+    text = redact_text(str(exc)) or name
+    if "Timeout" in name:
+        return f"timed out ({text}): no bytes within the stall timeout"
+    return f"{name}: {text}" if name not in text else text

@@ -1,0 +1,129 @@
+"""Optional signature verification with sigstore's ``model-signing`` (OpenSSF Model Signing).
+
+With ``require_signature`` (settings) or ``ensure --require-signature``, a model becomes Active only if a
+``model-signing`` signature over its files verifies with the configured public key
+(``signature_public_key``, PEM; elliptic-curve keys as ``model_signing sign key`` makes). Where the
+signature lives:
+
+- a directory model (local, or the view of a multi-file remote model): ``model.sig`` inside it (it is part
+  of the files that are fetched and stored, and excluded from what it signs);
+- a local single file ``m.gguf``: ``m.gguf.sig`` beside it.
+
+No signature, a signature by another key, or any file that differs from what was signed is a
+``VerificationFailed`` (exit 4; reason ``unsigned`` or ``signature``) and the model is not Active.
+``model-signing`` is imported only when a signature is required.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from model_provisioner.core.errors import InvalidInput, ProvisionerError, VerificationFailed
+from model_provisioner.core.extras import require_extra
+from model_provisioner.core.redact import redact_text
+
+if TYPE_CHECKING:
+    from model_provisioner.config.settings import Settings
+
+SIGNATURE_NAME = "model.sig"
+
+
+def signature_path(model_path: Path) -> Path:
+    return model_path / SIGNATURE_NAME if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
+
+
+def check_signature_setup(settings: Settings) -> None:
+    """Before anything is provisioned: the extra is installed and the key is there (exit 2, one line naming
+    the extra or the flag; no entry changes state)."""
+    key = settings.signature_public_key
+    if not key:
+        raise InvalidInput(
+            "a signature is required (--require-signature or require_signature) but no public key is given: "
+            "pass --signature-key PEM (or set signature_public_key in the settings)"
+        )
+    try:
+        with open(key, "rb"):
+            pass
+    except OSError as exc:
+        raise InvalidInput(
+            f"the signature key {key!r} (--signature-key / signature_public_key) cannot be read: {exc.strerror}"
+        ) from None
+
+    require_extra("signing", "signature checks (--require-signature)")
+
+
+_DIGEST_REPR = re.compile(r"Digest\(algorithm='(\w+)', digest_value=(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")
+
+
+def _readable(detail: str) -> str:
+    """model-signing prints ``Digest(algorithm='sha256', digest_value=b'\\xe3FC…')``: show ``sha256:<hex>``."""
+
+    def hexed(match: re.Match[str]) -> str:
+        literal = match.group(2)
+        for _ in range(3):  # the library nests reprs: a bytes repr inside a str repr inside a list repr
+            try:
+                raw = ast.literal_eval(literal)
+            except (ValueError, SyntaxError):
+                return match.group(0)
+            if not isinstance(raw, bytes):
+                return match.group(0)
+            if b"\\x" not in raw and not raw.startswith(b"\\"):
+                return f"{match.group(1)}:{raw.hex()}"
+            literal = "b'" + raw.decode("latin-1").replace("'", "\\'") + "'"
+        return match.group(0)
+
+    return _DIGEST_REPR.sub(hexed, detail)
+
+
+def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
+    """Verify ``model_path`` (a file or a directory) against its signature; returns a short description."""
+    check_signature_setup(settings)
+    key = settings.signature_public_key
+    assert key is not None
+    signature = signature_path(model_path)
+    if not signature.is_file():
+        raise VerificationFailed(
+            f"{subject}: unsigned: no signature at {signature}; sign it with `model_signing sign key` or drop "
+            "--require-signature",
+            reason="unsigned",
+        )
+    try:
+        from model_signing import hashing, verifying  # noqa: PLC0415  # heavy: model-signing, imported only when this path runs
+    except ImportError as exc:  # pragma: no cover - the dependency is declared
+        raise ProvisionerError(
+            f"signature checks need model-signing: pip install 'model-provisioner[signing]' ({exc})"
+        ) from None
+    try:
+        verifier = verifying.Config()  # type: ignore[no-untyped-call]
+        hasher = hashing.Config()  # type: ignore[no-untyped-call]
+        verifier.use_elliptic_key_verifier(public_key=key)
+        verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
+        verifier.verify(model_path, signature)
+    except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles
+        detail = redact_text(_readable(str(exc).splitlines()[0]))[:600] if str(exc) else type(exc).__name__
+        raise VerificationFailed(
+            f"{subject}: signature verification failed with key {key}: {detail}", reason="signature"
+        ) from None
+    return signature_label(settings)
+
+
+def signature_label(settings: Settings) -> str:
+    """What an entry records once verified: the key it was verified with (by the digest of the key file),
+    so that a different key in the settings means checking again."""
+    key = settings.signature_public_key or ""
+    try:
+        st = Path(key).stat()
+    except OSError:
+        return "model-signing key (unreadable)"
+    return _label(key, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _label(key: str, _mtime_ns: int, _size: int) -> str:
+    digest = hashlib.sha256(Path(key).read_bytes()).hexdigest()
+    return f"model-signing, key sha256:{digest[:16]}"
