@@ -20,6 +20,9 @@ fi
 python3 -m pip install -q -e '.[test]'
 # the llama-cpp-python sdist from PyPI (real GGUF vocab files; cached in ~/.cache/model-provisioner-tests)
 python3 scripts/fetch_test_assets.py
+# llama-server, built once from that sdist through provisioning_mode: source (about 16 min the first time;
+# kept in ~/.cache/model-provisioner-tests/engine-cache)
+python3 scripts/build_test_engines.py
 python3 -m ruff check src tests bench examples fuzz
 python3 -m mypy
 lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)

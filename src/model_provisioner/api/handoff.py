@@ -71,11 +71,17 @@ def trust_remote_code(resolved: ResolvedModel, allow_remote_code: bool) -> bool:
 
 
 def write_engine_handoff(
-    out_dir: str | os.PathLike[str], engine: str, resolved: ResolvedModel, *, allow_remote_code: bool = False
+    out_dir: str | os.PathLike[str],
+    engine: str,
+    resolved: ResolvedModel,
+    *,
+    allow_remote_code: bool = False,
+    running: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<out>/.runtime/engines/<engine>.json`` for ``resolved``; returns its path.
 
-    ``allow_remote_code`` is the operator's setting in force now (``Settings.allow_remote_code``)."""
+    ``allow_remote_code`` is the operator's setting in force now (``Settings.allow_remote_code``); ``running``
+    adds, additively, what a started engine is (url, pid, pool, engine version, state…)."""
     engine = choose_engine(resolved, engine)
     meta = resolved.metadata
     metadata: dict[str, Any] = {
@@ -108,6 +114,7 @@ def write_engine_handoff(
         payload["model_repository"] = str(resolved.local_path)
         payload["models"] = meta.get("models", [])
         metadata["repo_digest"] = meta.get("repo_digest", resolved.digest)
+    payload.update(running or {})
     path = Path(out_dir) / ".runtime" / "engines" / f"{engine}.json"
     _atomic_write_json(path, payload)
     return path

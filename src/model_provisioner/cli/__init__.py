@@ -2,6 +2,6 @@
 ``--json``); human messages, warnings and errors go to stderr, one line each. The grammar is in ``parser``,
 the commands in ``model_commands`` and ``cache_commands``, the error handling in ``main``."""
 
-from model_provisioner.cli.main import main
+from model_provisioner.cli.main import engine_main, main
 
-__all__ = ["main"]
+__all__ = ["engine_main", "main"]

@@ -1,4 +1,5 @@
-"""Commands over the whole cache: ls, gc, pin/unpin, lease, leases, release, push, import, serve."""
+"""Commands over the whole cache: ls, gc, pin/unpin, lease, leases, release, push, import, serve, and
+KServe's storage-initializer (``kserve.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model_provisioner.api.shapes import lease_json
+from model_provisioner.cli.kserve import cmd_storage_initializer
 from model_provisioner.cli.output import PROG, ago, emit, human_size, provisioner
 from model_provisioner.config.settings import Settings
 from model_provisioner.core.errors import InvalidInput, NotFound
@@ -219,3 +221,17 @@ def cmd_import(args: argparse.Namespace) -> int:
             sys.stdout.write(f"adopted {item['ref']} ({human_size(item['size_bytes'])}, {item['digest']})\n")
         sys.stderr.write(f"{PROG}: adopted {len(report.adopted)} files, skipped {len(report.skipped)}\n")
     return 0
+
+
+__all__ = [
+    "cmd_gc",
+    "cmd_import",
+    "cmd_lease",
+    "cmd_leases",
+    "cmd_ls",
+    "cmd_pin",
+    "cmd_push",
+    "cmd_release",
+    "cmd_serve",
+    "cmd_storage_initializer",
+]

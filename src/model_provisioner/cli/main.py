@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from model_provisioner.cli.output import PROG, emit, provisioner, setup_logging
-from model_provisioner.cli.parser import build_parser
+from model_provisioner.cli.parser import build_engine_parser, build_parser
 from model_provisioner.config.settings import Settings
 from model_provisioner.core.errors import ExitCode, ProvisionerError
 from model_provisioner.core.redact import redact_text
@@ -27,7 +27,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """``model-provisioner``."""
+    return _run(build_parser(), argv)
+
+
+def engine_main(argv: Sequence[str] | None = None) -> int:
+    """``engine-provisioner --config FILE [--pool ID]``."""
+    return _run(build_engine_parser(), argv)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)

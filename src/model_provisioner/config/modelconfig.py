@@ -45,7 +45,7 @@ def load_model_configs(path: str | os.PathLike[str]) -> list[ModelConfig]:
     path = os.fspath(path)
     data = read_mapping(path)
     if "models" not in data:
-        return [_one(path, data, "")]
+        return [parse_model(path, data, "")]
     if set(data) != {"models"}:
         other = sorted(set(data) - {"models"})[0]
         raise ConfigError(path, other, "a config with a models: list takes no other top-level field")
@@ -56,7 +56,7 @@ def load_model_configs(path: str | os.PathLike[str]) -> list[ModelConfig]:
     for index, item in enumerate(models):
         if not isinstance(item, dict):
             raise ConfigError(path, f"models[{index}]", "expected a mapping (model_ref, expected_digest, …)")
-        out.append(_one(path, item, f"models[{index}]."))
+        out.append(parse_model(path, item, f"models[{index}]."))
     return out
 
 
@@ -65,7 +65,8 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     return load_model_configs(path)[0]
 
 
-def _one(path: str, raw: dict[str, Any], where: str) -> ModelConfig:
+def parse_model(path: str, raw: dict[str, Any], where: str = "") -> ModelConfig:
+    """One model of a config file (``where`` prefixes field names in errors, e.g. ``models[2].``)."""
     data: dict[str, Any] = {}
     for key, value in raw.items():
         field = _FIELDS.get(key)

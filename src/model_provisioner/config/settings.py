@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from model_provisioner.config.engines import EngineSettings, parse_engine_settings
 from model_provisioner.config.policy import Policy
 from model_provisioner.core.errors import ConfigError, NotFound
 from model_provisioner.core.redact import register_secret
@@ -129,6 +130,8 @@ class Settings:
     #: set for requests through the HTTP API (never from a settings file): file: refs must lie under
     #: ``api_file_roots``, reached without symbolic links, and be the very file that is hashed
     confine_files: bool = False
+    #: engines: binaries, readiness timeouts, supervision (docs/engines.md)
+    engines: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -258,7 +261,7 @@ def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[typ
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = read_mapping(path)
-    sections = {"transfer", "policy", "mirrors", "oci_credentials"}
+    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
         try:
@@ -267,6 +270,8 @@ def _load_settings_file(path: str) -> dict[str, Any]:
             raise ConfigError(path, "max_cache_bytes", str(exc)) from None
     if "transfer" in data:
         out["transfer"] = TransferSettings(**_typed(path, "transfer", data["transfer"], _TRANSFER_TYPES))
+    if "engines" in data:
+        out["engines"] = parse_engine_settings(path, data["engines"])
     if "policy" in data:
         out["policy"] = Policy(**_typed(path, "policy", data["policy"], _POLICY_TYPES))
     if "oci_credentials" in data:

@@ -2,7 +2,8 @@
 
 Exit codes (docs/architecture.md, "Contracts"): 0 ok · 1 unexpected · 2 invalid input · 3 not found ·
 4 verification failed · 5 denied by policy or offline · 6 transfer failed after retries · 7 out of disk
-space · 8 timed out waiting (a lock).
+space · 8 timed out waiting (a lock, an engine that never became ready) · 9 engine failed (it
+exited during start-up, refused the model, or could not be built).
 
 Messages are one line, name the offending input and say what the user can do next.
 """
@@ -37,6 +38,7 @@ class ExitCode(IntEnum):
     TRANSFER_FAILED = 6
     NO_SPACE = 7
     TIMED_OUT = 8
+    ENGINE_FAILED = 9
 
 
 class ProvisionerError(Exception):
@@ -215,3 +217,23 @@ class MissingExtra(InvalidInput):
     """An optional dependency group (an ``extra``) this feature needs is not installed."""
 
     code = "missing_extra"
+
+
+class MissingTool(InvalidInput):
+    """A program a feature needs (an engine binary, cmake, a compiler) is not installed or not executable."""
+
+    code = "missing_tool"
+
+
+class EngineFailed(ProvisionerError):
+    """An engine exited during start-up, refused the model, or could not be built."""
+
+    exit_code = ExitCode.ENGINE_FAILED
+    code = "engine_failed"
+
+
+class EngineNotReady(ProvisionerError):
+    """An engine kept running but never became ready within its timeout (it was stopped)."""
+
+    exit_code = ExitCode.TIMED_OUT
+    code = "engine_not_ready"

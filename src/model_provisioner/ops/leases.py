@@ -8,10 +8,10 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from model_provisioner.core.errors import InvalidInput, LeaseHeld, NotFound
+from model_provisioner.core.processes import start_time
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import now_ms
 from model_provisioner.core.vocab import Lifecycle
@@ -21,21 +21,12 @@ from model_provisioner.storage.catalog import Lease
 log = logging.getLogger("model_provisioner")
 
 
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat): tells a live process from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def lease_is_live(lease: Lease, now: int | None = None) -> bool:
     now = now if now is not None else now_ms()
     if lease.expires_ms is not None and lease.expires_ms <= now:
         return False
     if lease.pid is not None and lease.host == socket.gethostname():
-        return _proc_start(lease.pid) == lease.pid_start
+        return start_time(lease.pid) == lease.pid_start
     return True
 
 
@@ -47,7 +38,7 @@ def acquire_lease(
     if entry is None or entry.lifecycle is not Lifecycle.ACTIVE:
         raise NotFound(f"{model_id} is not an Active model here; ensure it before leasing it")
     pid = pid if pid is not None else (os.getpid() if ttl_s is None else None)
-    start = _proc_start(pid) if pid is not None else None
+    start = start_time(pid) if pid is not None else None
     if pid is not None and start is None:
         raise InvalidInput(f"process {pid} does not exist; a lease needs a live process (--pid) or a --ttl")
     now = now_ms()

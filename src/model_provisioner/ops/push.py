@@ -149,6 +149,21 @@ def _modelpack_layer_type(path: str) -> str:
     return "application/vnd.cncf.model.weight.config.v1.raw"
 
 
+def _file_metadata(file: PushFile, entry: CatalogEntry) -> str:
+    """The ModelPack layer annotation ``org.cncf.model.file.metadata+json``: the file as a tar header would
+    describe it (a regular file, read-only, owned by root, the model's creation time)."""
+    meta = {
+        "name": file.path.rsplit("/", 1)[-1],
+        "mode": 0o444,
+        "uid": 0,
+        "gid": 0,
+        "size": file.size,
+        "mtime": _iso(entry.created_ms),
+        "typeflag": ord("0"),
+    }
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"))
+
+
 def _push_oci(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef) -> PushResult:
 
     uploaded = skipped = 0
@@ -167,6 +182,7 @@ def _push_oci(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: O
                     "size": file.size,
                     "annotations": {
                         "org.cncf.model.filepath": file.path,
+                        "org.cncf.model.file.metadata+json": _file_metadata(file, entry),
                         "org.opencontainers.image.title": file.path,
                     },
                 }

@@ -32,7 +32,7 @@ from model_provisioner.core.redact import redact_text
 from model_provisioner.core.version import VERSION
 from model_provisioner.obs.audit import CORRELATION_ID, audit
 from model_provisioner.obs.metrics import METRICS
-from model_provisioner.server import routes_cache, routes_models
+from model_provisioner.server import routes_cache, routes_engines, routes_models
 from model_provisioner.server.bodylimit import BodyLimit
 from model_provisioner.server.context import error_body, make_context
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     _install_middleware(app, settings)
     app.include_router(routes_models.router)
     app.include_router(routes_cache.router)
+    app.include_router(routes_engines.router)
     return app
 
 

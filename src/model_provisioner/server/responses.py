@@ -139,3 +139,26 @@ class GcOut(BaseModel):
 class StatusOut(BaseModel):
     status: str
     reason: str | None = None
+
+
+class EngineOut(BaseModel):
+    """An engine pool (``model-provisioner engines --json`` lists the same objects)."""
+
+    pool_id: str
+    engine: str
+    model_id: str
+    model_path: str
+    digest: str
+    state: str = Field(description="starting | ready | restarting | crashed | stopped")
+    url: str
+    pid: int | None
+    restarts: int
+    uptime_s: float
+    engine_version: str | None
+    log_path: str
+    flags: list[str]
+    error: str | None = None
+
+
+class EnginesOut(BaseModel):
+    engines: list[EngineOut]

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Build the engines the tests run, once, through the product itself: ``engine-provisioner --config`` with
+``provisioning_mode: source`` on the llama.cpp tree vendored in the llama-cpp-python sdist (fetched by
+fetch_test_assets.py). The binary is kept in the engine cache under ~/.cache/model-provisioner-tests
+(``engine-cache/engines/llamacpp/<key>/llama-server``), so a later run builds nothing (about 16 minutes on 2
+cores the first time). The engine is started on a tiny model to prove the build, then stopped. Also
+tritonserver from the nvidia-pytriton wheel, in a venv of its own (``triton_home``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import fetch_test_assets  # noqa: E402
+
+ENGINE_CACHE = fetch_test_assets.CACHE / "engine-cache"
+SOURCE_SUBDIR = "vendor/llama.cpp"
+VOCAB = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf"
+
+
+def runnable_model(directory: Path) -> Path:
+    """A tiny llama GGUF llama-server loads: random weights, the sdist's real llama-spm vocabulary."""
+    from make_runnable_gguf import write_runnable_gguf
+
+    sdist = fetch_test_assets.CACHE / fetch_test_assets.SDIST
+    with tarfile.open(sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(VOCAB))
+        source = tar.extractfile(member)
+        assert source is not None
+        vocab = directory / "vocab.gguf"
+        vocab.write_bytes(source.read())
+    return write_runnable_gguf(vocab, directory / "tiny-runnable.gguf")
+
+
+TRITON = fetch_test_assets.CACHE / "triton"
+PYTRITON = "nvidia-pytriton==0.7.0"
+
+
+def triton_home() -> dict[str, str]:
+    """tritonserver from the nvidia-pytriton wheel (its CPU build, python backend only), in a venv of its own
+    (it pins numpy < 2): the binary, the backend directory with the stub for this Python, and the environment
+    it needs (LD_LIBRARY_PATH to the wheel's libraries, PYTHONPATH for the python backend's numpy)."""
+    venv = TRITON / "venv"
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    home = TRITON / "home"
+    if not (home / "bin" / "tritonserver").is_file():
+        if not (site / "pytriton").is_dir():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", PYTRITON], check=True)
+        staged = TRITON / "home.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        wheel_home = site / "pytriton" / "tritonserver"
+        shutil.copytree(wheel_home, staged, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        stub = wheel_home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy2(stub / "triton_python_backend_stub", staged / "backends" / "python" / "triton_python_backend_stub")
+        os.replace(staged, home)
+    return {
+        "binary": str(home / "bin" / "tritonserver"),
+        "backend_directory": str(home / "backends"),
+        "LD_LIBRARY_PATH": str(site / "nvidia_pytriton.libs"),
+        "PYTHONPATH": str(site),
+        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
+    }
+
+
+def main() -> int:
+    if fetch_test_assets.main() != 0:
+        return 1
+    triton_home()
+    sdist = fetch_test_assets.CACHE / fetch_test_assets.SDIST
+    with tempfile.TemporaryDirectory(prefix="mprov-engine-build-") as tmp:
+        model = runnable_model(Path(tmp))
+        config = Path(tmp) / "engine.json"
+        config.write_text(json.dumps({
+            "model_ref": str(model),
+            "engine": {
+                "kind": "llamacpp",
+                "pool": "build-check",
+                "provisioning_mode": "source",
+                "source": f"file:{sdist}",
+                "source_digest": f"sha256:{fetch_test_assets.SDIST_SHA256}",
+                "source_subdir": SOURCE_SUBDIR,
+            },
+        }))
+        cache = ["--cache-dir", str(ENGINE_CACHE)]
+        engine_provisioner = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
+        up = subprocess.run([sys.executable, "-c", engine_provisioner, *cache, "--config", str(config)])
+        subprocess.run([sys.executable, "-m", "model_provisioner", *cache, "-q", "down", "--all"])
+        return up.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

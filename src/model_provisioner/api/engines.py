@@ -1,0 +1,70 @@
+"""Engines through the public API: ``up`` with its handoff, ``down`` that marks the handoff stopped, and the
+pools as JSON (the CLI and the HTTP API both use these; docs/engines.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from model_provisioner.api.handoff import write_engine_handoff
+from model_provisioner.api.provisioner import ModelProvisioner
+from model_provisioner.config.engine_run import EngineRun
+from model_provisioner.engines import pools
+from model_provisioner.engines.state import PoolState
+from model_provisioner.verify.results import ResolvedModel
+
+
+def running_fields(state: PoolState) -> dict[str, Any]:
+    """What the handoff adds for a started engine (additive over the model handoff)."""
+    return {
+        "engine": state.engine,
+        "engine_version": state.engine_version,
+        "provisioning_mode": state.provisioning_mode,
+        "url": state.url,
+        "pool_id": state.pool_id,
+        "replica_id": state.replica_id,
+        "pid": state.pid,
+        "flags": state.flags,
+        "state": state.state,
+    }
+
+
+def up(
+    prov: ModelProvisioner,
+    ref: str,
+    run: EngineRun,
+    *,
+    digest: str | None = None,
+    strict: bool | None = None,
+    handoff_dir: str | None = None,
+) -> tuple[PoolState, ResolvedModel]:
+    handoff = str(Path(handoff_dir) / ".runtime" / "engines" / f"{run.kind}.json") if handoff_dir else None
+    request = pools.UpRequest(ref, digest, strict, run, handoff)
+    state, resolved = pools.up(prov, request, lambda: ModelProvisioner(prov.settings))
+    if handoff_dir:
+        write_engine_handoff(
+            handoff_dir,
+            state.engine,
+            resolved,
+            allow_remote_code=prov.settings.allow_remote_code,
+            running=running_fields(state),
+        )
+    return state, resolved
+
+
+def down(prov: ModelProvisioner, pool: str) -> PoolState:
+    state = pools.down(prov, pool)
+    if state.handoff:
+        path = Path(state.handoff)
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return state
+        payload.update({"state": "stopped", "pid": None})
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return state
+
+
+def engines_json(prov: ModelProvisioner) -> list[dict[str, Any]]:
+    return [state.as_json() for state in pools.pools(prov)]

@@ -1,0 +1,104 @@
+"""Commands about engines: up, engines, down, the pool supervisor (hidden), and ``engine-provisioner``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from model_provisioner.api import engines as engine_api
+from model_provisioner.cli.output import PROG, emit, provisioner
+from model_provisioner.config.engine_run import EngineRun, load_engine_config
+from model_provisioner.core.errors import InvalidInput
+from model_provisioner.engines.state import PoolState
+from model_provisioner.engines.supervisor import supervise
+
+
+def _announce(args: argparse.Namespace, state: PoolState, took_ms: int) -> None:
+    payload = state.as_json()
+    if not args.quiet and not args.json:
+        sys.stderr.write(
+            f"{PROG}: pool {state.pool_id}: {state.engine} ready at {state.url} on {state.model_id} "
+            f"({state.digest}), pid {state.pid}, {took_ms} ms; log {state.log_path}\n"
+        )
+    emit(args, payload, state.url)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    run = EngineRun(
+        kind=args.engine,
+        pool=args.pool,
+        replica=args.replica,
+        host=args.host,
+        port=args.port,
+        binary=args.binary,
+        flags=tuple(args.flag),
+    )
+    started = time.monotonic()
+    with provisioner(args) as prov:
+        state, _ = engine_api.up(
+            prov, args.ref, run, digest=args.digest, strict=args.strict, handoff_dir=args.handoff_dir
+        )
+    _announce(args, state, int((time.monotonic() - started) * 1000))
+    return 0
+
+
+def cmd_engine_config(args: argparse.Namespace) -> int:
+    """``engine-provisioner --config FILE [--pool ID]``."""
+    config, run = load_engine_config(args.config)
+    if args.pool:
+        run = EngineRun(**{**run.__dict__, "pool": args.pool})
+    started = time.monotonic()
+    with provisioner(args) as prov:
+        digest = str(config.expected_digest) if config.expected_digest else None
+        state, _ = engine_api.up(
+            prov, config.model_ref.id, run, digest=digest, strict=config.strict, handoff_dir=args.handoff_dir
+        )
+    _announce(args, state, int((time.monotonic() - started) * 1000))
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        listed = engine_api.engines_json(prov)
+    if args.json:
+        emit(args, {"engines": listed})
+        return 0
+    rows = [("POOL", "ENGINE", "STATE", "URL", "PID", "RESTARTS", "UPTIME", "MODEL")]
+    for e in listed:
+        rows.append(
+            (
+                e["pool_id"],
+                e["engine"],
+                e["state"],
+                e["url"],
+                str(e["pid"] or "-"),
+                str(e["restarts"]),
+                f"{e['uptime_s']:.0f}s",
+                e["model_id"],
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        sys.stdout.write(
+            "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+            + "\n"
+        )
+    else:
+        sys.stderr.write(f"{PROG}: no engine pools (start one with `{PROG} up REF`)\n")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if not args.all and not args.pool:
+        raise InvalidInput("down needs --pool ID or --all")
+    with provisioner(args) as prov:
+        names = [p["pool_id"] for p in engine_api.engines_json(prov)] if args.all else [args.pool]
+        stopped = [engine_api.down(prov, name) for name in names]
+    emit(args, {"stopped": [s.pool_id for s in stopped]}, "\n".join(f"stopped {s.pool_id}" for s in stopped) or None)
+    return 0
+
+
+def cmd_engine_supervise(args: argparse.Namespace) -> int:
+    with provisioner(args) as prov:
+        return supervise(prov, args.pool)

@@ -1,0 +1,190 @@
+"""``provisioning_mode: source``: llama.cpp built from a verified source archive, once.
+
+The archive is any ref we provision (file, https, oci…) with its digest: it is fetched and verified like a
+model. It is unpacked (regular files and directories only, nothing outside the tree) and built with cmake for
+the CPU, with no network at build time (``-DLLAMA_USE_PREBUILT_UI=OFF``, no curl, no OpenSSL). The binary is
+kept in the store under ``engines/llamacpp/<key>/llama-server``, the key being the sha256 of the source
+digest, the subdirectory, the target and the build flags: a second ``up`` builds nothing, and two processes
+asking at once build it once (a lock per key). docs/engines.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from model_provisioner.core.errors import CorruptModel, EngineFailed, InvalidInput, MissingTool
+from model_provisioner.storage.blobs import BlobStore
+from model_provisioner.storage.locks import FileLock
+from model_provisioner.verify.results import ResolvedModel
+
+log = logging.getLogger("model_provisioner")
+
+#: CPU, self-contained, nothing downloaded while building
+DEFAULT_CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DGGML_CUDA=OFF",
+)
+TOOLS: dict[str, tuple[str, ...]] = {
+    "cmake": ("cmake",),
+    "a C++ compiler (c++ or g++)": ("c++", "g++", "clang++"),
+    "make or ninja": ("make", "ninja"),
+}
+DEBIAN_PACKAGES = ("cmake", "g++", "make")
+
+
+class Fetcher(Protocol):
+    """What a source build needs from the provisioner: a verified archive, and the store to keep the result."""
+
+    store: BlobStore
+
+    def ensure_present(
+        self, ref: str, expected_digest: str | None = None, strict: bool | None = None
+    ) -> ResolvedModel: ...
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    source: str
+    digest: str | None = None
+    #: where the llama.cpp tree sits inside the archive (``vendor/llama.cpp`` in the llama-cpp-python sdist),
+    #: relative to the archive's single top-level directory when it has one
+    subdir: str = ""
+    flags: tuple[str, ...] = ()
+    target: str = "llama-server"
+
+
+def build_key(source_digest: str, spec: SourceSpec) -> str:
+    material = json.dumps([source_digest, spec.subdir, spec.target, [*DEFAULT_CMAKE_FLAGS, *spec.flags]])
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def built_binary(fetcher: Fetcher, spec: SourceSpec, *, jobs: int = 2, allow_package_installs: bool = False) -> Path:
+    """The binary built from ``spec``: from the store when it was built before, else built now."""
+    archive = fetcher.ensure_present(spec.source, spec.digest)
+    key = build_key(archive.digest, spec)
+    home = fetcher.store.root / "engines" / "llamacpp" / key
+    binary = home / spec.target
+    if _ready(binary):
+        return binary
+    fetcher.store.ensure_layout()
+    lock = FileLock(fetcher.store.locks_dir / f"engine-build-{key}.lock", f"the build of {spec.target} ({key[:12]})")
+    lock.acquire(timeout_s=3 * 3600)
+    try:
+        if _ready(binary):
+            return binary  # another process built it while we waited
+        check_build_tools(allow_package_installs)
+        _build(archive, spec, home, jobs)
+        return binary
+    finally:
+        lock.release()
+
+
+def _ready(binary: Path) -> bool:
+    return binary.is_file() and os.access(binary, os.X_OK) and (binary.parent / "build.json").is_file()
+
+
+def check_build_tools(allow_package_installs: bool) -> None:
+    """cmake, a C++ compiler and make/ninja; missing ones are one error listing what to install (installed
+    only when the settings allow package installs)."""
+    missing = [what for what, names in TOOLS.items() if not any(shutil.which(n) for n in names)]
+    if not missing:
+        return
+    if allow_package_installs and shutil.which("apt-get") and os.geteuid() == 0:
+        log.warning("installing %s to build llama.cpp (allow_package_installs is on)", " ".join(DEBIAN_PACKAGES))
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *DEBIAN_PACKAGES],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+        log.error("apt-get install failed: %s", done.stderr.strip()[-300:])
+    raise MissingTool(
+        f"building llama.cpp from source needs {', '.join(missing)}; install them (Debian/Ubuntu: apt-get install "
+        f"{' '.join(DEBIAN_PACKAGES)}), set allow_package_installs: true to let model-provisioner do it, or give "
+        "a llama-server binary with --binary"
+    )
+
+
+def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> None:
+    work = home.parent / f".{home.name}.build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log_path = home.parent / f"{home.name}.build.log"
+    started = time.monotonic()
+    try:
+        tree = unpack_source(archive.local_path, work / "src", spec.subdir, archive.id)
+        build_dir = work / "build"
+        flags = [*DEFAULT_CMAKE_FLAGS, *spec.flags]
+        log.warning("building %s from %s (%s); this takes minutes, once", spec.target, archive.id, archive.digest)
+        with open(log_path, "w") as out:
+            _run(["cmake", "-S", str(tree), "-B", str(build_dir), *flags], out, log_path, "configure")
+            _run(["cmake", "--build", str(build_dir), "--target", spec.target, "-j", str(jobs)], out, log_path, "build")
+        produced = next((p for p in (build_dir / "bin" / spec.target, build_dir / spec.target) if p.is_file()), None)
+        if produced is None:
+            raise EngineFailed(f"the build finished but produced no {spec.target}; see {log_path}")
+        staged = work / "out"
+        staged.mkdir()
+        shutil.copy2(produced, staged / spec.target)
+        os.chmod(staged / spec.target, 0o755)
+        record = {
+            "source": archive.id,
+            "source_digest": archive.digest,
+            "subdir": spec.subdir,
+            "target": spec.target,
+            "flags": flags,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (staged / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        shutil.rmtree(home, ignore_errors=True)
+        os.rename(staged, home)
+        log.warning("built %s in %.0f s: %s", spec.target, time.monotonic() - started, home / spec.target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(cmd: list[str], out: IO[str], log_path: Path, step: str) -> None:
+    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
+        raise EngineFailed(f"llama.cpp {step} failed (exit {done.returncode}); last lines: " + " | ".join(tail))
+
+
+def unpack_source(archive: Path, dest: Path, subdir: str, subject: str) -> Path:
+    """Unpack a source archive (tar, tar.gz, tar.xz…): regular files, directories and links that stay inside
+    the tree; returns the directory holding ``CMakeLists.txt``."""
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")  # refuses absolute paths, .., devices, links out of the tree
+    except (tarfile.TarError, OSError) as exc:
+        raise CorruptModel(subject, f"not a readable source archive: {exc}") from None
+    tops = [p for p in dest.iterdir()]
+    base = tops[0] if len(tops) == 1 and tops[0].is_dir() else dest
+    tree = (base / subdir) if subdir else base
+    if ".." in Path(subdir).parts or Path(subdir).is_absolute():
+        raise InvalidInput(f"source_subdir {subdir!r} must be a relative path inside the archive")
+    if not (tree / "CMakeLists.txt").is_file():
+        raise InvalidInput(
+            f"{subject}: no CMakeLists.txt at {subdir or 'the top of the archive'}; set source_subdir to the "
+            "llama.cpp tree inside it (vendor/llama.cpp in the llama-cpp-python sdist)"
+        )
+    return tree

@@ -1,0 +1,192 @@
+"""The llama.cpp provider: ``llama-server`` on a verified GGUF.
+
+The binary comes from ``--binary``, the settings (``engines.llamacpp.binary``), ``llama-server`` on PATH,
+or a source build (``build.py``). Flags are deterministic by default (``--parallel 1 --no-cont-batching
+--no-webui --metrics``); the user's flags are added without duplicates (a user flag replaces the default of
+the same option); ``--ngl``/``-ngl``/``--gpu-layers`` are spelled ``--n-gpu-layers``; ``--ctx-size`` defaults
+to the model's context length, capped by ``engines.llamacpp.max_ctx_size``. Readiness is ``GET /health``
+(503 while loading, 200 when ready); ``/metrics`` is checked once (a warning only). docs/engines.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from model_provisioner.config.engines import LlamaCppSettings
+from model_provisioner.core.errors import InvalidInput, UnsafeCachePath
+from model_provisioner.engines.process import http_status
+from model_provisioner.storage.safefs import read_small, write_atomic
+
+log = logging.getLogger("model_provisioner")
+
+DEFAULT_FLAGS = ("--parallel", "1", "--no-cont-batching", "--no-webui", "--metrics")
+HOW_TO_GET = (
+    "build it (https://github.com/ggml-org/llama.cpp: cmake --build build --target llama-server), put it on PATH, "
+    "set engines.llamacpp.binary, or use provisioning_mode: source"
+)
+#: options that take a value (so the value is kept with its option when flags are merged)
+_VALUED = {
+    "--parallel",
+    "-np",
+    "--ctx-size",
+    "-c",
+    "--n-gpu-layers",
+    "--threads",
+    "-t",
+    "--batch-size",
+    "-b",
+    "--ubatch-size",
+    "-ub",
+    "--host",
+    "--port",
+    "--model",
+    "-m",
+    "--alias",
+    "-a",
+    "--seed",
+    "-s",
+    "--n-predict",
+    "-n",
+    "--temp",
+    "--top-k",
+    "--top-p",
+    "--threads-batch",
+    "-tb",
+    "--api-key",
+    "--timeout",
+    "-to",
+}
+_SPELLINGS = {
+    "--ngl": "--n-gpu-layers",
+    "-ngl": "--n-gpu-layers",
+    "--gpu-layers": "--n-gpu-layers",
+    "-c": "--ctx-size",
+    "-np": "--parallel",
+    "-t": "--threads",
+    "-m": "--model",
+    "-nocb": "--no-cont-batching",
+    "--no-ui": "--no-webui",
+}
+_OURS = ("--model", "--host", "--port")
+#: flags that only tune the engine: the HTTP API accepts these and no others
+API_SAFE_FLAGS = frozenset(
+    {
+        "--threads",
+        "-t",
+        "--threads-batch",
+        "-tb",
+        "--ctx-size",
+        "-c",
+        "--batch-size",
+        "-b",
+        "--ubatch-size",
+        "-ub",
+        "--n-gpu-layers",
+        "-ngl",
+        "--ngl",
+        "--gpu-layers",
+        "--parallel",
+        "-np",
+        "--seed",
+        "-s",
+        "--n-predict",
+        "-n",
+        "--temp",
+        "--top-k",
+        "--top-p",
+        "--cont-batching",
+        "--no-cont-batching",
+        "--flash-attn",
+        "-fa",
+    }
+)
+
+
+def _options(flags: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``[--opt, value]`` pairs in order, each option in its one spelling (``--opt=value`` split)."""
+    out: list[tuple[str, str | None]] = []
+    items = list(flags)
+    i = 0
+    while i < len(items):
+        flag = items[i]
+        value: str | None = None
+        if flag.startswith("-") and "=" in flag:
+            flag, value = flag.split("=", 1)
+        name = _SPELLINGS.get(flag, flag)
+        if value is None and (flag in _VALUED or name in _VALUED) and i + 1 < len(items):
+            value = items[i + 1]
+            i += 1
+        out.append((name, value))
+        i += 1
+    return out
+
+
+def server_flags(user_flags: Sequence[str], ctx_max: int | None, settings: LlamaCppSettings) -> list[str]:
+    """The defaults, then the user's flags (each replacing the default of its option), then ``--ctx-size``."""
+    merged: dict[str, str | None] = dict(_options(DEFAULT_FLAGS))
+    for name, value in _options(user_flags):
+        if name in _OURS:
+            raise_flag(name)
+        merged[name] = value
+    if "--ctx-size" not in merged:
+        merged["--ctx-size"] = str(min(ctx_max or settings.max_ctx_size, settings.max_ctx_size))
+    out: list[str] = []
+    for name, value in merged.items():
+        out.append(name)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def raise_flag(name: str) -> None:
+    raise InvalidInput(f"flag {name} is set by model-provisioner (the verified model, --host, --port); drop it")
+
+
+def argv(binary: str, model_path: str, host: str, port: int, flags: Sequence[str]) -> list[str]:
+    return [binary, "--model", model_path, "--host", host, "--port", str(port), *flags]
+
+
+def version(binary: str, cache_file: Path | None = None) -> str | None:
+    """``llama-server --version`` (it prints ``version: N (commit)``), remembered per binary (path, size and
+    mtime) in ``cache_file`` so a warm ``up`` does not run it again."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return None
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    known: dict[str, dict[str, str]] = {}
+    if cache_file is not None:
+        try:
+            known = json.loads(read_small(cache_file, 1 << 20))
+        except (OSError, ValueError, UnsafeCachePath):
+            known = {}
+        if isinstance(known, dict) and known.get(binary, {}).get("key") == key:
+            return known[binary].get("version")
+    found: str | None = None
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.startswith("version:"):
+            found = line.split(":", 1)[1].strip()
+            break
+    if cache_file is not None and found is not None and isinstance(known, dict):
+        known[binary] = {"key": key, "version": found}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache_file, json.dumps(known, sort_keys=True).encode())
+    return found
+
+
+def is_ready(host: str, port: int) -> bool:
+    return http_status(host, port, "/health") == 200
+
+
+def check_metrics(host: str, port: int, subject: str) -> None:
+    if http_status(host, port, "/metrics") != 200:
+        log.warning("%s: /metrics does not answer 200 (is --metrics set?); readiness is unaffected", subject)

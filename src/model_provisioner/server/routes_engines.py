@@ -1,0 +1,117 @@
+"""Routes about engines: start one on a verified model, list pools, stop one (docs/engines.md).
+
+Through the API an engine binary is never chosen by the caller (only by the settings), and only engine flags
+that tune the engine (threads, context, batch sizes, GPU layers, seed…) are accepted: flags that name files
+or open other ports would let a caller reach what the API otherwise refuses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from model_provisioner.api import engines as engine_api
+from model_provisioner.config.engine_run import EngineRun
+from model_provisioner.core.errors import PolicyDenied
+from model_provisioner.engines.llamacpp import API_SAFE_FLAGS
+from model_provisioner.engines.pools import run_dir
+from model_provisioner.server.context import ApiContext, context, documented
+from model_provisioner.server.responses import EngineOut, EnginesOut
+from model_provisioner.server.schemas import DIGEST_EXAMPLE, StrictBody
+
+router = APIRouter()
+Ctx = Annotated[ApiContext, Depends(context)]
+GGUF_REQUEST = {"ref": "hf:TheOrg/Tiny-GGUF:Q4_K_M"}
+ENGINE_EXAMPLE = {
+    "pool_id": "default",
+    "engine": "llamacpp",
+    "model_id": "hf:TheOrg/Tiny-GGUF:Q4_K_M",
+    "digest": DIGEST_EXAMPLE,
+    "state": "ready",
+    "url": "http://127.0.0.1:41234",
+    "pid": 4242,
+    "restarts": 0,
+    "uptime_s": 12.5,
+    "engine_version": "0.5.0-dev (build 1, commit 0c1e570)",
+    "log_path": "/var/cache/models/run/llamacpp-default.log",
+}
+
+
+class EngineRequest(StrictBody):
+    ref: str = Field(description="the model; every ensure rule applies (file: refs only under api_file_roots)")
+    expected_digest: str | None = None
+    strict: bool | None = None
+    engine: str = Field(default="llamacpp", description="llamacpp or triton")
+    pool: str = "default"
+    port: int = Field(default=0, ge=0, le=65535, description="0 or a taken port: a free one")
+    flags: list[str] = Field(default_factory=list, description="tuning flags only, e.g. ['--threads', '2']")
+
+
+def _check_flags(flags: list[str]) -> None:
+    for flag in flags:
+        name = flag.split("=", 1)[0]
+        if name.startswith("-") and name not in API_SAFE_FLAGS:
+            raise PolicyDenied(
+                f"engine flag {name[:60]!r} is not accepted through the API (tuning flags only: "
+                f"{', '.join(sorted(API_SAFE_FLAGS))}); start the engine with the CLI to use it"
+            )
+
+
+@router.post(
+    "/v1/engines",
+    tags=["engines"],
+    summary="Ensure a model and start its engine; answers when it is ready",
+    status_code=201,
+    responses=documented(EngineOut, ENGINE_EXAMPLE, status=201, errors=(400, 403, 404, 422, 502, 503)),
+)
+def start_engine(
+    ctx: Ctx,
+    body: Annotated[
+        EngineRequest,
+        Body(
+            openapi_examples={
+                "gguf": {"summary": "llama-server on a Hub GGUF", "value": {"ref": "hf:TheOrg/Tiny-GGUF:Q4_K_M"}}
+            }
+        ),
+    ],
+) -> Any:
+    ctx.check_ref_allowed(body.ref)
+    _check_flags(body.flags)
+    run = EngineRun(kind=body.engine, pool=body.pool, port=body.port, flags=tuple(body.flags))
+    handoff = ctx.settings.api_handoff_dir
+    state, _ = engine_api.up(
+        ctx.prov, body.ref, run, digest=body.expected_digest, strict=body.strict, handoff_dir=handoff
+    )
+    return JSONResponse(state.as_json(), status_code=201)
+
+
+@router.get(
+    "/v1/engines",
+    tags=["engines"],
+    summary="Every engine pool",
+    responses=documented(EnginesOut, {"engines": [ENGINE_EXAMPLE]}, errors=()),
+)
+def list_engines(ctx: Ctx) -> Any:
+    return {"engines": engine_api.engines_json(ctx.prov)}
+
+
+@router.get(
+    "/v1/engines/{pool}",
+    tags=["engines"],
+    summary="One engine pool",
+    responses=documented(EngineOut, ENGINE_EXAMPLE, errors=(400, 404)),
+)
+def get_engine(ctx: Ctx, pool: str) -> Any:
+    return run_dir(ctx.prov).read(pool).as_json()
+
+
+@router.delete(
+    "/v1/engines/{pool}",
+    tags=["engines"],
+    summary="Stop an engine pool (the port is free when it answers)",
+    responses=documented(EngineOut, {**ENGINE_EXAMPLE, "state": "stopped", "pid": None}, errors=(400, 404)),
+)
+def stop_engine(ctx: Ctx, pool: str) -> Any:
+    return engine_api.down(ctx.prov, pool).as_json()

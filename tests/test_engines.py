@@ -1,0 +1,305 @@
+"""Engines on verified models: ``up``, ``engines``, ``down``, supervision, against a real ``llama-server``
+built from the llama.cpp sources in the llama-cpp-python sdist (scripts/build_test_engines.py) and a tiny
+random-weight llama GGUF with a real vocabulary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import ROOT, run_cli
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import build_test_engines
+
+
+@pytest.fixture(scope="session")
+def llama_server(llamacpp_sdist: Path) -> str:
+    """The llama-server binary (built once by the test command; built here only if that step was skipped)."""
+    from model_provisioner import ModelProvisioner, Settings
+    from model_provisioner.engines.build import SourceSpec, built_binary
+
+    spec = SourceSpec(f"file:{llamacpp_sdist}", f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}",
+                      build_test_engines.SOURCE_SUBDIR)
+    with ModelProvisioner(Settings.from_env(cache_dir=build_test_engines.ENGINE_CACHE)) as prov:
+        return str(built_binary(prov, spec))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, llamacpp_sdist: Path) -> Path:
+    return build_test_engines.runnable_model(tmp_path_factory.mktemp("runnable"))
+
+
+@pytest.fixture
+def engines(cache_dir: Path) -> Any:
+    """Run the CLI against this test's cache; every pool is stopped when the test ends."""
+
+    def run(*args: str, **kwargs: Any) -> Any:
+        return run_cli(*args, cache_dir=cache_dir, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    yield run
+    run_cli("-q", "down", "--all", cache_dir=cache_dir, timeout=60)
+
+
+def sha(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie has exited: only its parent has not reaped it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stream_completion(url: str, n: int = 8) -> list[str]:
+    """A streamed /completion: the text pieces of each server-sent event."""
+    pieces: list[str] = []
+    body = {"prompt": "Hello", "n_predict": n, "stream": True, "seed": 1, "temperature": 0}
+    with httpx.stream("POST", f"{url}/completion", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if event.get("content") or not event.get("stop"):
+                    pieces.append(event.get("content", ""))
+    return pieces
+
+
+def test_up_serves_a_streamed_completion_then_down_frees_the_port(
+    engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    started = engines("up", str(tiny_model), "--binary", llama_server, "--digest", sha(tiny_model),
+                      "--handoff-dir", str(tmp_path), "--json")
+    assert started.code == 0, started.stderr
+    pool = json.loads(started.stdout)
+    assert pool["state"] == "ready" and pool["pool_id"] == "default" and pool["engine_version"]
+    assert httpx.get(f"{pool['url']}/health", timeout=5).status_code == 200
+    assert len(stream_completion(pool["url"], 8)) == 8  # eight tokens, streamed one event each
+    handoff = json.loads((tmp_path / ".runtime" / "engines" / "llamacpp.json").read_text())
+    assert handoff["model"]["path"] == str(tiny_model) and handoff["metadata"]["digest"] == sha(tiny_model)
+    assert handoff["url"] == pool["url"] and handoff["pid"] == pool["pid"] and handoff["pool_id"] == "default"
+    assert handoff["engine_version"] == pool["engine_version"] and handoff["state"] == "ready"
+    assert "--parallel" in handoff["flags"] and "--ctx-size" in handoff["flags"]
+    listed = json.loads(engines("engines", "--json").stdout)["engines"]
+    assert [(e["pool_id"], e["state"]) for e in listed] == [("default", "ready")]
+    # the model is leased while it is served: rm and gc leave it alone
+    refused = engines("rm", f"file:{tiny_model}")
+    assert refused.code == 5 and "engine pool default" in refused.stderr, refused.stderr
+    assert engines("gc", "--max-size", "0").code == 0  # the budget evicts what it can, never a leased model
+    assert json.loads(engines("inspect", f"file:{tiny_model}", "--json").stdout)["lifecycle"] == "Active"
+    start = time.monotonic()
+    stopped = engines("down", "--pool", "default")
+    assert stopped.code == 0, stopped.stderr
+    assert time.monotonic() - start < 6
+    port = int(pool["url"].rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    assert json.loads((tmp_path / ".runtime" / "engines" / "llamacpp.json").read_text())["state"] == "stopped"
+    assert json.loads(engines("engines", "--json").stdout)["engines"][0]["state"] == "stopped"
+    assert engines("rm", f"file:{tiny_model}").code == 0  # the lease went with the engine
+
+
+def test_a_killed_engine_is_restarted_and_a_killed_supervisor_leaves_no_lie(
+    engines: Any, llama_server: str, tiny_model: Path
+) -> None:
+    pool = json.loads(engines("up", str(tiny_model), "--binary", llama_server, "--json").stdout)
+    os.kill(pool["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        now = json.loads(engines("engines", "--json").stdout)["engines"][0]
+        if now["state"] == "ready" and now["pid"] != pool["pid"]:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    assert now["restarts"] == 1 and httpx.get(f"{now['url']}/health", timeout=5).status_code == 200
+    os.kill(now["supervisor_pid"], signal.SIGKILL)  # the engine dies with it (PR_SET_PDEATHSIG)
+    deadline = time.monotonic() + 10
+    while True:
+        after = json.loads(engines("engines", "--json").stdout)["engines"][0]
+        if after["state"] == "crashed" and not alive(now["pid"]):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+
+
+def test_a_pool_that_keeps_crashing_gives_up(
+    engines: Any, llama_server: str, tiny_model: Path, settings_file: Any
+) -> None:
+    settings = settings_file(engines={"max_restarts": 1, "restart_window_s": 60, "restart_backoff_max_s": 0.2})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    pool = json.loads(engines("up", str(tiny_model), "--binary", llama_server, "--json", env=env).stdout)
+    pids = [pool["pid"]]
+    deadline = time.monotonic() + 40
+    while True:
+        now = json.loads(engines("engines", "--json", env=env).stdout)["engines"][0]
+        if now["state"] == "crashed":
+            break
+        if now["state"] == "ready" and now["pid"] not in pids:
+            pids.append(now["pid"])
+        if now["state"] == "ready" and alive(now["pid"]):
+            os.kill(now["pid"], signal.SIGKILL)
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+    assert now["restarts"] == 1 and "gave up" in (now["error"] or "") and len(pids) == 2
+    assert not any(alive(pid) for pid in pids)
+    assert engines("rm", f"file:{tiny_model}").code == 0  # the supervisor released its lease
+
+
+def test_two_pools_a_taken_port_and_the_config_path(
+    engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        first = engines("up", str(tiny_model), "--binary", llama_server, "--pool", "a", "--port", str(port))
+        assert first.code == 0, first.stderr
+        assert f"port {port} on 127.0.0.1 is in use" in first.stderr, first.stderr  # said so
+        a = {e["pool_id"]: e for e in json.loads(engines("engines", "--json").stdout)["engines"]}["a"]
+        assert a["url"] == first.stdout.strip() and not a["url"].endswith(f":{port}") and a["requested_port"] == port
+    config = tmp_path / "engine.yaml"
+    config.write_text(
+        f"model_ref: {tiny_model}\nexpected_digest: {sha(tiny_model)}\n"
+        f"engine:\n  kind: llamacpp\n  binary: {llama_server}\n  flags: ['--threads', '1', '-ngl', '0']\n"
+    )
+    entry = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
+    second = subprocess.run(
+        [sys.executable, "-c", entry, "--cache-dir", str(cache_dir), "--config", str(config), "--pool", "b", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert second.returncode == 0, second.stderr
+    b = json.loads(second.stdout)
+    assert b["pool_id"] == "b" and b["url"] != a["url"] and "--threads" in b["flags"]
+    assert "--n-gpu-layers" in b["flags"] and "-ngl" not in b["flags"]  # legacy spellings normalised
+    assert b["flags"][:5] == ["--parallel", "1", "--no-cont-batching", "--no-webui", "--metrics"]
+    listed = {e["pool_id"]: e["state"] for e in json.loads(engines("engines", "--json").stdout)["engines"]}
+    assert listed == {"a": "ready", "b": "ready"}
+    assert len(stream_completion(b["url"], 2)) == 2 and len(stream_completion(a["url"], 2)) == 2
+    assert engines("down", "--all").code == 0
+
+
+def test_nothing_unverified_or_broken_reaches_a_running_engine(
+    engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    wrong = engines("up", str(tiny_model), "--binary", llama_server, "--digest", "sha256:" + "0" * 64)
+    assert wrong.code == 4, wrong.stderr
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(tiny_model.read_bytes()[: 1 << 16])
+    assert engines("up", str(corrupt), "--binary", llama_server).code == 4
+    missing = engines("up", str(tiny_model), "--binary", str(tmp_path / "no-such-llama-server"))
+    assert missing.code == 2 and "no-such-llama-server" in missing.stderr, missing.stderr
+    failing = engines("up", str(tiny_model), "--binary", llama_server, "--flag=--no-such-flag-at-all")
+    assert failing.code == 9 and "no-such-flag-at-all" in failing.stderr, failing.stderr  # its own last words
+    assert not (cache_dir / "run").exists() or all(
+        json.loads(p.read_text())["state"] != "ready" for p in (cache_dir / "run").glob("*.json")
+    )
+    assert not any(Path(f"/proc/{pid}/cmdline").read_bytes().startswith(llama_server.encode())
+                   for pid in os.listdir("/proc") if pid.isdigit() and Path(f"/proc/{pid}/cmdline").exists())
+
+
+def test_engines_through_the_http_api(api_factory: Any, llama_server: str, tiny_model: Path) -> None:
+    api = api_factory(settings={"api_file_roots": [str(tiny_model.parent)],
+                                "engines": {"llamacpp": {"binary": llama_server}}})
+    c = api.client
+    refused = c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "flags": ["--log-file", "/etc/x"]})
+    assert refused.status_code == 403 and "--log-file" in refused.json()["error"]["message"], refused.text
+    assert c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "binary": "/bin/sh"}).status_code == 400
+    made = c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "pool": "api", "flags": ["--threads", "1"]},
+                  timeout=120)
+    assert made.status_code == 201, made.text
+    pool = made.json()
+    assert pool["state"] == "ready" and httpx.get(f"{pool['url']}/health", timeout=5).status_code == 200
+    assert [e["pool_id"] for e in c.get("/v1/engines").json()["engines"]] == ["api"]
+    assert c.get("/v1/engines/api").json()["pid"] == pool["pid"]
+    assert c.get("/v1/engines/nope").status_code == 404
+    stopped = c.delete("/v1/engines/api", timeout=30)
+    assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+    assert not alive(pool["pid"])
+
+
+ADD_CONFIG = """
+name: "add"
+backend: "python"
+max_batch_size: 0
+input [ { name: "A" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+ADD_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "B").as_numpy()
+            out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SUM", (a + b).astype(np.float32))]))
+        return out
+"""
+PIPELINE_CONFIG = """
+name: "pipeline"
+platform: "ensemble"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "add" model_version: -1 input_map { key: "A" value: "X" } input_map { key: "B" value: "X" }
+    output_map { key: "SUM" value: "twice" } },
+  { model_name: "add" model_version: -1 input_map { key: "A" value: "twice" } input_map { key: "B" value: "X" }
+    output_map { key: "SUM" value: "Y" } }
+] }
+"""
+
+
+@pytest.fixture(scope="session")
+def triton() -> dict[str, str]:
+    return build_test_engines.triton_home()
+
+
+def test_triton_serves_a_python_backend_repository_and_its_ensemble(
+    engines: Any, triton: dict[str, str], tmp_path: Path, settings_file: Any
+) -> None:
+    repo = tmp_path / "model_repository"
+    (repo / "add" / "1").mkdir(parents=True)
+    (repo / "add" / "config.pbtxt").write_text(ADD_CONFIG)
+    (repo / "add" / "1" / "model.py").write_text(ADD_MODEL)
+    (repo / "pipeline" / "1").mkdir(parents=True)
+    (repo / "pipeline" / "config.pbtxt").write_text(PIPELINE_CONFIG)
+    env_vars = {k: triton[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "PATH")}
+    settings = settings_file(engines={"triton": {"binary": triton["binary"], "env": env_vars}})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    up = engines("up", str(repo), "--engine", "triton", "--pool", "tr",
+                 f"--flag=--backend-directory={triton['backend_directory']}", "--json", env=env, timeout=180)
+    assert up.code == 0, up.stderr
+    pool = json.loads(up.stdout)
+    assert pool["state"] == "ready" and sorted(pool["models"]) == ["add", "pipeline"]
+    for name in ("add", "pipeline"):
+        assert httpx.get(f"{pool['url']}/v2/models/{name}/ready", timeout=5).status_code == 200
+    answer = httpx.post(f"{pool['url']}/v2/models/pipeline/infer", timeout=30, json={
+        "inputs": [{"name": "X", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [3.0, 6.0, 9.0, 12.0]  # (x + x) + x
+    assert engines("down", "--pool", "tr", env=env).code == 0
+    # a model whose code fails to load: an error naming it, nothing left running
+    (repo / "add" / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    broken = engines("up", str(repo), "--engine", "triton", "--pool", "tr2",
+                     f"--flag=--backend-directory={triton['backend_directory']}", env=env, timeout=180)
+    assert broken.code == 9 and "add (" in broken.stderr and "this model cannot load" in broken.stderr, broken.stderr
+    assert not alive(json.loads((repo.parent / "cache" / "run" / "tr2.json").read_text())["pid"] or 0)
