@@ -19,7 +19,15 @@ from .nginx import free_port, stop_process
 
 
 class Registry:
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None, token: object | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: dict[str, str] | None = None,
+        token: object | None = None,
+        proxy_of: str | None = None,
+    ) -> None:
+        """``proxy_of``: a pull-through cache of that registry URL (distribution's ``proxy: remoteurl:``)."""
         exe = shutil.which("docker-registry")
         if exe is None:
             raise RuntimeError("docker-registry is not installed (scripts/test.sh installs it with apt-get)")
@@ -37,6 +45,8 @@ class Registry:
             auth = f"auth:\n  htpasswd:\n    realm: mprov-test\n    path: {workdir / 'htpasswd'}\n"
         elif token is not None:
             auth = token.registry_auth_yaml()  # type: ignore[attr-defined]
+        if proxy_of:
+            auth += f"proxy:\n  remoteurl: {proxy_of}\n"
         config = f"""version: 0.1
 log:
   level: error
@@ -75,7 +85,7 @@ http:
         needle = '"GET /v2/'
         count = 0
         for line in (self.workdir / "registry.log").read_text(errors="replace").splitlines():
-            if needle in line and f"/blobs/{digest} " in line and re.search(r'" (200|206) ', line):
+            if needle in line and re.search(rf"/blobs/{digest}[ ?]", line) and re.search(r'" (200|206) ', line):
                 count += 1
         return count
 

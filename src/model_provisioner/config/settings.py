@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from model_provisioner.config.engines import EngineSettings, parse_engine_settings
 from model_provisioner.config.policy import Policy
+from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
 from model_provisioner.core.errors import ConfigError, NotFound
 from model_provisioner.core.redact import register_secret
 from model_provisioner.core.units import parse_size
@@ -132,6 +133,8 @@ class Settings:
     confine_files: bool = False
     #: engines: binaries, readiness timeouts, supervision (docs/engines.md)
     engines: EngineSettings = field(default_factory=EngineSettings)
+    #: OCI registry mirrors (containerd hosts.toml semantics), tried before the registry itself
+    registry_mirrors: Mapping[str, tuple[RegistryMirror, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_parallel_fetches < 1:
@@ -261,7 +264,7 @@ def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[typ
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = read_mapping(path)
-    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines"}
+    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines", "registry_mirrors"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
         try:
@@ -270,6 +273,8 @@ def _load_settings_file(path: str) -> dict[str, Any]:
             raise ConfigError(path, "max_cache_bytes", str(exc)) from None
     if "transfer" in data:
         out["transfer"] = TransferSettings(**_typed(path, "transfer", data["transfer"], _TRANSFER_TYPES))
+    if "registry_mirrors" in data:
+        out["registry_mirrors"] = parse_registry_mirrors(path, data["registry_mirrors"])
     if "engines" in data:
         out["engines"] = parse_engine_settings(path, data["engines"])
     if "policy" in data:
@@ -345,9 +350,9 @@ def read_mapping(path: str) -> dict[str, Any]:
 def api_settings(settings: Settings) -> Settings:
     """The settings requests through the HTTP API run under: the same, except that a caller cannot make the
     server connect to internal addresses (SSRF) other than ``api_allow_networks`` and the endpoints the
-    operator configured here (Hub endpoint and mirrors, https mirrors, team mirrors, the S3 endpoint)."""
-
-    urls = [settings.hf_endpoint, *settings.hf_mirrors, *(m.mirror for m in settings.https_mirrors)]
+    operator configured here (Hub endpoint and mirrors, https and registry mirrors, team mirrors, S3)."""
+    registry_mirrors = [m.url for mirrors in settings.registry_mirrors.values() for m in mirrors]
+    urls = [settings.hf_endpoint, *settings.hf_mirrors, *(m.mirror for m in settings.https_mirrors), *registry_mirrors]
     if settings.s3_endpoint_url:
         urls.append(settings.s3_endpoint_url)
     allowed = list(settings.api_allow_networks)

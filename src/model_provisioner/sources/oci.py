@@ -135,13 +135,20 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
     headers = client.auth_header(ref.repository)
     files = []
     for path, layer, compression in layer_files(manifest, ref.id):
-        source = Source(
+        origin = Source(
             client.blob_url(ref.repository, layer.digest),
             headers=headers,
             label=f"registry {ref.registry}",
             reauth=functools.partial(client.reauth, ref.repository),
         )
-        files.append(RemoteFile(path=path, sources=(source,), size=layer.size, sha256=layer.hex, unpack=compression))
+        # mirrors first (no registry credentials go to them), the registry last; every byte is checked against
+        # the layer's digest, so a mirror serving other bytes is refused and the next source used
+        mirrors = tuple(
+            Source(url, label=label) for url, label in client.mirror_blob_urls(ref.repository, layer.digest)
+        )
+        files.append(
+            RemoteFile(path=path, sources=(*mirrors, origin), size=layer.size, sha256=layer.hex, unpack=compression)
+        )
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}
     summary = {
         k: inner[k]

@@ -1,19 +1,16 @@
 """A small OCI distribution-spec client on httpx: auth, manifests, blob locations, and push.
 
-Blob *downloads* go through the transfer engine (resume, parallel ranges, digest while streaming); this
-client only gives it a URL and the auth header. Everything else (manifests, token exchange, uploads) is
-here.
+Blob *downloads* go through the transfer engine; this client gives it the URLs (mirrors first: ``registry_mirrors``)
+and the auth header. Manifests, the token exchange (``auth.py``) and uploads are here.
 
 - Auth: anonymous first; on ``401`` the ``WWW-Authenticate`` challenge decides. ``Bearer realm=…`` gets a
   token from the realm (which may be on another host; the policy is checked first), with Basic credentials
   when we have them (an identity token is exchanged by OAuth2 POST instead); ``Basic`` sends them directly.
   Credentials come from the settings (``oci_credentials``) or from the Docker config: credential helpers,
   the credential store or ``auths`` (``dockercreds.py``), looked up only when a registry asks.
-- Transport: ``https://`` except for loopback registries and hosts listed in ``oci_plain_http`` (as
-  Docker's insecure registries).
-- Manifests: ``Accept`` covers OCI manifest, OCI index and Docker v2 manifest/list. A manifest pulled by
-  digest must hash to that digest; a manifest pulled by tag is pinned to the digest of its bytes (and the
-  registry's ``Docker-Content-Digest``, when sent, must agree).
+- Transport: ``https://`` except for loopback registries and hosts in ``oci_plain_http``.
+- Manifests: OCI manifest and index, Docker v2 manifest and list. By digest they must hash to it; by tag
+  they are pinned to the digest of their bytes (``Docker-Content-Digest``, when sent, must agree).
 """
 
 from __future__ import annotations
@@ -26,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from model_provisioner.core.errors import CorruptModel, DigestMismatch, NotFound, PolicyDenied, TransferFailed
+from model_provisioner.core.errors import (
+    CorruptModel,
+    DigestMismatch,
+    NotFound,
+    PolicyDenied,
+    ProvisionerError,
+    TransferFailed,
+)
 from model_provisioner.core.hosts import resolves_to_loopback
 from model_provisioner.core.redact import redact_text, redact_url
 from model_provisioner.net.http import REDIRECT_STATUSES, new_client, open_following, read_at_most
@@ -35,12 +39,13 @@ from model_provisioner.net.registry.auth import answer_challenge
 from model_provisioner.net.registry.dockercreds import RegistryLogin, docker_login
 from model_provisioner.net.registry.manifests import (
     MANIFEST_ACCEPT,
-    MAX_MANIFEST_BYTES,
     Descriptor,
     Manifest,
     choose_from_index,
     parse_manifest,
+    read_manifest,
 )
+from model_provisioner.net.registry.mirrors import read_from_mirrors
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 
 if TYPE_CHECKING:
@@ -66,6 +71,7 @@ class RegistryClient:
         self._login_resolved = False
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._client: httpx.Client | None = None
+        self.mirrors = settings.registry_mirrors.get(registry, ())
 
     @property
     def login(self) -> RegistryLogin | None:
@@ -198,7 +204,31 @@ class RegistryClient:
 
     # ---------------------------------------------------------------------------------- manifests
     def get_manifest(self, repository: str, reference: str, subject: str) -> tuple[bytes, str, str | None]:
-        """(bytes, digest, media type). A digest reference must match the bytes."""
+        """(bytes, digest, media type), from the first mirror able to answer (``resolve`` for a tag, ``pull``
+        for a digest), else from the registry. A digest reference must match the bytes."""
+        import httpx  # noqa: PLC0415  # heavy: only oci:// refs and pushes get here
+
+        capability = "pull" if reference.startswith("sha256:") else "resolve"
+        for mirror in self.mirrors:
+            if not mirror.can(capability):
+                continue
+            url = f"{mirror.url}/v2/{repository}/manifests/{reference}?ns={self.registry}"
+            try:
+                response, _, _ = open_following(
+                    self.client,
+                    url,
+                    {"Accept": MANIFEST_ACCEPT},
+                    check_host=self._check_host,
+                    allow_downgrade=self.settings.transfer.allow_https_downgrade,
+                )
+                try:
+                    if response.status_code != 200:
+                        raise TransferFailed(f"HTTP {response.status_code}")
+                    return read_manifest(response, reference, subject, f"mirror {mirror.url}")
+                finally:
+                    response.close()
+            except (ProvisionerError, httpx.HTTPError) as exc:
+                log.warning("%s: mirror %s failed for the manifest (%s); trying the next", subject, mirror.url, exc)
         response = self.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
@@ -216,23 +246,18 @@ class RegistryClient:
                 raise TransferFailed(
                     f"{subject}: registry {self.registry} answered {response.status_code} for the manifest"
                 )
-            length = int(response.headers.get("Content-Length") or 0)
-            if length > MAX_MANIFEST_BYTES:
-                raise CorruptModel(subject, f"the manifest is {length} bytes; refusing more than {MAX_MANIFEST_BYTES}")
-            raw = read_at_most(response, MAX_MANIFEST_BYTES)
+            return read_manifest(response, reference, subject, f"registry {self.registry}")
         finally:
             response.close()
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise CorruptModel(subject, f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
-            raise CorruptModel(
-                subject, f"the registry sent a manifest hashing to {digest}, not the requested {reference}"
-            )
-        header = response.headers.get("Docker-Content-Digest")
-        if header and header.startswith("sha256:") and header != digest:
-            raise CorruptModel(subject, f"the manifest hashes to {digest} but the registry says {header}")
-        return raw, digest, response.headers.get("Content-Type")
+
+    def mirror_blob_urls(self, repository: str, digest: str) -> list[tuple[str, str]]:
+        """(url, label) of the mirrors that may serve blobs (``pull``), in order; the caller verifies every
+        byte against ``digest`` and falls back to ``blob_url``."""
+        return [
+            (f"{m.url}/v2/{repository}/blobs/{digest}?ns={self.registry}", f"mirror {m.url}")
+            for m in self.mirrors
+            if m.can("pull")
+        ]
 
     def resolve(self, repository: str, reference: str, subject: str) -> Manifest:
         """Fetch and parse a manifest; an index resolves to its first image manifest."""
@@ -255,6 +280,10 @@ class RegistryClient:
         """A small blob (a config) read into memory and checked against its descriptor."""
         if descriptor.size > limit:
             raise CorruptModel(subject, f"the config blob is {descriptor.size} bytes; refusing more than {limit}")
+        urls = self.mirror_blob_urls(repository, descriptor.digest)
+        data = read_from_mirrors(self.client, urls, descriptor, subject, limit, self._check_host, self.settings)
+        if data is not None:
+            return data
         response = self.request("GET", f"/v2/{repository}/blobs/{descriptor.digest}", repository, stream=True)
         try:
             if response.status_code == 404:

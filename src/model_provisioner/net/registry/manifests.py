@@ -3,12 +3,17 @@ bytes whose digest was checked (``client.RegistryClient.get_manifest``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_provisioner.core.errors import CorruptModel
+from model_provisioner.net.http import read_at_most
+
+if TYPE_CHECKING:
+    import httpx
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -120,3 +125,21 @@ def choose_from_index(entries: list[Descriptor]) -> Descriptor:
         if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
             return entry
     return entries[0]
+
+
+def read_manifest(response: httpx.Response, reference: str, subject: str, who: str) -> tuple[bytes, str, str | None]:
+    """A manifest's bytes (bounded), digest and media type; a digest reference must match the bytes, and so
+    must the ``Docker-Content-Digest`` the server sends."""
+    length = int(response.headers.get("Content-Length") or 0)
+    if length > MAX_MANIFEST_BYTES:
+        raise CorruptModel(subject, f"the manifest is {length} bytes; refusing more than {MAX_MANIFEST_BYTES}")
+    raw = read_at_most(response, MAX_MANIFEST_BYTES)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CorruptModel(subject, f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if reference.startswith("sha256:") and digest != reference:
+        raise CorruptModel(subject, f"{who} sent a manifest hashing to {digest}, not the requested {reference}")
+    header = response.headers.get("Docker-Content-Digest")
+    if header and header.startswith("sha256:") and header != digest:
+        raise CorruptModel(subject, f"the manifest hashes to {digest} but {who} says {header}")
+    return raw, digest, response.headers.get("Content-Type")
