@@ -13,6 +13,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v aria2c >/dev/null || need+=(aria2)
   command -v curl >/dev/null || need+=(curl)
   command -v docker-registry >/dev/null || need+=(docker-registry)
+  # skopeo and umoci: real image consumers of push --as-image
+  command -v skopeo >/dev/null || need+=(skopeo)
+  command -v umoci >/dev/null || need+=(umoci)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

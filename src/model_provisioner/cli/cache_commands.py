@@ -149,7 +149,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     with provisioner(args) as prov:
         from model_provisioner.ops.push import push  # noqa: PLC0415  # heavy: the registry and S3 clients (~5 ms of start-up), only for push
 
-        result = push(prov, args.ref, args.destination)
+        result = push(prov, args.ref, args.destination, as_image=args.as_image)
     human = (
         f"pushed {result.files} file(s) to {result.destination} "
         f"({result.bytes_uploaded} bytes uploaded, {result.bytes_skipped} already there); digest {result.digest}"

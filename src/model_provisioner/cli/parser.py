@@ -177,6 +177,9 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' on an oci:// or s3:// root "
         "places it where mirrors.models finds it",
     )
+    p.add_argument(
+        "--as-image", action="store_true", help="an OCI image (files under /models/): mountable as an image volume"
+    )
     p.set_defaults(func=_cache_command("cmd_push"))
 
     p = sub.add_parser("release", parents=[common], help="end a lease")

@@ -34,6 +34,7 @@ from model_provisioner.core.refs import OciRef, S3Ref, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.ops.cache import Cache
+from model_provisioner.ops.image import push_image
 from model_provisioner.sources.mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
 from model_provisioner.storage.catalog import CatalogEntry
@@ -110,7 +111,7 @@ def _local_files(entry: CatalogEntry) -> list[PushFile]:
     return [PushFile(path.name, entry.digest.split(":", 1)[1], entry.size_bytes, path)]
 
 
-def push(prov: Cache, model: str, destination: str) -> PushResult:
+def push(prov: Cache, model: str, destination: str, *, as_image: bool = False) -> PushResult:
     entry = prov.catalog.get(model) or prov.catalog.get(parse(model).id)
     if entry is None:
         raise NotFound(f"{model} is not in the catalog; ensure it first")
@@ -127,6 +128,10 @@ def push(prov: Cache, model: str, destination: str) -> PushResult:
                 f"push to {target.id}: a manifest is pushed under a tag (its digest is whatever it hashes to); "
                 "give oci://registry/repo:tag or a mirror root ending in '/'"
             )
+        if as_image:
+            uploaded, skipped, manifest_digest = push_image(prov, entry, [(f.path, f.source) for f in files], target)
+            log.info("%s: pushed to %s as an image (%s)", entry.id, target.id, manifest_digest)
+            return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", manifest_digest)
         return _push_oci(prov, entry, files, target)
     if isinstance(target, S3Ref):
         if not target.is_prefix:
@@ -134,6 +139,8 @@ def push(prov: Cache, model: str, destination: str) -> PushResult:
                 f"push to S3 takes a mirror root ending in '/' (the model goes under it, where mirrors.models "
                 f"looks), got {destination!r}"
             )
+        if as_image:
+            raise InvalidInput("--as-image pushes to an OCI registry (oci://registry/repo:tag), not to S3")
         return _push_s3(prov, entry, files, target)
     raise InvalidInput(f"push destination must be oci://… or s3://…/, got {destination!r}")
 

@@ -297,6 +297,17 @@ def _check_git_ids(ws: Workspace, ref: RemoteRef, plan: FetchPlan, fetched: dict
             )
 
 
+def _under_image_root(member: str, plan: FetchPlan, subject: str) -> str:
+    """An image pushed with ``--as-image`` holds the model under ``models/`` (its manifest says so): the model's
+    files are what lies there; anything outside is refused."""
+    root = plan.annotations.get("org.model-provisioner.image-root")
+    if not root:
+        return member
+    if not member.startswith(root + "/"):
+        raise CorruptModel(subject, f"{member!r} lies outside the image's model directory {root}/")
+    return member[len(root) + 1 :]
+
+
 def _materialise(
     ws: Workspace, ref: RemoteRef, plan: FetchPlan, fetched: dict[str, TransferOutcome]
 ) -> list[EntryFile]:
@@ -321,7 +332,8 @@ def _materialise(
                     outcome = ws.engine.fetch(spec)
                     members = unpack_into_store(ws.store, outcome.blob, file.unpack, where, max_ratio=ratio)
             ws.store.layers.record(outcome.sha256, members)
-        for path, sha_hex, size in members:
+        for member, sha_hex, size in members:
+            path = _under_image_root(member, plan, ref.id)
             if path in files:
                 raise CorruptModel(ref.id, f"{path!r} is in more than one layer")
             files[path] = EntryFile(path, sha_hex, size)
