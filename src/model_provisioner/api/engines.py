@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model_provisioner.api.handoff import write_engine_handoff
+from model_provisioner.api.handoff import atomic_write_json, write_engine_handoff
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.engines import pools
@@ -62,7 +62,7 @@ def down(prov: ModelProvisioner, pool: str) -> PoolState:
         except (OSError, ValueError):
             return state
         payload.update({"state": "stopped", "pid": None})
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(path, payload)  # an engine's reader never sees half a file
     return state
 
 

@@ -53,7 +53,7 @@ def choose_engine(resolved: ResolvedModel, engine: str | None) -> str:
     return engine
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -116,7 +116,7 @@ def write_engine_handoff(
         metadata["repo_digest"] = meta.get("repo_digest", resolved.digest)
     payload.update(running or {})
     path = Path(out_dir) / ".runtime" / "engines" / f"{engine}.json"
-    _atomic_write_json(path, payload)
+    atomic_write_json(path, payload)
     return path
 
 

@@ -20,10 +20,10 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from model_provisioner.core.errors import CorruptModel, EngineFailed, InvalidInput, MissingTool
-from model_provisioner.storage.blobs import BlobStore
+from model_provisioner.engines.host import EngineHost
 from model_provisioner.storage.locks import FileLock
 from model_provisioner.verify.results import ResolvedModel
 
@@ -49,16 +49,6 @@ TOOLS: dict[str, tuple[str, ...]] = {
 DEBIAN_PACKAGES = ("cmake", "g++", "make")
 
 
-class Fetcher(Protocol):
-    """What a source build needs from the provisioner: a verified archive, and the store to keep the result."""
-
-    store: BlobStore
-
-    def ensure_present(
-        self, ref: str, expected_digest: str | None = None, strict: bool | None = None
-    ) -> ResolvedModel: ...
-
-
 @dataclass(frozen=True)
 class SourceSpec:
     source: str
@@ -75,7 +65,7 @@ def build_key(source_digest: str, spec: SourceSpec) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def built_binary(fetcher: Fetcher, spec: SourceSpec, *, jobs: int = 2, allow_package_installs: bool = False) -> Path:
+def built_binary(fetcher: EngineHost, spec: SourceSpec, *, jobs: int = 2, allow_package_installs: bool = False) -> Path:
     """The binary built from ``spec``: from the store when it was built before, else built now."""
     archive = fetcher.ensure_present(spec.source, spec.digest)
     key = build_key(archive.digest, spec)

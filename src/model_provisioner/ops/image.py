@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
@@ -26,23 +27,38 @@ IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
 TAR_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
+class _HashingWriter:
+    """A file that hashes what is written to it: the layer's digest without reading it back."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
 def _layer(path: str, source: Path, out: Path) -> tuple[str, int]:
     """Write the reproducible tar of one file at ``models/<path>``; returns (sha256 hex, size)."""
     parts = f"{IMAGE_ROOT}/{path}".split("/")
-    with open(out, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for depth in range(1, len(parts)):
-            folder = tarfile.TarInfo("/".join(parts[:depth]) + "/")
-            folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, 0
-            tar.addfile(folder)
-        member = tarfile.TarInfo("/".join(parts))
-        member.size, member.mode, member.mtime = os.stat(source).st_size, 0o444, 0
-        with open(source, "rb") as data:
-            tar.addfile(member, data)
-    hasher = hashlib.sha256()
-    with open(out, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest(), os.stat(out).st_size
+    with open(out, "wb") as raw:
+        sink = _HashingWriter(raw)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
+            for depth in range(1, len(parts)):
+                folder = tarfile.TarInfo("/".join(parts[:depth]) + "/")
+                folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, 0
+                tar.addfile(folder)
+            member = tarfile.TarInfo("/".join(parts))
+            member.size, member.mode, member.mtime = os.stat(source).st_size, 0o444, 0
+            with open(source, "rb") as data:
+                tar.addfile(member, data)
+    return sink.hasher.hexdigest(), sink.size
 
 
 def push_image(
