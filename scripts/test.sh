@@ -16,6 +16,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # skopeo and umoci: real image consumers of push --as-image
   command -v skopeo >/dev/null || need+=(skopeo)
   command -v umoci >/dev/null || need+=(umoci)
+  # squid: the real forward proxy of the HTTPS_PROXY / NO_PROXY tests
+  command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -222,9 +222,9 @@ def _dual_protocol_server(tmp_path: Path) -> Any:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from .test_reliability import _self_signed
+    from .servers.certs import self_signed
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
     seen: list[dict[str, str]] = []

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from model_provisioner.config.engines import EngineSettings, parse_engine_settings
 from model_provisioner.config.policy import Policy
+from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
 from model_provisioner.core.errors import ConfigError, NotFound
 from model_provisioner.core.redact import register_secret
@@ -62,6 +63,8 @@ class TransferSettings:
     file_deadline_s: float | None = 6 * 3600.0
     #: a compressed tar layer may unpack to at most this many times its size (decompression bombs)
     max_unpack_ratio: float = 100.0
+    #: forward proxies, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (``config/proxy.py``)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,9 @@ class Settings:
         if token:
             values["hf_token"] = token.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
+        proxy = ProxySettings.from_environ(env)
+        if proxy != ProxySettings():
+            values["transfer"] = replace(values.get("transfer", TransferSettings()), proxy=proxy)
         if "cache_dir" in values:
             values["cache_dir"] = Path(os.path.expanduser(str(values["cache_dir"]))).absolute()
         if "hf_endpoint" in values:

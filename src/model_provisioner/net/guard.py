@@ -33,11 +33,13 @@ def guarded_transport(policy: AddressCheck, **kwargs: Any) -> Any:
 
 
 def abort_connections(transport: Any) -> None:
-    """Shut down every socket ``transport`` opened: reads blocked in them return at once (cancellation)."""
-    backend = getattr(getattr(transport, "_pool", None), "_network_backend", None)
-    for sock in list(getattr(backend, "sockets", ())):
-        with contextlib.suppress(OSError):  # already closed
-            sock.shutdown(socket.SHUT_RDWR)
+    """Shut down every socket ``transport`` opened: reads blocked in them return at once (cancellation).
+    A proxy router (``net/proxy.py``) has several transports: each one's sockets."""
+    for each in getattr(transport, "transports", (transport,)):
+        backend = getattr(getattr(each, "_pool", None), "_network_backend", None)
+        for sock in list(getattr(backend, "sockets", ())):
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _guarded_backend(policy: AddressCheck) -> Any:

@@ -1,7 +1,7 @@
 """The one way we make an HTTP client: httpx (a maintained, typed HTTP/1.1 client with streaming, per-phase
 timeouts and pooling) on a transport whose every connection is checked by the policy (``net/guard.py``),
-no proxy or netrc from the environment unless the settings say so, our User-Agent, and redirects followed by
-hand (``open_following``) so that credentials never cross to another origin."""
+no netrc, the forward proxy of the settings (``HTTPS_PROXY``/``NO_PROXY``, ``net/proxy.py``), our User-Agent,
+and redirects followed by hand (``open_following``) so that credentials never cross to another origin."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from model_provisioner.core.errors import TransferFailed, quote
 from model_provisioner.core.redact import redact_url
 from model_provisioner.core.version import VERSION
 from model_provisioner.net.guard import guarded_transport
+from model_provisioner.net.proxy import proxy_router
 from model_provisioner.net.redirects import origin_of, redirect_headers
 
 if TYPE_CHECKING:
@@ -41,9 +42,12 @@ def new_client(
         if max_connections is not None
         else None
     )
-    transport = guarded_transport(
-        policy, verify=settings.ca_bundle if settings.ca_bundle else True, **({"limits": limits} if limits else {})
-    )
+    options: dict[str, Any] = {"verify": settings.ca_bundle if settings.ca_bundle else True}
+    if limits is not None:
+        options["limits"] = limits
+    transport = guarded_transport(policy, **options)
+    if settings.proxy.enabled:
+        transport = proxy_router(settings.proxy, policy, transport, **options)
     client = httpx.Client(
         follow_redirects=False,
         timeout=httpx.Timeout(settings.stall_timeout_s, connect=settings.connect_timeout_s),

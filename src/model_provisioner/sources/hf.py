@@ -168,6 +168,11 @@ def _model_info(ref: HfRef, settings: Settings) -> tuple[Any, str]:
             failures.append(f"{label}: repository not found")
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
+            if status == 407:
+                raise PolicyDenied(
+                    f"{ref.id}: the proxy refused its credentials for {endpoint} (HTTP 407); set the user and "
+                    "password in HTTPS_PROXY / HTTP_PROXY (http://user:password@host:port)"
+                ) from None
             if is_origin and status in (401, 403):
                 raise PolicyDenied(f"{ref.id}: {endpoint} refused access (HTTP {status}); check HF_TOKEN") from None
             failures.append(f"{label}: HTTP {status}")
