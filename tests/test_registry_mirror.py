@@ -25,7 +25,8 @@ def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_
     origin = Registry(tmp_path / "origin")
     mirror = Registry(tmp_path / "mirror", proxy_of=origin.url)
     try:
-        model = make_gguf("m.gguf", extra_tensor_bytes=4 << 20)
+        model = make_gguf("m.gguf", extra_tensor_bytes=24 << 20)
+        size = model.stat().st_size
         made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
         assert made.code == 0, made.stderr
         digest = made.json()["digest"]
@@ -33,18 +34,23 @@ def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_
         assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
         settings = tmp_path / "settings.json"
         settings.write_text(json.dumps({"registry_mirrors": {origin.host: [{"url": mirror.url}]}}))
-        first = pull(ref, tmp_path / "node-0", settings)
-        assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
-        # the mirror fills its cache from the origin (distribution's proxy reads a new blob up to twice)
-        filled = origin.blob_gets(digest)
-        assert 1 <= filled <= 2
-        nodes = [pull(ref, tmp_path / f"node-{i}", settings) for i in range(1, 8)]
+        # eight nodes at once against a cold mirror: each is told the mirror does not hold the blob yet (a 200
+        # to its Range request) and waits for the mirror to fill, instead of reading the blob through it
+        nodes = [pull(ref, tmp_path / f"node-{i}", settings) for i in range(8)]
         for node in nodes:
             out, err = node.communicate(timeout=120)
             assert node.returncode == 0, err
             assert json.loads(out)["digest"] == digest
-        assert origin.blob_gets(digest) == filled  # seven more nodes: nothing more from the origin
-        assert mirror.blob_gets(digest) >= 8
+        transfers = origin.blob_transfers(digest)
+        assert transfers.count(size) == 1, transfers  # one whole copy from the origin, for eight nodes
+        # each poll the mirror answered from its upstream was hung up on at once: it cost the origin only what
+        # was in flight (bounded by the sockets' buffers), never a second copy
+        assert all(t < size // 2 for t in transfers if t != size), transfers
+        assert len(mirror.blob_transfers(digest)) >= 8
+        # one more node: nothing more from the origin
+        late = pull(ref, tmp_path / "node-8", settings)
+        assert late.wait(timeout=120) == 0, late.stderr.read() if late.stderr else ""
+        assert origin.blob_transfers(digest) == transfers
         origin.close()  # the origin goes away: the mirror still serves what it holds
         late = pull(ref.replace(":v1", f"@{_manifest_digest(tmp_path / 'node-0', ref)}"), tmp_path / "late", settings)
         out, err = late.communicate(timeout=120)
@@ -83,3 +89,35 @@ def test_a_mirror_serving_other_bytes_is_refused_and_the_origin_used(
         assert registry.blob_gets(digest) == before + 1  # then the origin served the real bytes
     finally:
         bad.close()
+
+
+def test_a_mirror_that_never_holds_the_blob_is_read_through_after_the_fill_wait(
+    tmp_path: Path, make_gguf: Any, registry: Any
+) -> None:
+    """A mirror answering every Range request with the whole blob (a 200) looks like one still filling its cache:
+    it is polled for ``mirror_fill_wait_s``, then read through; the bytes are verified all the same."""
+    from .servers.fileserver import Fault
+
+    model = make_gguf("w.gguf", extra_tensor_bytes=12 << 20)
+    made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
+    digest = made.json()["digest"]
+    ref = f"oci://{registry.host}/waiting/model:v1"
+    assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
+    slow = FileServer(tmp_path / "no-range-mirror")
+    try:
+        path = f"v2/waiting/model/blobs/{digest}"
+        slow.put(path, model.read_bytes())
+        slow.faults[f"/{path}"] = Fault(ignore_range=True)
+        settings = tmp_path / "settings.json"
+        settings.write_text(json.dumps({"transfer": {"mirror_fill_wait_s": 1.0},
+                                        "registry_mirrors": {registry.host: [{"url": slow.url}]}}))
+        before = registry.blob_gets(digest)
+        node = pull(ref, tmp_path / "node", settings)
+        out, err = node.communicate(timeout=120)
+        assert node.returncode == 0, err
+        assert json.loads(out)["digest"] == digest
+        polls = [r for r in slow.requests if r.path.startswith(f"/{path}")]
+        assert len(polls) >= 3 and polls[-1].at - polls[0].at >= 0.9  # polled through the wait, then read
+        assert slow.served(path) >= model.stat().st_size and registry.blob_gets(digest) == before
+    finally:
+        slow.close()

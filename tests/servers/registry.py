@@ -89,6 +89,18 @@ http:
                 count += 1
         return count
 
+    def blob_transfers(self, digest: str) -> list[int]:
+        """The body bytes of each GET of that blob (200/206), from the access log: a transfer cut short by the
+        client shows as fewer bytes than the blob has."""
+        self.log.flush()
+        sizes = []
+        for line in (self.workdir / "registry.log").read_text(errors="replace").splitlines():
+            if '"GET /v2/' in line and re.search(rf"/blobs/{digest}[ ?]", line):
+                found = re.search(r'" (200|206) (\d+) ', line)
+                if found:
+                    sizes.append(int(found.group(2)))
+        return sizes
+
     def close(self) -> None:
         stop_process(self.proc)
         self.log.close()

@@ -63,6 +63,9 @@ class TransferSettings:
     file_deadline_s: float | None = 6 * 3600.0
     #: a compressed tar layer may unpack to at most this many times its size (decompression bombs)
     max_unpack_ratio: float = 100.0
+    #: a pull-through registry mirror that does not hold a blob yet is polled for up to this long while it fills
+    #: its cache, rather than read through (which costs its upstream a second copy); 0: read through at once
+    mirror_fill_wait_s: float = 120.0
     #: forward proxies, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (``config/proxy.py``)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
@@ -238,6 +241,7 @@ _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "min_rate_window_s": (int, float),
     "file_deadline_s": (int, float),
     "max_unpack_ratio": (int, float),
+    "mirror_fill_wait_s": (int, float),
 }
 _POLICY_TYPES: dict[str, type | tuple[type, ...]] = {
     "allow": list,

@@ -144,7 +144,8 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
         # mirrors first (no registry credentials go to them), the registry last; every byte is checked against
         # the layer's digest, so a mirror serving other bytes is refused and the next source used
         mirrors = tuple(
-            Source(url, label=label) for url, label in client.mirror_blob_urls(ref.repository, layer.digest)
+            Source(url, label=label, pull_through=True)
+            for url, label in client.mirror_blob_urls(ref.repository, layer.digest)
         )
         files.append(
             RemoteFile(path=path, sources=(*mirrors, origin), size=layer.size, sha256=layer.hex, unpack=compression)

@@ -21,6 +21,7 @@ from model_provisioner.transfer.parallel import AttemptState, ParallelDownload
 from model_provisioner.transfer.partial import Chunks, discard, kept_prefix, rehash_prefix, write_meta
 from model_provisioner.transfer.stream import stream_into, stream_rest
 from model_provisioner.transfer.types import (
+    MirrorFilling,
     Progress,
     ProgressCallback,
     Restart,
@@ -38,7 +39,13 @@ log = logging.getLogger("model_provisioner")
 
 
 def run_attempt(
-    conn: Connection, source: Source, spec: TransferSpec, partial: Path, progress_cb: ProgressCallback | None
+    conn: Connection,
+    source: Source,
+    spec: TransferSpec,
+    partial: Path,
+    progress_cb: ProgressCallback | None,
+    *,
+    wait_for_fill: bool = False,
 ) -> TransferOutcome:
     import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
@@ -70,6 +77,8 @@ def run_attempt(
             hasher = rehash_prefix(partial, kept)
             last_modified = response.headers.get("Last-Modified")
             return commit(conn, spec, source, partial, hasher, kept, etag, last_modified, fetched=0, resumed_from=kept)
+        if status == 200 and wait_for_fill and (spec.expected_size or 0) >= conn.settings.parallel_chunk_min_bytes:
+            raise MirrorFilling(f"{source.label} does not hold the blob yet (it answered a Range request with 200)")
         raise_for_status(response, spec)
         total, start = total_and_start(status, response.headers)
         if start != kept:

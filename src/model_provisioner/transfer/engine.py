@@ -50,6 +50,7 @@ from model_provisioner.transfer.attempt import run_attempt
 from model_provisioner.transfer.guard import ChunkGuard
 from model_provisioner.transfer.partial import discard
 from model_provisioner.transfer.types import (
+    MirrorFilling,
     ProgressCallback,
     Restart,
     Retryable,
@@ -72,6 +73,30 @@ __all__ = [
 ]
 
 log = logging.getLogger("model_provisioner")
+
+
+class MirrorFillWait:
+    """How long to wait for a pull-through mirror to hold a blob: polls back off from 0.25 s to 2 s, for at most
+    ``budget_s`` in all (0: never wait). Each poll costs its upstream only what is in flight when the poll's
+    connection is closed, far less than the second whole copy reading through would."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.waiting = budget_s > 0
+        self._started: float | None = None
+        self._delay = 0.25
+
+    def next_delay(self) -> float | None:
+        """The pause before the next poll, or None when the budget is spent (then read through)."""
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        left = self._started + self.budget_s - now
+        if left <= 0:
+            self.waiting = False
+            return None
+        delay, self._delay = min(self._delay, left), min(self._delay * 1.5, 2.0)
+        return delay
 
 
 class TransferEngine:
@@ -223,15 +248,26 @@ class TransferEngine:
         attempt = 0
         deadline_s = self.settings.file_deadline_s
         self.deadline = (time.monotonic() + deadline_s, spec.name) if deadline_s else None
+        fill = MirrorFillWait(self.settings.mirror_fill_wait_s if source.pull_through else 0.0)
         while True:
             attempt += 1
             self.check_deadline()
             try:
                 try:
-                    return run_attempt(self, source, spec, partial, progress_cb)
+                    return run_attempt(self, source, spec, partial, progress_cb, wait_for_fill=fill.waiting)
                 except Restart as restart:
                     discard(partial)
                     raise Retryable(f"{restart}; starting over") from None
+            except MirrorFilling as filling:
+                attempt -= 1  # not a failure: the mirror is fetching the blob from its upstream
+                self.check_deadline()
+                delay = fill.next_delay()
+                if delay is None:
+                    log.warning("%s: %s is still filling after %.0fs; reading the blob through it", spec.name,
+                                source.label, fill.budget_s)
+                else:
+                    log.info("%s: %s; polling again in %.2fs", spec.name, filling, delay)
+                    time.sleep(delay)
             except Retryable as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     # not transient: retrying cannot make an untrusted certificate trusted

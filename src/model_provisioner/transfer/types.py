@@ -24,6 +24,10 @@ class Source:
     #: called once on a ``401`` from the origin host to get fresh credentials (a registry's bearer token
     #: expires in minutes; a large model takes longer, and every retry or range goes back to the registry)
     reauth: Callable[[], Mapping[str, str]] | None = field(default=None, compare=False, repr=False)
+    #: a pull-through cache (a registry mirror): a ``200`` to our Range request means it does not hold the blob
+    #: yet and is reading it from its upstream; reading it through as well would make the upstream send it
+    #: twice, so we wait for the mirror to hold it (``transfer.mirror_fill_wait_s``; docs/fleet.md)
+    pull_through: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MirrorFilling(Exception):
+    """A pull-through mirror answered a Range request with the whole blob: it is still filling its cache."""
 
 
 class Restart(Exception):
