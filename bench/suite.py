@@ -522,6 +522,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "docs"))
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    try:  # before the first scenario: a report that cannot be written must not cost a whole run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".mprov-bench-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        shown = str(out_dir)[:200]
+        parser.error(f"--out-dir {shown!r} cannot hold the report ({exc.strerror}); name a writable directory")
     import compileall
 
     compileall.compile_dir(str(ROOT / "src"), quiet=1)
