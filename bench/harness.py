@@ -4,6 +4,7 @@ one line per scenario: ``name: ours X, peer Y, ratio R (goal G)``."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -67,6 +68,21 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
     if done.returncode != 0:  # say why: the command's own last words, not only its exit status
         said = done.stderr.decode(errors="replace")[-2000:]
         raise RuntimeError(f"{' '.join(cmd[:8])} exited {done.returncode}: {said}")
+
+
+def run_stderr(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """``run``, returning what the command wrote to stderr (our -v log)."""
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    said = done.stderr.decode(errors="replace")
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])} exited {done.returncode}: {said[-2000:]}")
+    return said
+
+
+def chosen_connections(log: str) -> int:
+    """The connection count the fan-out controller settled on, from our -v log (1 when it never fanned out)."""
+    found = re.findall(r"ranges on (\d+) connection", log)
+    return int(found[-1]) if found else 1
 
 
 def fresh(path: Path) -> None:

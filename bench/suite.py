@@ -30,7 +30,18 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from harness import Result, alternate, drop_page_cache_hint, fmt, random_file, run, timed  # noqa: E402
+from harness import (  # noqa: E402
+    Result,
+    alternate,
+    chosen_connections,
+    drop_page_cache_hint,
+    fmt,
+    random_file,
+    run,
+    run_stderr,
+    timed,
+)
+from scenarios_origin import s13_cpu_bound_origin, s14_shaped_link  # noqa: E402
 
 MiB = 1 << 20
 PY = sys.executable
@@ -49,6 +60,8 @@ class Suite:
         (self.www / "lfs").mkdir(parents=True, exist_ok=True)
         self.hf_python = args.hf_python or PY
         self.results: list[Result] = []
+        #: scenario -> (connections the fan-out controller chose, MB/s): markers on the connections plot
+        self.choices: dict[str, tuple[int, float]] = {}
         self.nginx = Nginx(self.www, self.work / "nginx")
         self.limited = Nginx(self.www, self.work / "nginx-limited", limit_rate=self.rate_limit)
         self.hub = FakeHub(self.work / "hub")
@@ -381,6 +394,12 @@ class Suite:
         finally:
             registry.close()
 
+    def s13_cpu_bound_origin(self) -> None:
+        s13_cpu_bound_origin(self)
+
+    def s14_shaped_link(self) -> None:
+        s14_shaped_link(self)
+
     def plot_connections(self) -> Path | None:
         size = (16 if self.quick else 512) * MiB
         _, _ = self.lfs_file("conn.bin", size)
@@ -405,6 +424,16 @@ class Suite:
             aria_mbps.append(size / t / 1e6)
         print("connections:", conns, "ours MB/s:", [round(x) for x in ours_mbps],
               "aria2c MB/s:", [round(x) for x in aria_mbps], flush=True)
+        # the controller's own choice on the same capped origin (connections up to 16)
+        settings = self.work / "conn-auto.json"
+        settings.write_text(json.dumps({"transfer": {"connections": 16}}))
+        shutil.rmtree(self.work / "cc", ignore_errors=True)
+        auto_cmd = [PY, "-m", "model_provisioner", "--cache-dir", str(self.work / "cc"), "-v", "ensure", url]
+        start = time.perf_counter()
+        log = run_stderr(auto_cmd, {"MODEL_PROVISIONER_SETTINGS": str(settings)})
+        rate = size / (time.perf_counter() - start) / 1e6
+        self.choices[f"limit_rate {self.rate_limit}"] = (chosen_connections(log), rate)
+        print("controller's choices:", {k: (n, round(r)) for k, (n, r) in self.choices.items()}, flush=True)
         self.connection_table = list(zip(conns, ours_mbps, aria_mbps, strict=True))
         try:
             import matplotlib
@@ -417,6 +446,8 @@ class Suite:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(conns, ours_mbps, "o-", label="model-provisioner")
         ax.plot(conns, aria_mbps, "s--", label="aria2c -x N -s N")
+        for i, (scenario, (n, rate)) in enumerate(sorted(self.choices.items())):
+            ax.plot([n], [rate], "*", markersize=12, label=f"controller: {scenario} ({n})", color=f"C{i + 2}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(conns, [str(c) for c in conns])
         ax.set_xlabel("connections")
@@ -468,7 +499,7 @@ def _ratio(name: str, ours: list[float], peer: list[float], peer_name: str, goal
 
 SCENARIOS = ["s1_https_vs_curl", "s2_hf_single", "s3_hf_repo", "s4_rate_limited", "s5_warm_in_process",
              "s6_warm_cli", "s7_concurrent", "s8_kill_resume", "s9_verify", "s10_rss", "s11_s3_vs_boto3",
-             "s12_oci_vs_oras"]
+             "s12_oci_vs_oras", "s13_cpu_bound_origin", "s14_shaped_link"]
 
 
 def machine() -> str:
@@ -502,6 +533,10 @@ def write_report(suite: Suite, png: Path | None, started: float, argv: list[str]
         notes = ", ".join(f"{k} {v}" for k, v in r.extra.items())
         lines.append(f"| {r.name} | {fmt(r.ours, r.unit)} | {r.peer_name}: {fmt(r.peer, r.unit)} | {r.ratio:.2f} | "
                      f"{r.goal} | {notes} |")
+    if suite.choices:
+        lines += ["", "## Connections the fan-out controller chose", "", "| scenario | connections | MB/s |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {n} | {r:.0f} |" for k, (n, r) in sorted(suite.choices.items())]
     if getattr(suite, "connection_table", None):
         lines += ["", "## Throughput vs connections (per-connection cap)", "",
                   "| connections | ours MB/s | aria2c MB/s |", "|---|---|---|"]

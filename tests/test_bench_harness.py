@@ -16,7 +16,8 @@ def test_bench_run_quick_produces_a_report(tmp_path: Path) -> None:
                              "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if re.match(r"^\d+[ab]?_\w+: ours ", line)]
-    assert len(lines) == 14, result.stdout  # twelve scenarios, the fourth and the eleventh against two peers
+    # fourteen scenarios: the fourth and the eleventh against two peers, the thirteenth at two sizes
+    assert len(lines) == 17, result.stdout
     for line in lines:
         assert re.search(r"ratio \d+\.\d\d \(goal ", line), line
     report = (out / "benchmarks-quick.md").read_text()

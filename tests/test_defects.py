@@ -147,8 +147,10 @@ def test_gc_cleans_an_interrupted_entry(cache_dir: Path, fileserver: Any, settin
     env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_file())}
     proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
                              url], env=env, stderr=subprocess.DEVNULL)
-    while fileserver.served("gc.bin") < MiB:
-        time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while (fileserver.served("gc.bin") < MiB or not any((cache_dir / "partial").glob("*.part"))) and (
+            time.monotonic() < deadline):
+        time.sleep(0.05)  # the stalled download has begun writing its partial file
     proc.send_signal(signal.SIGKILL)  # no chance to mark it: a stale Pending row
     proc.wait(timeout=10)
     assert [m["lifecycle"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]] == ["Interrupted"]

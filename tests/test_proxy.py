@@ -103,7 +103,7 @@ def test_https_goes_through_connect_and_no_proxy_by_name_and_port(squid: Squid, 
 
 def test_oci_and_s3_pulls_go_through_the_proxy(squid: Squid, registry: Any, s3: Any, make_gguf: Any,
                                                tmp_path: Path, settings_file: Any) -> None:
-    data = Path(make_gguf("p.gguf", context_length=512)).read_bytes()
+    data = Path(make_gguf("p.gguf", context_length=4242)).read_bytes()  # a blob no other test pushes (or corrupts)
     push_artifact(registry.url, "proxy/tiny", "v1", [(data, "application/vnd.cncf.model.weight.v1.raw",
                                                       {"org.cncf.model.filepath": "tiny.gguf"})])
     client = s3.client()

@@ -62,6 +62,11 @@ class FileServer:
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.routes: dict[str, Any] = {}  # path prefix -> handler(handler, method) -> bool
+        #: bytes/s for all responses together (one shared bottleneck: a rate-limited link); None: unpaced
+        self.shared_rate: float | None = None
+        self._next_send = 0.0
+        self.in_flight = 0  # responses being served right now, and the most at once (counted server-side)
+        self.max_in_flight = 0
         handler = self._make_handler()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -115,10 +120,16 @@ class FileServer:
                 path = self.path.split("?", 1)[0]
                 with server.lock:
                     server.requests.append(Request(self.command, self.path, dict(self.headers.items())))
-                for prefix, route in server.routes.items():
-                    if path.startswith(prefix) and route(self, head):
-                        return
-                server.serve_file(self, path, head)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    for prefix, route in server.routes.items():
+                        if path.startswith(prefix) and route(self, head):
+                            return
+                    server.serve_file(self, path, head)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
 
         return Handler
 
@@ -258,6 +269,13 @@ class FileServer:
                 sent += len(data)
 
     def _write(self, h: BaseHTTPRequestHandler, path: str, data: bytes) -> None:
+        if self.shared_rate is not None:
+            with self.lock:
+                now = time.monotonic()
+                at = max(now, self._next_send)
+                self._next_send = at + len(data) / self.shared_rate
+            if at > now:
+                time.sleep(at - now)
         h.wfile.write(data)
         with self.lock:
             self.bytes_served[path] += len(data)

@@ -17,6 +17,7 @@ from model_provisioner.core.version import VERSION
 from model_provisioner.net.guard import guarded_transport
 from model_provisioner.net.proxy import proxy_router
 from model_provisioner.net.redirects import origin_of, redirect_headers
+from model_provisioner.net.tls import client_context
 
 if TYPE_CHECKING:
     import httpx
@@ -42,7 +43,7 @@ def new_client(
         if max_connections is not None
         else None
     )
-    options: dict[str, Any] = {"verify": settings.ca_bundle if settings.ca_bundle else True}
+    options: dict[str, Any] = {"verify": client_context(settings.ca_bundle)}
     if limits is not None:
         options["limits"] = limits
     transport = guarded_transport(policy, **options)

@@ -148,9 +148,11 @@ def _receive(
         # keep watching: servers often let a first burst through at full speed
         watch = SlowStreamWatch(enough) if parallel else None
         offset = stream_rest(conn, att.source, att.etag, att.partial, offset, att.hasher, att.progress, watch)
+        if watch is not None and watch.last_rate is not None:
+            rate = watch.last_rate  # what the one stream did when it turned slow: the fan-out's baseline
     if offset < total:
-        log.info("%s: one connection is slow; the rest as %d parallel ranges", att.spec.name, settings.connections)
-        ParallelDownload(conn, att, offset, total, None).run(None)
+        log.info("%s: one connection is slow (%.0f MB/s); fanning out the rest", att.spec.name, rate / 1e6)
+        ParallelDownload(conn, att, offset, total, None, single_rate=rate).run(None)
 
 
 def commit(

@@ -3,6 +3,7 @@ and the rolling rate watch that tells the single stream to fan out."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -21,12 +22,14 @@ class SlowStreamWatch:
         self.window_s = window_s
         self.start_s = 0.0
         self.start_bytes = 0
+        self.last_rate: float | None = None  # of the last full window (bytes/s)
 
     def too_slow(self, received: int, network_s: float) -> bool:
         if network_s - self.start_s < self.window_s:
             return False
         rate = (received - self.start_bytes) / (network_s - self.start_s)
         self.start_s, self.start_bytes = network_s, received
+        self.last_rate = rate
         return rate < self.enough
 
 
@@ -71,3 +74,27 @@ class ChunkGuard:
                 f"{self.min_rate:.0f} B/s (transfer.min_rate_bytes_per_s)"
             )
         self.start, self.received = now, 0
+
+
+def fill_from_socket(
+    sock: socket.socket, view: memoryview, want: int, guard: ChunkGuard, stall_s: float, counter: list[int], slot: int
+) -> tuple[int, Retryable | TransferFailed | None]:
+    """Read until ``want`` bytes are in ``view`` (a body read off its socket, ``net/rawbody.py``), each piece
+    checked by ``guard`` and counted in ``counter[slot]``. Returns (bytes filled, the error that stopped it or
+    None), so that the caller keeps what arrived before a failure."""
+    filled = 0
+    try:
+        while filled < want:
+            n = sock.recv_into(view[filled:want])
+            if n == 0:
+                return filled, Retryable(f"connection closed with {want - filled} bytes still to come")
+            filled += n
+            guard.add(n)
+            counter[slot] += n
+    except TimeoutError:
+        return filled, Retryable(f"stalled: no data for {stall_s:.0f}s (transfer.stall_timeout_s)")
+    except OSError as exc:
+        return filled, Retryable(f"connection failed while receiving: {exc}")
+    except (Retryable, TransferFailed) as exc:  # the guard: slow-loris floor, cancellation, the file's deadline
+        return filled, exc
+    return filled, None

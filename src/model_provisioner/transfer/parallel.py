@@ -4,17 +4,23 @@ contiguous completed prefix, read back from the page cache, and the chunk map is
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_provisioner.net.ranges import content_range
+from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
 from model_provisioner.transfer.connection import Connection
+from model_provisioner.transfer.fanout import FanoutController
+from model_provisioner.transfer.guard import ChunkGuard, fill_from_socket
 from model_provisioner.transfer.partial import (
     MAP_SAVE_BYTES,
     READ_CHUNK,
@@ -28,6 +34,8 @@ from model_provisioner.transfer.types import Progress, Restart, Retryable, Sourc
 
 if TYPE_CHECKING:
     import httpx
+
+log = logging.getLogger("model_provisioner")
 
 
 @dataclass
@@ -46,10 +54,26 @@ class AttemptState:
 
 
 class ParallelDownload:
-    """Fetch [kept, total) of one file as ranges on ``transfer.connections`` workers."""
+    """Fetch [kept, total) of one file as ranges on up to ``transfer.connections`` workers, as many at a time as
+    the fan-out controller finds worth it (``transfer/fanout.py``)."""
 
-    def __init__(self, conn: Connection, att: AttemptState, kept: int, total: int, chunks: Chunks | None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        att: AttemptState,
+        kept: int,
+        total: int,
+        chunks: Chunks | None,
+        single_rate: float | None = None,
+    ) -> None:
         self.conn = conn
+        enough = conn.settings.single_stream_enough_bytes_per_s
+        self.fanout = FanoutController(conn.settings.connections, single_rate, enough)
+        self.active = 0
+        #: bytes received by each worker (one slot each, written only by its worker): the controller's measure,
+        #: finer than ``written``, which moves a buffer at a time
+        self.arrived: list[int] = []
+        self.local = threading.local()
         self.att = att
         self.total = total
         self.backoff = Backoff.of(conn.settings)
@@ -77,13 +101,9 @@ class ParallelDownload:
     def run(self, first: httpx.Response | None) -> None:
         """``first`` (the response that showed the server's range support) serves the first pending range."""
         self.next_index = 1 if first is not None else 0
-        deadline = self.conn.deadline
-        threads = [
-            threading.Thread(target=self._worker, args=(first if i == 0 else None, deadline), daemon=True)
-            for i in range(min(self.conn.settings.connections, len(self.pending)))
-        ]
-        for t in threads:
-            t.start()
+        self.deadline = self.conn.deadline
+        threads: list[threading.Thread] = []
+        self._spawn(threads, first)
         try:
             self._follow_with_hash(threads)
         finally:
@@ -93,12 +113,34 @@ class ParallelDownload:
                 t.join(timeout=self.conn.settings.stall_timeout_s + 5)
             self._save()
             os.close(self.fd)
+            log.info("%s: ranges on %s", self.att.spec.name, self.fanout.describe())
         if self.errors:
             exc = self.errors[0]
             if isinstance(exc, Restart):
                 discard(self.att.partial)
                 raise Retryable(f"{exc}; restarting")
             raise exc
+
+    def _spawn(self, threads: list[threading.Thread], first: httpx.Response | None = None) -> None:
+        """Start workers until the controller's target runs (never more than there are ranges left)."""
+        with self.cond:
+            want = min(self.fanout.target - self.active, len(self.pending) - self.next_index + (first is not None))
+            self.active += max(want, 0)
+            slots = list(range(len(self.arrived), len(self.arrived) + max(want, 0)))
+            self.arrived.extend(0 for _ in slots)
+        for i, slot in enumerate(slots):
+            thread = threading.Thread(
+                target=self._worker, args=(slot, first if i == 0 else None, self.deadline), daemon=True
+            )
+            threads.append(thread)
+            thread.start()
+
+    def _steer(self, threads: list[threading.Thread]) -> None:
+        """Tell the controller how far the workers got; start workers if it wants more (extra ones retire
+        between ranges, in ``_worker``)."""
+        target = self.fanout.observe(time.monotonic(), sum(self.arrived))
+        if target > self.active:
+            self._spawn(threads)
 
     def _follow_with_hash(self, threads: list[threading.Thread]) -> None:
         """Hash the contiguous completed prefix as it grows, reading back what the workers wrote."""
@@ -108,17 +150,14 @@ class ParallelDownload:
         buf = bytearray(READ_CHUNK * 4)
         while self.hashed < self.total:
             with self.cond:
-                while True:
-                    # liveness first, then the prefix: a worker updates ``written`` before it exits, so a
-                    # worker seen dead has nothing more to add to the prefix computed after it
+                # liveness first, then the prefix: a worker updates ``written`` before it exits, so a worker seen
+                # dead has nothing more to add to the prefix computed after it
+                workers_alive = any(t.is_alive() for t in threads)
+                prefix = contiguous(self.starts, self.ends, self.written)
+                if prefix <= self.hashed and not self.errors and workers_alive:
+                    self.cond.wait(0.25)  # at most this long: the controller and the chunk map need a turn
                     workers_alive = any(t.is_alive() for t in threads)
                     prefix = contiguous(self.starts, self.ends, self.written)
-                    if prefix > self.hashed or self.errors or not workers_alive:
-                        break
-                    self.cond.wait(0.25)
-                    if time.monotonic() - last_save > 0.25 or sum(self.written) - last_saved_bytes >= MAP_SAVE_BYTES:
-                        prefix = contiguous(self.starts, self.ends, self.written)
-                        break
                 if self.errors:
                     raise self.errors[0]
             if prefix <= self.hashed and not workers_alive:
@@ -132,6 +171,7 @@ class ParallelDownload:
                 self.hashed += n
             if self.hashed > region:
                 start_writeback(self.fd, region, self.hashed - region)  # hashed bytes can go to disk now
+            self._steer(threads)
             written_now = sum(self.written)
             if time.monotonic() - last_save > 0.25 or written_now - last_saved_bytes >= MAP_SAVE_BYTES:
                 self._save()
@@ -144,13 +184,19 @@ class ParallelDownload:
         write_meta(att.meta_path, att.spec, att.source, att.etag, parallel=True, prefix=self.hashed, chunks=snapshot)
 
     # --------------------------------------------------------------------------- workers
-    def _worker(self, first_response: httpx.Response | None, deadline: tuple[float, str] | None) -> None:
+    def _worker(self, slot: int, first_response: httpx.Response | None, deadline: tuple[float, str] | None) -> None:
         self.conn.deadline = deadline  # the file's deadline holds in every range worker
+        self.local.slot = slot
+        counted = True  # this worker is still in ``active``
         try:
             if first_response is not None:
                 self._run_range(self.pending[0], first_response)  # it starts at ``kept``: the first incomplete range
             while True:
                 with self.cond:
+                    if self.active > self.fanout.target:  # one more connection than the controller wants
+                        self.active -= 1  # under the lock that decided it: no second worker retires for it
+                        counted = False
+                        return
                     if self.errors or self.next_index >= len(self.pending):
                         return
                     index = self.pending[self.next_index]
@@ -159,6 +205,11 @@ class ParallelDownload:
         except BaseException as exc:
             with self.cond:
                 self.errors.append(exc)
+                self.cond.notify_all()
+        finally:
+            with self.cond:
+                if counted:
+                    self.active -= 1
                 self.cond.notify_all()
 
     def _run_range(self, index: int, response: httpx.Response | None) -> None:
@@ -179,7 +230,7 @@ class ParallelDownload:
                     served = content_range(response.headers)
                     if response.status_code != 206 or served is None or served.start != lo:
                         raise Restart(f"range request answered with HTTP {response.status_code}")
-                self._pump(index, response.iter_raw())
+                self._pump(index, response)
             except (httpx.HTTPError, Retryable) as exc:
                 failures += 1
                 if failures >= self.conn.settings.attempts:
@@ -190,19 +241,25 @@ class ParallelDownload:
                     response.close()
                 response = None
 
-    def _pump(self, index: int, body: Any) -> None:
-        """Gather ~1 MiB of received pieces, then one pwritev at the right offset (no join copy); what was
-        received is kept, even when the connection broke."""
+    def _pump(self, index: int, response: httpx.Response) -> None:
+        """Gather ~1 MiB of received pieces, then one pwritev at the right offset (no join copy); a body of known
+        length is read off the socket into one reused buffer after its first chunk (``net/rawbody.py``). What
+        was received is kept, even when the connection broke."""
         offset = self.starts[index] + self.written[index]
         gathered: list[bytes] = []
         gathered_bytes = 0
         guard = self.conn.chunk_guard()
+        direct = body_socket(response)
+        chunks = response.iter_raw()  # held: a generator dropped at ``break`` would close the response
+        received = 0
         try:
-            for data in body:
+            for data in chunks:
                 guard.add(len(data))
+                received += len(data)
+                self.arrived[self.local.slot] += len(data)
                 limit = self.ends[index] - offset - gathered_bytes
                 if limit <= 0:
-                    break
+                    return
                 if len(data) > limit:
                     data = data[:limit]
                 gathered.append(data)
@@ -210,10 +267,30 @@ class ParallelDownload:
                 if gathered_bytes >= READ_CHUNK or len(gathered) >= 512:  # IOV_MAX is 1024
                     offset = self._flush(index, gathered, gathered_bytes, offset)
                     gathered, gathered_bytes = [], 0
+                if direct is not None:
+                    break
+            if direct is not None:
+                offset = self._flush(index, gathered, gathered_bytes, offset)
+                gathered, gathered_bytes = [], 0
+                left = min(direct[1] - received, self.ends[index] - offset)
+                self._pump_socket(index, direct[0], left, offset, guard)
         finally:
             self._flush(index, gathered, gathered_bytes, offset)
 
-    def _flush(self, index: int, gathered: list[bytes], gathered_bytes: int, offset: int) -> int:
+    def _pump_socket(self, index: int, sock: socket.socket, left: int, offset: int, guard: ChunkGuard) -> None:
+        buf = bytearray(min(READ_CHUNK, max(left, 0)) or 1)
+        view = memoryview(buf)
+        sock.settimeout(self.conn.settings.stall_timeout_s)
+        stall_s = self.conn.settings.stall_timeout_s
+        while left > 0:
+            filled, error = fill_from_socket(sock, view, min(len(buf), left), guard, stall_s, self.arrived,
+                                             self.local.slot)
+            offset = self._flush(index, [view[:filled]], filled, offset)
+            left -= filled
+            if error is not None:
+                raise error
+
+    def _flush(self, index: int, gathered: Sequence[bytes | memoryview], gathered_bytes: int, offset: int) -> int:
         if not gathered_bytes:
             return offset
         pwritev_all(self.fd, gathered, offset, self.conn.store)

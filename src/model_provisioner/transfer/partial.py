@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
     return exc
 
 
-def write_chunk(fh: Any, data: bytes, store: BlobStore) -> None:
+def write_chunk(fh: Any, data: bytes | memoryview, store: BlobStore) -> None:
     failpoints.failpoint("transfer.write")
     try:
         fh.write(data)
@@ -166,7 +167,7 @@ def write_chunk(fh: Any, data: bytes, store: BlobStore) -> None:
         raise enospc(store, exc) from None
 
 
-def pwritev_all(fd: int, pieces: list[bytes], offset: int, store: BlobStore) -> None:
+def pwritev_all(fd: int, pieces: Sequence[bytes | memoryview], offset: int, store: BlobStore) -> None:
     failpoints.failpoint("transfer.write")
     try:
         total = sum(len(p) for p in pieces)

@@ -1,10 +1,12 @@
-"""One response body into the partial file: this thread receives and coalesces 1 MiB buffers; a sink thread
-writes and hashes them in order (both release the GIL, so the two overlap on two cores)."""
+"""One response body into the partial file: this thread receives 1 MiB buffers (off the socket, for a body of
+known length: ``net/rawbody.py``); a sink thread writes and hashes them in order (both release the GIL, so
+the two overlap on two cores)."""
 
 from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -13,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 from model_provisioner.core.errors import TransferFailed
 from model_provisioner.core.redact import redact_url
 from model_provisioner.net.ranges import body_cap, total_and_start
+from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
 from model_provisioner.transfer.connection import Connection
-from model_provisioner.transfer.guard import SlowStreamWatch
+from model_provisioner.transfer.guard import SlowStreamWatch, fill_from_socket
 from model_provisioner.transfer.partial import READ_CHUNK, WRITEBACK_BYTES, discard, write_chunk
 from model_provisioner.transfer.types import Progress, Restart, Retryable, Source, describe
+
+#: buffers queued for the sink at most (backpressure: about this many MiB in memory)
+SINK_DEPTH = 8
 
 if TYPE_CHECKING:
     import httpx
@@ -37,49 +43,32 @@ def stream_into(
 ) -> tuple[int, float]:
     """Write ``response``'s body at ``kept``; returns (where it stopped, receive rate in bytes/s). Whatever was
     received before an error is written before the error is raised, so a resume starts exactly where the
-    bytes stop; a body longer than ``cap`` is cut at once and nothing is kept."""
+    bytes stop; a body longer than ``cap`` is cut at once and nothing is kept. A body of known length is read
+    off the socket into reused buffers after its first chunk (``net/rawbody.py``)."""
     import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
-    buffers: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # backpressure: at most ~8 MiB in memory
-    failure: list[BaseException] = []
-
-    sink_args = (conn, buffers, failure, partial, kept, hasher, progress)
-    writer = threading.Thread(target=_sink, args=sink_args, name="mprov-sink", daemon=True)
-    writer.start()
-    pending: list[bytes] = []
-    pending_bytes = 0
+    receiver = _Receiver(conn, partial, kept, hasher, progress, watch)
     network_error: BaseException | None = None
-    received = 0
-    blocked = 0.0  # time spent waiting for the sink: local slowness, not the network's
-    loop_start = time.monotonic()
     oversize = False
+    direct = body_socket(response)
+    if direct is not None and cap is not None and direct[1] > cap:
+        direct = None  # a declared length over what may arrive: read it the careful way, and refuse it
+    chunks = response.iter_raw()  # held: a generator dropped at ``break`` would close the response
     try:
-        guard = conn.chunk_guard()
-        for chunk in response.iter_raw():
-            if cap is not None and received + len(chunk) > cap:
+        for chunk in chunks:
+            if cap is not None and receiver.received + len(chunk) > cap:
                 oversize = True
                 break
-            guard.add(len(chunk))
-            pending.append(chunk)
-            pending_bytes += len(chunk)
-            received += len(chunk)
-            if pending_bytes >= READ_CHUNK:
-                put_start = time.monotonic()
-                buffers.put(b"".join(pending))
-                blocked += time.monotonic() - put_start
-                pending, pending_bytes = [], 0
-                network_s = time.monotonic() - loop_start - blocked
-                if failure or (watch is not None and watch.too_slow(received, network_s)):
-                    break
+            if receiver.take(chunk) or direct is not None:
+                break  # the sink failed, the stream is too slow, or the rest comes off the socket
+        if direct is not None and not receiver.stopped:
+            receiver.off_socket(direct[0], direct[1] - receiver.received)
     except (httpx.HTTPError, Retryable, TransferFailed) as exc:
         network_error = exc
     finally:
-        if pending:
-            buffers.put(b"".join(pending))
-        buffers.put(None)
-        writer.join()
-    if failure:
-        raise failure[0]
+        receiver.finish()
+    if receiver.failure:
+        raise receiver.failure[0]
     if oversize:
         discard(partial)
         raise TransferFailed(
@@ -91,44 +80,141 @@ def stream_into(
         raise network_error
     if network_error is not None:
         raise Retryable(describe(network_error)) from None
-    return kept + received, received / max(time.monotonic() - loop_start - blocked, 1e-6)
+    return kept + receiver.received, receiver.rate()
+
+
+class _Receiver:
+    """The receiving half of ``stream_into``: hands 1 MiB buffers to a sink thread that writes and hashes them
+    in order (both release the GIL, so the two overlap on two cores). Buffers read off the socket come from
+    a small pool the sink gives back, so the bulk of a body is never copied in Python."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        partial: Path,
+        kept: int,
+        hasher: Any,
+        progress: Progress,
+        watch: SlowStreamWatch | None,
+    ) -> None:
+        self.conn = conn
+        self.watch = watch
+        self.guard = conn.chunk_guard()
+        self.buffers: queue.Queue[tuple[memoryview, bytearray | None] | None] = queue.Queue(maxsize=SINK_DEPTH)
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        self.pooled = 0
+        self.failure: list[BaseException] = []
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.received = 0
+        self.count = [0]  # what ``fill_from_socket`` counts into (``received`` is kept per buffer)
+        self.blocked = 0.0  # time spent waiting for the sink: local slowness, not the network's
+        self.stopped = False
+        self.loop_start = time.monotonic()
+        sink_args = (conn, self.buffers, self.free, self.failure, partial, kept, hasher, progress)
+        self.writer = threading.Thread(target=_sink, args=sink_args, name="mprov-sink", daemon=True)
+        self.writer.start()
+
+    def take(self, chunk: bytes) -> bool:
+        """One chunk from httpx; True when receiving should stop (the sink failed, or the watch says slow)."""
+        self.guard.add(len(chunk))
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        self.received += len(chunk)
+        if self.pending_bytes >= READ_CHUNK:
+            self._flush()
+            return self._should_stop()
+        return False
+
+    def off_socket(self, sock: socket.socket, left: int) -> None:
+        """The next ``left`` bytes of the body, read off ``sock`` into pooled buffers."""
+        self._flush()
+        sock.settimeout(self.conn.settings.stall_timeout_s)
+        stall_s = self.conn.settings.stall_timeout_s
+        while left > 0 and not self._should_stop():
+            buf = self._free_buffer()
+            view = memoryview(buf)
+            filled, error = fill_from_socket(sock, view, min(len(buf), left), self.guard, stall_s, self.count, 0)
+            self.received += filled
+            left -= filled
+            self._put((view[:filled], buf))
+            if error is not None:
+                raise error
+
+    def _flush(self) -> None:
+        if self.pending:
+            self._put((memoryview(b"".join(self.pending)), None))
+            self.pending, self.pending_bytes = [], 0
+
+    def _put(self, item: tuple[memoryview, bytearray | None]) -> None:
+        put_start = time.monotonic()
+        self.buffers.put(item)
+        self.blocked += time.monotonic() - put_start
+
+    def _free_buffer(self) -> bytearray:
+        if self.pooled < SINK_DEPTH + 1:
+            self.pooled += 1
+            return bytearray(READ_CHUNK)
+        wait_start = time.monotonic()
+        buf = self.free.get()
+        self.blocked += time.monotonic() - wait_start
+        return buf
+
+    def _should_stop(self) -> bool:
+        network_s = time.monotonic() - self.loop_start - self.blocked
+        self.stopped = bool(self.failure) or (self.watch is not None and self.watch.too_slow(self.received, network_s))
+        return self.stopped
+
+    def finish(self) -> None:
+        self._flush()
+        self.buffers.put(None)
+        self.writer.join()
+
+    def rate(self) -> float:
+        return self.received / max(time.monotonic() - self.loop_start - self.blocked, 1e-6)
 
 
 def _sink(
     conn: Connection,
-    buffers: queue.Queue[bytes | None],
+    buffers: queue.Queue[tuple[memoryview, bytearray | None] | None],
+    free: queue.Queue[bytearray],
     failure: list[BaseException],
     partial: Path,
     kept: int,
     hasher: Any,
     progress: Progress,
 ) -> None:
-    """The writing half of ``stream_into``: write and hash each buffer in order; after a failure only drain
-    (so the receiver never blocks) and leave the error in ``failure``."""
+    """The writing half of ``stream_into``: write and hash each buffer in order and give pooled buffers back;
+    after a failure only drain (so the receiver never blocks) and leave the error in ``failure``."""
     try:
         fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
     except BaseException as exc:
         failure.append(exc)
-        while buffers.get() is not None:
-            pass  # drain so the receiver never blocks; it raises the failure
+        while (item := buffers.get()) is not None:
+            if item[1] is not None:
+                free.put(item[1])  # drain so the receiver never blocks; it raises the failure
         return
     with os.fdopen(fd, "r+b", buffering=0) as fh:
         fh.seek(kept)
         fh.truncate()
         position = flushed = kept
-        while (buf := buffers.get()) is not None:
-            if failure:
-                continue  # drain so the receiver never blocks
+        while (item := buffers.get()) is not None:
+            view, pooled = item
             try:
-                write_chunk(fh, buf, conn.store)
-                hasher.update(buf)
-                progress.add(len(buf))
-                position += len(buf)
-                if position - flushed >= WRITEBACK_BYTES:
-                    start_writeback(fh.fileno(), flushed, position - flushed)
-                    flushed = position
+                if not failure:
+                    write_chunk(fh, view, conn.store)
+                    hasher.update(view)
+                    progress.add(len(view))
+                    position += len(view)
+                    if position - flushed >= WRITEBACK_BYTES:
+                        start_writeback(fh.fileno(), flushed, position - flushed)
+                        flushed = position
             except BaseException as exc:
                 failure.append(exc)
+            finally:
+                view.release()
+                if pooled is not None:
+                    free.put(pooled)
 
 
 def stream_rest(
