@@ -143,7 +143,7 @@ def _object_file(client: Any, bucket: str, key: str, path: str, what: str, expec
     )
     return RemoteFile(
         path=path,
-        sources=(Source(url, label=f"s3 {bucket}"),),
+        sources=(Source(url, label=f"s3 {bucket}", bounded_first=False),),
         size=int(head.get("ContentLength", 0)),
         sha256=expected or checksum,
     )

@@ -57,7 +57,11 @@ def run_attempt(
     first_end = kept + conn.settings.parallel_chunk_min_bytes
     if chunks is not None:
         first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
-    headers["Range"] = f"bytes={kept}-{first_end - 1}"
+    open_ended = not source.bounded_first and chunks is None
+    if not open_ended:
+        headers["Range"] = f"bytes={kept}-{first_end - 1}"
+    elif kept:
+        headers["Range"] = f"bytes={kept}-"
     if kept and etag_kept and not etag_kept.startswith("W/"):
         headers["If-Range"] = etag_kept
     try:
@@ -109,7 +113,7 @@ def run_attempt(
         if kept:
             progress.add(kept, fetched=False)
         att = AttemptState(spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress)
-        _receive(conn, att, response, kept, total, chunks)
+        _receive(conn, att, response, kept, total, chunks, open_ended)
     finally:
         response.close()
     return commit(
@@ -118,10 +122,17 @@ def run_attempt(
 
 
 def _receive(
-    conn: Connection, att: AttemptState, response: httpx.Response, kept: int, total: int | None, chunks: Chunks | None
+    conn: Connection,
+    att: AttemptState,
+    response: httpx.Response,
+    kept: int,
+    total: int | None,
+    chunks: Chunks | None,
+    open_ended: bool,
 ) -> None:
     """The body of the first answer, then what is left: one stream while it is fast enough, else parallel ranges
-    (a per-connection cap, a long fat pipe); a resumed parallel download resumes as one."""
+    (a per-connection cap, a long fat pipe); a resumed parallel download resumes as one. An ``open_ended`` first
+    answer (the whole rest) is watched like the rest of a bounded one, and cut where it turns slow."""
     settings = conn.settings
     status = response.status_code
     accepts_ranges = status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
@@ -137,13 +148,20 @@ def _receive(
         return
     # never more than the range asked for or the size expected: an endless body is cut at once
     cap = body_cap(status, response.headers, kept, total)
-    _, rate = stream_into(conn, response, att.partial, kept, att.hasher, att.progress, cap=cap)
+    enough = settings.single_stream_enough_bytes_per_s
+    first_watch = SlowStreamWatch(enough) if parallel and open_ended else None
+    end, rate = stream_into(conn, response, att.partial, kept, att.hasher, att.progress, first_watch, cap=cap)
+    if first_watch is not None and total is not None and end < total:
+        response.close()
+        slow = first_watch.last_rate or rate
+        log.info("%s: one connection is slow (%.0f MB/s); fanning out the rest", att.spec.name, slow / 1e6)
+        ParallelDownload(conn, att, end, total, None, single_rate=slow).run(None)
+        return
     served_to = range_end(status, response.headers)
     if served_to is None or total is None or served_to + 1 >= total:
         return
     offset = served_to + 1
     # ``rate`` counts receiving time only: a slow disk is no reason to fan out
-    enough = settings.single_stream_enough_bytes_per_s
     if not parallel or rate >= enough:
         # keep watching: servers often let a first burst through at full speed
         watch = SlowStreamWatch(enough) if parallel else None

@@ -28,6 +28,11 @@ class Source:
     #: yet and is reading it from its upstream; reading it through as well would make the upstream send it
     #: twice, so we wait for the mirror to hold it (``transfer.mirror_fill_wait_s``; docs/fleet.md)
     pull_through: bool = False
+    #: the first request asks for one bounded range, so that no byte a server pushes is thrown away when the
+    #: rest fans out. False: it asks for the whole rest at once and fans out only when that stream turns out
+    #: slow: for an object store where every ranged GET costs a read of the whole object (moto's S3 server;
+    #: docs/benchmarks.md, row 11)
+    bounded_first: bool = True
 
 
 @dataclass(frozen=True)
