@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from model_provisioner.cli.output import PROG, emit, provisioner, setup_logging
 from model_provisioner.cli.parser import build_engine_parser, build_parser
+from model_provisioner.cli.startup import trim_unused_imports
 from model_provisioner.config.settings import Settings
 from model_provisioner.core.errors import ExitCode, ProvisionerError
 from model_provisioner.core.redact import redact_text
@@ -37,6 +38,7 @@ def engine_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    trim_unused_imports()
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
