@@ -44,7 +44,7 @@ def test_a_per_connection_cap_makes_it_climb(tmp_path: Path) -> None:
     capped = Nginx(root, tmp_path / "capped-work", limit_rate="4m")
     try:
         result = _ensure(f"{capped.url}/m.bin", data, tmp_path, "capped")
-        assert _chosen(result.stderr) == 8, result.stderr  # each doubling paid: 1 -> 4 -> 8
+        assert _chosen(result.stderr) == 8, result.stderr  # one stream at 4 MB/s: straight to the most, and it paid
         print(result.stderr)
         assert capped.bytes_served()["/m.bin"] <= 1.1 * len(data)
     finally:
@@ -58,7 +58,7 @@ def test_one_shared_bottleneck_keeps_it_at_one_or_two(tmp_path: Path, fileserver
     result = _ensure(url, data, tmp_path, "shared")
     assert _chosen(result.stderr) <= 2, result.stderr
     print(result.stderr)
-    assert fileserver.max_in_flight <= 4  # it tried four once (one stream was far from enough), then stepped back
+    assert fileserver.max_in_flight <= 9  # it tried the most once (one stream was far from enough), then stepped back
     assert fileserver.served("m.bin") <= 1.1 * len(data)
 
 

@@ -1,12 +1,13 @@
 """How many connections a parallel download uses: a controller that measures what each step gains.
 
 It starts from what one stream achieved (the first range, or the window in which the single stream turned
-slow): two connections, or four when one stream reached less than a quarter of the rate that is enough
-(``transfer.single_stream_enough_bytes_per_s``), since a per-connection cap that low needs many. It then
-climbs as TCP's slow start does: the connection count doubles while the aggregate rate rises by at least
+slow): as many connections as a per-connection cap that low would need to reach the rate that is enough
+(``transfer.single_stream_enough_bytes_per_s``), rounded up to a power of two, at least two, at most
+``transfer.connections``; two when one stream's rate is unknown (a resumed download). It then climbs as TCP's
+slow start does: the connection count doubles while the aggregate rate rises by at least
 ``GAIN`` per doubling, and the climb stops at the first doubling that does not pay (or at
 ``transfer.connections``); it then steps back to the count that was fastest (fewer connections for the same
-rate cost less CPU on both ends), down to one connection when even two were no faster than one stream. So:
+rate cost less CPU on both ends), down to one connection when more were no faster than one stream. So:
 
 - a per-connection cap (nginx ``limit_rate``, many CDNs): every doubling nearly doubles the rate, and it
   climbs to the maximum;
@@ -45,7 +46,10 @@ class FanoutController:
     _window: tuple[float, int] | None = None
 
     def __post_init__(self) -> None:
-        start = 4 if self.single_rate is not None and self.single_rate * 4 < self.enough else 2
+        start = 2
+        if self.single_rate is not None and self.single_rate > 0:
+            while start < self.maximum and start * self.single_rate < self.enough:
+                start *= 2
         self.target = min(start, self.maximum)
         if self.single_rate is not None:
             self._best = (1, self.single_rate)

@@ -1,6 +1,6 @@
 """One response body into the partial file: this thread receives 1 MiB buffers (off the socket, for a body of
-known length: ``net/rawbody.py``); a sink thread writes and hashes them in order (both release the GIL, so
-the two overlap on two cores)."""
+known length: ``net/rawbody.py``) and writes each; a hashing thread hashes them in order (all of it releases
+the GIL, so receiving + writing overlap the hash on two cores)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def stream_into(
                 oversize = True
                 break
             if receiver.take(chunk) or direct is not None:
-                break  # the sink failed, the stream is too slow, or the rest comes off the socket
+                break  # the hash failed, the stream is too slow, or the rest comes off the socket
         if direct is not None and not receiver.stopped:
             receiver.off_socket(direct[0], direct[1] - receiver.received)
     except (httpx.HTTPError, Retryable, TransferFailed) as exc:
@@ -84,9 +84,10 @@ def stream_into(
 
 
 class _Receiver:
-    """The receiving half of ``stream_into``: hands 1 MiB buffers to a sink thread that writes and hashes them
-    in order (both release the GIL, so the two overlap on two cores). Buffers read off the socket come from
-    a small pool the sink gives back, so the bulk of a body is never copied in Python."""
+    """The receiving half of ``stream_into``: receives 1 MiB buffers and writes each at once, then hands it to a
+    hashing thread (receiving and writing here, hashing there: all three release the GIL, so on two cores the
+    hash, the slowest of them, sets the pace). Buffers read off the socket come from a small pool the hasher
+    gives back, so the bulk of a body is never copied in Python."""
 
     def __init__(
         self,
@@ -100,6 +101,11 @@ class _Receiver:
         self.conn = conn
         self.watch = watch
         self.guard = conn.chunk_guard()
+        fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
+        self.file = os.fdopen(fd, "r+b", buffering=0)
+        self.file.seek(kept)
+        self.file.truncate()
+        self.position = self.flushed = kept
         self.buffers: queue.Queue[tuple[memoryview, bytearray | None] | None] = queue.Queue(maxsize=SINK_DEPTH)
         self.free: queue.Queue[bytearray] = queue.Queue()
         self.pooled = 0
@@ -108,15 +114,15 @@ class _Receiver:
         self.pending_bytes = 0
         self.received = 0
         self.count = [0]  # what ``fill_from_socket`` counts into (``received`` is kept per buffer)
-        self.blocked = 0.0  # time spent waiting for the sink: local slowness, not the network's
+        self.blocked = 0.0  # time spent writing or waiting for the hash: local slowness, not the network's
         self.stopped = False
         self.loop_start = time.monotonic()
-        sink_args = (conn, self.buffers, self.free, self.failure, partial, kept, hasher, progress)
-        self.writer = threading.Thread(target=_sink, args=sink_args, name="mprov-sink", daemon=True)
-        self.writer.start()
+        hash_args = (self.buffers, self.free, self.failure, hasher, progress)
+        self.hashing = threading.Thread(target=_hash_in_order, args=hash_args, name="mprov-hash", daemon=True)
+        self.hashing.start()
 
     def take(self, chunk: bytes) -> bool:
-        """One chunk from httpx; True when receiving should stop (the sink failed, or the watch says slow)."""
+        """One chunk from httpx; True when receiving should stop (the hash failed, or the watch says slow)."""
         self.guard.add(len(chunk))
         self.pending.append(chunk)
         self.pending_bytes += len(chunk)
@@ -137,19 +143,35 @@ class _Receiver:
             filled, error = fill_from_socket(sock, view, min(len(buf), left), self.guard, stall_s, self.count, 0)
             self.received += filled
             left -= filled
-            self._put((view[:filled], buf))
+            self._put(view[:filled], buf)
             if error is not None:
                 raise error
 
     def _flush(self) -> None:
         if self.pending:
-            self._put((memoryview(b"".join(self.pending)), None))
+            self._put(memoryview(b"".join(self.pending)), None)
             self.pending, self.pending_bytes = [], 0
 
-    def _put(self, item: tuple[memoryview, bytearray | None]) -> None:
-        put_start = time.monotonic()
-        self.buffers.put(item)
-        self.blocked += time.monotonic() - put_start
+    def _put(self, view: memoryview, pooled: bytearray | None) -> None:
+        """Write ``view`` at the current position (so what arrived is on disk before any error is raised), then
+        queue it for the hash."""
+        local_start = time.monotonic()
+        try:
+            if view:
+                write_chunk(self.file, view, self.conn.store)
+                self.position += len(view)
+                if self.position - self.flushed >= WRITEBACK_BYTES:
+                    start_writeback(self.file.fileno(), self.flushed, self.position - self.flushed)
+                    self.flushed = self.position
+        except BaseException:
+            if pooled is not None:
+                self.free.put(pooled)
+            raise
+        finally:
+            self.blocked += time.monotonic() - local_start
+        local_start = time.monotonic()
+        self.buffers.put((view, pooled))
+        self.blocked += time.monotonic() - local_start
 
     def _free_buffer(self) -> bytearray:
         if self.pooled < SINK_DEPTH + 1:
@@ -166,55 +188,38 @@ class _Receiver:
         return self.stopped
 
     def finish(self) -> None:
-        self._flush()
-        self.buffers.put(None)
-        self.writer.join()
+        try:
+            self._flush()
+        finally:
+            self.buffers.put(None)
+            self.hashing.join()
+            self.file.close()
 
     def rate(self) -> float:
         return self.received / max(time.monotonic() - self.loop_start - self.blocked, 1e-6)
 
 
-def _sink(
-    conn: Connection,
+def _hash_in_order(
     buffers: queue.Queue[tuple[memoryview, bytearray | None] | None],
     free: queue.Queue[bytearray],
     failure: list[BaseException],
-    partial: Path,
-    kept: int,
     hasher: Any,
     progress: Progress,
 ) -> None:
-    """The writing half of ``stream_into``: write and hash each buffer in order and give pooled buffers back;
+    """The hashing half of ``stream_into``: hash each written buffer in order and give pooled buffers back;
     after a failure only drain (so the receiver never blocks) and leave the error in ``failure``."""
-    try:
-        fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
-    except BaseException as exc:
-        failure.append(exc)
-        while (item := buffers.get()) is not None:
-            if item[1] is not None:
-                free.put(item[1])  # drain so the receiver never blocks; it raises the failure
-        return
-    with os.fdopen(fd, "r+b", buffering=0) as fh:
-        fh.seek(kept)
-        fh.truncate()
-        position = flushed = kept
-        while (item := buffers.get()) is not None:
-            view, pooled = item
-            try:
-                if not failure:
-                    write_chunk(fh, view, conn.store)
-                    hasher.update(view)
-                    progress.add(len(view))
-                    position += len(view)
-                    if position - flushed >= WRITEBACK_BYTES:
-                        start_writeback(fh.fileno(), flushed, position - flushed)
-                        flushed = position
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                view.release()
-                if pooled is not None:
-                    free.put(pooled)
+    while (item := buffers.get()) is not None:
+        view, pooled = item
+        try:
+            if not failure:
+                hasher.update(view)
+                progress.add(len(view))
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            view.release()
+            if pooled is not None:
+                free.put(pooled)
 
 
 def stream_rest(
