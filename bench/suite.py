@@ -408,7 +408,8 @@ class Suite:
         ours_mbps, aria_mbps = [], []
         for n in conns:
             settings = self.work / f"conn{n}.json"
-            settings.write_text(json.dumps({"transfer": {"connections": n, "parallel_threshold_bytes": MiB,
+            settings.write_text(json.dumps({"transfer": {"connections": n, "adaptive_connections": False,
+                                                         "parallel_threshold_bytes": MiB,
                                                          "parallel_chunk_min_bytes": MiB,
                                                          "single_stream_enough_bytes_per_s": 1e15}}))
             cache, out = self.work / "cc", self.work / "ca"
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in ("s4_rate_limited", "s5_warm_in_process", "s6_warm_cli") and not hasattr(suite, "single_commit"):
                 _prepare_single(suite)  # the Hub repo that scenario 2 would have created
             getattr(suite, name)()
-        if not args.no_plot and not args.only:
+        if not args.no_plot and (not args.only or "plot" in args.only):
             png = suite.plot_connections()
     finally:
         suite.close()

@@ -40,6 +40,8 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class TransferSettings:
     connections: int = 8
+    #: the fan-out controller picks how many of ``connections`` to use (transfer/fanout.py); false: all of them
+    adaptive_connections: bool = True
     parallel_threshold_bytes: int = 64 << 20
     parallel_chunk_min_bytes: int = 8 << 20
     #: when the first range arrives at least this fast, the rest comes in one stream (parallel ranges cost
@@ -225,6 +227,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 _TRANSFER_TYPES: dict[str, type | tuple[type, ...]] = {
     "connections": int,
+    "adaptive_connections": bool,
     "parallel_threshold_bytes": int,
     "parallel_chunk_min_bytes": int,
     "single_stream_enough_bytes_per_s": (int, float),

@@ -1,6 +1,6 @@
 """Large files as parallel range requests written at their offsets (``os.pwritev``). The hash follows the
 contiguous completed prefix, read back from the page cache, and the chunk map is saved often (every 0.25 s or
-4 MiB), so a crash resumes every range where it stopped."""
+1 MiB), so a crash resumes every range where it stopped."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("model_provisioner")
 
+#: a range worker writes what arrived at least this often: what a kill -9 can lose per connection is bounded by
+#: it (plus the socket's buffers and the chunk map's lag)
+RANGE_BUFFER = 256 << 10
+
 
 @dataclass
 class AttemptState:
@@ -69,6 +73,8 @@ class ParallelDownload:
         self.conn = conn
         enough = conn.settings.single_stream_enough_bytes_per_s
         self.fanout = FanoutController(conn.settings.connections, single_rate, enough)
+        if not conn.settings.adaptive_connections:
+            self.fanout.target, self.fanout.settled = conn.settings.connections, True
         self.active = 0
         #: bytes received by each worker (one slot each, written only by its worker): the controller's measure,
         #: finer than ``written``, which moves a buffer at a time
@@ -278,7 +284,7 @@ class ParallelDownload:
             self._flush(index, gathered, gathered_bytes, offset)
 
     def _pump_socket(self, index: int, sock: socket.socket, left: int, offset: int, guard: ChunkGuard) -> None:
-        buf = bytearray(min(READ_CHUNK, max(left, 0)) or 1)
+        buf = bytearray(min(RANGE_BUFFER, max(left, 0)) or 1)
         view = memoryview(buf)
         sock.settimeout(self.conn.settings.stall_timeout_s)
         stall_s = self.conn.settings.stall_timeout_s

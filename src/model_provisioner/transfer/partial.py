@@ -27,7 +27,7 @@ from model_provisioner.transfer.types import Retryable, Source, TransferSpec
 
 READ_CHUNK = 1 << 20
 WRITEBACK_BYTES = 32 << 20
-MAP_SAVE_BYTES = 4 << 20
+MAP_SAVE_BYTES = 1 << 20
 
 
 def contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
