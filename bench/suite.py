@@ -45,6 +45,7 @@ from scenarios_origin import s13_cpu_bound_origin, s14_shaped_link  # noqa: E402
 
 MiB = 1 << 20
 PY = sys.executable
+NOTES_MARKER = "<!-- notes: kept by bench/run -->"
 
 
 class Suite:
@@ -544,7 +545,10 @@ def write_report(suite: Suite, png: Path | None, started: float, argv: list[str]
         lines += [f"| {c} | {o:.0f} | {a:.0f} |" for c, o, a in suite.connection_table]
     if png is not None:
         lines += ["", f"![throughput vs connections]({png.name})"]
-    out.write_text("\n".join(lines) + "\n")
+    notes = ""  # what a person wrote below the marker (readings, before/after) survives a new run
+    if out.exists() and NOTES_MARKER in out.read_text():
+        notes = out.read_text().split(NOTES_MARKER, 1)[1]
+    out.write_text("\n".join(lines) + "\n\n" + NOTES_MARKER + notes.rstrip("\n") + "\n")
     return out
 
 
