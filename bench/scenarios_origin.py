@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,18 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import Result, chosen_connections, drop_page_cache_hint, random_file, run, run_stderr
+from tests.servers.nginx import free_port
 
 MiB = 1 << 20
 GiB = 1 << 30
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
 NETNS = "mprov-bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], netns: str | None = None) -> None:
@@ -68,7 +62,7 @@ def _cpu_bound_origin(suite: Any, label: str, size_mib: int) -> None:
     path = random_file(suite.www / "data" / f"cpu-{size_mib}.bin", size_mib * MiB)
     with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    port = _free_port()
+    port = free_port()
     origin = subprocess.Popen([PY, str(HERE / "pyorigin.py"), str(suite.www / "data"), str(port)])
     try:
         _wait_port("127.0.0.1", port, origin)

@@ -27,11 +27,8 @@ def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_
     try:
         model = make_gguf("m.gguf", extra_tensor_bytes=24 << 20)
         size = model.stat().st_size
-        made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
-        assert made.code == 0, made.stderr
-        digest = made.json()["digest"]
         ref = f"oci://{origin.host}/team/model:v1"
-        assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
+        digest = _published(tmp_path, model, ref)
         settings = tmp_path / "settings.json"
         settings.write_text(json.dumps({"registry_mirrors": {origin.host: [{"url": mirror.url}]}}))
         # eight nodes at once against a cold mirror: each is told the mirror does not hold the blob yet (a 200
@@ -61,6 +58,14 @@ def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_
         origin.close()
 
 
+def _published(tmp_path: Path, model: Path, ref: str) -> str:
+    """Push ``model`` to ``ref`` from a publisher's cache; returns its digest."""
+    made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
+    assert made.code == 0, made.stderr
+    assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
+    return str(made.json()["digest"])
+
+
 def _manifest_digest(cache: Path, ref: str) -> str:
     entry = run_cli("inspect", ref, "--json", cache_dir=cache).json()
     return str(entry["metadata"]["oci"]["manifest_digest"])
@@ -70,10 +75,8 @@ def test_a_mirror_serving_other_bytes_is_refused_and_the_origin_used(
     tmp_path: Path, make_gguf: Any, registry: Any
 ) -> None:
     model = make_gguf("p.gguf", extra_tensor_bytes=1 << 20)
-    made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
-    digest = made.json()["digest"]
     ref = f"oci://{registry.host}/poison/model:v1"
-    assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
+    digest = _published(tmp_path, model, ref)
     bad = FileServer(tmp_path / "bad-mirror")
     try:
         bad.put(f"v2/poison/model/blobs/{digest}", b"not the model" * 1000)
@@ -99,10 +102,8 @@ def test_a_mirror_that_never_holds_the_blob_is_read_through_after_the_fill_wait(
     from .servers.fileserver import Fault
 
     model = make_gguf("w.gguf", extra_tensor_bytes=12 << 20)
-    made = run_cli("ensure", str(model), "--json", cache_dir=tmp_path / "publisher")
-    digest = made.json()["digest"]
     ref = f"oci://{registry.host}/waiting/model:v1"
-    assert run_cli("push", str(model), ref, cache_dir=tmp_path / "publisher").code == 0
+    digest = _published(tmp_path, model, ref)
     slow = FileServer(tmp_path / "no-range-mirror")
     try:
         path = f"v2/waiting/model/blobs/{digest}"

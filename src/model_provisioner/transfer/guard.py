@@ -77,11 +77,11 @@ class ChunkGuard:
 
 
 def fill_from_socket(
-    sock: socket.socket, view: memoryview, want: int, guard: ChunkGuard, stall_s: float, counter: list[int], slot: int
+    sock: socket.socket, view: memoryview, want: int, guard: ChunkGuard, stall_s: float
 ) -> tuple[int, Retryable | TransferFailed | None]:
     """Read until ``want`` bytes are in ``view`` (a body read off its socket, ``net/rawbody.py``), each piece
-    checked by ``guard`` and counted in ``counter[slot]``. Returns (bytes filled, the error that stopped it or
-    None), so that the caller keeps what arrived before a failure."""
+    checked by ``guard``. Returns (bytes filled, the error that stopped it or None), so that the caller keeps
+    what arrived before a failure."""
     filled = 0
     try:
         while filled < want:
@@ -90,7 +90,6 @@ def fill_from_socket(
                 return filled, Retryable(f"connection closed with {want - filled} bytes still to come")
             filled += n
             guard.add(n)
-            counter[slot] += n
     except TimeoutError:
         return filled, Retryable(f"stalled: no data for {stall_s:.0f}s (transfer.stall_timeout_s)")
     except OSError as exc:

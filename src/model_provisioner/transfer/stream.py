@@ -113,7 +113,6 @@ class _Receiver:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.received = 0
-        self.count = [0]  # what ``fill_from_socket`` counts into (``received`` is kept per buffer)
         self.blocked = 0.0  # time spent writing or waiting for the hash: local slowness, not the network's
         self.stopped = False
         self.loop_start = time.monotonic()
@@ -140,7 +139,7 @@ class _Receiver:
         while left > 0 and not self._should_stop():
             buf = self._free_buffer()
             view = memoryview(buf)
-            filled, error = fill_from_socket(sock, view, min(len(buf), left), self.guard, stall_s, self.count, 0)
+            filled, error = fill_from_socket(sock, view, min(len(buf), left), self.guard, stall_s)
             self.received += filled
             left -= filled
             self._put(view[:filled], buf)
