@@ -185,7 +185,7 @@ class Suite:
         hub_limited = self.work / "hf4"
         self.hub.cdn.url = self.limited.url
         try:
-            rounds = 1 if not self.quick else self.rounds
+            rounds = 2 if not self.quick else self.rounds  # hf_hub_download takes ~21 s a round here
             c, d = alternate(lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
                              lambda: self.hf(f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
                                              f"'model.bin', cache_dir={str(hub_limited)!r})"), rounds,
@@ -253,32 +253,39 @@ class Suite:
         path, digest = self.lfs_file("kill.bin", size)
         commit = self.hub_repo("bench/kill", {"model.bin": (path, digest)})
         self.hub.cdn.url = self.limited.url
+        ours_factors: list[float] = []
+        peer_factors: list[float] = []
         try:
-            ours_factor = self._kill_once(lambda: [PY, "-m", "model_provisioner", "--cache-dir", str(self.work / "c8"),
-                                                   "-q", "ensure", "hf:bench/kill/model.bin"],
-                                          self.work / "c8" / "partial", size, digest)
-            peer_factor = self._kill_once(lambda: [self.hf_python, "-c", "from huggingface_hub import hf_hub_download "
-                                                   f"as d; d('bench/kill', 'model.bin', cache_dir="
-                                                   f"{str(self.work / 'hf8')!r})"],
-                                          self.work / "hf8", size, digest)
+            for _ in range(self.rounds):  # A B A B: where the kill lands varies, so one kill is one sample
+                ours_factors.append(self._kill_once(
+                    lambda: [PY, "-m", "model_provisioner", "--cache-dir", str(self.work / "c8"), "-q", "ensure",
+                             "hf:bench/kill/model.bin"], self.work / "c8" / "partial", size, digest))
+                peer_factors.append(self._kill_once(
+                    lambda: [self.hf_python, "-c", "from huggingface_hub import hf_hub_download as d; d('bench/kill', "
+                             f"'model.bin', cache_dir={str(self.work / 'hf8')!r})"], self.work / "hf8", size, digest))
         finally:
             self.hub.cdn.url = self.nginx.url
         del commit
-        self.add(Result("8_kill_9_at_50pct_then_rerun", [ours_factor], [peer_factor], "hf_hub_download",
-                        "bytes/size <= 1.1", ours_factor, extra={"ours bytes/size": f"{ours_factor:.3f}",
-                                                                 "peer bytes/size": f"{peer_factor:.3f}"}))
+        ours, peer = statistics.median(ours_factors), statistics.median(peer_factors)
+        self.add(Result("8_kill_9_at_50pct_then_rerun", ours_factors, peer_factors, "hf_hub_download",
+                        "bytes/size <= 1.05", ours, unit="x",
+                        extra={"ours bytes/size": f"{ours:.3f} [{min(ours_factors):.3f}-{max(ours_factors):.3f}]",
+                               "peer bytes/size": f"{peer:.3f} [{min(peer_factors):.3f}-{max(peer_factors):.3f}]"}))
 
     def _kill_once(self, cmd: Callable[[], list[str]], watch: Path, size: int, digest: str) -> float:
+        """Bytes the origin served for one ``kill -9`` once half the file has arrived, then a rerun, over the size.
+        "Arrived" counts the partial file's allocated blocks: a download in parallel ranges writes a sparse file
+        whose apparent size runs ahead of what it holds."""
         key = f"/lfs/{digest}"
         shutil.rmtree(watch.parent if watch.name == "partial" else watch, ignore_errors=True)
         before = self.limited.bytes_served().get(key, 0)
         proc = subprocess.Popen(cmd(), env={**os.environ, **self.env()}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while _largest_file(watch) < size // 2:
+        while _largest_file_held(watch) < size // 2:
             if proc.poll() is not None or time.monotonic() > deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(0.5)  # nginx logs the cut connection
@@ -414,16 +421,19 @@ class Suite:
                                                          "parallel_chunk_min_bytes": MiB,
                                                          "single_stream_enough_bytes_per_s": 1e15}}))
             cache, out = self.work / "cc", self.work / "ca"
-            shutil.rmtree(cache, ignore_errors=True)
             ours_cmd = [PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-q", "ensure", url]
             ours_env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
-            t = timed(lambda cmd=ours_cmd, env=ours_env: run(cmd, env))  # type: ignore[misc]
-            ours_mbps.append(size / t / 1e6)
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
             aria_cmd = ["aria2c", "-q", f"-x{n}", f"-s{n}", "-k1M", "-d", str(out), "-o", "f", url]
-            t = timed(lambda cmd=aria_cmd: run(cmd))  # type: ignore[misc]
-            aria_mbps.append(size / t / 1e6)
+
+            def fresh(cache: Path = cache, out: Path = out) -> None:
+                shutil.rmtree(cache, ignore_errors=True)
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+
+            a, b = alternate(lambda cmd=ours_cmd, env=ours_env: run(cmd, env),  # type: ignore[misc]
+                             lambda cmd=aria_cmd: run(cmd), self.rounds, fresh)  # type: ignore[misc]
+            ours_mbps.append(size / statistics.median(a) / 1e6)
+            aria_mbps.append(size / statistics.median(b) / 1e6)
         print("connections:", conns, "ours MB/s:", [round(x) for x in ours_mbps],
               "aria2c MB/s:", [round(x) for x in aria_mbps], flush=True)
         # the controller's own choice on the same capped origin (connections up to 16)
@@ -478,13 +488,15 @@ def _link_lfs(www: Path, path: Path) -> str:
     return digest
 
 
-def _largest_file(root: Path) -> int:
+def _largest_file_held(root: Path) -> int:
+    """The most bytes any file under ``root`` holds (allocated blocks, capped at its size)."""
     best = 0
     if root.exists():
         for dirpath, _, names in os.walk(root):
             for name in names:
                 with contextlib.suppress(OSError):
-                    best = max(best, os.stat(os.path.join(dirpath, name)).st_size)
+                    st = os.stat(os.path.join(dirpath, name))
+                    best = max(best, min(st.st_size, st.st_blocks * 512))
     return best
 
 

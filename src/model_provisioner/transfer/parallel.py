@@ -94,6 +94,11 @@ class ParallelDownload:
         self.ends = [c[1] for c in chunks]
         self.written = [c[2] for c in chunks]
         self.hashed = kept
+        self.written_total = sum(self.written)
+        #: when the chunk map was last saved, and ``written_total`` then; one thread writes the map at a time
+        self.saved_at, self.saved_bytes = 0.0, self.written_total
+        self.save_lock = threading.Lock()
+        self.closed = False
         att.progress.add(sum(self.written) - (kept - self.starts[0]), fetched=False)
         self.pending = [i for i in range(len(chunks)) if self.starts[i] + self.written[i] < self.ends[i]]
         self.cond = threading.Condition()
@@ -117,7 +122,9 @@ class ParallelDownload:
                 self.next_index = len(self.pending)  # stop handing out ranges
             for t in threads:
                 t.join(timeout=self.conn.settings.stall_timeout_s + 5)
-            self._save()
+            with self.save_lock:
+                self._write_map()
+                self.closed = True  # a worker still stuck after the join writes no map behind this one
             os.close(self.fd)
             log.info("%s: ranges on %s", self.att.spec.name, self.fanout.describe())
         if self.errors:
@@ -149,10 +156,10 @@ class ParallelDownload:
             self._spawn(threads)
 
     def _follow_with_hash(self, threads: list[threading.Thread]) -> None:
-        """Hash the contiguous completed prefix as it grows, reading back what the workers wrote."""
+        """Hash the contiguous completed prefix as it grows, reading back what the workers wrote. The chunk map is
+        saved between slices of that hashing too: when a wave of ranges completes, the prefix can jump by tens
+        of MiB, and what the workers write meanwhile is what a kill would lose."""
         self._save()
-        last_save = time.monotonic()
-        last_saved_bytes = sum(self.written)
         buf = bytearray(READ_CHUNK * 4)
         while self.hashed < self.total:
             with self.cond:
@@ -175,17 +182,34 @@ class ParallelDownload:
                     raise Retryable("short read of the partial file")
                 self.att.hasher.update(memoryview(buf)[:n])
                 self.hashed += n
+                self._save_if_due()
             if self.hashed > region:
                 start_writeback(self.fd, region, self.hashed - region)  # hashed bytes can go to disk now
             self._steer(threads)
-            written_now = sum(self.written)
-            if time.monotonic() - last_save > 0.25 or written_now - last_saved_bytes >= MAP_SAVE_BYTES:
-                self._save()
-                last_save, last_saved_bytes = time.monotonic(), written_now
+            self._save_if_due()
+
+    def _save_if_due(self) -> None:
+        """Save the chunk map once 1 MiB more is written or 0.25 s has passed since the last save. Any thread may:
+        the workers call this after their writes, so the map keeps up even while the hashing thread waits for
+        the interpreter lock; a thread that finds another one saving goes on."""
+        if time.monotonic() - self.saved_at <= 0.25 and self.written_total - self.saved_bytes < MAP_SAVE_BYTES:
+            return
+        if self.save_lock.acquire(blocking=False):
+            try:
+                self._write_map()
+            finally:
+                self.save_lock.release()
 
     def _save(self) -> None:
+        with self.save_lock:
+            self._write_map()
+
+    def _write_map(self) -> None:
+        if self.closed:
+            return
         with self.cond:
             snapshot = [[a, b, w] for a, b, w in zip(self.starts, self.ends, self.written, strict=True)]
+            self.saved_at, self.saved_bytes = time.monotonic(), self.written_total
         att = self.att
         write_meta(att.meta_path, att.spec, att.source, att.etag, parallel=True, prefix=self.hashed, chunks=snapshot)
 
@@ -303,5 +327,7 @@ class ParallelDownload:
         self.att.progress.add(gathered_bytes)
         with self.cond:
             self.written[index] += gathered_bytes
+            self.written_total += gathered_bytes
             self.cond.notify_all()
+        self._save_if_due()
         return offset + gathered_bytes
