@@ -185,7 +185,7 @@ class Suite:
         hub_limited = self.work / "hf4"
         self.hub.cdn.url = self.limited.url
         try:
-            rounds = 2 if not self.quick else self.rounds  # hf_hub_download takes ~21 s a round here
+            rounds = self.rounds  # hf_hub_download takes ~21 s a round here: three, so one slow round is no median
             c, d = alternate(lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
                              lambda: self.hf(f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
                                              f"'model.bin', cache_dir={str(hub_limited)!r})"), rounds,

@@ -18,7 +18,7 @@ from model_provisioner.net.retry import is_retryable_status, retry_after_of
 from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.guard import SlowStreamWatch
 from model_provisioner.transfer.parallel import AttemptState, ParallelDownload
-from model_provisioner.transfer.partial import Chunks, discard, kept_prefix, rehash_prefix, write_meta
+from model_provisioner.transfer.partial import Chunks, discard, drop_maps, kept_prefix, rehash_prefix, write_meta
 from model_provisioner.transfer.stream import stream_into, stream_rest
 from model_provisioner.transfer.types import (
     MirrorFilling,
@@ -204,7 +204,7 @@ def commit(
             f"deleted the download from {source.label} {redact_url(source.url)}",
         )
     blob = conn.store.commit_blob(partial, sha_hex)
-    partial.with_suffix(".json").unlink(missing_ok=True)
+    drop_maps(partial)
     shown = f"{source.label} {redact_url(source.url)}"
     return TransferOutcome(sha_hex, size, blob, fetched, resumed_from, etag, last_modified, source=shown)
 

@@ -1,6 +1,7 @@
 """Large files as parallel range requests written at their offsets (``os.pwritev``). The hash follows the
-contiguous completed prefix, read back from the page cache, and the chunk map is saved often (every 0.25 s or
-1 MiB), so a crash resumes every range where it stopped."""
+contiguous completed prefix, read back from the page cache. Each worker records its range's progress after
+every write (``transfer/partial.py``: the progress counters) and the chunk map is saved every 0.25 s, so a
+crash resumes every range where it stopped."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.fanout import FanoutController
 from model_provisioner.transfer.guard import ChunkGuard, fill_from_socket
 from model_provisioner.transfer.partial import (
-    MAP_SAVE_BYTES,
     READ_CHUNK,
     Chunks,
     contiguous,
     discard,
+    open_progress,
+    progress_path,
     pwritev_all,
+    record_progress,
     write_meta,
 )
 from model_provisioner.transfer.types import Progress, Restart, Retryable, Source, TransferSpec, describe
@@ -94,11 +97,8 @@ class ParallelDownload:
         self.ends = [c[1] for c in chunks]
         self.written = [c[2] for c in chunks]
         self.hashed = kept
-        self.written_total = sum(self.written)
-        #: when the chunk map was last saved, and ``written_total`` then; one thread writes the map at a time
-        self.saved_at, self.saved_bytes = 0.0, self.written_total
-        self.save_lock = threading.Lock()
-        self.closed = False
+        self.saved_at = 0.0  # when the chunk map was last saved
+        self.progress_fd = -1  # the progress counters, open while workers run (-1: closed, record nothing)
         att.progress.add(sum(self.written) - (kept - self.starts[0]), fetched=False)
         self.pending = [i for i in range(len(chunks)) if self.starts[i] + self.written[i] < self.ends[i]]
         self.cond = threading.Condition()
@@ -114,17 +114,24 @@ class ParallelDownload:
         self.next_index = 1 if first is not None else 0
         self.deadline = self.conn.deadline
         threads: list[threading.Thread] = []
-        self._spawn(threads, first)
         try:
+            # counters are read against the layout the map names: old ones go before a map with a new layout is
+            # saved, and new ones are written after it (what ``kept_prefix`` merged is in this map already)
+            progress_path(self.att.partial).unlink(missing_ok=True)
+            self._save()
+            self.progress_fd = open_progress(self.att.partial, self.written)
+            self._spawn(threads, first)
             self._follow_with_hash(threads)
         finally:
             with self.cond:
                 self.next_index = len(self.pending)  # stop handing out ranges
             for t in threads:
                 t.join(timeout=self.conn.settings.stall_timeout_s + 5)
-            with self.save_lock:
-                self._write_map()
-                self.closed = True  # a worker still stuck after the join writes no map behind this one
+            self._save()
+            with self.cond:  # a worker still stuck after the join records nothing into a closed (or reused) fd
+                progress_fd, self.progress_fd = self.progress_fd, -1
+            if progress_fd >= 0:
+                os.close(progress_fd)
             os.close(self.fd)
             log.info("%s: ranges on %s", self.att.spec.name, self.fanout.describe())
         if self.errors:
@@ -158,8 +165,7 @@ class ParallelDownload:
     def _follow_with_hash(self, threads: list[threading.Thread]) -> None:
         """Hash the contiguous completed prefix as it grows, reading back what the workers wrote. The chunk map is
         saved between slices of that hashing too: when a wave of ranges completes, the prefix can jump by tens
-        of MiB, and what the workers write meanwhile is what a kill would lose."""
-        self._save()
+        of MiB."""
         buf = bytearray(READ_CHUNK * 4)
         while self.hashed < self.total:
             with self.cond:
@@ -189,27 +195,14 @@ class ParallelDownload:
             self._save_if_due()
 
     def _save_if_due(self) -> None:
-        """Save the chunk map once 1 MiB more is written or 0.25 s has passed since the last save. Any thread may:
-        the workers call this after their writes, so the map keeps up even while the hashing thread waits for
-        the interpreter lock; a thread that finds another one saving goes on."""
-        if time.monotonic() - self.saved_at <= 0.25 and self.written_total - self.saved_bytes < MAP_SAVE_BYTES:
-            return
-        if self.save_lock.acquire(blocking=False):
-            try:
-                self._write_map()
-            finally:
-                self.save_lock.release()
+        if time.monotonic() - self.saved_at > 0.25:
+            self._save()
 
     def _save(self) -> None:
-        with self.save_lock:
-            self._write_map()
-
-    def _write_map(self) -> None:
-        if self.closed:
-            return
+        """The chunk map (only this thread writes it); the counters carry what was written since."""
         with self.cond:
             snapshot = [[a, b, w] for a, b, w in zip(self.starts, self.ends, self.written, strict=True)]
-            self.saved_at, self.saved_bytes = time.monotonic(), self.written_total
+        self.saved_at = time.monotonic()
         att = self.att
         write_meta(att.meta_path, att.spec, att.source, att.etag, parallel=True, prefix=self.hashed, chunks=snapshot)
 
@@ -327,7 +320,7 @@ class ParallelDownload:
         self.att.progress.add(gathered_bytes)
         with self.cond:
             self.written[index] += gathered_bytes
-            self.written_total += gathered_bytes
+            if self.progress_fd >= 0:
+                record_progress(self.progress_fd, index, self.written[index])
             self.cond.notify_all()
-        self._save_if_due()
         return offset + gathered_bytes

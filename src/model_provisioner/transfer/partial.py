@@ -1,9 +1,13 @@
-"""Partial downloads: ``<cache>/partial/<key>.part`` and its chunk map ``<key>.json``.
+"""Partial downloads: ``<cache>/partial/<key>.part``, its chunk map ``<key>.json`` and, for a parallel download,
+its progress counters ``<key>.prog``.
 
 A partial file survives any interruption. On the next attempt the kept prefix is re-hashed (so the digest
 covers every byte) and only the rest is asked for; a parallel download's chunk map lets every range resume
-where it stopped. A partial that is not a plain file with one link (a planted symlink or hard link) is
-never resumed into (docs/reliability.md).
+where it stopped. The map (JSON, replaced atomically) is saved a few times a second; between saves each
+range worker records how far it got in ``<key>.prog``, one 8-byte counter per range overwritten in place
+after every write (a ``pwrite`` of 8 bytes: 0.5 us, where a map save costs 100-150 us). So a ``kill -9``
+loses only what was in flight, never the writes since the last map save. A partial that is not a plain
+file with one link (a planted symlink or hard link) is never resumed into (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from model_provisioner.transfer.types import Retryable, Source, TransferSpec
 
 READ_CHUNK = 1 << 20
 WRITEBACK_BYTES = 32 << 20
-MAP_SAVE_BYTES = 1 << 20
 
 
 def contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
@@ -78,6 +81,7 @@ def kept_prefix(
         discard(partial)
         return 0, None, None
     if chunks is not None:
+        merge_progress(progress_path(partial), chunks, size)
         kept = contiguous([c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks])
     else:
         kept = size
@@ -134,6 +138,44 @@ def write_meta(
     )
 
 
+def progress_path(partial: Path) -> Path:
+    return partial.with_suffix(".prog")
+
+
+def open_progress(partial: Path, written: Sequence[int]) -> int:
+    """The progress counters of a parallel download, (re)written from ``written``; the caller closes the fd."""
+    fd = open_in_cache(progress_path(partial), os.O_RDWR | os.O_CREAT)  # never a link someone planted
+    try:
+        os.ftruncate(fd, 8 * len(written))
+        os.pwrite(fd, b"".join(w.to_bytes(8, "little") for w in written), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def record_progress(fd: int, index: int, written: int) -> None:
+    """Range ``index`` holds ``written`` bytes from its start (only its own worker writes this counter)."""
+    os.pwrite(fd, written.to_bytes(8, "little"), 8 * index)
+
+
+def merge_progress(path: Path, chunks: Chunks, file_size: int) -> None:
+    """Raise each range's count to what its counter says, where the counter is plausible: counters only ever
+    grow, and one that claims more than its range or than the file holds is ignored (the final hash would
+    catch bytes that are not there, but a counter we cannot believe is not worth a failed download)."""
+    try:
+        raw = read_small(path, limit=8 * len(chunks))
+    except (OSError, UnsafeCachePath):
+        return
+    if len(raw) != 8 * len(chunks):
+        return  # from another chunk layout, or cut short: the map alone decides
+    for index, chunk in enumerate(chunks):
+        start, end, done = chunk
+        counted = int.from_bytes(raw[8 * index : 8 * index + 8], "little")
+        if done < counted <= end - start and start + counted <= file_size:
+            chunk[2] = counted
+
+
 def rehash_prefix(partial: Path, kept: int) -> Any:
     hasher = hashlib.sha256()
     if kept:
@@ -150,7 +192,13 @@ def rehash_prefix(partial: Path, kept: int) -> Any:
 
 def discard(partial: Path) -> None:
     partial.unlink(missing_ok=True)
+    drop_maps(partial)
+
+
+def drop_maps(partial: Path) -> None:
+    """The chunk map and the progress counters of ``partial`` (once it is committed, or discarded)."""
     partial.with_suffix(".json").unlink(missing_ok=True)
+    progress_path(partial).unlink(missing_ok=True)
 
 
 def enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
