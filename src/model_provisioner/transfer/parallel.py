@@ -128,11 +128,9 @@ class ParallelDownload:
             for t in threads:
                 t.join(timeout=self.conn.settings.stall_timeout_s + 5)
             self._save()
-            with self.cond:  # a worker still stuck after the join records nothing into a closed (or reused) fd
+            with self.cond:  # a worker still stuck after the join records nothing more
                 progress_fd, self.progress_fd = self.progress_fd, -1
-            if progress_fd >= 0:
-                os.close(progress_fd)
-            os.close(self.fd)
+            _close_when_done([t for t in threads if t.is_alive()], [self.fd, progress_fd])
             log.info("%s: ranges on %s", self.att.spec.name, self.fanout.describe())
         if self.errors:
             exc = self.errors[0]
@@ -324,3 +322,20 @@ class ParallelDownload:
                 record_progress(self.progress_fd, index, self.written[index])
             self.cond.notify_all()
         return offset + gathered_bytes
+
+
+def _close_when_done(stuck: list[threading.Thread], fds: list[int]) -> None:
+    """Close ``fds`` now, or, while a worker is still stuck in a read past the join's timeout, once it ends: a
+    write it makes after waking must never land in another file that reused the descriptor's number."""
+    fds = [fd for fd in fds if fd >= 0]
+
+    def close_all() -> None:
+        for thread in stuck:
+            thread.join()
+        for fd in fds:
+            os.close(fd)
+
+    if not stuck:
+        close_all()
+    else:
+        threading.Thread(target=close_all, name="mprov-close-after-stuck-workers", daemon=True).start()
