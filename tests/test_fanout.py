@@ -35,17 +35,12 @@ def _ensure(url: str, data: bytes, tmp_path: Path, name: str) -> Any:
 
 
 def test_a_per_connection_cap_makes_it_climb(tmp_path: Path) -> None:
-    from .servers.nginx import Nginx
+    from .servers.nginx import capped_nginx_with_file
 
-    root = tmp_path / "capped"
-    root.mkdir()
-    data = os.urandom(64 * MiB)
-    (root / "m.bin").write_bytes(data)
-    capped = Nginx(root, tmp_path / "capped-work", limit_rate="4m")
+    capped, data = capped_nginx_with_file(tmp_path, "capped", 64 * MiB, "4m")
     try:
         result = _ensure(f"{capped.url}/m.bin", data, tmp_path, "capped")
         assert _chosen(result.stderr) == 8, result.stderr  # one stream at 4 MB/s: straight to the most, and it paid
-        print(result.stderr)
         assert capped.bytes_served()["/m.bin"] <= 1.1 * len(data)
     finally:
         capped.close()
@@ -57,7 +52,6 @@ def test_one_shared_bottleneck_keeps_it_at_one_or_two(tmp_path: Path, fileserver
     fileserver.shared_rate = 12e6  # every response together: more connections cannot help
     result = _ensure(url, data, tmp_path, "shared")
     assert _chosen(result.stderr) <= 2, result.stderr
-    print(result.stderr)
     assert fileserver.max_in_flight <= 9  # it tried the most once (one stream was far from enough), then stepped back
     assert fileserver.served("m.bin") <= 1.1 * len(data)
 

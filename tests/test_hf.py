@@ -447,13 +447,9 @@ def test_failed_git_blob_check_is_verification_failure(net: Any, hub: Any) -> No
 
 def test_capped_connections_make_the_engine_fan_out(net: Any, tmp_path: Path) -> None:
     """nginx limit_rate caps each connection: the first range is slow, so the rest comes as parallel ranges."""
-    from .servers.nginx import Nginx
+    from .servers.nginx import capped_nginx_with_file
 
-    root = tmp_path / "limited"
-    root.mkdir()
-    data = os.urandom(24 * MiB)
-    (root / "m.bin").write_bytes(data)
-    limited = Nginx(root, tmp_path / "limited-work", limit_rate="8m")
+    limited, data = capped_nginx_with_file(tmp_path, "limited", 24 * MiB, "8m")
     try:
         prov = net(transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
                              "connections": 4})

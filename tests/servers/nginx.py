@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -93,3 +94,12 @@ http {{
 
     def close(self) -> None:
         stop_process(self.proc)
+
+
+def capped_nginx_with_file(tmp_path: Path, name: str, size: int, limit_rate: str) -> tuple[Nginx, bytes]:
+    """An nginx capping every connection at ``limit_rate``, serving ``size`` random bytes at ``/m.bin``."""
+    root = tmp_path / name
+    root.mkdir()
+    data = os.urandom(size)
+    (root / "m.bin").write_bytes(data)
+    return Nginx(root, tmp_path / f"{name}-work", limit_rate=limit_rate), data

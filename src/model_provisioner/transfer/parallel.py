@@ -161,9 +161,7 @@ class ParallelDownload:
             self._spawn(threads)
 
     def _follow_with_hash(self, threads: list[threading.Thread]) -> None:
-        """Hash the contiguous completed prefix as it grows, reading back what the workers wrote. The chunk map is
-        saved between slices of that hashing too: when a wave of ranges completes, the prefix can jump by tens
-        of MiB."""
+        """Hash the contiguous completed prefix as it grows, reading back what the workers wrote."""
         buf = bytearray(READ_CHUNK * 4)
         while self.hashed < self.total:
             with self.cond:
@@ -186,15 +184,11 @@ class ParallelDownload:
                     raise Retryable("short read of the partial file")
                 self.att.hasher.update(memoryview(buf)[:n])
                 self.hashed += n
-                self._save_if_due()
             if self.hashed > region:
                 start_writeback(self.fd, region, self.hashed - region)  # hashed bytes can go to disk now
             self._steer(threads)
-            self._save_if_due()
-
-    def _save_if_due(self) -> None:
-        if time.monotonic() - self.saved_at > 0.25:
-            self._save()
+            if time.monotonic() - self.saved_at > 0.25:
+                self._save()
 
     def _save(self) -> None:
         """The chunk map (only this thread writes it); the counters carry what was written since."""
