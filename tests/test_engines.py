@@ -283,7 +283,12 @@ def test_triton_serves_a_python_backend_repository_and_its_ensemble(
     (repo / "pipeline" / "1").mkdir(parents=True)
     (repo / "pipeline" / "config.pbtxt").write_text(PIPELINE_CONFIG)
     env_vars = {k: triton[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "PATH")}
-    settings = settings_file(engines={"triton": {"binary": triton["binary"], "env": env_vars}})
+    engine_settings = {"triton": {"binary": triton["binary"], "env": env_vars}}
+    # model code is remote code: refused until the operator allows it
+    refused = engines("up", str(repo), "--engine", "triton", "--pool", "tr", env={
+        "MODEL_PROVISIONER_SETTINGS": str(settings_file(engines=engine_settings))})
+    assert refused.code == 5 and "add/1/model.py" in refused.stderr and "allow_remote_code" in refused.stderr
+    settings = settings_file(engines=engine_settings, allow_remote_code=True)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
     up = engines("up", str(repo), "--engine", "triton", "--pool", "tr",
                  f"--flag=--backend-directory={triton['backend_directory']}", "--json", env=env, timeout=180)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
 from model_provisioner.api import engines as engine_api
+from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.output import PROG, emit, provisioner
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
-from model_provisioner.core.errors import InvalidInput
+from model_provisioner.config.settings import api_settings
+from model_provisioner.core.errors import InvalidInput, ProvisionerError
+from model_provisioner.core.redact import redact_text
 from model_provisioner.engines.state import PoolState
 from model_provisioner.engines.supervisor import supervise
 
@@ -93,12 +97,32 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not args.all and not args.pool:
         raise InvalidInput("down needs --pool ID or --all")
     with provisioner(args) as prov:
-        names = [p["pool_id"] for p in engine_api.engines_json(prov)] if args.all else [args.pool]
-        stopped = [engine_api.down(prov, name) for name in names]
+        if not args.all:
+            stopped = [engine_api.down(prov, args.pool)]
+        else:
+            stopped = []
+            for name in [p["pool_id"] for p in engine_api.engines_json(prov)]:
+                try:  # one pool that cannot be stopped never keeps the others running
+                    stopped.append(engine_api.down(prov, name))
+                except ProvisionerError as exc:
+                    sys.stderr.write(f"{PROG}: warning: pool {name} skipped: {redact_text(str(exc))}\n")
     emit(args, {"stopped": [s.pool_id for s in stopped]}, "\n".join(f"stopped {s.pool_id}" for s in stopped) or None)
     return 0
 
 
 def cmd_engine_supervise(args: argparse.Namespace) -> int:
-    with provisioner(args) as prov:
-        return supervise(prov, args.pool)
+    """The supervisor's own process: its engine's variables arrive as JSON on stdin (never in a file or on a
+    command line)."""
+    raw = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(1 << 20)
+    try:
+        launch = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        launch = {}
+    env = launch.get("engine_env") if isinstance(launch, dict) else None
+    engine_env = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+    prov = provisioner(args)
+    if args.api:
+        prov.close()
+        prov = ModelProvisioner(api_settings(prov.settings))
+    with prov:
+        return supervise(prov, args.pool, engine_env)

@@ -306,6 +306,7 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cache_command("cmd_storage_initializer"))
 
     p = sub.add_parser("engine-supervise", parents=[common], help=argparse.SUPPRESS)
+    p.add_argument("--api", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("pool")
     p.set_defaults(func=_engine_command("cmd_engine_supervise"))
 

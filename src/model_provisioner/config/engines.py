@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from model_provisioner.core.errors import ConfigError
 
-ENGINE_KINDS = ("llamacpp", "triton")
+#: the engines a pool can run (an unknown kind is refused before anything starts)
+EngineKind = Literal["llamacpp", "triton"]
+ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 PROVISIONING_MODES = ("binary", "source")
 
 
@@ -21,6 +23,10 @@ class LlamaCppSettings:
     ready_timeout_s: float = 60.0
     #: parallel compile jobs of a source build
     build_jobs: int = 2
+    #: the most ``--threads``/``--threads-batch`` an API caller may ask for (0: this machine's CPU count)
+    max_threads: int = 0
+    #: the most ``--parallel`` slots an API caller may ask for
+    max_parallel: int = 8
 
 
 @dataclass(frozen=True)
@@ -42,15 +48,25 @@ class EngineSettings:
     restart_window_s: float = 300.0
     #: the longest wait between restarts (1 s, 2 s, 4 s … up to this)
     restart_backoff_max_s: float = 30.0
+    #: engine pools that may run at once on this cache (``up`` past it is refused, naming this setting)
+    max_pools: int = 8
 
 
-_LLAMACPP = {"binary": str, "max_ctx_size": int, "ready_timeout_s": (int, float), "build_jobs": int}
+_LLAMACPP = {
+    "binary": str,
+    "max_ctx_size": int,
+    "ready_timeout_s": (int, float),
+    "build_jobs": int,
+    "max_threads": int,
+    "max_parallel": int,
+}
 _TRITON = {"binary": str, "env": dict, "ready_timeout_s": (int, float)}
 _ENGINES = {
     "allow_package_installs": bool,
     "max_restarts": int,
     "restart_window_s": (int, float),
     "restart_backoff_max_s": (int, float),
+    "max_pools": int,
 }
 
 

@@ -99,6 +99,8 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     #: a transformers repo that needs custom code is provisioned (flagged) only when this is true
     allow_remote_code: bool = False
+    #: the same for requests through the HTTP API (its callers may not be the operator): off by default
+    api_allow_remote_code: bool = False
     #: size budget of the blob store: least recently used entries are evicted after each ensure
     max_cache_bytes: int | None = None
     #: before downloading a blob, look for it in huggingface_hub / Ollama caches (verified, then linked)
@@ -208,6 +210,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "touch_interval_ms": int,
     "hf_endpoint": str,
     "allow_remote_code": bool,
+    "api_allow_remote_code": bool,
     "max_cache_bytes": (int, str),
     "adopt_caches": bool,
     "log_format": str,
@@ -382,4 +385,6 @@ def api_settings(settings: Settings) -> Settings:
             registry = root[len("oci://") :].split("/", 1)[0]
             allowed.append(registry if ":" in registry else f"{registry}:443")
     policy = replace(settings.policy, block_internal=True, internal_allow=tuple(allowed))
-    return replace(settings, policy=policy, confine_files=True)
+    return replace(
+        settings, policy=policy, confine_files=True, allow_remote_code=settings.api_allow_remote_code
+    )

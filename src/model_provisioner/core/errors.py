@@ -237,3 +237,13 @@ class EngineNotReady(ProvisionerError):
 
     exit_code = ExitCode.TIMED_OUT
     code = "engine_not_ready"
+
+
+class ModelChanged(VerificationFailed):
+    """The model an engine pool serves no longer answers to the digest the pool was started on (checked
+    before every start and restart): the pool stops (``failed``), it never serves other bytes."""
+
+    code = "model_changed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="changed")

@@ -61,3 +61,44 @@ def free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid of ``pid`` (``Uid:`` of /proc/PID/status), or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def environ_has(pid: int, entry: str, limit: int = 1 << 20) -> bool:
+    """``NAME=value`` is in the environment ``pid`` was started with (/proc/PID/environ: readable only by the
+    process's own user and root)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read(limit)
+    except OSError:
+        return False
+    return entry.encode() in data.split(b"\0")
+
+
+def holds_open(pid: int, device: int, inode: int) -> bool:
+    """``pid`` has the file (device, inode) open (one of /proc/PID/fd/*, readable by its own user and root)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            st = os.stat(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (device, inode):
+            return True
+    return False

@@ -24,6 +24,7 @@ from typing import IO
 
 from model_provisioner.core.errors import CorruptModel, EngineFailed, InvalidInput, MissingTool
 from model_provisioner.engines.host import EngineHost
+from model_provisioner.engines.process import open_log, read_log_tail
 from model_provisioner.storage.locks import FileLock
 from model_provisioner.verify.results import ResolvedModel
 
@@ -126,7 +127,7 @@ def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> N
         build_dir = work / "build"
         flags = [*DEFAULT_CMAKE_FLAGS, *spec.flags]
         log.warning("building %s from %s (%s); this takes minutes, once", spec.target, archive.id, archive.digest)
-        with open(log_path, "w") as out:
+        with os.fdopen(open_log(log_path, truncate=True), "w") as out:
             _run(["cmake", "-S", str(tree), "-B", str(build_dir), *flags], out, log_path, "configure")
             _run(["cmake", "--build", str(build_dir), "--target", spec.target, "-j", str(jobs)], out, log_path, "build")
         produced = next((p for p in (build_dir / "bin" / spec.target, build_dir / spec.target) if p.is_file()), None)
@@ -155,7 +156,7 @@ def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> N
 def _run(cmd: list[str], out: IO[str], log_path: Path, step: str) -> None:
     done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
+        tail = read_log_tail(log_path, 8192).decode("utf-8", "replace").strip().splitlines()[-8:]
         raise EngineFailed(f"llama.cpp {step} failed (exit {done.returncode}); last lines: " + " | ".join(tail))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from model_provisioner.config.engines import LlamaCppSettings
 from model_provisioner.core.errors import InvalidInput, UnsafeCachePath
+from model_provisioner.core.redact import REDACTED, register_secret
 from model_provisioner.engines.process import http_status
 from model_provisioner.storage.safefs import read_small, write_atomic
 
@@ -58,6 +59,7 @@ _VALUED = {
     "--threads-batch",
     "-tb",
     "--api-key",
+    "--hf-token",
     "--timeout",
     "-to",
 }
@@ -71,7 +73,11 @@ _SPELLINGS = {
     "-m": "--model",
     "-nocb": "--no-cont-batching",
     "--no-ui": "--no-webui",
+    "-hft": "--hf-token",
 }
+#: flags whose values are secrets: they reach llama-server through the variable it reads for them (so they
+#: are in no command line, log header, state file or handoff) and are shown as ``***``
+SECRET_FLAGS = {"--api-key": "LLAMA_API_KEY", "--hf-token": "HF_TOKEN"}
 _OURS = ("--model", "--host", "--port")
 #: flags that only tune the engine: the HTTP API accepts these and no others
 API_SAFE_FLAGS = frozenset(
@@ -107,7 +113,7 @@ API_SAFE_FLAGS = frozenset(
 )
 
 
-def _options(flags: Sequence[str]) -> list[tuple[str, str | None]]:
+def options(flags: Sequence[str]) -> list[tuple[str, str | None]]:
     """``[--opt, value]`` pairs in order, each option in its one spelling (``--opt=value`` split)."""
     out: list[tuple[str, str | None]] = []
     items = list(flags)
@@ -128,8 +134,8 @@ def _options(flags: Sequence[str]) -> list[tuple[str, str | None]]:
 
 def server_flags(user_flags: Sequence[str], ctx_max: int | None, settings: LlamaCppSettings) -> list[str]:
     """The defaults, then the user's flags (each replacing the default of its option), then ``--ctx-size``."""
-    merged: dict[str, str | None] = dict(_options(DEFAULT_FLAGS))
-    for name, value in _options(user_flags):
+    merged: dict[str, str | None] = dict(options(DEFAULT_FLAGS))
+    for name, value in options(user_flags):
         if name in _OURS:
             raise_flag(name)
         merged[name] = value
@@ -141,6 +147,24 @@ def server_flags(user_flags: Sequence[str], ctx_max: int | None, settings: Llama
         if value is not None:
             out.append(value)
     return out
+
+
+def split_secrets(flags: Sequence[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """``flags`` as given to the engine (secret flags removed), as shown (their values ``***``), and the
+    variables that carry the secret values."""
+    given: list[str] = []
+    shown: list[str] = []
+    env: dict[str, str] = {}
+    for name, value in options(flags):
+        if name in SECRET_FLAGS and value is not None:
+            env[SECRET_FLAGS[name]] = value
+            register_secret(value)
+            shown += [name, REDACTED]
+            continue
+        pair = [name] if value is None else [name, value]
+        given += pair
+        shown += pair
+    return given, shown, env
 
 
 def raise_flag(name: str) -> None:

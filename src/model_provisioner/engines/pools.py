@@ -2,13 +2,20 @@
 
 ``up`` ensures the model first (every verification rule applies: nothing unverified reaches an engine),
 resolves the engine binary (or builds it from source), picks the port (a taken port or port 0 falls back to
-a free one, and says so), writes the pool's state and leaves a detached supervisor that starts the engine
-and waits until it is ready; ``up`` returns when it is, or fails with the engine's own last words and
-nothing left running (docs/engines.md).
+a free one, and says so), writes the pool's state and leaves a detached supervisor that checks the model
+again, starts the engine and waits until it is ready; ``up`` returns when it is, or fails with the engine's
+own last words and nothing left running, also when it is interrupted (docs/engines.md).
+
+One pool, one operation at a time: ``up`` holds the pool's operation lock until its supervisor has recorded
+itself, ``down`` holds it while it stops the pool, so a second ``up`` of a live pool is refused and a
+``down`` during a start stops it for good. Only processes proven to be the pool's are signalled
+(``ownership.py``). Secret flag values and the engine's own variables never reach the state file: they go
+to the supervisor in memory (fork) or through its stdin (a fresh interpreter).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,24 +24,46 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from model_provisioner.config.engine_run import EngineRun
-from model_provisioner.core.errors import EngineFailed, EngineNotReady, InvalidInput, ProvisionerError
-from model_provisioner.core.processes import free_port, is_alive, port_in_use, stop
+from model_provisioner.core.errors import (
+    EngineFailed,
+    EngineNotReady,
+    InvalidInput,
+    PolicyDenied,
+    ProvisionerError,
+)
+from model_provisioner.core.processes import free_port, is_alive, port_in_use, start_time, stop
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import llamacpp, triton
 from model_provisioner.engines.build import SourceSpec, built_binary
 from model_provisioner.engines.host import EngineHost
-from model_provisioner.engines.process import check_binary, log_tail
-from model_provisioner.engines.state import PoolState, RunDir, check_pool_id
+from model_provisioner.engines.ownership import (
+    engine_is_ours,
+    new_run_token,
+    op_lock,
+    supervisor_is_ours,
+)
+from model_provisioner.engines.process import check_binary, log_tail, open_log
+from model_provisioner.engines.state import (
+    ENDED,
+    LIVE,
+    PoolPhase,
+    PoolState,
+    RunDir,
+    check_engine_kind,
+    check_pool_id,
+    truthful,
+)
 from model_provisioner.engines.supervisor import supervise
+from model_provisioner.storage.locks import FileLock, make_locks_dir
 from model_provisioner.verify.results import ResolvedModel
 
 log = logging.getLogger("model_provisioner")
-LIVE = ("starting", "ready", "restarting")
+#: how long ``up``/``down`` wait for another command on the same pool to let go of it
+POOL_LOCK_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,23 @@ class UpRequest:
     run: EngineRun = field(default_factory=EngineRun)
     #: where the caller writes the engine handoff (``down`` marks it stopped)
     handoff: str | None = None
+    #: the supervisor runs under the HTTP API's settings (files confined to ``api_file_roots``…)
+    api: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    state: PoolState
+    #: what the engine gets beyond the allow-listed environment (never written to a file)
+    engine_env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Launched:
+    """The supervisor ``up`` started (its pid and kernel start time): ours by construction."""
+
+    pid: int
+    start: str | None
 
 
 def run_dir(host: EngineHost) -> RunDir:
@@ -58,38 +104,69 @@ def up(
     process (no second interpreter start: about 100 ms sooner ready) when this process runs one thread."""
     run = request.run
     pool = check_pool_id(run.pool)
+    check_engine_kind(run.kind)
     rundir = run_dir(host)
-    current = rundir.recorded(pool)
-    if current is not None and rundir.read(pool).state in LIVE:
-        raise InvalidInput(
-            f"pool {pool!r} already runs {current.model_id} at {current.url}; stop it first "
-            f"(model-provisioner down --pool {pool}) or choose another --pool"
-        )
-    resolved = host.ensure_present(request.ref, request.digest, request.strict)
-    state = replace(_prepare(host, run, resolved, rundir), handoff=request.handoff)
-    rundir.write(state)
-    _start_supervisor(host, pool, rundir, host_factory)
-    return _wait_for_supervisor(rundir, pool, state.ready_timeout_s + 15), resolved
+    lock = op_lock(host.store.locks_dir, pool)
+    lock.acquire(POOL_LOCK_TIMEOUT_S)
+    launched: Launched | None = None
+    state: PoolState | None = None
+    try:
+        current = rundir.recorded(pool)
+        if current is not None and truthful(current).state in LIVE:
+            raise InvalidInput(
+                f"pool {pool!r} already runs {current.model_id} at {current.url}; stop it first "
+                f"(model-provisioner down --pool {pool}) or choose another --pool"
+            )
+        resolved = host.ensure_present(request.ref, request.digest, request.strict)
+        prepared = _prepare(host, run, resolved, rundir)
+        state = replace(prepared.state, handoff=request.handoff)
+        _write_within_pool_limit(host, rundir, state)
+        launched = _start_supervisor(host, pool, rundir, prepared.engine_env, host_factory, lock, request.api)
+        return _wait_for_supervisor(rundir, pool, state.ready_timeout_s + 15, launched, lock), resolved
+    except BaseException as exc:
+        if state is not None:
+            _cleanup(host, rundir, state, launched, interrupted=not isinstance(exc, Exception))
+        raise
+    finally:
+        lock.release()
 
 
-def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: RunDir) -> PoolState:
+def _write_within_pool_limit(host: EngineHost, rundir: RunDir, state: PoolState) -> None:
+    """Counting the live pools and recording this one is one step (``locks/pools.lock``)."""
+    limit = host.settings.engines.max_pools
+    make_locks_dir(host.store.locks_dir)
+    counting = FileLock(host.store.locks_dir / "pools.lock", "the count of engine pools")
+    counting.acquire(POOL_LOCK_TIMEOUT_S)
+    try:
+        live = [p.pool_id for p in rundir.pools() if p.state in LIVE and p.pool_id != state.pool_id]
+        if len(live) >= limit:
+            raise PolicyDenied(
+                f"pool {state.pool_id}: {len(live)} engine pools already run ({', '.join(live[:8])}), the most "
+                f"engines.max_pools allows ({limit}); stop one (model-provisioner down --pool {live[0]}) or raise "
+                "engines.max_pools in the settings"
+            )
+        rundir.write(state)
+    finally:
+        counting.release()
+
+
+def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: RunDir) -> Prepared:
     settings = host.settings.engines
+    kind = check_engine_kind(run.kind)
     port = _choose_port(run.host, run.port)
-    if run.kind == "llamacpp":
+    if kind == "llamacpp":
         if resolved.format != "gguf":
             raise InvalidInput(f"{resolved.id} is {resolved.format}, not GGUF: llama-server runs GGUF models")
         binary = _llamacpp_binary(host, run)
-        flags = llamacpp.server_flags(run.flags, _int(resolved.metadata.get("ctx_max")), settings.llamacpp)
-        argv = llamacpp.argv(binary, str(resolved.local_path), run.host, port, flags)
-        engine_version, timeout, models, env = (
-            llamacpp.version(binary, rundir.root.parent / "engines" / "versions.json"),
-            settings.llamacpp.ready_timeout_s,
-            [],
-            run.env,
-        )
+        merged = llamacpp.server_flags(run.flags, _int(resolved.metadata.get("ctx_max")), settings.llamacpp)
+        given, flags, secret_env = llamacpp.split_secrets(merged)
+        argv = llamacpp.argv(binary, str(resolved.local_path), run.host, port, given)
+        engine_version = llamacpp.version(binary, rundir.root.parent / "engines" / "versions.json")
+        timeout, models, env = settings.llamacpp.ready_timeout_s, [], {**run.env, **secret_env}
     else:
         if resolved.format != "triton":
             raise InvalidInput(f"{resolved.id} is {resolved.format}, not a Triton model repository")
+        triton.check_no_remote_code(resolved, host.settings.allow_remote_code)
         env = {**settings.triton.env, **run.env}
         binary = check_binary(run.binary or settings.triton.binary or "tritonserver", "tritonserver", triton.HOW_TO_GET)
         flags = list(run.flags)
@@ -98,9 +175,9 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         names = resolved.metadata.get("model_names")
         models = sorted(str(n) for n in names) if isinstance(names, list) else []
     pool = check_pool_id(run.pool)
-    return PoolState(
+    state = PoolState(
         pool_id=pool,
-        engine=run.kind,
+        engine=kind,
         model_id=resolved.id,
         model_path=str(resolved.local_path),
         digest=resolved.digest,
@@ -110,17 +187,19 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         url=f"http://{run.host if ':' not in run.host else f'[{run.host}]'}:{port}",
         argv=argv,
         flags=flags,
-        log_path=str(rundir.log_path(run.kind, pool)),
+        log_path=str(rundir.log_path(pool)),
         replica_id=run.replica,
         engine_version=engine_version,
         provisioning_mode=run.provisioning_mode,
         binary=binary,
-        env=env,
+        env_names=sorted(env),
         started_ms=now_ms(),
         ready_timeout_s=run.ready_timeout_s or timeout,
         models=models,
         requested_port=run.port,
+        run_token=new_run_token(),
     )
+    return Prepared(state, env)
 
 
 def _int(value: object) -> int | None:
@@ -149,39 +228,65 @@ def _choose_port(host: str, port: int) -> int:
 
 
 def _start_supervisor(
-    host: EngineHost, pool: str, rundir: RunDir, host_factory: Callable[[], EngineHost] | None
-) -> None:
-    rundir.root.mkdir(parents=True, exist_ok=True)
-    log_path = rundir.root / f"{pool}.supervisor.log"
-    if host_factory is not None and threading.active_count() == 1:
-        _fork_supervisor(pool, log_path, host_factory)
-        return
-    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise", pool]
-    with open(log_path, "ab") as out:
-        subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
+    host: EngineHost,
+    pool: str,
+    rundir: RunDir,
+    engine_env: Mapping[str, str],
+    host_factory: Callable[[], EngineHost] | None,
+    lock: FileLock,
+    api: bool,
+) -> Launched:
+    rundir.make()
+    out = open_log(rundir.supervisor_log_path(pool))
+    try:
+        if host_factory is not None and threading.active_count() == 1:
+            return _fork_supervisor(pool, out, host_factory, engine_env, lock)
+        cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise"]
+        cmd += ["--api", pool] if api else [pool]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
         )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"engine_env": dict(engine_env)}).encode())
+        proc.stdin.close()
+        return Launched(proc.pid, start_time(proc.pid))
+    finally:
+        os.close(out)
 
 
-def _fork_supervisor(pool: str, log_path: Path, host_factory: Callable[[], EngineHost]) -> None:
-    """Double fork: the supervisor has its own session, no terminal, and init as its parent (no zombie)."""
+def _fork_supervisor(
+    pool: str, out: int, host_factory: Callable[[], EngineHost], engine_env: Mapping[str, str], lock: FileLock
+) -> Launched:
+    """Double fork: the supervisor has its own session, no terminal, and init as its parent (no zombie). The
+    middle child tells us the supervisor's pid through a pipe."""
+    read_end, write_end = os.pipe()
     child = os.fork()
     if child:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            reported = pipe.read(32)
         os.waitpid(child, 0)  # the first child exits at once
-        return
+        if not reported.strip().isdigit():
+            raise EngineFailed(f"pool {pool}: the supervisor could not be started")
+        pid = int(reported)
+        return Launched(pid, start_time(pid))
     code = 1
     try:
+        os.close(read_end)
         os.setsid()
-        if os.fork():
+        grandchild = os.fork()
+        if grandchild:
+            os.write(write_end, str(grandchild).encode())
             os._exit(0)
+        os.close(write_end)
+        lock.close_inherited()  # the pool's operation lock stays ``up``'s alone
         devnull = os.open(os.devnull, os.O_RDWR)
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        code = supervise(host_factory(), pool)
+        code = supervise(host_factory(), pool, engine_env)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -189,58 +294,92 @@ def _fork_supervisor(pool: str, log_path: Path, host_factory: Callable[[], Engin
         os._exit(code)
 
 
-def _wait_for_supervisor(rundir: RunDir, pool: str, timeout_s: float) -> PoolState:
+def _wait_for_supervisor(
+    rundir: RunDir, pool: str, timeout_s: float, launched: Launched, lock: FileLock
+) -> PoolState:
+    """Until the pool is ready. The operation lock is let go once the supervisor has recorded itself: from
+    then on ``down`` can prove it and stop it, also while the engine is still starting."""
     deadline = time.monotonic() + timeout_s
-    spawned_at = time.monotonic()
     while True:
         state = rundir.recorded(pool)
-        assert state is not None
+        if state is None:
+            raise EngineFailed(f"pool {pool}: its state file went away while starting")
+        if state.supervisor_pid == launched.pid:
+            lock.release()
         if state.state == "ready":
             return state
-        if state.state in ("crashed", "stopped"):
-            _cleanup(rundir, state)
+        if state.state in ENDED:
+            if state.state == "stopped":
+                raise EngineFailed(f"pool {pool}: stopped (model-provisioner down) while starting")
             error_type = EngineNotReady if state.error_code == "engine_not_ready" else EngineFailed
             raise error_type(state.error or f"pool {pool}: the engine stopped while starting")
-        supervisor_gone = state.supervisor_pid is not None and not is_alive(
-            state.supervisor_pid, state.supervisor_start
-        )
-        if supervisor_gone or (state.supervisor_pid is None and time.monotonic() - spawned_at > 30):
-            _cleanup(rundir, state)
-            tail = log_tail(rundir.root / f"{pool}.supervisor.log")
+        if not is_alive(launched.pid, launched.start):
+            tail = log_tail(rundir.supervisor_log_path(pool))
             raise EngineFailed(f"pool {pool}: the supervisor exited before the engine was ready; last lines: {tail}")
         if time.monotonic() > deadline:
-            _cleanup(rundir, state)
             raise EngineNotReady(f"pool {pool}: not ready within {timeout_s:.0f}s; stopped")
         time.sleep(0.003)
 
 
-def _cleanup(rundir: RunDir, state: PoolState) -> None:
-    """Nothing of a failed ``up`` stays running."""
-    if state.supervisor_pid is not None:
-        stop(state.supervisor_pid, state.supervisor_start, grace_s=8)
-    if state.pid is not None:
-        stop(state.pid, state.pid_start, grace_s=5)
+def _cleanup(
+    host: EngineHost, rundir: RunDir, state: PoolState, launched: Launched | None, *, interrupted: bool
+) -> None:
+    """Nothing of a failed or interrupted ``up`` stays running."""
+    if launched is not None:
+        stop(launched.pid, launched.start, grace_s=8)
     final = rundir.recorded(state.pool_id) or state
-    if final.state not in ("crashed", "stopped"):
-        rundir.write(replace(final, state="crashed", stopped_ms=now_ms()))
+    if final.run_token == state.run_token:
+        if final.pid is not None and engine_is_ours(final):
+            stop(final.pid, final.pid_start, grace_s=5)
+        if final.state not in ENDED or interrupted:
+            ended: PoolPhase = "stopped" if interrupted else "crashed"
+            rundir.write(replace(final, state=ended, stopped_ms=now_ms(), pid=None, pid_start=None))
 
 
 def down(host: EngineHost, pool: str) -> PoolState:
     """SIGTERM to the supervisor (it stops the engine: SIGTERM, 5 s, SIGKILL); an engine left without its
-    supervisor is stopped directly. Returns when the port is free."""
+    supervisor is stopped directly. Only processes proven to be the pool's are signalled; a pid the state
+    file names that is not is left alone (a warning). Returns when the port is free."""
     rundir = run_dir(host)
-    state = rundir.read(pool)
-    if state.supervisor_pid is not None:
-        stop(state.supervisor_pid, state.supervisor_start, grace_s=7)
-    state = rundir.recorded(pool) or state
-    if state.pid is not None and not stop(state.pid, state.pid_start, grace_s=5):
-        raise ProvisionerError(f"pool {pool}: engine pid {state.pid} did not stop; kill it by hand")
-    deadline = time.monotonic() + 2
-    while port_in_use(state.host, state.port) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stopped = replace(state, state="stopped", stopped_ms=state.stopped_ms or now_ms(), pid=None, pid_start=None)
-    rundir.write(stopped)
-    return stopped
+    check_pool_id(pool)
+    lock = op_lock(host.store.locks_dir, pool)
+    lock.acquire(POOL_LOCK_TIMEOUT_S)
+    try:
+        state = rundir.read(pool)
+        signalled = False
+        if state.supervisor_pid is not None and is_alive(state.supervisor_pid, state.supervisor_start):
+            if supervisor_is_ours(state, host.store.locks_dir):
+                stop(state.supervisor_pid, state.supervisor_start, grace_s=7)
+                signalled = True
+            else:
+                _not_ours(pool, "supervisor", state.supervisor_pid)
+        state = rundir.recorded(pool) or state
+        if state.pid is not None and is_alive(state.pid, state.pid_start):
+            if not engine_is_ours(state):
+                _not_ours(pool, "engine", state.pid)
+            elif stop(state.pid, state.pid_start, grace_s=5):
+                signalled = True
+            else:
+                raise ProvisionerError(f"pool {pool}: engine pid {state.pid} did not stop; kill it by hand")
+        deadline = time.monotonic() + 2
+        while signalled and port_in_use(state.host, state.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ended: PoolPhase = state.state if state.state in ("crashed", "failed") and not signalled else "stopped"
+        stopped = replace(state, state=ended, stopped_ms=state.stopped_ms or now_ms(), pid=None, pid_start=None)
+        rundir.write(stopped)
+        return stopped
+    finally:
+        lock.release()
+
+
+def _not_ours(pool: str, what: str, pid: int) -> None:
+    log.warning(
+        "pool %s: pid %d named as its %s is not a process this pool started (another user's, or a planted state "
+        "file); it was not signalled",
+        pool,
+        pid,
+        what,
+    )
 
 
 def pools(host: EngineHost) -> list[PoolState]:

@@ -1,10 +1,15 @@
 """The supervisor of one pool: a small detached process that owns the engine.
 
-It holds a lease on the model for as long as it runs (so gc, the LRU budget and ``rm`` never take a model an
-engine serves), starts the engine and waits until it is ready, restarts it after a crash with backoff (1 s,
-2 s, 4 s … capped), gives up (``crashed``) after ``engines.max_restarts`` crashes within
-``engines.restart_window_s``, and stops the engine on SIGTERM (``down``). Every change of state is written to
-``<cache>/run/<pool>.json`` (docs/engines.md).
+It holds the pool's life lock (the proof that it is the pool's supervisor: ``ownership.py``) and a lease on
+the model for as long as it runs (so gc, the LRU budget and ``rm`` never take a model an engine serves).
+Before every start and restart it asks the catalog whether the model still answers (the fingerprint rule:
+unchanged files cost one stat, changed ones are re-hashed; under the API, files must still be under
+``api_file_roots`` reached without a link): a model whose bytes changed stops the pool (``failed``, the reason
+named), never serves. It starts the engine with an allow-listed environment, waits until it is ready,
+restarts it after a crash with backoff (1 s, 2 s, 4 s … capped), gives up (``crashed``) after
+``engines.max_restarts`` crashes within ``engines.restart_window_s``, and stops the engine on SIGTERM
+(``down``), also while it is still starting. Every change of state is written to ``<cache>/run/<pool>.json``
+(docs/engines.md).
 """
 
 from __future__ import annotations
@@ -16,16 +21,26 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from model_provisioner.core.errors import EngineFailed, EngineNotReady, ProvisionerError
+from model_provisioner.core.errors import EngineFailed, EngineNotReady, ModelChanged, ProvisionerError
 from model_provisioner.core.processes import start_time
+from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import llamacpp, triton
 from model_provisioner.engines.host import EngineHost
-from model_provisioner.engines.process import spawn, terminate, wait_ready
+from model_provisioner.engines.ownership import life_lock, run_mark
+from model_provisioner.engines.process import (
+    StopRequested,
+    engine_environment,
+    register_env_secrets,
+    spawn,
+    terminate,
+    wait_ready,
+)
 from model_provisioner.engines.state import PoolState, RunDir
 from model_provisioner.ops.leases import acquire_lease
 
@@ -33,15 +48,20 @@ log = logging.getLogger("model_provisioner")
 
 
 class Supervisor:
-    def __init__(self, host: EngineHost, pool: str) -> None:
+    def __init__(self, host: EngineHost, pool: str, engine_env: Mapping[str, str]) -> None:
         self.host = host
         self.settings = host.settings.engines
         self.run = RunDir(host.store.root / "run")
         recorded = self.run.recorded(pool)
         if recorded is None:
             raise ProvisionerError(f"no engine pool {pool!r} to supervise")
+        self.life = life_lock(host.store.locks_dir, pool)
+        if not self.life.try_acquire():
+            raise ProvisionerError(f"engine pool {pool!r} already has a supervisor (pid {self.life.holder_pid()})")
         me = os.getpid()
         self.state = replace(recorded, supervisor_pid=me, supervisor_start=start_time(me))
+        register_env_secrets(engine_env)
+        self.env = engine_environment({**engine_env, **run_mark(self.state)})
         self.stopping = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,8 +75,7 @@ class Supervisor:
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
-        # the engine starts first, so its model loads while the lease is written
-        self.proc = spawn(self.state.argv, Path(self.state.log_path), self.state.env or None)
+        self._write()  # our pid, before anything starts: ``down`` can prove and stop us from now on
         lease = acquire_lease(
             self.host, self.state.model_id, holder=f"engine pool {self.state.pool_id}", pid=os.getpid()
         )
@@ -67,15 +86,22 @@ class Supervisor:
             if self.proc is not None:
                 terminate(self.proc)
             self.host.catalog.remove_lease(lease.lease_id)
-            if self.state.state != "crashed":
+            if self.state.state not in ("crashed", "failed"):
                 self._write(state="stopped", stopped_ms=now_ms(), pid=None, pid_start=None)
+            self.life.release()
 
     def _loop(self) -> int:
         crashes: deque[float] = deque()
         first = True
         while not self.stopping.is_set():
             try:
+                self._check_model()
                 self._start()
+            except ModelChanged as exc:
+                self._write(state="failed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
+                return 1
+            except StopRequested:
+                break
             except (EngineFailed, EngineNotReady) as exc:
                 if first:  # ``up`` reports it: nothing is restarted, nothing stays running
                     self._write(state="crashed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
@@ -99,11 +125,24 @@ class Supervisor:
             self.stopping.wait(delay)
         return 0
 
+    def _check_model(self) -> None:
+        """The model still answers with the digest the pool was started on (a changed file is re-hashed)."""
+        s = self.state
+        try:
+            resolved = self.host.ensure_present(s.model_id)
+        except ProvisionerError as exc:
+            raise ModelChanged(f"pool {s.pool_id}: {s.model_id} no longer verifies: {redact_text(str(exc))}") from None
+        if resolved.digest != s.digest or str(resolved.local_path) != s.model_path:
+            raise ModelChanged(
+                f"pool {s.pool_id}: {s.model_id} changed since the pool started (served {s.digest}, now "
+                f"{resolved.digest} at {resolved.local_path}); not served: start it again with "
+                f"`model-provisioner up {s.model_id} --pool {s.pool_id}` once you trust the new bytes"
+            )
+
     def _start(self) -> None:
         s = self.state
         log_path = Path(s.log_path)
-        if self.proc is None:  # the first start was spawned in ``serve``
-            self.proc = spawn(s.argv, log_path, s.env or None)
+        self.proc = spawn(s.argv, log_path, self.env)
         self._write(
             state="starting" if s.state != "restarting" else "restarting",
             pid=self.proc.pid,
@@ -114,7 +153,7 @@ class Supervisor:
         )
         subject = f"{s.engine} (pool {s.pool_id})"
         try:
-            wait_ready(self.proc, lambda: _is_ready(s), s.ready_timeout_s, log_path, subject)
+            wait_ready(self.proc, lambda: _is_ready(s), s.ready_timeout_s, log_path, subject, self.stopping.is_set)
         except EngineFailed as exc:
             failures = triton.load_failures(log_path) if s.engine == "triton" else ""
             if failures:
@@ -145,6 +184,6 @@ def _is_ready(state: PoolState) -> bool:
     return llamacpp.is_ready(state.host, state.port)
 
 
-def supervise(host: EngineHost, pool: str) -> int:
+def supervise(host: EngineHost, pool: str, engine_env: Mapping[str, str]) -> int:
     """The supervisor process's main: returns its exit status."""
-    return Supervisor(host, pool).serve()
+    return Supervisor(host, pool, engine_env).serve()

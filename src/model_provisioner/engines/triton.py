@@ -16,13 +16,70 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from model_provisioner.core.errors import EngineFailed
-from model_provisioner.engines.process import http_status
+from model_provisioner.core.errors import EngineFailed, PolicyDenied
+from model_provisioner.engines.process import engine_environment, http_status, read_log_tail
+from model_provisioner.verify.results import ResolvedModel
 
 HOW_TO_GET = (
     "install Triton Inference Server (or the nvidia-pytriton wheel, which ships tritonserver), put it on PATH or "
     "set engines.triton.binary, and its libraries in engines.triton.env"
 )
+
+
+#: backends and platforms that load weights only; any other (``python``, a custom backend) runs code
+CODE_FREE_BACKENDS = frozenset(
+    {
+        "onnxruntime",
+        "onnxruntime_onnx",
+        "tensorrt",
+        "tensorrt_plan",
+        "pytorch",
+        "pytorch_libtorch",
+        "tensorflow",
+        "tensorflow_savedmodel",
+        "tensorflow_graphdef",
+        "openvino",
+        "fil",
+        "ensemble",
+    }
+)
+#: files Triton runs or loads as code from a model repository (a python model, a backend library beside it)
+_CODE_SUFFIXES = (".py", ".so")
+_MAX_FILES = 100_000
+
+
+def remote_code(resolved: ResolvedModel) -> list[str]:
+    """What in a verified Triton repository would run code inside tritonserver: models whose backend is not
+    code-free (``name (backend)``) and code files anywhere in it."""
+    found: list[str] = []
+    models = resolved.metadata.get("models")
+    for model in models if isinstance(models, list) else []:
+        if not isinstance(model, dict):
+            continue
+        kind = str(model.get("backend") or model.get("platform") or "")
+        if kind and kind not in CODE_FREE_BACKENDS:
+            found.append(f"{model.get('name')} (backend {kind})")
+    seen = 0
+    for folder, _dirs, names in os.walk(resolved.local_path):
+        for name in names:
+            seen += 1
+            if name.endswith(_CODE_SUFFIXES) or ".so." in name:
+                found.append(os.path.relpath(os.path.join(folder, name), resolved.local_path))
+        if seen > _MAX_FILES:
+            break
+    return found
+
+
+def check_no_remote_code(resolved: ResolvedModel, allowed: bool) -> None:
+    """Model code is remote code: refused unless the setting in force allows it."""
+    if allowed:
+        return
+    found = remote_code(resolved)
+    if found:
+        raise PolicyDenied(
+            f"{resolved.id}: this Triton repository runs code inside tritonserver ({', '.join(found[:5])}); "
+            "review it, then set allow_remote_code: true in the settings (api_allow_remote_code for the HTTP API)"
+        )
 
 
 def argv(binary: str, repository: str, host: str, port: int, flags: list[str]) -> list[str]:
@@ -41,7 +98,7 @@ def version(binary: str, env: dict[str, str]) -> str | None:
     """Triton prints its version in the first lines of its log; ``--help`` is the cheap way to run it."""
     try:
         done = subprocess.run(
-            [binary, "--help"], capture_output=True, text=True, timeout=30, check=False, env={**os.environ, **env}
+            [binary, "--help"], capture_output=True, text=True, timeout=30, check=False, env=engine_environment(env)
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -88,9 +145,6 @@ _FAILED_RE = re.compile(r"""failed to load '([^']+)' version (\S+): ([^"\\]*)"""
 
 def load_failures(log_path: Path) -> str:
     """The models Triton's log says failed to load, each with its reason (``name (reason)``; empty if none)."""
-    try:
-        text = log_path.read_bytes()[-262144:].decode("utf-8", "replace")
-    except OSError:
-        return ""
+    text = read_log_tail(log_path, 262144).decode("utf-8", "replace")
     found = dict.fromkeys(f"{m.group(1)} ({m.group(3).strip()[:200]})" for m in _FAILED_RE.finditer(text))
     return "; ".join(found)

@@ -6,6 +6,7 @@ or open other ports would let a caller reach what the API otherwise refuses."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
@@ -14,7 +15,9 @@ from pydantic import Field
 
 from model_provisioner.api import engines as engine_api
 from model_provisioner.config.engine_run import EngineRun
-from model_provisioner.core.errors import PolicyDenied
+from model_provisioner.config.engines import EngineKind, LlamaCppSettings
+from model_provisioner.core.errors import InvalidInput, PolicyDenied, ServerBusy
+from model_provisioner.engines import llamacpp
 from model_provisioner.engines.llamacpp import API_SAFE_FLAGS
 from model_provisioner.engines.pools import run_dir
 from model_provisioner.server.context import ApiContext, context, documented
@@ -35,27 +38,50 @@ ENGINE_EXAMPLE = {
     "restarts": 0,
     "uptime_s": 12.5,
     "engine_version": "0.5.0-dev (build 1, commit 0c1e570)",
-    "log_path": "/var/cache/models/run/llamacpp-default.log",
+    "log_path": "/var/cache/models/run/default.engine.log",
 }
 
 
 class EngineRequest(StrictBody):
-    ref: str = Field(description="the model; every ensure rule applies (file: refs only under api_file_roots)")
-    expected_digest: str | None = None
+    ref: str = Field(
+        max_length=4096, description="the model; every ensure rule applies (file: refs only under api_file_roots)"
+    )
+    expected_digest: str | None = Field(default=None, max_length=200)
     strict: bool | None = None
-    engine: str = Field(default="llamacpp", description="llamacpp or triton")
-    pool: str = "default"
+    engine: EngineKind = Field(default="llamacpp", description="llamacpp or triton")
+    pool: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     port: int = Field(default=0, ge=0, le=65535, description="0 or a taken port: a free one")
-    flags: list[str] = Field(default_factory=list, description="tuning flags only, e.g. ['--threads', '2']")
+    flags: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="tuning flags only, e.g. ['--threads', '2']"
+    )
 
 
-def _check_flags(flags: list[str]) -> None:
+def _check_flags(flags: list[str], settings: LlamaCppSettings) -> None:
+    """Tuning flags only, and within the operator's limits (context, threads, parallel slots)."""
     for flag in flags:
         name = flag.split("=", 1)[0]
         if name.startswith("-") and name not in API_SAFE_FLAGS:
             raise PolicyDenied(
                 f"engine flag {name[:60]!r} is not accepted through the API (tuning flags only: "
                 f"{', '.join(sorted(API_SAFE_FLAGS))}); start the engine with the CLI to use it"
+            )
+    threads = settings.max_threads or os.cpu_count() or 1
+    limits = {
+        "--ctx-size": (settings.max_ctx_size, "engines.llamacpp.max_ctx_size"),
+        "--threads": (threads, "engines.llamacpp.max_threads"),
+        "--threads-batch": (threads, "engines.llamacpp.max_threads"),
+        "--parallel": (settings.max_parallel, "engines.llamacpp.max_parallel"),
+    }
+    for name, value in llamacpp.options(flags):
+        if name not in limits:
+            continue
+        limit, setting = limits[name]
+        if value is None or not value.strip().lstrip("-").isdigit():
+            raise InvalidInput(f"engine flag {name} needs a whole number, got {str(value)[:40]!r}")
+        if not 0 < int(value) <= limit:
+            raise PolicyDenied(
+                f"engine flag {name} {value[:20]} is past this server's limit ({limit}, {setting}); ask for at most "
+                f"{limit}, or have the operator raise {setting}"
             )
 
 
@@ -78,12 +104,21 @@ def start_engine(
     ],
 ) -> Any:
     ctx.check_ref_allowed(body.ref)
-    _check_flags(body.flags)
+    _check_flags(body.flags, ctx.settings.engines.llamacpp)
     run = EngineRun(kind=body.engine, pool=body.pool, port=body.port, flags=tuple(body.flags))
     handoff = ctx.settings.api_handoff_dir
-    state, _ = engine_api.up(
-        ctx.prov, body.ref, run, digest=body.expected_digest, strict=body.strict, handoff_dir=handoff
-    )
+    # a start holds a server thread until the engine is ready: bounded like synchronous downloads
+    if not ctx.sync_fetches.acquire(blocking=False):
+        raise ServerBusy(
+            f"{ctx.settings.api_max_sync_fetches} synchronous requests are already running "
+            "(api_max_sync_fetches); retry later"
+        )
+    try:
+        state, _ = engine_api.up(
+            ctx.prov, body.ref, run, digest=body.expected_digest, strict=body.strict, handoff_dir=handoff, api=True
+        )
+    finally:
+        ctx.sync_fetches.release()
     return JSONResponse(state.as_json(), status_code=201)
 
 

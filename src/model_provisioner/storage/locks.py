@@ -83,6 +83,12 @@ class FileLock:
         except (OSError, ValueError, ProvisionerError):
             return None
 
+    def close_inherited(self) -> None:
+        """In a forked child: drop our copy of the descriptor without unlocking (the parent still holds it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -93,7 +99,7 @@ class FileLock:
 @contextlib.contextmanager
 def model_lock(locks_dir: Path, model_id: str, timeout_s: float) -> Iterator[bool]:
     """Single-flight for one model id: yields True when we waited for another holder."""
-    _make_locks_dir(locks_dir)
+    make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / _lock_file_name("model:" + model_id), f"the lock on {model_id}")
     waited = lock.acquire(timeout_s)
     try:
@@ -105,7 +111,7 @@ def model_lock(locks_dir: Path, model_id: str, timeout_s: float) -> Iterator[boo
 @contextlib.contextmanager
 def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
     """Global backpressure: at most ``slots`` fetches at once across threads and processes."""
-    _make_locks_dir(locks_dir)
+    make_locks_dir(locks_dir)
     candidates = [FileLock(locks_dir / f"fetch-slot-{i}.lock", "a fetch slot") for i in range(slots)]
     deadline = time.monotonic() + timeout_s
     delay = 0.005
@@ -129,7 +135,7 @@ def fetch_slot(locks_dir: Path, slots: int, timeout_s: float) -> Iterator[int]:
 STORE_LOCK = "store.lock"
 
 
-def _make_locks_dir(locks_dir: Path) -> None:
+def make_locks_dir(locks_dir: Path) -> None:
     check_plain_dir(locks_dir)
     locks_dir.mkdir(parents=True, exist_ok=True)
 
@@ -138,7 +144,7 @@ def _make_locks_dir(locks_dir: Path) -> None:
 def store_in_use(locks_dir: Path, timeout_s: float) -> Iterator[None]:
     """Held (shared) by every ensure while it materialises: from its first blob to its catalog commit.
     gc takes the same lock exclusively, so it never deletes a blob an in-flight ensure is about to link."""
-    _make_locks_dir(locks_dir)
+    make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / STORE_LOCK, "the cache (gc is running)", shared=True)
     lock.acquire(timeout_s)
     try:
@@ -150,7 +156,7 @@ def store_in_use(locks_dir: Path, timeout_s: float) -> Iterator[None]:
 @contextlib.contextmanager
 def store_exclusive(locks_dir: Path, timeout_s: float) -> Iterator[bool]:
     """gc's side of ``store_in_use``: waits for in-flight ensures to finish; yields whether it waited."""
-    _make_locks_dir(locks_dir)
+    make_locks_dir(locks_dir)
     lock = FileLock(locks_dir / STORE_LOCK, "in-flight ensures to finish before gc")
     waited = lock.acquire(timeout_s)
     try:

@@ -70,10 +70,11 @@ def read_small(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
     return data
 
 
-def write_atomic(path: Path, data: bytes, *, fixed_tmp: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, *, fixed_tmp: bool = False, mode: int | None = None) -> None:
     """Write ``path`` through a temporary name + rename. The temporary is never an existing link: a fresh
     unique name (``O_EXCL``), or with ``fixed_tmp`` (callers that hold the file's lock, so that a crash leaves
-    no stray name behind: the next write reuses it) ``<name>.tmp`` opened with ``O_NOFOLLOW``."""
+    no stray name behind: the next write reuses it) ``<name>.tmp`` opened with ``O_NOFOLLOW``. ``mode``: the
+    permission bits the file gets (else the umask's)."""
     if fixed_tmp:
         tmp = path.with_name(path.name + ".tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -93,6 +94,8 @@ def write_atomic(path: Path, data: bytes, *, fixed_tmp: bool = False) -> None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
