@@ -370,3 +370,44 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return private, public
+
+
+# ------------------------------------------------------------------------------------ engine fixtures
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_test_engines  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def llama_server(llamacpp_sdist: Path) -> str:
+    """The llama-server binary (built once by the test command; built here only if that step was skipped)."""
+    from model_provisioner import ModelProvisioner, Settings
+    from model_provisioner.engines.build import SourceSpec, built_binary
+
+    spec = SourceSpec(f"file:{llamacpp_sdist}", f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}",
+                      build_test_engines.SOURCE_SUBDIR)
+    with ModelProvisioner(Settings.from_env(cache_dir=build_test_engines.ENGINE_CACHE)) as prov:
+        return str(built_binary(prov, spec))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, llamacpp_sdist: Path) -> Path:
+    return build_test_engines.runnable_model(tmp_path_factory.mktemp("runnable"))
+
+
+@pytest.fixture
+def engines(cache_dir: Path) -> Any:
+    """Run the CLI against this test's cache; every pool is stopped when the test ends."""
+
+    def run(*args: str, **kwargs: Any) -> Any:
+        return run_cli(*args, cache_dir=cache_dir, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    yield run
+    run_cli("-q", "down", "--all", cache_dir=cache_dir, timeout=60)
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie has exited: only its parent has not reaped it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -119,8 +119,8 @@ def up(
             )
         resolved = host.ensure_present(request.ref, request.digest, request.strict)
         prepared = _prepare(host, run, resolved, rundir)
-        state = replace(prepared.state, handoff=request.handoff)
-        _write_within_pool_limit(host, rundir, state)
+        _write_within_pool_limit(host, rundir, replace(prepared.state, handoff=request.handoff))
+        state = replace(prepared.state, handoff=request.handoff)  # recorded: from here on, cleaned up on failure
         launched = _start_supervisor(host, pool, rundir, prepared.engine_env, host_factory, lock, request.api)
         return _wait_for_supervisor(rundir, pool, state.ready_timeout_s + 15, launched, lock), resolved
     except BaseException as exc:
@@ -175,6 +175,8 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         names = resolved.metadata.get("model_names")
         models = sorted(str(n) for n in names) if isinstance(names, list) else []
     pool = check_pool_id(run.pool)
+    rundir.make()
+    os.close(open_log(rundir.log_path(pool)))  # a planted link or FIFO is refused here, before anything runs
     state = PoolState(
         pool_id=pool,
         engine=kind,

@@ -11,6 +11,7 @@ like every other cache file: ``O_NOFOLLOW``, checked after open (docs/engines.md
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +28,7 @@ PoolPhase = Literal["starting", "ready", "restarting", "crashed", "stopped", "fa
 STATES: tuple[PoolPhase, ...] = get_args(PoolPhase)
 LIVE: tuple[PoolPhase, ...] = ("starting", "ready", "restarting")
 ENDED: tuple[PoolPhase, ...] = ("crashed", "stopped", "failed")
+log = logging.getLogger("model_provisioner")
 _POOL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -147,6 +149,8 @@ class RunDir:
             state = self.recorded(path.stem) if _POOL_RE.fullmatch(path.stem) else None
             if state is not None and state.pool_id == path.stem:
                 out.append(truthful(state))
+            else:
+                log.warning("%s is not a readable pool state (a link, or not ours); skipped", path)
         return out
 
 

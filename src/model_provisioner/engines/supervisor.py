@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from model_provisioner.core.errors import EngineFailed, EngineNotReady, ModelChanged, ProvisionerError
+from model_provisioner.core import failpoints
+from model_provisioner.core.errors import EngineFailed, EngineNotReady, ModelChanged, ProvisionerError, UnsafeCachePath
 from model_provisioner.core.processes import start_time
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
@@ -76,6 +77,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
         self._write()  # our pid, before anything starts: ``down`` can prove and stop us from now on
+        failpoints.failpoint("supervisor.recorded")
         lease = acquire_lease(
             self.host, self.state.model_id, holder=f"engine pool {self.state.pool_id}", pid=os.getpid()
         )
@@ -102,7 +104,7 @@ class Supervisor:
                 return 1
             except StopRequested:
                 break
-            except (EngineFailed, EngineNotReady) as exc:
+            except (EngineFailed, EngineNotReady, UnsafeCachePath) as exc:
                 if first:  # ``up`` reports it: nothing is restarted, nothing stays running
                     self._write(state="crashed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
                     return 1

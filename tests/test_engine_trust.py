@@ -1,0 +1,306 @@
+"""Engine trust (docs/reliability.md, "The engine half"): what an API caller, a co-tenant of a shared cache or
+a model changed behind our back can do to a running engine, its restarts, its files and its API. Against the
+real llama-server built from the vendored llama.cpp tree and the HTTP API as a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import alive, run_cli
+
+API_TOKEN_ENV = "MODEL_PROVISIONER_API_TOKEN"
+
+
+def processes_with(text: str) -> list[int]:
+    """The engines whose command line contains ``text`` (a per-test model path: that test's engines)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith((b"llama-server", b"tritonserver")) and text.encode() in b" ".join(argv) \
+                    and alive(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
+    """Poll the condition itself (bounded), never a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.02)
+
+
+def pool_json(cache_dir: Path, pool: str) -> dict[str, Any]:
+    return json.loads((cache_dir / "run" / f"{pool}.json").read_text())
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the runnable model (its path identifies this test's engines)."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    return Path(shutil.copy(tiny_model, tmp_path / "models" / "served.gguf"))
+
+
+# ------------------------------------------------------------------------------ 1, 2, 12: the API's requests
+def onnx_repository(root: Path) -> Path:
+    """A Triton repository whose one model loads weights only (no code): it passes every check up to the exec."""
+    repo = root / "model_repository"
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text('name: "m"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n')
+    (repo / "m" / "1" / "model.onnx").write_bytes(b"not really onnx, never loaded by /bin/false")
+    return repo
+
+
+def test_api_engine_field_is_validated_before_anything_starts(
+    api_factory: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    repo = onnx_repository(tmp_path / "repos")
+    handoffs = tmp_path / "handoffs"
+    api = api_factory(settings={"api_file_roots": [str(tmp_path / "repos")], "api_handoff_dir": str(handoffs),
+                                "engines": {"triton": {"binary": "/bin/false"}}})
+    # before: any engine other than llamacpp took the Triton branch, and the engine's log was appended to
+    # <cache>/run/../../victim/pwned-default.log (parents created)
+    for engine in ("../../victim/pwned", "LLAMACPP", "", "triton/../triton"):
+        answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": engine}, timeout=60)
+        assert answer.status_code == 400 and "engine" in answer.text, (engine, answer.text)
+    for pool in ("../x", "a/b", ".hidden", "x" * 65):
+        answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": "triton", "pool": pool},
+                                 timeout=60)
+        assert answer.status_code == 400, (pool, answer.text)
+    assert not (tmp_path / "victim").exists() and not handoffs.exists()
+    assert not (cache_dir / "run").exists() or list((cache_dir / "run").glob("*.json")) == []
+    assert api.client.get("/v1/engines").json()["engines"] == []
+
+
+def test_api_refuses_a_triton_repository_that_runs_code(api_factory: Any, tmp_path: Path) -> None:
+    repo = tmp_path / "repos" / "model_repository"
+    (repo / "add" / "1").mkdir(parents=True)
+    (repo / "add" / "config.pbtxt").write_text('name: "add"\nbackend: "python"\nmax_batch_size: 0\n')
+    (repo / "add" / "1" / "model.py").write_text("import os\nos.system('touch /tmp/pwned-by-model')\n")
+    api = api_factory(settings={"api_file_roots": [str(tmp_path / "repos")], "allow_remote_code": True,
+                                "engines": {"triton": {"binary": "/bin/false"}}})
+    answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": "triton"}, timeout=60)
+    assert answer.status_code == 403, answer.text
+    message = answer.json()["error"]["message"]
+    assert "add (backend python)" in message and "api_allow_remote_code" in message, message
+    assert api.client.get("/v1/engines").json()["engines"] == []
+
+
+def test_api_engine_requests_are_bounded(
+    api_factory: Any, llama_server: str, model_copy: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "supervisor-paused"
+    api = api_factory(
+        settings={"api_file_roots": [str(model_copy.parent)], "api_max_sync_fetches": 1,
+                  "engines": {"max_pools": 1, "llamacpp": {"binary": llama_server, "max_ctx_size": 2048,
+                                                           "max_threads": 2, "max_parallel": 4}}},
+        env={"MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"},
+    )
+    c = api.client
+    ref = f"file:{model_copy}"
+    for flags, setting in ((["--ctx-size", "2000000"], "max_ctx_size"), (["--threads", "300"], "max_threads"),
+                           (["-c=4096"], "max_ctx_size"), (["--parallel", "64"], "max_parallel"),
+                           (["--threads-batch", "3"], "max_threads")):
+        answer = c.post("/v1/engines", json={"ref": ref, "flags": flags}, timeout=60)
+        assert answer.status_code == 403 and setting in answer.json()["error"]["message"], (flags, answer.text)
+    assert c.post("/v1/engines", json={"ref": ref, "flags": ["--threads", "x"]}, timeout=60).status_code == 400
+    assert c.post("/v1/engines", json={"ref": ref, "flags": ["--threads"] * 65}, timeout=60).status_code == 400
+    # a start holds a worker until its engine is ready: a second one past api_max_sync_fetches is 503 at once
+    with httpx.Client(base_url=api.url, headers=c.headers, timeout=120) as other:
+        import threading
+
+        first: list[httpx.Response] = []
+        starter = threading.Thread(target=lambda: first.append(
+            other.post("/v1/engines", json={"ref": ref, "pool": "a", "flags": ["--threads", "1"]})))
+        starter.start()
+        wait_for(marker.exists, what="the first start to reach its supervisor")
+        busy = c.post("/v1/engines", json={"ref": ref, "pool": "b"}, timeout=60)
+        assert busy.status_code == 503 and "api_max_sync_fetches" in busy.text, busy.text
+        marker.unlink()
+        starter.join(timeout=120)
+    assert first and first[0].status_code == 201, first[0].text if first else "no answer"
+    # one pool at most (engines.max_pools): the second is refused naming the setting, nothing of it runs
+    refused = c.post("/v1/engines", json={"ref": ref, "pool": "b"}, timeout=60)
+    assert refused.status_code == 403 and "engines.max_pools" in refused.text, refused.text
+    assert [e["pool_id"] for e in c.get("/v1/engines").json()["engines"]] == ["a"]
+    assert len(processes_with(str(model_copy))) == 1
+    assert c.delete("/v1/engines/a", timeout=30).status_code == 200
+
+
+# ------------------------------------------------------------------------------ 5, 6: what restarts serve
+def test_a_model_changed_in_place_is_never_served_after_a_restart(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path
+) -> None:
+    started = engines("up", str(model_copy), "--binary", llama_server, "--json")
+    assert started.code == 0, started.stderr
+    pool = json.loads(started.stdout)
+    with open(model_copy, "r+b") as fh:  # one byte of tensor data, edited in place (same inode, same size)
+        fh.seek(-100, os.SEEK_END)
+        byte = fh.read(1)
+        fh.seek(-100, os.SEEK_END)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.kill(pool["pid"], signal.SIGKILL)
+    failed = wait_for(lambda: (s := pool_json(cache_dir, "default"))["state"] in ("failed", "crashed") and s,
+                      what="the supervisor to notice the change")
+    assert failed["state"] == "failed" and failed["error_code"] == "model_changed", failed
+    assert pool["digest"] in failed["error"] and "changed" in failed["error"], failed["error"]
+    assert processes_with(str(model_copy)) == []  # the changed bytes were never served
+    listed = json.loads(engines("engines", "--json").stdout)["engines"]
+    assert [(e["pool_id"], e["state"]) for e in listed] == [("default", "failed")]
+
+
+def test_a_file_ref_swapped_for_a_symlink_out_of_the_api_roots_is_not_reopened(
+    api_factory: Any, llama_server: str, model_copy: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    api = api_factory(settings={"api_file_roots": [str(model_copy.parent)],
+                                "engines": {"llamacpp": {"binary": llama_server}}})
+    made = api.client.post("/v1/engines", json={"ref": f"file:{model_copy}", "pool": "roots"}, timeout=120)
+    assert made.status_code == 201, made.text
+    outside = tmp_path / "outside.gguf"
+    shutil.copy(model_copy, outside)  # the very same bytes, but outside the roots
+    model_copy.unlink()
+    model_copy.symlink_to(outside)
+    os.kill(made.json()["pid"], signal.SIGKILL)
+    failed = wait_for(lambda: (s := pool_json(cache_dir, "roots"))["state"] in ("failed", "crashed") and s,
+                      what="the supervisor to refuse the swapped file")
+    assert failed["state"] == "failed" and "without symbolic links" in failed["error"], failed
+    assert processes_with(str(model_copy)) == [] and processes_with(str(outside)) == []
+
+
+# ------------------------------------------------------------------------------ 7: one operation per pool
+def test_concurrent_ups_of_one_pool_start_one_engine(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path
+) -> None:
+    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up", str(model_copy),
+           "--binary", llama_server, "--pool", "same"]
+    racers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in racers]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2, 2], results
+    assert all("already runs" in err for code, err in results if code == 2), results
+    assert len(processes_with(str(model_copy))) == 1
+    assert engines("down", "--pool", "same").code == 0
+    assert processes_with(str(model_copy)) == []
+
+
+@pytest.mark.parametrize("how", ["down", "sigint", "sigterm"])
+def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
+    how: str, engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "supervisor-paused"
+    env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"}
+    up = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up",
+                           str(model_copy), "--binary", llama_server, "--pool", "p"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(marker.exists, what="the supervisor to record itself")
+    if how == "down":
+        down = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "down",
+                                 "--pool", "p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marker.unlink(missing_ok=True)  # before or after down's SIGTERM: either way nothing may stay running
+        assert down.wait(timeout=60) == 0, down.stderr.read() if down.stderr else ""
+        assert up.wait(timeout=60) == 9 and "stopped" in (up.stderr.read() if up.stderr else "")
+    else:
+        up.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+        marker.unlink(missing_ok=True)
+        assert up.wait(timeout=60) == 130
+    supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
+    assert supervisor and not alive(supervisor)
+    assert pool_json(cache_dir, "p")["state"] == "stopped"
+    assert processes_with(str(model_copy)) == []
+    # and the pool can be started again at once
+    again = engines("up", str(model_copy), "--binary", llama_server, "--pool", "p", "--json")
+    assert again.code == 0, again.stderr
+
+
+# ------------------------------------------------------------------------------ 9, 10: the run directory
+def test_engine_logs_never_follow_planted_links_and_never_collide(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (cache_dir / "run").mkdir(parents=True)
+    for planted in ("p.engine.log", "q.supervisor.log"):
+        link = cache_dir / "run" / planted
+        link.symlink_to(victim)
+        refused = engines("up", str(model_copy), "--binary", llama_server, "--pool", planted.split(".")[0])
+        assert refused.code == 4 and "symbolic link" in refused.stderr, refused.stderr
+        link.unlink()
+    assert victim.read_text() == "precious\n"
+    assert processes_with(str(model_copy)) == []
+    # pool ``q.supervisor`` and pool ``q``: every file of one is distinct from every file of the other
+    for pool in ("q.supervisor", "q"):
+        assert engines("up", str(model_copy), "--binary", llama_server, "--pool", pool, "--json").code == 0
+    names = {p.name for p in (cache_dir / "run").iterdir()}
+    assert {"q.engine.log", "q.supervisor.log", "q.supervisor.engine.log", "q.supervisor.supervisor.log"} <= names
+    assert (cache_dir / "run" / "q.engine.log").read_text().count("listening on http") == 1
+    assert (cache_dir / "run" / "q.supervisor.engine.log").read_text().count("listening on http") == 1
+
+
+def test_down_signals_only_processes_proven_ours(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path
+) -> None:
+    real = engines("up", str(model_copy), "--binary", llama_server, "--pool", "real", "--json")
+    assert real.code == 0, real.stderr
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        from model_provisioner.core.processes import start_time
+
+        planted = {**pool_json(cache_dir, "real"), "pool_id": "planted", "pid": victim.pid,
+                   "pid_start": start_time(victim.pid), "supervisor_pid": victim.pid,
+                   "supervisor_start": start_time(victim.pid), "state": "ready"}
+        (cache_dir / "run" / "planted.json").write_text(json.dumps(planted))
+        (cache_dir / "run" / "linked.json").symlink_to(cache_dir / "run" / "planted.json")
+        # the planted state even copies the real pool's run token: the victim's environment does not have it
+        down = engines("down", "--all")
+        assert down.code == 0, down.stderr
+        assert victim.poll() is None, "down signalled a process that is not ours"
+        assert "not a process this pool started" in down.stderr and "linked.json" in down.stderr, down.stderr
+        assert processes_with(str(model_copy)) == []  # the real pool stopped all the same
+        assert pool_json(cache_dir, "real")["state"] == "stopped"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+# ------------------------------------------------------------------------------ 11: secrets
+def test_engine_secrets_reach_the_engine_and_nothing_else(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    key = "engine-api-key-7f3a9c21"
+    env = {API_TOKEN_ENV: "api-token-should-not-leak-1234", "AWS_SECRET_ACCESS_KEY": "aws-secret-should-not-leak"}
+    started = engines("up", str(model_copy), "--binary", llama_server, "--flag=--api-key", f"--flag={key}",
+                      "--handoff-dir", str(tmp_path), "--json", env=env)
+    assert started.code == 0, started.stderr
+    pool = json.loads(started.stdout)
+    # the key reached the engine: it answers only with it
+    assert httpx.get(f"{pool['url']}/v1/models", timeout=5).status_code == 401
+    with_key = httpx.get(f"{pool['url']}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    assert with_key.status_code == 200
+    assert ["--api-key", "***"] == pool["flags"][pool["flags"].index("--api-key"):][:2]
+    environ = Path(f"/proc/{pool['pid']}/environ").read_bytes().split(b"\0")
+    names = {item.split(b"=", 1)[0].decode() for item in environ if item}
+    assert API_TOKEN_ENV not in names and "AWS_SECRET_ACCESS_KEY" not in names, names
+    assert Path(f"/proc/{pool['pid']}/cmdline").read_bytes().find(key.encode()) == -1
+    written = [*(cache_dir / "run").iterdir(), tmp_path / ".runtime" / "engines" / "llamacpp.json"]
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path
+    listed = engines("engines", "--json")
+    assert key not in listed.stdout and key not in started.stdout + started.stderr
