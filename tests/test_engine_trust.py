@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import alive, run_cli
+from .conftest import alive
 
 API_TOKEN_ENV = "MODEL_PROVISIONER_API_TOKEN"
 
@@ -294,7 +294,7 @@ def test_engine_secrets_reach_the_engine_and_nothing_else(
     assert httpx.get(f"{pool['url']}/v1/models", timeout=5).status_code == 401
     with_key = httpx.get(f"{pool['url']}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
     assert with_key.status_code == 200
-    assert ["--api-key", "***"] == pool["flags"][pool["flags"].index("--api-key"):][:2]
+    assert pool["flags"][pool["flags"].index("--api-key"):][:2] == ["--api-key", "***"]
     environ = Path(f"/proc/{pool['pid']}/environ").read_bytes().split(b"\0")
     names = {item.split(b"=", 1)[0].decode() for item in environ if item}
     assert API_TOKEN_ENV not in names and "AWS_SECRET_ACCESS_KEY" not in names, names
