@@ -142,6 +142,18 @@ def test_wrong_content_range_is_refused_and_restarted(net: Any, fileserver: Any)
     assert fileserver.served("wr.bin") <= len(data) + MiB + len(data)  # the cut MiB, the wrong answer, then all
 
 
+def test_a_206_whose_length_contradicts_its_range_leaves_no_hole(net: Any, fileserver: Any) -> None:
+    """A lying 206 (``bytes 0-8388607/N`` with a complete ``Content-Length: 1000``): before, the next request
+    started at 8388608 and a zero hole went Active under a sha256 its bytes do not have (no digest given)."""
+    data = payload(12 * MiB, seed=16)
+    url = fileserver.put("lie.bin", data)
+    fileserver.faults["/lie.bin"] = Fault(short_range_length=1000)
+    resolved = net().ensure_present(url)  # no digest: nothing but our own checks stands between a hole and Active
+    assert resolved.digest == sha(data) and resolved.local_path.read_bytes() == data
+    ranges = [r.headers["Range"] for r in fileserver.requests if "Range" in r.headers]
+    assert ranges[0].startswith("bytes=0-") and ranges[1].startswith("bytes=0-"), ranges  # refused, asked again
+
+
 def test_corrupted_byte_fails_strictly_and_leaves_nothing(net: Any, fileserver: Any, cache_dir: Path) -> None:
     data = payload(MiB, seed=7)
     url = fileserver.put("c.bin", data)

@@ -42,6 +42,9 @@ class Fault:
     clean_first: int = 0  # serve this many responses cleanly before cut/stall/corrupt apply
     statuses_after: int = 0  # answer ``statuses`` only after this many requests were served normally
     seen: int = 0  # requests for this path so far (counted server-side)
+    #: a lying 206: Content-Range as asked, but a complete Content-Length (and body) of this many bytes
+    short_range_length: int | None = None
+    short_range_times: int = 1
 
 
 @dataclass
@@ -227,6 +230,16 @@ class FileServer:
                                                                        fault.corrupt_at is not None):
             fault.times -= 1
         length = end - start + 1
+        if partial and fault.short_range_length is not None and fault.short_range_times > 0:
+            fault.short_range_times -= 1
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            h.send_header("Content-Length", str(fault.short_range_length))
+            h.end_headers()
+            with open(file, "rb") as fh:
+                fh.seek(start)
+                self._write(h, path, fh.read(fault.short_range_length))
+            return
         h.send_response(206 if partial else 200)
         h.send_header("Content-Length", str(length))
         h.send_header("Accept-Ranges", "bytes")

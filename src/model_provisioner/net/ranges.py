@@ -19,11 +19,20 @@ class ContentRange:
 
 
 def content_range(headers: Mapping[str, str]) -> ContentRange | None:
-    """The ``Content-Range`` of a 206 answer, or None when it has none (or one we cannot read)."""
-    got = _CONTENT_RANGE_RE.match(headers.get("Content-Range", ""))
+    """The ``Content-Range`` of a 206 answer, or None when it has none, one we cannot read, or one that
+    contradicts itself: a last byte before the first or past the total, or a ``Content-Length`` other than the
+    range's length (a 206 of ``bytes 0-8388607/N`` with ``Content-Length: 1000`` would otherwise leave a hole
+    the hash never sees: docs/reliability.md)."""
+    got = _CONTENT_RANGE_RE.fullmatch(headers.get("Content-Range", "").strip())
     if got is None:
         return None
-    return ContentRange(int(got.group(1)), int(got.group(2)), None if got.group(3) == "*" else int(got.group(3)))
+    served = ContentRange(int(got.group(1)), int(got.group(2)), None if got.group(3) == "*" else int(got.group(3)))
+    if served.end < served.start or (served.total is not None and served.end >= served.total):
+        return None
+    length = headers.get("Content-Length")
+    if length is not None and (not length.strip().isdigit() or int(length) != served.end - served.start + 1):
+        return None
+    return served
 
 
 def unsatisfied_length(headers: Mapping[str, str]) -> int | None:

@@ -86,11 +86,14 @@ def run_attempt(
         raise_for_status(response, spec)
         total, start = total_and_start(status, response.headers)
         if start != kept:
-            # 200 to a Range request, or a 206 starting elsewhere: start over from zero
+            # 200 to a Range request, or a 206 starting elsewhere (or contradicting itself): start over from zero
             if status == 206:
                 response.close()
                 discard(partial)
-                raise Retryable("server answered the Range request at the wrong offset; restarting")
+                raise Retryable(
+                    "server answered the Range request at the wrong offset, or with a Content-Range its "
+                    "Content-Length contradicts; restarting"
+                )
             if kept:
                 log.info("%s: server ignored the Range request; starting over", spec.name)
             kept, chunks = 0, None
@@ -158,9 +161,12 @@ def _receive(
         ParallelDownload(conn, att, end, total, None, single_rate=slow).run(None)
         return
     served_to = range_end(status, response.headers)
+    if served_to is not None and end != served_to + 1:
+        # the range's body ended early: the next offset is always the bytes actually received
+        raise Retryable(f"the range answer ended after {end - kept} of its {served_to + 1 - kept} bytes")
     if served_to is None or total is None or served_to + 1 >= total:
         return
-    offset = served_to + 1
+    offset = end
     # ``rate`` counts receiving time only: a slow disk is no reason to fan out
     if not parallel or rate >= enough:
         # keep watching: servers often let a first burst through at full speed
