@@ -122,3 +122,27 @@ def test_a_mirror_that_never_holds_the_blob_is_read_through_after_the_fill_wait(
         assert slow.served(path) >= model.stat().st_size and registry.blob_gets(digest) == before
     finally:
         slow.close()
+
+
+def test_a_mirror_answering_the_manifest_with_an_html_page_is_skipped(
+    tmp_path: Path, make_gguf: Any, registry: Any
+) -> None:
+    """A captive portal or a misconfigured proxy: 200 and HTML for the tag. Before, exit 4 and the origin was
+    never tried; docs/fleet.md says a mirror's bad answer is logged and skipped."""
+    model = make_gguf("h.gguf", extra_tensor_bytes=1 << 20)
+    ref = f"oci://{registry.host}/portal/model:v1"
+    digest = _published(tmp_path, model, ref)
+    portal = FileServer(tmp_path / "portal")
+    try:
+        portal.put("v2/portal/model/manifests/v1", b"<html><body>Please log in to the network</body></html>")
+        settings = tmp_path / "settings.json"
+        settings.write_text(json.dumps({"registry_mirrors": {registry.host: [
+            {"url": portal.url, "capabilities": ["pull", "resolve"]}]}}))
+        before = registry.blob_gets(digest)
+        node = run_cli("ensure", ref, cache_dir=tmp_path / "node", env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+        assert node.code == 0, node.stderr
+        assert any(r.path.startswith("/v2/portal/model/manifests/v1") for r in portal.requests)  # asked first
+        assert "not a valid manifest" in node.stderr, node.stderr  # logged and skipped
+        assert registry.blob_gets(digest) == before + 1  # then the origin answered
+    finally:
+        portal.close()

@@ -28,7 +28,6 @@ from model_provisioner.core.errors import (
     DigestMismatch,
     NotFound,
     PolicyDenied,
-    ProvisionerError,
     TransferFailed,
 )
 from model_provisioner.core.hosts import resolves_to_loopback
@@ -45,7 +44,7 @@ from model_provisioner.net.registry.manifests import (
     parse_manifest,
     read_manifest,
 )
-from model_provisioner.net.registry.mirrors import read_from_mirrors
+from model_provisioner.net.registry.mirrors import manifest_from_mirrors, read_from_mirrors
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 
 if TYPE_CHECKING:
@@ -206,29 +205,16 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str, subject: str) -> tuple[bytes, str, str | None]:
         """(bytes, digest, media type), from the first mirror able to answer (``resolve`` for a tag, ``pull``
         for a digest), else from the registry. A digest reference must match the bytes."""
-        import httpx  # noqa: PLC0415  # heavy: only oci:// refs and pushes get here
 
         capability = "pull" if reference.startswith("sha256:") else "resolve"
-        for mirror in self.mirrors:
-            if not mirror.can(capability):
-                continue
-            url = f"{mirror.url}/v2/{repository}/manifests/{reference}?ns={self.registry}"
-            try:
-                response, _, _ = open_following(
-                    self.client,
-                    url,
-                    {"Accept": MANIFEST_ACCEPT},
-                    check_host=self._check_host,
-                    allow_downgrade=self.settings.transfer.allow_https_downgrade,
-                )
-                try:
-                    if response.status_code != 200:
-                        raise TransferFailed(f"HTTP {response.status_code}")
-                    return read_manifest(response, reference, subject, f"mirror {mirror.url}")
-                finally:
-                    response.close()
-            except (ProvisionerError, httpx.HTTPError) as exc:
-                log.warning("%s: mirror %s failed for the manifest (%s); trying the next", subject, mirror.url, exc)
+        urls = [
+            (f"{m.url}/v2/{repository}/manifests/{reference}?ns={self.registry}", f"mirror {m.url}")
+            for m in self.mirrors
+            if m.can(capability)
+        ]
+        found = manifest_from_mirrors(self.client, urls, reference, subject, self._check_host, self.settings)
+        if found is not None:
+            return found
         response = self.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
