@@ -311,6 +311,8 @@ def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
         return api
 
     yield start
+    if started:  # engines an API started outlive it by design (detached supervisors): stopped here, test or not
+        run_cli("-q", "down", "--all", cache_dir=cache_dir, timeout=60)
     for api in started:
         api.proc.terminate()
         try:
@@ -386,7 +388,7 @@ def llama_server(llamacpp_sdist: Path) -> str:
     spec = SourceSpec(f"file:{llamacpp_sdist}", f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}",
                       build_test_engines.SOURCE_SUBDIR)
     with ModelProvisioner(Settings.from_env(cache_dir=build_test_engines.ENGINE_CACHE)) as prov:
-        return str(built_binary(prov, spec))
+        return built_binary(prov, spec).path
 
 
 @pytest.fixture(scope="session")

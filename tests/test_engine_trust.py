@@ -304,3 +304,123 @@ def test_engine_secrets_reach_the_engine_and_nothing_else(
         assert key.encode() not in path.read_bytes(), path
     listed = engines("engines", "--json")
     assert key not in listed.stdout and key not in started.stdout + started.stderr
+
+
+# ------------------------------------------------------------------------------ 4, 8, 9: source builds
+TINY_MAIN = r"""
+#include <cstdio>
+#include <cstring>
+int main(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "--version") == 0) { std::puts("version: 1 (tiny)"); return 0; }
+    std::puts("MARK");
+    return 3;
+}
+"""
+
+
+def source_archive(path: Path, mark: str) -> str:
+    """A tiny C++ project whose target is called llama-server (it prints ``mark`` and exits 3); its digest."""
+    import hashlib
+    import tarfile
+
+    tree = path.parent / f"{path.stem}-tree" / "tiny-1"
+    tree.mkdir(parents=True)
+    (tree / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.13)\nproject(tiny CXX)\n"
+                                         "add_executable(llama-server main.cpp)\n")
+    (tree / "main.cpp").write_text(TINY_MAIN.replace("MARK", mark))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(tree, arcname="tiny-1")
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def engine_provisioner(cache_dir: Path, config: dict[str, Any], path: Path, **kwargs: Any) -> Any:
+    path.write_text(json.dumps(config))
+    code = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
+    return subprocess.run([sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config", str(path)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def source_config(model: Path, archive: Path, digest: str | None, pool: str = "built") -> dict[str, Any]:
+    engine: dict[str, Any] = {"kind": "llamacpp", "pool": pool, "provisioning_mode": "source",
+                              "source": f"file:{archive}"}
+    if digest:
+        engine["source_digest"] = digest
+    return {"model_ref": str(model), "engine": engine}
+
+
+def built_home(cache_dir: Path) -> Path:
+    homes = [p for p in (cache_dir / "engines" / "llamacpp").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(homes) == 1, homes
+    return homes[0]
+
+
+def test_a_built_engine_is_trusted_by_its_bytes_not_its_name(
+    tiny_model: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    archive = tmp_path / "tiny.tar.gz"
+    digest = source_archive(archive, "tiny engine ran")
+    config = source_config(tiny_model, archive, digest)
+    first = engine_provisioner(cache_dir, config, tmp_path / "engine.json")
+    assert first.returncode == 9 and "tiny engine ran" in first.stderr, first.stderr  # built, then run as is
+    home = built_home(cache_dir)
+    binary = home / "llama-server"
+    assert oct(home.stat().st_mode & 0o777) == "0o755" and not binary.stat().st_mode & 0o222
+    original = binary.read_bytes()
+    marker = tmp_path / "replaced-binary-ran"
+    # a co-tenant replaces the binary with their own program (same name, same directory)
+    binary.chmod(0o755)
+    binary.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    replaced = engine_provisioner(cache_dir, config, tmp_path / "engine.json")
+    assert replaced.returncode == 4 and "no longer has the bytes" in replaced.stderr, replaced.stderr
+    assert not marker.exists()
+    # a directory others can write into is not ours alone, whatever it holds
+    binary.write_bytes(original)
+    home.chmod(0o775)
+    shared = engine_provisioner(cache_dir, config, tmp_path / "engine.json")
+    assert shared.returncode == 4 and "writable by others" in shared.stderr, shared.stderr
+    # a key directory pre-created by someone else (the key is computable from a public digest)
+    home.chmod(0o755)
+    os.chown(home, 65534, 65534)
+    planted = engine_provisioner(cache_dir, config, tmp_path / "engine.json")
+    assert planted.returncode == 4 and "belongs to uid 65534" in planted.stderr, planted.stderr
+    os.chown(home, os.getuid(), os.getgid())
+    again = engine_provisioner(cache_dir, config, tmp_path / "engine.json")
+    assert again.returncode == 9 and "tiny engine ran" in again.stderr, again.stderr  # the same bytes: trusted
+
+
+def test_a_source_build_unpacks_the_bytes_it_verified(tiny_model: Path, tmp_path: Path, cache_dir: Path) -> None:
+    archive = tmp_path / "tiny.tar.gz"
+    digest = source_archive(archive, "verified sources")
+    no_digest = engine_provisioner(cache_dir, source_config(tiny_model, archive, None), tmp_path / "engine.json")
+    assert no_digest.returncode == 2 and "source_digest" in no_digest.stderr, no_digest.stderr
+    marker = tmp_path / "build-locked"
+    env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"engine_build.locked=pause:{marker}"}
+    (tmp_path / "engine.json").write_text(json.dumps(source_config(tiny_model, archive, digest)))
+    code = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
+    build = subprocess.Popen([sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config",
+                              str(tmp_path / "engine.json")], stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(marker.exists, what="the build to take its lock")
+    swapped = tmp_path / "swapped.tar.gz"
+    source_archive(swapped, "SWAPPED SOURCES RAN")
+    os.replace(swapped, archive)  # after verification, while the build waits for its lock
+    marker.unlink()
+    assert build.wait(timeout=300) == 4
+    err = build.stderr.read() if build.stderr else ""
+    assert "changed after it was verified" in err, err
+    assert not (cache_dir / "engines" / "llamacpp").exists() or not any(
+        (p / "llama-server").exists() for p in (cache_dir / "engines" / "llamacpp").iterdir())
+
+
+def test_the_build_log_never_follows_a_planted_link(tiny_model: Path, tmp_path: Path, cache_dir: Path) -> None:
+    from model_provisioner.engines.build import SourceSpec, build_key
+
+    archive = tmp_path / "tiny.tar.gz"
+    digest = source_archive(archive, "built")
+    key = build_key(digest, SourceSpec(f"file:{archive}", digest))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (cache_dir / "engines" / "llamacpp").mkdir(parents=True)
+    (cache_dir / "engines" / "llamacpp" / f"{key}.build.log").symlink_to(victim)
+    refused = engine_provisioner(cache_dir, source_config(tiny_model, archive, digest), tmp_path / "engine.json")
+    assert refused.returncode == 4 and "symbolic link" in refused.stderr, refused.stderr
+    assert victim.read_text() == "precious\n"  # before: truncated by open(..., "w")

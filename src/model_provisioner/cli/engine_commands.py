@@ -9,12 +9,12 @@ import time
 
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
-from model_provisioner.cli.output import PROG, emit, provisioner
+from model_provisioner.cli.output import PROG, emit, provisioner, provisioner_settings
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
 from model_provisioner.core.errors import InvalidInput, ProvisionerError
 from model_provisioner.core.redact import redact_text
-from model_provisioner.engines.state import PoolState
+from model_provisioner.engines.state import PoolState, state_from_json
 from model_provisioner.engines.supervisor import supervise
 
 
@@ -111,18 +111,18 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_engine_supervise(args: argparse.Namespace) -> int:
-    """The supervisor's own process: its engine's variables arrive as JSON on stdin (never in a file or on a
-    command line)."""
+    """The supervisor's own process: the pool's state and its engine's variables arrive as JSON on stdin from
+    ``up`` (never from a file in the cache, never on a command line)."""
     raw = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read(1 << 20)
     try:
         launch = json.loads(raw) if raw.strip() else {}
     except ValueError:
         launch = {}
-    env = launch.get("engine_env") if isinstance(launch, dict) else None
+    state = state_from_json(launch.get("state")) if isinstance(launch, dict) else None
+    if state is None or state.pool_id != args.pool:
+        raise InvalidInput(f"engine-supervise {args.pool[:80]!r}: started by `up` only (it reads the pool from stdin)")
+    env = launch.get("engine_env")
     engine_env = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
-    prov = provisioner(args)
-    if args.api:
-        prov.close()
-        prov = ModelProvisioner(api_settings(prov.settings))
-    with prov:
-        return supervise(prov, args.pool, engine_env)
+    settings = provisioner_settings(args)
+    with ModelProvisioner(api_settings(settings) if args.api else settings) as prov:
+        return supervise(prov, state, engine_env)

@@ -22,14 +22,17 @@ def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
     configure_logging(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING, log_format, PROG)
 
 
-def provisioner(args: argparse.Namespace) -> ModelProvisioner:
-    settings = Settings.from_env(
+def provisioner_settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
         cache_dir=args.cache_dir,
         offline=args.offline or None,
         require_signature=getattr(args, "require_signature", None),
         signature_public_key=getattr(args, "signature_key", None),
     )
-    return ModelProvisioner(settings)
+
+
+def provisioner(args: argparse.Namespace) -> ModelProvisioner:
+    return ModelProvisioner(provisioner_settings(args))
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:

@@ -247,3 +247,12 @@ class ModelChanged(VerificationFailed):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="changed")
+
+
+class EngineBinaryChanged(VerificationFailed):
+    """An engine binary is not what was trusted (built by us: its bytes; given by path: its fingerprint)."""
+
+    code = "engine_changed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="changed")

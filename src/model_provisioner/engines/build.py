@@ -5,7 +5,9 @@ model. It is unpacked (regular files and directories only, nothing outside the t
 the CPU, with no network at build time (``-DLLAMA_USE_PREBUILT_UI=OFF``, no curl, no OpenSSL). The binary is
 kept in the store under ``engines/llamacpp/<key>/llama-server``, the key being the sha256 of the source
 digest, the subdirectory, the target and the build flags: a second ``up`` builds nothing, and two processes
-asking at once build it once (a lock per key). docs/engines.md.
+asking at once build it once (a lock per key). The build unpacks a copy of the archive made while hashing it
+(never the archive by path again), and the binary is recorded by its sha256 and trusted by it
+(``binaries.py``). docs/engines.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from model_provisioner.core.errors import CorruptModel, EngineFailed, InvalidInput, MissingTool
+from model_provisioner.core import failpoints
+from model_provisioner.core.errors import CorruptModel, DigestMismatch, EngineFailed, InvalidInput, MissingTool
+from model_provisioner.engines.binaries import BinaryIdentity, built, record_binary, write_record
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.process import open_log, read_log_tail
 from model_provisioner.storage.locks import FileLock
@@ -66,29 +70,38 @@ def build_key(source_digest: str, spec: SourceSpec) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def built_binary(fetcher: EngineHost, spec: SourceSpec, *, jobs: int = 2, allow_package_installs: bool = False) -> Path:
-    """The binary built from ``spec``: from the store when it was built before, else built now."""
+def built_binary(
+    fetcher: EngineHost, spec: SourceSpec, *, jobs: int = 2, allow_package_installs: bool = False
+) -> BinaryIdentity:
+    """The binary built from ``spec``: from the store when it was built before (and is still what was built),
+    else built now. A source without its digest is refused: the build runs whatever the archive holds."""
+    if not spec.digest:
+        raise InvalidInput(
+            f"source {spec.source[:200]!r} has no source_digest: a build runs whatever the archive holds, so give "
+            "its digest (source_digest: sha256:<64 hex>)"
+        )
     archive = fetcher.ensure_present(spec.source, spec.digest)
     key = build_key(archive.digest, spec)
     home = fetcher.store.root / "engines" / "llamacpp" / key
-    binary = home / spec.target
-    if _ready(binary):
-        return binary
+    found = built(home, spec.target)
+    if found is not None:
+        return found
     fetcher.store.ensure_layout()
     lock = FileLock(fetcher.store.locks_dir / f"engine-build-{key}.lock", f"the build of {spec.target} ({key[:12]})")
     lock.acquire(timeout_s=3 * 3600)
     try:
-        if _ready(binary):
-            return binary  # another process built it while we waited
+        found = built(home, spec.target)
+        if found is not None:
+            return found  # another process built it while we waited
+        failpoints.failpoint("engine_build.locked")
         check_build_tools(allow_package_installs)
         _build(archive, spec, home, jobs)
-        return binary
+        found = built(home, spec.target)
+        if found is None:
+            raise EngineFailed(f"the build of {spec.target} left no build record in {home}")
+        return found
     finally:
         lock.release()
-
-
-def _ready(binary: Path) -> bool:
-    return binary.is_file() and os.access(binary, os.X_OK) and (binary.parent / "build.json").is_file()
 
 
 def check_build_tools(allow_package_installs: bool) -> None:
@@ -123,7 +136,9 @@ def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> N
     log_path = home.parent / f"{home.name}.build.log"
     started = time.monotonic()
     try:
-        tree = unpack_source(archive.local_path, work / "src", spec.subdir, archive.id)
+        # the bytes that were verified, copied while hashing: a swap of the archive after ``ensure`` builds nothing
+        copy = verified_copy(Path(archive.local_path), archive.digest, work / "source.archive", archive.id)
+        tree = unpack_source(copy, work / "src", spec.subdir, archive.id)
         build_dir = work / "build"
         flags = [*DEFAULT_CMAKE_FLAGS, *spec.flags]
         log.warning("building %s from %s (%s); this takes minutes, once", spec.target, archive.id, archive.digest)
@@ -135,8 +150,8 @@ def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> N
             raise EngineFailed(f"the build finished but produced no {spec.target}; see {log_path}")
         staged = work / "out"
         staged.mkdir()
-        shutil.copy2(produced, staged / spec.target)
-        os.chmod(staged / spec.target, 0o755)
+        shutil.copyfile(produced, staged / spec.target)
+        binary_sha256, fingerprint = record_binary(staged / spec.target)
         record = {
             "source": archive.id,
             "source_digest": archive.digest,
@@ -144,13 +159,34 @@ def _build(archive: ResolvedModel, spec: SourceSpec, home: Path, jobs: int) -> N
             "target": spec.target,
             "flags": flags,
             "seconds": round(time.monotonic() - started, 1),
+            "binary_sha256": binary_sha256,
+            "binary_fingerprint": fingerprint,
         }
-        (staged / "build.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        write_record(staged, record)
+        os.chmod(staged, 0o755)  # ours alone, whatever a shared cache's umask
         shutil.rmtree(home, ignore_errors=True)
         os.rename(staged, home)
         log.warning("built %s in %.0f s: %s", spec.target, time.monotonic() - started, home / spec.target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def verified_copy(source: Path, digest: str, dest: Path, subject: str) -> Path:
+    """Copy ``source`` to ``dest`` while hashing it; the copy is used only when it has ``digest``."""
+    algo, _, expected = digest.partition(":")
+    hasher = hashlib.new(algo)
+    with open(source, "rb") as src, open(dest, "xb") as out:
+        while chunk := src.read(1 << 20):
+            hasher.update(chunk)
+            out.write(chunk)
+    if hasher.hexdigest() != expected:
+        raise DigestMismatch(
+            subject,
+            digest,
+            f"{algo}:{hasher.hexdigest()}",
+            "the archive changed after it was verified; nothing was built from it",
+        )
+    return dest
 
 
 def _run(cmd: list[str], out: IO[str], log_path: Path, step: str) -> None:

@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.core.errors import (
@@ -37,7 +37,7 @@ from model_provisioner.core.errors import (
 )
 from model_provisioner.core.processes import free_port, is_alive, port_in_use, start_time, stop
 from model_provisioner.core.units import now_ms
-from model_provisioner.engines import llamacpp, triton
+from model_provisioner.engines import binaries, llamacpp, triton
 from model_provisioner.engines.build import SourceSpec, built_binary
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.ownership import (
@@ -121,7 +121,7 @@ def up(
         prepared = _prepare(host, run, resolved, rundir)
         _write_within_pool_limit(host, rundir, replace(prepared.state, handoff=request.handoff))
         state = replace(prepared.state, handoff=request.handoff)  # recorded: from here on, cleaned up on failure
-        launched = _start_supervisor(host, pool, rundir, prepared.engine_env, host_factory, lock, request.api)
+        launched = _start_supervisor(host, state, rundir, prepared.engine_env, host_factory, lock, request.api)
         return _wait_for_supervisor(rundir, pool, state.ready_timeout_s + 15, launched, lock), resolved
     except BaseException as exc:
         if state is not None:
@@ -157,7 +157,8 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
     if kind == "llamacpp":
         if resolved.format != "gguf":
             raise InvalidInput(f"{resolved.id} is {resolved.format}, not GGUF: llama-server runs GGUF models")
-        binary = _llamacpp_binary(host, run)
+        identity = _llamacpp_binary(host, run)
+        binary = identity.path
         merged = llamacpp.server_flags(run.flags, _int(resolved.metadata.get("ctx_max")), settings.llamacpp)
         given, flags, secret_env = llamacpp.split_secrets(merged)
         argv = llamacpp.argv(binary, str(resolved.local_path), run.host, port, given)
@@ -169,6 +170,7 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         triton.check_no_remote_code(resolved, host.settings.allow_remote_code)
         env = {**settings.triton.env, **run.env}
         binary = check_binary(run.binary or settings.triton.binary or "tritonserver", "tritonserver", triton.HOW_TO_GET)
+        identity = binaries.given(binary)
         flags = list(run.flags)
         argv = triton.argv(binary, str(resolved.local_path), run.host, port, flags)
         engine_version, timeout = triton.version(binary, env), settings.triton.ready_timeout_s
@@ -194,6 +196,8 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         engine_version=engine_version,
         provisioning_mode=run.provisioning_mode,
         binary=binary,
+        binary_sha256=identity.sha256,
+        binary_fingerprint=identity.fingerprint,
         env_names=sorted(env),
         started_ms=now_ms(),
         ready_timeout_s=run.ready_timeout_s or timeout,
@@ -208,16 +212,16 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _llamacpp_binary(host: EngineHost, run: EngineRun) -> str:
+def _llamacpp_binary(host: EngineHost, run: EngineRun) -> binaries.BinaryIdentity:
     settings = host.settings.engines
     if run.provisioning_mode == "source":
         assert run.source is not None
         spec = SourceSpec(run.source, run.source_digest, run.source_subdir)
-        built = built_binary(
+        return built_binary(
             host, spec, jobs=settings.llamacpp.build_jobs, allow_package_installs=settings.allow_package_installs
         )
-        return str(built)
-    return check_binary(run.binary or settings.llamacpp.binary or "llama-server", "llama-server", llamacpp.HOW_TO_GET)
+    path = check_binary(run.binary or settings.llamacpp.binary or "llama-server", "llama-server", llamacpp.HOW_TO_GET)
+    return binaries.given(path)
 
 
 def _choose_port(host: str, port: int) -> int:
@@ -231,25 +235,28 @@ def _choose_port(host: str, port: int) -> int:
 
 def _start_supervisor(
     host: EngineHost,
-    pool: str,
+    state: PoolState,
     rundir: RunDir,
     engine_env: Mapping[str, str],
     host_factory: Callable[[], EngineHost] | None,
     lock: FileLock,
     api: bool,
 ) -> Launched:
+    """The supervisor gets the state and the engine's variables from us (memory, or its stdin), never from a
+    file in the cache."""
+    pool = state.pool_id
     rundir.make()
     out = open_log(rundir.supervisor_log_path(pool))
     try:
         if host_factory is not None and threading.active_count() == 1:
-            return _fork_supervisor(pool, out, host_factory, engine_env, lock)
+            return _fork_supervisor(state, out, host_factory, engine_env, lock)
         cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise"]
         cmd += ["--api", pool] if api else [pool]
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
         )
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"engine_env": dict(engine_env)}).encode())
+        proc.stdin.write(json.dumps({"state": asdict(state), "engine_env": dict(engine_env)}).encode())
         proc.stdin.close()
         return Launched(proc.pid, start_time(proc.pid))
     finally:
@@ -257,7 +264,7 @@ def _start_supervisor(
 
 
 def _fork_supervisor(
-    pool: str, out: int, host_factory: Callable[[], EngineHost], engine_env: Mapping[str, str], lock: FileLock
+    state: PoolState, out: int, host_factory: Callable[[], EngineHost], engine_env: Mapping[str, str], lock: FileLock
 ) -> Launched:
     """Double fork: the supervisor has its own session, no terminal, and init as its parent (no zombie). The
     middle child tells us the supervisor's pid through a pipe."""
@@ -269,7 +276,7 @@ def _fork_supervisor(
             reported = pipe.read(32)
         os.waitpid(child, 0)  # the first child exits at once
         if not reported.strip().isdigit():
-            raise EngineFailed(f"pool {pool}: the supervisor could not be started")
+            raise EngineFailed(f"pool {state.pool_id}: the supervisor could not be started")
         pid = int(reported)
         return Launched(pid, start_time(pid))
     code = 1
@@ -288,7 +295,7 @@ def _fork_supervisor(
         os.dup2(out, 2)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        code = supervise(host_factory(), pool, engine_env)
+        code = supervise(host_factory(), state, engine_env)
     except BaseException:
         traceback.print_exc()
     finally:

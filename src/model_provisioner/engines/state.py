@@ -67,6 +67,9 @@ class PoolState:
     engine_version: str | None = None
     provisioning_mode: str = "binary"
     binary: str = ""
+    #: a binary we built: the bytes it must have; any binary: its stat fingerprint when it was trusted
+    binary_sha256: str | None = None
+    binary_fingerprint: str = ""
     #: the names of the variables the engine gets beyond the allow-list; their values are never written
     env_names: list[str] = field(default_factory=list)
     pid: int | None = None
@@ -95,6 +98,16 @@ class PoolState:
         out.pop("run_token")
         out["uptime_s"] = round(time.time() - self.ready_ms / 1000, 1) if self.ready_ms and self.state == "ready" else 0
         return out
+
+
+def state_from_json(raw: object) -> PoolState | None:
+    """A pool state from its JSON form, or None when it is not one."""
+    if not isinstance(raw, dict) or raw.get("state") not in STATES or raw.get("engine") not in ENGINE_KINDS:
+        return None
+    try:
+        return PoolState(**raw)
+    except TypeError:
+        return None
 
 
 class RunDir:
@@ -127,12 +140,7 @@ class RunDir:
             raw = json.loads(read_small(self.state_path(pool), 1 << 20))
         except (FileNotFoundError, ValueError, UnsafeCachePath):
             return None
-        if not isinstance(raw, dict) or raw.get("state") not in STATES or raw.get("engine") not in ENGINE_KINDS:
-            return None
-        try:
-            return PoolState(**raw)
-        except TypeError:
-            return None
+        return state_from_json(raw)
 
     def read(self, pool: str) -> PoolState:
         """The pool's state as it really is: a pool whose supervisor died is ``crashed`` (unless it ended)."""

@@ -27,11 +27,19 @@ from pathlib import Path
 from types import FrameType
 
 from model_provisioner.core import failpoints
-from model_provisioner.core.errors import EngineFailed, EngineNotReady, ModelChanged, ProvisionerError, UnsafeCachePath
+from model_provisioner.core.errors import (
+    EngineBinaryChanged,
+    EngineFailed,
+    EngineNotReady,
+    ModelChanged,
+    ProvisionerError,
+    UnsafeCachePath,
+)
 from model_provisioner.core.processes import start_time
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import llamacpp, triton
+from model_provisioner.engines.binaries import BinaryIdentity, check_before_exec
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.ownership import life_lock, run_mark
 from model_provisioner.engines.process import (
@@ -42,25 +50,25 @@ from model_provisioner.engines.process import (
     terminate,
     wait_ready,
 )
-from model_provisioner.engines.state import PoolState, RunDir
+from model_provisioner.engines.state import PoolState, RunDir, check_pool_id
 from model_provisioner.ops.leases import acquire_lease
 
 log = logging.getLogger("model_provisioner")
 
 
 class Supervisor:
-    def __init__(self, host: EngineHost, pool: str, engine_env: Mapping[str, str]) -> None:
+    def __init__(self, host: EngineHost, launch: PoolState, engine_env: Mapping[str, str]) -> None:
+        """``launch`` comes from ``up`` itself (in memory, or through stdin): never re-read from the state file,
+        which others may write in a shared cache (its argv would be a command line of their choosing)."""
         self.host = host
         self.settings = host.settings.engines
         self.run = RunDir(host.store.root / "run")
-        recorded = self.run.recorded(pool)
-        if recorded is None:
-            raise ProvisionerError(f"no engine pool {pool!r} to supervise")
+        pool = check_pool_id(launch.pool_id)
         self.life = life_lock(host.store.locks_dir, pool)
         if not self.life.try_acquire():
             raise ProvisionerError(f"engine pool {pool!r} already has a supervisor (pid {self.life.holder_pid()})")
         me = os.getpid()
-        self.state = replace(recorded, supervisor_pid=me, supervisor_start=start_time(me))
+        self.state = replace(launch, supervisor_pid=me, supervisor_start=start_time(me))
         register_env_secrets(engine_env)
         self.env = engine_environment({**engine_env, **run_mark(self.state)})
         self.stopping = threading.Event()
@@ -99,7 +107,7 @@ class Supervisor:
             try:
                 self._check_model()
                 self._start()
-            except ModelChanged as exc:
+            except (ModelChanged, EngineBinaryChanged) as exc:
                 self._write(state="failed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
                 return 1
             except StopRequested:
@@ -144,6 +152,7 @@ class Supervisor:
     def _start(self) -> None:
         s = self.state
         log_path = Path(s.log_path)
+        check_before_exec(BinaryIdentity(s.binary, s.binary_fingerprint, s.binary_sha256))
         self.proc = spawn(s.argv, log_path, self.env)
         self._write(
             state="starting" if s.state != "restarting" else "restarting",
@@ -186,6 +195,6 @@ def _is_ready(state: PoolState) -> bool:
     return llamacpp.is_ready(state.host, state.port)
 
 
-def supervise(host: EngineHost, pool: str, engine_env: Mapping[str, str]) -> int:
+def supervise(host: EngineHost, launch: PoolState, engine_env: Mapping[str, str]) -> int:
     """The supervisor process's main: returns its exit status."""
-    return Supervisor(host, pool, engine_env).serve()
+    return Supervisor(host, launch, engine_env).serve()
