@@ -424,3 +424,23 @@ def test_the_build_log_never_follows_a_planted_link(tiny_model: Path, tmp_path: 
     refused = engine_provisioner(cache_dir, source_config(tiny_model, archive, digest), tmp_path / "engine.json")
     assert refused.returncode == 4 and "symbolic link" in refused.stderr, refused.stderr
     assert victim.read_text() == "precious\n"  # before: truncated by open(..., "w")
+
+
+def test_jobs_queued_behind_their_origin_are_bounded() -> None:
+    """Before, jobs waiting behind ``api_jobs_per_origin`` were never evicted (10,500 kept)."""
+    import threading
+
+    from model_provisioner.core.errors import ServerBusy
+    from model_provisioner.server.jobs import Job, JobRegistry
+
+    registry = JobRegistry(2, per_origin=1, max_pending=50)
+    release = threading.Event()
+    try:
+        for i in range(50):  # one runs, 49 wait behind the origin
+            registry.submit(Job(str(i), "https://slow/m"), "slow:443", lambda job: release.wait(30) and None)
+        with pytest.raises(ServerBusy) as refused:
+            registry.submit(Job("50", "https://slow/m"), "slow:443", lambda job: None)
+        assert "api_max_queued_jobs" in str(refused.value) and len(registry) == 50
+    finally:
+        release.set()
+        registry.shutdown()

@@ -124,6 +124,8 @@ class Settings:
     api_max_sync_fetches: int = 32
     #: HTTP API: background jobs running at once against one origin (the rest wait without holding a worker)
     api_jobs_per_origin: int = 2
+    #: background jobs not finished yet (running or queued behind their origin); more are 503
+    api_max_queued_jobs: int = 1000
     #: HTTP API: ensure requests naming an engine write its handoff and a provenance line here
     api_handoff_dir: str | None = None
     #: OCI registries reached over plain http (loopback registries always are), like Docker's insecure registries
@@ -221,6 +223,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "api_max_body_bytes": int,
     "api_max_sync_fetches": int,
     "api_jobs_per_origin": int,
+    "api_max_queued_jobs": int,
     "api_handoff_dir": str,
     "oci_plain_http": list,
     "s3_endpoint_url": str,

@@ -70,7 +70,11 @@ def make_context(settings: Settings, prov: ModelProvisioner) -> ApiContext:
     return ApiContext(
         settings,
         prov,
-        JobRegistry(max(4, settings.max_parallel_fetches), per_origin=settings.api_jobs_per_origin),
+        JobRegistry(
+            max(4, settings.max_parallel_fetches),
+            per_origin=settings.api_jobs_per_origin,
+            max_pending=settings.api_max_queued_jobs,
+        ),
         threading.BoundedSemaphore(settings.api_max_sync_fetches),
         tuple(os.path.realpath(r) for r in settings.api_file_roots),
     )

@@ -7,6 +7,8 @@ finished jobs expire.
   origin cannot take every worker from the others.
 - A finished job is kept ``ttl_s`` for its caller to read, then forgotten; the registry never holds more than
   ``max_jobs`` (the oldest finished go first).
+- Jobs not finished yet (running, or queued behind their origin) are bounded too: past ``max_pending`` a new
+  job is refused (503, ``api_max_queued_jobs``) instead of queueing for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from model_provisioner.core.errors import ServerBusy
 from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef
 
 
@@ -62,9 +65,16 @@ def origin_of_ref(ref: ModelRef) -> str | None:
 
 class JobRegistry:
     def __init__(
-        self, remote_workers: int, *, per_origin: int = 2, ttl_s: float = 3600.0, max_jobs: int = 10_000
+        self,
+        remote_workers: int,
+        *,
+        per_origin: int = 2,
+        ttl_s: float = 3600.0,
+        max_jobs: int = 10_000,
+        max_pending: int = 1000,
     ) -> None:
         self.per_origin = max(1, per_origin)
+        self.max_pending = max(1, max_pending)
         self.ttl_s = ttl_s
         self.max_jobs = max_jobs
         self._jobs: dict[str, Job] = {}
@@ -101,6 +111,12 @@ class JobRegistry:
 
         with self._lock:
             self._expire()
+            pending = sum(1 for j in self._jobs.values() if j.finished_at is None)
+            if pending >= self.max_pending:
+                raise ServerBusy(
+                    f"{pending} jobs are already queued or running (api_max_queued_jobs: {self.max_pending}); "
+                    "retry later"
+                )
             self._jobs[job.id] = job
             if origin is None:
                 self._local.submit(run)
