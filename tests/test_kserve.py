@@ -73,3 +73,39 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
     gs = initializer("gs://bucket/model", str(tmp_path / "d"), node_cache=tmp_path / "n", cwd=tmp_path)
     assert gs.returncode == 2 and "gs" in gs.stderr, gs.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_private_repo_in_the_node_cache_goes_only_to_pods_the_hub_accepts(hub: Any, tmp_path: Path) -> None:
+    """Before: once a pod with a token had fetched a private repo into the node cache, pods with no token or
+    a wrong one got its files (exit 0) and the Hub saw no request at all."""
+    hub.add_repo("org/private", transformers_repo(n_shards=1), private=True)
+    hub.add_repo("org/public", transformers_repo(n_shards=1))
+    hub.tokens.add("hf_" + "a" * 34)
+    node = tmp_path / "node-cache"
+    good = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_" + "a" * 34}
+
+    def pod(name: str, src: str, env: dict[str, str]) -> Any:
+        return initializer(src, str(tmp_path / name / "mnt" / "models"), node_cache=node, env=env, cwd=tmp_path)
+
+    assert pod("owner", "hf://org/private", good).returncode == 0
+    assert pod("public", "hf://org/public", {"HF_ENDPOINT": hub.url}).returncode == 0
+
+    def api_calls() -> int:
+        return sum(1 for r in hub.server.requests if r.path.startswith("/api/models/"))
+
+    for name, env in (("no-token", {"HF_ENDPOINT": hub.url}),
+                      ("wrong-token", {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_" + "b" * 34})):
+        before = api_calls()
+        refused = pod(name, "hf://org/private", env)
+        assert refused.returncode == 5 and "org/private" in refused.stderr, refused.stderr
+        assert "b" * 34 not in refused.stderr
+        assert api_calls() == before + 1  # the Hub was asked, with this pod's credentials
+        assert not (tmp_path / name / "mnt" / "models" / "config.json").exists()
+    before = api_calls()
+    assert pod("same-token", "hf://org/private", good).returncode == 0  # asked once, then remembered
+    assert pod("same-token-2", "hf://org/private", good).returncode == 0
+    assert api_calls() == before + 1
+    # a public entry keeps the zero-network warm path
+    before = api_calls()
+    assert pod("public-2", "hf://org/public", {"HF_ENDPOINT": hub.url}).returncode == 0
+    assert api_calls() == before

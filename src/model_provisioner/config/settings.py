@@ -97,6 +97,8 @@ class Settings:
     https_mirrors: tuple[HttpsMirror, ...] = ()
     hf_endpoint: str = DEFAULT_HF_ENDPOINT
     hf_token: str | None = field(default=None, repr=False)
+    #: how long a Hub's yes to "may this token read this private repo" is remembered (pipeline/access.py)
+    access_check_ttl_s: float = 300.0
     #: a transformers repo that needs custom code is provisioned (flagged) only when this is true
     allow_remote_code: bool = False
     #: the same for requests through the HTTP API (its callers may not be the operator): off by default
@@ -212,6 +214,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "touch_interval_ms": int,
     "hf_endpoint": str,
     "allow_remote_code": bool,
+    "access_check_ttl_s": (int, float),
     "api_allow_remote_code": bool,
     "max_cache_bytes": (int, str),
     "adopt_caches": bool,

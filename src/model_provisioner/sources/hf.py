@@ -242,8 +242,39 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
         layout=layout,
         files=tuple(files),
         revision=commit,
-        metadata={"revision": commit, "repo_id": ref.repo_id, "hub_endpoint": redact_url(api_endpoint)},
+        metadata={
+            "revision": commit,
+            "repo_id": ref.repo_id,
+            "hub_endpoint": redact_url(api_endpoint),
+            # a private or gated repo: a warm hit asks the Hub whether the caller may read it (pipeline/access.py)
+            **({"access": "restricted"} if getattr(info, "private", False) or getattr(info, "gated", False) else {}),
+        },
     )
+
+
+def hub_grants_access(repo_id: str, revision: str | None, settings: Settings) -> bool | None:
+    """Whether the origin Hub lets this caller's token (or no token) read ``repo_id``: True, False, or None
+    when it could not be asked (a network failure)."""
+    from huggingface_hub import HfApi  # noqa: PLC0415  # heavy: huggingface_hub, imported only when this path runs
+    from huggingface_hub.errors import (  # noqa: PLC0415
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    parts = urlsplit(settings.hf_endpoint)
+    settings.policy.check_host(parts.scheme, parts.hostname or "", settings.hf_endpoint)
+    api = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token or False)
+    try:
+        api.model_info(repo_id, revision=revision)
+    except (GatedRepoError, RepositoryNotFoundError):
+        return False
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        return False if status in (401, 403, 404) else None
+    except Exception:  # connection errors from the Hub client: not an answer
+        return None
+    return True
 
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
