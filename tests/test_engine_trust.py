@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import alive
+from .conftest import alive, run_cli
 
 API_TOKEN_ENV = "MODEL_PROVISIONER_API_TOKEN"
 
@@ -444,3 +444,25 @@ def test_jobs_queued_behind_their_origin_are_bounded() -> None:
     finally:
         release.set()
         registry.shutdown()
+
+
+def test_rm_between_the_ensure_and_the_lease_of_up_is_harmless(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Before, ``rm`` in that window made ``up`` fail after ~32 s with a traceback in its message."""
+    marker = tmp_path / "ensured"
+    env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"up.ensured=pause:{marker}"}
+    up = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up",
+                           str(model_copy), "--binary", llama_server, "--pool", "w", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(marker.exists, what="up to have ensured the model")
+    removed = run_cli("rm", f"file:{model_copy}", cache_dir=cache_dir)
+    assert removed.code == 0, removed.stderr
+    marker.unlink()  # the failpoint pauses again after the second ensure: let that one through too
+    wait_for(lambda: marker.exists() or up.poll() is not None, what="the second ensure")
+    marker.unlink(missing_ok=True)
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 0, err
+    assert "Traceback" not in err
+    refused = run_cli("rm", f"file:{model_copy}", cache_dir=cache_dir)
+    assert refused.code == 5 and "engine pool w" in refused.stderr, refused.stderr  # leased while served

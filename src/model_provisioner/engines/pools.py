@@ -15,31 +15,28 @@ to the supervisor in memory (fork) or through its stdin (a fresh interpreter).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from model_provisioner.config.engine_run import EngineRun
+from model_provisioner.core import failpoints
 from model_provisioner.core.errors import (
     EngineFailed,
     EngineNotReady,
     InvalidInput,
+    NotFound,
     PolicyDenied,
     ProvisionerError,
 )
-from model_provisioner.core.processes import free_port, is_alive, port_in_use, start_time, stop
+from model_provisioner.core.processes import free_port, is_alive, port_in_use, stop
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import binaries, llamacpp, triton
 from model_provisioner.engines.build import SourceSpec, built_binary
 from model_provisioner.engines.host import EngineHost
+from model_provisioner.engines.launch import Launched, start_supervisor
 from model_provisioner.engines.ownership import (
     engine_is_ours,
     new_run_token,
@@ -57,7 +54,8 @@ from model_provisioner.engines.state import (
     check_pool_id,
     truthful,
 )
-from model_provisioner.engines.supervisor import supervise
+from model_provisioner.ops.leases import acquire_lease
+from model_provisioner.storage.catalog import Lease
 from model_provisioner.storage.locks import FileLock, make_locks_dir
 from model_provisioner.verify.results import ResolvedModel
 
@@ -85,14 +83,6 @@ class Prepared:
     engine_env: dict[str, str]
 
 
-@dataclass(frozen=True)
-class Launched:
-    """The supervisor ``up`` started (its pid and kernel start time): ours by construction."""
-
-    pid: int
-    start: str | None
-
-
 def run_dir(host: EngineHost) -> RunDir:
     return RunDir(host.store.root / "run")
 
@@ -110,6 +100,7 @@ def up(
     lock.acquire(POOL_LOCK_TIMEOUT_S)
     launched: Launched | None = None
     state: PoolState | None = None
+    lease: Lease | None = None
     try:
         current = rundir.recorded(pool)
         if current is not None and truthful(current).state in LIVE:
@@ -117,11 +108,11 @@ def up(
                 f"pool {pool!r} already runs {current.model_id} at {current.url}; stop it first "
                 f"(model-provisioner down --pool {pool}) or choose another --pool"
             )
-        resolved = host.ensure_present(request.ref, request.digest, request.strict)
+        resolved, lease = _ensure_leased(host, request, pool)
         prepared = _prepare(host, run, resolved, rundir)
         _write_within_pool_limit(host, rundir, replace(prepared.state, handoff=request.handoff))
         state = replace(prepared.state, handoff=request.handoff)  # recorded: from here on, cleaned up on failure
-        launched = _start_supervisor(host, state, rundir, prepared.engine_env, host_factory, lock, request.api)
+        launched = start_supervisor(host, state, rundir, prepared.engine_env, host_factory, lock, request.api)
         return _wait_for_supervisor(rundir, pool, state.ready_timeout_s + 15, launched, lock), resolved
     except BaseException as exc:
         if state is not None:
@@ -129,6 +120,23 @@ def up(
         raise
     finally:
         lock.release()
+        if lease is not None:  # the supervisor holds its own lease from before it checks the model
+            host.catalog.remove_lease(lease.lease_id)
+
+
+def _ensure_leased(host: EngineHost, request: UpRequest, pool: str) -> tuple[ResolvedModel, Lease]:
+    """Ensure, then lease at once: an ``rm`` between the two makes us ensure again (never a failed ``up``).
+    ``up`` holds this lease until its supervisor holds its own."""
+    for attempt in range(3):
+        resolved = host.ensure_present(request.ref, request.digest, request.strict)
+        try:
+            failpoints.failpoint("up.ensured")
+            return resolved, acquire_lease(host, resolved.id, holder=f"engine pool {pool} (starting)")
+        except NotFound:
+            if attempt == 2:
+                raise
+            log.info("%s was removed while pool %s started; ensuring it again", resolved.id, pool)
+    raise AssertionError("unreachable")
 
 
 def _write_within_pool_limit(host: EngineHost, rundir: RunDir, state: PoolState) -> None:
@@ -231,76 +239,6 @@ def _choose_port(host: str, port: int) -> int:
     if port:
         log.warning("port %d on %s is in use; the engine listens on %d instead", port, host, chosen)
     return chosen
-
-
-def _start_supervisor(
-    host: EngineHost,
-    state: PoolState,
-    rundir: RunDir,
-    engine_env: Mapping[str, str],
-    host_factory: Callable[[], EngineHost] | None,
-    lock: FileLock,
-    api: bool,
-) -> Launched:
-    """The supervisor gets the state and the engine's variables from us (memory, or its stdin), never from a
-    file in the cache."""
-    pool = state.pool_id
-    rundir.make()
-    out = open_log(rundir.supervisor_log_path(pool))
-    try:
-        if host_factory is not None and threading.active_count() == 1:
-            return _fork_supervisor(state, out, host_factory, engine_env, lock)
-        cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise"]
-        cmd += ["--api", pool] if api else [pool]
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"state": asdict(state), "engine_env": dict(engine_env)}).encode())
-        proc.stdin.close()
-        return Launched(proc.pid, start_time(proc.pid))
-    finally:
-        os.close(out)
-
-
-def _fork_supervisor(
-    state: PoolState, out: int, host_factory: Callable[[], EngineHost], engine_env: Mapping[str, str], lock: FileLock
-) -> Launched:
-    """Double fork: the supervisor has its own session, no terminal, and init as its parent (no zombie). The
-    middle child tells us the supervisor's pid through a pipe."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            reported = pipe.read(32)
-        os.waitpid(child, 0)  # the first child exits at once
-        if not reported.strip().isdigit():
-            raise EngineFailed(f"pool {state.pool_id}: the supervisor could not be started")
-        pid = int(reported)
-        return Launched(pid, start_time(pid))
-    code = 1
-    try:
-        os.close(read_end)
-        os.setsid()
-        grandchild = os.fork()
-        if grandchild:
-            os.write(write_end, str(grandchild).encode())
-            os._exit(0)
-        os.close(write_end)
-        lock.close_inherited()  # the pool's operation lock stays ``up``'s alone
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        code = supervise(host_factory(), state, engine_env)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
 
 
 def _wait_for_supervisor(
