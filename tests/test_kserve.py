@@ -109,3 +109,30 @@ def test_a_private_repo_in_the_node_cache_goes_only_to_pods_the_hub_accepts(hub:
     before = api_calls()
     assert pod("public-2", "hf://org/public", {"HF_ENDPOINT": hub.url}).returncode == 0
     assert api_calls() == before
+
+
+def test_a_dest_that_cannot_be_made_is_one_line_and_nothing_is_fetched(hub: Any, tmp_path: Path) -> None:
+    hub.add_repo("org/served", transformers_repo(n_shards=1))
+    env = {"HF_ENDPOINT": hub.url}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    for dest in ("/proc/mprov-cannot-be-here/models", str(blocker / "models")):
+        bad = initializer("hf://org/served", dest, node_cache=tmp_path / "node", env=env, cwd=tmp_path)
+        assert bad.returncode == 2 and "DEST" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+    assert hub.server.requests == []  # checked before any fetch
+    # a DEST reached through a symlinked directory is resolved once: the files land where it pointed
+    real = tmp_path / "real-volume"
+    real.mkdir()
+    (tmp_path / "mnt").symlink_to(real)
+    done = initializer("hf://org/served", str(tmp_path / "mnt" / "models"), node_cache=tmp_path / "node", env=env,
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (real / "models" / "config.json").is_file()
+
+
+def test_metadata_and_link_local_addresses_are_refused_by_default(tmp_path: Path) -> None:
+    for uri in ("https://169.254.169.254/latest/meta-data/model.gguf", "https://[fd00:ec2::254]/model.gguf",
+                "https://[fe80::1]/model.gguf"):
+        refused = initializer(uri, str(tmp_path / "d"), node_cache=tmp_path / "node", cwd=tmp_path)
+        assert refused.returncode == 5 and "deny_networks" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1

@@ -175,6 +175,10 @@ def test_an_unreachable_or_malformed_proxy_is_a_one_line_error(tmp_path: Path, f
     assert bad.code == 2, bad.stderr
     assert "HTTPS_PROXY" in bad.stderr and "http://host:port" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and fileserver.requests == []
+    # an unclosed IPv6 address with credentials: before, exit 1 and a traceback
+    unclosed = run_cli("ensure", url, cache_dir=tmp_path / "c", env={**env, "HTTP_PROXY": "http://u:pw-9f2e@[::1:3128"})
+    assert unclosed.code == 2 and "HTTP_PROXY" in unclosed.stderr and "pw-9f2e" not in unclosed.stderr
+    assert len(unclosed.stderr.strip().splitlines()) == 1, unclosed.stderr
 
 
 def test_the_api_policy_still_refuses_internal_targets_through_a_proxy(squid: Squid, api_factory: Any,

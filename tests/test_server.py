@@ -163,6 +163,10 @@ def test_auth_required_accepted_refused(api_factory: Any) -> None:
     bare = httpx.Client(base_url=api.url)
     assert bare.get("/v1/models").status_code == 401
     assert bare.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    for spelling in ("bearer", "BEARER", "Bearer "):  # the scheme is case-insensitive (RFC 9110), the token is not
+        assert bare.get("/v1/models", headers={"Authorization": f"{spelling} {TOKEN}"}).status_code == 200
+    assert bare.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN.upper()}x"}).status_code == 401
+    assert bare.get("/v1/models", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
     assert bare.get("/healthz").status_code == 200  # probes stay open
     assert api.client.get("/v1/models").status_code == 200
     assert TOKEN not in api.logs()

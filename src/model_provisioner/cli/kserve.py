@@ -9,6 +9,7 @@ from the origin, hard-linked into DEST when it is on the same filesystem (docs/k
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.output import PROG, emit
 from model_provisioner.config.settings import Settings
-from model_provisioner.core.errors import InvalidInput, NotFound, quote
+from model_provisioner.core.errors import InsufficientSpace, InvalidInput, NotFound, quote
+from model_provisioner.core.refs import parse
 from model_provisioner.ops.export import export
 
 
@@ -42,6 +44,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None, s3_endpoint_url=url)
 
 
+def prepare_dest(dest: str) -> Path:
+    """DEST made and writable, its symbolic links resolved once here: the files go where DEST pointed when the
+    initializer started, whatever its links say later. A DEST that cannot be made is exit 2 (exit 7 when the
+    disk is full), one line naming it."""
+    target = Path(os.path.realpath(dest))
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not a writable directory")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise InsufficientSpace(f"DEST {quote(dest)}", 0, 0) from None
+        raise InvalidInput(
+            f"DEST {quote(dest)} cannot be created or written ({exc.strerror}); give a writable directory "
+            "(KServe mounts /mnt/models)"
+        ) from None
+    return target
+
+
 def cmd_storage_initializer(args: argparse.Namespace) -> int:
     pairs = args.pairs
     if len(pairs) < 2 or len(pairs) % 2:
@@ -49,9 +70,12 @@ def cmd_storage_initializer(args: argparse.Namespace) -> int:
             f"storage-initializer takes SRC DEST pairs, got {len(pairs)} argument(s): e.g. "
             "storage-initializer hf://org/repo /mnt/models"
         )
+    for src in pairs[::2]:  # every SRC is read, then every DEST made, before any model is fetched
+        parse(from_kserve_uri(src))
+    dests = [prepare_dest(dest) for dest in pairs[1::2]]
     results = []
     with ModelProvisioner(_settings(args)) as prov:
-        for src, dest in zip(pairs[::2], pairs[1::2], strict=True):
+        for src, dest, target in zip(pairs[::2], pairs[1::2], dests, strict=True):
             ref = from_kserve_uri(src)
             if ref.startswith("s3://") and not ref.endswith("/"):
                 try:  # KServe's s3://bucket/prefix is every object under it; a single object also works
@@ -60,7 +84,7 @@ def cmd_storage_initializer(args: argparse.Namespace) -> int:
                     resolved = prov.ensure_present(ref)
             else:
                 resolved = prov.ensure_present(ref)
-            report = export(prov, resolved, Path(dest))
+            report = export(prov, resolved, target)
             results.append(
                 {
                     "src": src,

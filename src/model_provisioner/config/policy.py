@@ -7,6 +7,10 @@ literal in any spelling is matched as its dotted address), and ``deny_hosts`` ag
 the host resolves to when the socket is opened (``netguard``). Deny wins; a non-empty allow list admits
 only what it matches. ``label`` names the policy in logs and provenance.
 
+``deny_networks`` (every entry point: CLI, API, KServe's storage initializer) refuses link-local and
+cloud-metadata addresses by default (``169.254.0.0/16``, ``fe80::/10``, ``fd00:ec2::254``): a model URI
+from a cluster user must not read the node's instance metadata. Set it to ``[]`` to allow them.
+
 ``block_internal`` (on for requests that arrive through the HTTP API) refuses connections to loopback,
 private, link-local (cloud metadata) and other non-global addresses, except those ``internal_allow``
 admits: a CIDR (``10.1.0.0/16``), a host glob, or an exact ``host:port`` (the operator's own endpoints).
@@ -18,11 +22,14 @@ import fnmatch
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from model_provisioner.core.errors import OfflineError, PolicyDenied
+from model_provisioner.core.errors import ConfigError, OfflineError, PolicyDenied
 from model_provisioner.core.hosts import IPAddress, canonical_host, is_internal, parse_ip
 from model_provisioner.core.refs import ModelRef
+
+DEFAULT_DENY_NETWORKS = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Policy:
     offline: bool = False
     block_internal: bool = False
     internal_allow: tuple[str, ...] = ()
+    deny_networks: tuple[str, ...] = DEFAULT_DENY_NETWORKS
 
     def check_ref(self, ref: ModelRef) -> None:
         rule = _first_match(self.deny, ref.id)
@@ -73,6 +81,13 @@ class Policy:
             raise PolicyDenied(
                 f"connection to {where} ({address}) denied by policy {self.label!r} (deny_hosts {rule!r})"
             )
+        for network in self.deny_networks:
+            if address in ipaddress.ip_network(network, strict=False):
+                raise PolicyDenied(
+                    f"connection to {where} refused: {address} is in {network}, a link-local or cloud-metadata "
+                    f"network (policy deny_networks); if this endpoint is really wanted, remove {network} from "
+                    "policy.deny_networks in the settings"
+                )
         if self.block_internal and is_internal(address) and not self._internal_allowed(host, port, address):
             raise PolicyDenied(
                 f"connection to {where} refused: it is an internal address ({address}), and requests through the "
@@ -112,3 +127,14 @@ def _first_match(rules: Sequence[str], value: str) -> str | None:
         if fnmatch.fnmatchcase(value, rule):
             return rule
     return None
+
+
+def policy_from(path: str, values: dict[str, Any]) -> Policy:
+    """The settings file's ``policy:`` section (types already checked): every ``deny_networks`` entry a CIDR."""
+    for network in values.get("deny_networks", ()):
+        try:
+            ipaddress.ip_network(str(network), strict=False)
+        except ValueError:
+            why = f"{str(network)[:80]!r} is not a CIDR (e.g. 169.254.0.0/16)"
+            raise ConfigError(path, "policy.deny_networks", why) from None
+    return Policy(**values)

@@ -105,7 +105,10 @@ class ProxySettings:
 
 def _proxy_url(variable: str, value: str) -> str:
     url = value if "://" in value else f"http://{value}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [v6 address: its text may hold a password, so it is not quoted
+        raise ConfigError(variable, None, f"the proxy URL cannot be read ({exc}); use http://host:port") from None
     shown = redact_url(url)[:200]
     if parts.scheme.lower() not in PROXY_SCHEMES:
         raise ConfigError(

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from model_provisioner.config.engines import EngineSettings, parse_engine_settings
-from model_provisioner.config.policy import Policy
+from model_provisioner.config.policy import Policy, policy_from
 from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
 from model_provisioner.core.errors import ConfigError, NotFound
@@ -260,6 +260,7 @@ _POLICY_TYPES: dict[str, type | tuple[type, ...]] = {
     "deny": list,
     "allow_hosts": list,
     "deny_hosts": list,
+    "deny_networks": list,
     "label": str,
 }
 
@@ -300,7 +301,7 @@ def _load_settings_file(path: str) -> dict[str, Any]:
     if "engines" in data:
         out["engines"] = parse_engine_settings(path, data["engines"])
     if "policy" in data:
-        out["policy"] = Policy(**_typed(path, "policy", data["policy"], _POLICY_TYPES))
+        out["policy"] = policy_from(path, _typed(path, "policy", data["policy"], _POLICY_TYPES))
     if "oci_credentials" in data:
         creds = data["oci_credentials"]
         if not isinstance(creds, dict) or not all(

@@ -85,7 +85,7 @@ def _credentials_refused(proxy: str, scheme: str) -> PolicyDenied:
 
 
 def _check_target(policy: Policy, host: str, port: int) -> None:
-    if parse_ip(host) is not None or not (policy.block_internal or policy.deny_hosts):
+    if parse_ip(host) is not None or not (policy.block_internal or policy.deny_hosts or policy.deny_networks):
         return  # a literal was checked by address before the hop; no address rule to apply
     try:
         addresses = resolve(host, port)

@@ -70,9 +70,12 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         try:
             open_paths = ("/healthz", "/readyz")
             if settings.api_token and request.url.path not in open_paths:
-                given = request.headers.get("Authorization", "")
-                expected = f"Bearer {settings.api_token}"
-                if not hmac.compare_digest(given.encode(), expected.encode()):
+                # the scheme is case-insensitive (RFC 9110 §11.1), the token is not
+                scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+                accepted = scheme.lower() == "bearer" and hmac.compare_digest(
+                    given.strip().encode(), settings.api_token.encode()
+                )
+                if not accepted:
                     response: Response = JSONResponse(
                         {"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}},
                         status_code=401,
