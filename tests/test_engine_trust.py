@@ -461,7 +461,7 @@ def test_rm_between_the_ensure_and_the_lease_of_up_is_harmless(
     marker.unlink()  # the failpoint pauses again after the second ensure: let that one through too
     wait_for(lambda: marker.exists() or up.poll() is not None, what="the second ensure")
     marker.unlink(missing_ok=True)
-    out, err = up.communicate(timeout=120)
+    _out, err = up.communicate(timeout=120)
     assert up.returncode == 0, err
     assert "Traceback" not in err
     refused = run_cli("rm", f"file:{model_copy}", cache_dir=cache_dir)
