@@ -74,9 +74,10 @@ def test_up_serves_a_streamed_completion_then_down_frees_the_port(
 
 
 def test_a_killed_engine_is_restarted_and_a_killed_supervisor_leaves_no_lie(
-    engines: Any, llama_server: str, tiny_model: Path
+    engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    pool = json.loads(engines("up", str(tiny_model), "--binary", llama_server, "--json").stdout)
+    pool = json.loads(engines("up", str(tiny_model), "--binary", llama_server, "--handoff-dir", str(tmp_path),
+                              "--json").stdout)
     os.kill(pool["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while True:
@@ -86,6 +87,9 @@ def test_a_killed_engine_is_restarted_and_a_killed_supervisor_leaves_no_lie(
         assert time.monotonic() < deadline, now
         time.sleep(0.2)
     assert now["restarts"] == 1 and httpx.get(f"{now['url']}/health", timeout=5).status_code == 200
+    handoff = json.loads((tmp_path / ".runtime" / "engines" / "llamacpp.json").read_text())
+    assert handoff["pid"] == now["pid"] and handoff["state"] == "ready"  # before: the dead engine's pid
+    assert Path(now["handoff"]).is_absolute()  # before: relative to where up ran
     os.kill(now["supervisor_pid"], signal.SIGKILL)  # the engine dies with it (PR_SET_PDEATHSIG)
     deadline = time.monotonic() + 10
     while True:

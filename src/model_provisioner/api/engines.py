@@ -3,18 +3,15 @@ pools as JSON (the CLI and the HTTP API both use these; docs/engines.md)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from model_provisioner.api.handoff import write_engine_handoff
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.config.engine_run import EngineRun
-from model_provisioner.core.errors import UnsafeCachePath
 from model_provisioner.engines import pools
+from model_provisioner.engines.handoff import update_handoff
 from model_provisioner.engines.state import PoolState, check_engine_kind
-from model_provisioner.storage.safefs import open_in_cache, write_atomic
 from model_provisioner.verify.results import ResolvedModel
 
 
@@ -66,34 +63,8 @@ def up(
 
 def down(prov: ModelProvisioner, pool: str) -> PoolState:
     state = pools.down(prov, pool)
-    if state.handoff:
-        mark_handoff_stopped(state)
+    update_handoff(state, {"state": "stopped", "pid": None})
     return state
-
-
-def mark_handoff_stopped(state: PoolState) -> None:
-    """Rewrite the pool's handoff as stopped: only a file named like one (``.runtime/engines/<engine>.json``),
-    reached without a symlink, that says it is this pool's, keeping its permission bits. The path comes from
-    a state file others may write in a shared cache: anything else is left alone."""
-    path = Path(state.handoff or "")
-    if (path.name, path.parent.name, path.parent.parent.name) != (f"{state.engine}.json", "engines", ".runtime"):
-        return
-    try:
-        fd = open_in_cache(path, os.O_RDONLY)
-    except (OSError, UnsafeCachePath):
-        return
-    try:
-        st = os.fstat(fd)
-        payload = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
-        return
-    finally:
-        os.close(fd)
-    if not isinstance(payload, dict) or payload.get("pool_id") != state.pool_id or st.st_uid != os.getuid():
-        return
-    payload.update({"state": "stopped", "pid": None})
-    # an engine's reader never sees half a file
-    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode(), mode=st.st_mode & 0o777)
 
 
 def engines_json(prov: ModelProvisioner) -> list[dict[str, Any]]:

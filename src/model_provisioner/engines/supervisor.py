@@ -40,6 +40,7 @@ from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import llamacpp, triton
 from model_provisioner.engines.binaries import BinaryIdentity, check_before_exec
+from model_provisioner.engines.handoff import update_handoff
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.ownership import life_lock, run_mark
 from model_provisioner.engines.process import (
@@ -175,6 +176,8 @@ class Supervisor:
         else:
             llamacpp.check_metrics(s.host, s.port, subject)
         self._write(state="ready", ready_ms=now_ms())
+        if self.state.restarts:  # the first start's handoff is written by ``up`` itself
+            update_handoff(self.state, {"pid": self.state.pid, "state": "ready"})
 
     def _watch(self) -> None:
         """Until the engine exits or we are told to stop."""
