@@ -153,6 +153,31 @@ def test_self_signed_tls_is_refused_unless_its_ca_is_configured(tmp_path: Path, 
         server.close()
 
 
+def test_a_tls_body_without_length_cut_without_close_notify_is_not_complete(
+    tmp_path: Path, cli: Any, settings_file: Any
+) -> None:
+    """Before: a close-delimited TLS body cut mid-way (no close_notify) was taken as complete: 6 of 12 MiB
+    went Active (no digest given)."""
+    import hashlib
+
+    from .servers.certs import self_signed
+    from .servers.fileserver import Fault, FileServer
+
+    cert, key = self_signed(tmp_path)
+    server = FileServer(tmp_path / "tls-www", tls=(cert, key))
+    try:
+        data = bytes(range(256)) * (48 * 1024)  # 12 MiB
+        url = server.put("m.bin", data)
+        server.faults["/m.bin"] = Fault(no_length=True, ragged_cut_after=6 * MiB)
+        trusted = settings_file(transfer={"ca_bundle": str(cert)})
+        done = cli("ensure", url, "--json", env={"MODEL_PROVISIONER_SETTINGS": str(trusted)})
+        assert done.code == 0, done.stderr
+        assert done.json()["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert len([r for r in server.requests if r.method == "GET"]) == 2  # the cut one, then a whole one
+    finally:
+        server.close()
+
+
 # ------------------------------------------------------------------------------------- disk full
 def test_disk_full_known_size_is_exit_7_before_transfer(small_fs: Any, fileserver: Any, make_gguf: Any) -> None:
     data = Path(make_gguf("big.gguf", extra_tensor_bytes=10 * MiB)).read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -45,6 +46,8 @@ class Fault:
     #: a lying 206: Content-Range as asked, but a complete Content-Length (and body) of this many bytes
     short_range_length: int | None = None
     short_range_times: int = 1
+    #: no_length over TLS: close the socket after this many body bytes without TLS close_notify (once)
+    ragged_cut_after: int | None = None
 
 
 @dataclass
@@ -201,12 +204,26 @@ class FileServer:
             h.end_headers()
             h.close_connection = True
             if not head:
+                ragged, fault.ragged_cut_after = fault.ragged_cut_after, None
+                sent = 0
                 with open(file, "rb") as fh:
                     while data := fh.read(CHUNK):
+                        if ragged is not None and sent + len(data) > ragged:
+                            self._write(h, path, data[: ragged - sent])
+                            h.wfile.flush()
+                            with contextlib.suppress(OSError):
+                                h.connection.shutdown(socket.SHUT_RDWR)  # no close_notify: a ragged EOF
+                            return
                         try:
                             self._write(h, path, data)
                         except OSError:
                             return
+                        sent += len(data)
+                unwrap = getattr(h.connection, "unwrap", None)
+                if unwrap is not None:  # TLS: the end of a close-delimited body is the peer's close_notify
+                    h.wfile.flush()
+                    with contextlib.suppress(OSError, ValueError):
+                        unwrap()
             return
         start, end, partial = 0, size - 1, False
         got = _RANGE_RE.match(h.headers.get("Range", ""))

@@ -53,7 +53,10 @@ class LazyTrustContext(ssl.SSLContext):
                 self._loaded = True
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> Any:
+        """A peer closing without TLS close_notify (a ragged EOF) is an error, not the end of the stream: a body
+        without Content-Length cut by an attacker or a middlebox is never taken for complete."""
         self._load()
+        kwargs.setdefault("suppress_ragged_eofs", False)
         return super().wrap_socket(*args, **kwargs)
 
     def wrap_bio(self, *args: Any, **kwargs: Any) -> Any:
