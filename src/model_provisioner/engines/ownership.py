@@ -14,7 +14,6 @@ Every ``up``, ``down`` and restart decision of one pool runs under its operation
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -26,7 +25,7 @@ RUN_VAR = "MODEL_PROVISIONER_POOL_RUN"
 
 
 def new_run_token() -> str:
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # the secrets module's source, without its import (~1 ms of every up)
 
 
 def run_mark(state: PoolState) -> dict[str, str]:

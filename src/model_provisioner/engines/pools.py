@@ -185,6 +185,7 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         names = resolved.metadata.get("model_names")
         models = sorted(str(n) for n in names) if isinstance(names, list) else []
     pool = check_pool_id(run.pool)
+    verified = _verified_fingerprint(host, resolved)
     rundir.make()
     os.close(open_log(rundir.log_path(pool)))  # a planted link or FIFO is refused here, before anything runs
     state = PoolState(
@@ -212,8 +213,21 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         models=models,
         requested_port=run.port,
         run_token=new_run_token(),
+        model_fingerprint=verified,
+        model_path_is_link=os.path.islink(resolved.local_path),
     )
     return Prepared(state, env)
+
+
+def _verified_fingerprint(host: EngineHost, resolved: ResolvedModel) -> list[int] | None:
+    """The fingerprint the catalog recorded when it verified a single-file model (not one taken now: a file
+    changed since would pass for verified); None for trees and file sets, which the catalog checks."""
+    entry = host.catalog.get(resolved.id)
+    if entry is None or entry.fingerprint is None or "local_tree" in entry.metadata:
+        return None
+    if str(entry.local_path) != str(resolved.local_path) or entry.fingerprint[2:3] != (resolved.size_bytes,):
+        return None
+    return list(entry.fingerprint)
 
 
 def _int(value: object) -> int | None:

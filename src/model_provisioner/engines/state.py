@@ -92,6 +92,10 @@ class PoolState:
     models: list[str] = field(default_factory=list)
     #: this run's random mark, put in the engine's environment: ``down`` signals only a process that has it
     run_token: str = ""
+    #: the catalog's fingerprint of a single-file model when it was verified (device, inode, size, mtime,
+    #: ctime), and whether its path was a link: a start whose ``stat`` still says so needs no catalog
+    model_fingerprint: list[int] | None = None
+    model_path_is_link: bool = False
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)

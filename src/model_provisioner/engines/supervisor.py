@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -87,16 +88,13 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_sigterm)
         self._write()  # our pid, before anything starts: ``down`` can prove and stop us from now on
         failpoints.failpoint("supervisor.recorded")
-        lease = acquire_lease(
-            self.host, self.state.model_id, holder=f"engine pool {self.state.pool_id}", pid=os.getpid()
-        )
-        self._write(lease_id=lease.lease_id)
         try:
             return self._loop()
         finally:
             if self.proc is not None:
                 terminate(self.proc)
-            self.host.catalog.remove_lease(lease.lease_id)
+            if self.state.lease_id is not None:
+                self.host.catalog.remove_lease(self.state.lease_id)
             if self.state.state not in ("crashed", "failed"):
                 self._write(state="stopped", stopped_ms=now_ms(), pid=None, pid_start=None)
             self.life.release()
@@ -118,6 +116,9 @@ class Supervisor:
                     self._write(state="crashed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
                     return 1
                 log.warning("pool %s: %s", self.state.pool_id, exc)
+            except ProvisionerError as exc:  # nothing a restart could mend (the lease was refused…)
+                self._write(state="crashed", error=str(exc), error_code=exc.code, pid=None, pid_start=None)
+                return 1
             else:
                 first = False
                 self._watch()
@@ -137,8 +138,12 @@ class Supervisor:
         return 0
 
     def _check_model(self) -> None:
-        """The model still answers with the digest the pool was started on (a changed file is re-hashed)."""
+        """The model still answers with the digest the pool was started on: one ``stat`` when a single file
+        still has the identity the catalog verified, else the catalog's own check (a changed file is
+        re-hashed; an API pool's file must still be under its roots, reached without a link)."""
         s = self.state
+        if s.model_fingerprint is not None and _unchanged(s.model_path, s.model_fingerprint, s.model_path_is_link):
+            return
         try:
             resolved = self.host.ensure_present(s.model_id)
         except ProvisionerError as exc:
@@ -149,13 +154,21 @@ class Supervisor:
                 f"{resolved.digest} at {resolved.local_path}); not served: start it again with "
                 f"`model-provisioner up {s.model_id} --pool {s.pool_id}` once you trust the new bytes"
             )
+        entry = self.host.catalog.get(s.model_id) if s.model_fingerprint is not None else None
+        if entry is not None and entry.fingerprint is not None:  # the same bytes, verified again: their identity
+            self.state = replace(s, model_fingerprint=list(entry.fingerprint))
 
     def _start(self) -> None:
         s = self.state
         log_path = Path(s.log_path)
         check_before_exec(BinaryIdentity(s.binary, s.binary_fingerprint, s.binary_sha256))
         self.proc = spawn(s.argv, log_path, self.env)
+        lease_id = s.lease_id
+        if lease_id is None:  # taken while the first engine loads; ``up`` holds its own lease until then
+            holder = f"engine pool {s.pool_id}"
+            lease_id = acquire_lease(self.host, s.model_id, holder=holder, pid=os.getpid()).lease_id
         self._write(
+            lease_id=lease_id,
             state="starting" if s.state != "restarting" else "restarting",
             pid=self.proc.pid,
             pid_start=start_time(self.proc.pid),
@@ -190,6 +203,16 @@ class Supervisor:
                 self.proc = None
                 return
             self.stopping.wait(0.2)
+
+
+def _unchanged(path: str, fingerprint: list[int], was_link: bool) -> bool:
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        st = os.stat(path)
+    except OSError:
+        return False
+    now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return is_link == was_link and list(now) == fingerprint
 
 
 def _is_ready(state: PoolState) -> bool:
