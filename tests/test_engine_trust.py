@@ -216,7 +216,9 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
                                  "--pool", "p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         marker.unlink(missing_ok=True)  # before or after down's SIGTERM: either way nothing may stay running
         assert down.wait(timeout=60) == 0, down.stderr.read() if down.stderr else ""
-        assert up.wait(timeout=60) == 9 and "stopped" in (up.stderr.read() if up.stderr else "")
+        # up either saw the stop (exit 9, "stopped") or became ready just before it; never a pool left running
+        code, err = up.wait(timeout=60), up.stderr.read() if up.stderr else ""
+        assert code == 0 or (code == 9 and "stopped" in err), (code, err)
     else:
         up.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         marker.unlink(missing_ok=True)

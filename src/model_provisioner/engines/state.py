@@ -135,8 +135,10 @@ class RunDir:
     def write(self, state: PoolState) -> None:
         self.make()
         write_atomic(self.state_path(state.pool_id), json.dumps(asdict(state), sort_keys=True).encode())
-        if state.supervisor_pid is not None:
-            write_atomic(self.root / f"{state.pool_id}.pid", f"{state.supervisor_pid}\n".encode())
+
+    def write_pid_file(self, pool: str, pid: int) -> None:
+        """``<pool>.pid``: the supervisor, for operators (we never trust it: ``ownership.py``)."""
+        write_atomic(self.root / f"{check_pool_id(pool)}.pid", f"{pid}\n".encode())
 
     def recorded(self, pool: str) -> PoolState | None:
         """The state as last written (what ``read`` corrects with the processes' truth)."""

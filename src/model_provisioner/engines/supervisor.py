@@ -86,8 +86,6 @@ class Supervisor:
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
-        self._write()  # our pid, before anything starts: ``down`` can prove and stop us from now on
-        failpoints.failpoint("supervisor.recorded")
         try:
             return self._loop()
         finally:
@@ -163,12 +161,8 @@ class Supervisor:
         log_path = Path(s.log_path)
         check_before_exec(BinaryIdentity(s.binary, s.binary_fingerprint, s.binary_sha256))
         self.proc = spawn(s.argv, log_path, self.env)
-        lease_id = s.lease_id
-        if lease_id is None:  # taken while the first engine loads; ``up`` holds its own lease until then
-            holder = f"engine pool {s.pool_id}"
-            lease_id = acquire_lease(self.host, s.model_id, holder=holder, pid=os.getpid()).lease_id
+        # our pid and the engine's: ``down`` can prove and stop both from now on (``up`` lets go of the pool)
         self._write(
-            lease_id=lease_id,
             state="starting" if s.state != "restarting" else "restarting",
             pid=self.proc.pid,
             pid_start=start_time(self.proc.pid),
@@ -176,6 +170,12 @@ class Supervisor:
             error=None,
             error_code=None,
         )
+        failpoints.failpoint("supervisor.recorded")
+        if s.lease_id is None:  # taken while the first engine loads; ``up`` holds its own lease until then
+            self.run.write_pid_file(s.pool_id, os.getpid())
+            holder = f"engine pool {s.pool_id}"
+            lease = acquire_lease(self.host, s.model_id, holder=holder, pid=os.getpid())
+            self.state = replace(self.state, lease_id=lease.lease_id)  # written with the next state
         subject = f"{s.engine} (pool {s.pool_id})"
         try:
             wait_ready(self.proc, lambda: _is_ready(s), s.ready_timeout_s, log_path, subject, self.stopping.is_set)
