@@ -29,11 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import build_test_engines  # noqa: E402
+from bench_engines import first_token  # noqa: E402
 
 IN_PROCESS = """
 import sys, time
@@ -55,15 +54,6 @@ def env_for(src: Path) -> dict[str, str]:
 def cli(src: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), *args],
                           capture_output=True, text=True, check=True, env=env_for(src))
-
-
-def first_token(url: str) -> None:
-    body = {"prompt": "Hello", "n_predict": 1, "stream": True}
-    with httpx.stream("POST", f"{url}/completion", json=body, timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                return
-    raise RuntimeError("no token streamed")
 
 
 def warm_up(src: Path, cache: Path, model: Path, binary: str) -> float:

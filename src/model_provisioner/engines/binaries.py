@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_provisioner.core.errors import EngineBinaryChanged, UnsafeCachePath
-from model_provisioner.storage.safefs import open_in_cache, write_atomic
+from model_provisioner.storage.safefs import check_plain_dir, open_in_cache, write_atomic
 
 _READ = 1 << 20
 
@@ -49,13 +49,9 @@ def check_ours(path: Path | str, st: os.stat_result) -> None:
 
 
 def check_private_dir(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeCachePath(path, "is not a plain directory (a symbolic link or a file)")
-    check_ours(path, st)
+    st = check_plain_dir(path)
+    if st is not None:
+        check_ours(path, st)
 
 
 def sha256_of_fd(fd: int) -> str:

@@ -48,14 +48,16 @@ def check_opened(fd: int, path: str | os.PathLike[str], *, single_link: bool = T
     return st
 
 
-def check_plain_dir(path: Path) -> None:
-    """A cache directory we write into must be a directory, not a symlink to one elsewhere."""
+def check_plain_dir(path: Path) -> os.stat_result | None:
+    """A cache directory we write into must be a directory, not a symlink to one elsewhere; its ``lstat``
+    (None when it does not exist yet)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return None
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeCachePath(path, "is not a plain directory (a symbolic link or a file)")
+    return st
 
 
 def read_small(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
