@@ -26,11 +26,11 @@ import logging
 from typing import Any
 
 from model_provisioner.config.settings import Settings
-from model_provisioner.core.errors import CorruptModel
+from model_provisioner.core.errors import CorruptModel, PolicyDenied, ProvisionerError
 from model_provisioner.core.paths import check_relative_path
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
-from model_provisioner.net.registry.manifests import Manifest
+from model_provisioner.net.registry.manifests import MANIFEST_ACCEPT, Manifest
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.storage.unpack import compression_of
 from model_provisioner.transfer.types import Source
@@ -156,7 +156,12 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
         for k in ("format", "quantization", "parameters", "paramSize", "architecture", "context_size")
         if isinstance(inner, dict) and isinstance(inner.get(k), str | int)
     }
+    # credentials were sent: a repository anonymous callers cannot read is restricted (pipeline/access.py)
+    restricted = client.used_login and not registry_grants_access(
+        ref.registry, ref.repository, manifest.digest, settings, anonymous=True
+    )
     metadata: dict[str, Any] = {
+        **({"access": "restricted"} if restricted else {}),
         "oci": {
             "registry": ref.registry,
             "repository": ref.repository,
@@ -175,3 +180,28 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
         metadata=metadata,
         annotations=dict(manifest.annotations),
     )
+
+
+def registry_grants_access(
+    registry: str,
+    repository: str,
+    reference: str,
+    settings: Settings,
+    *,
+    anonymous: bool = False,
+    client: RegistryClient | None = None,
+) -> bool | None:
+    """Whether the registry lets the caller's credentials (or none: ``anonymous``) read ``reference`` of
+    ``repository``: True, False, or None when it could not be asked. ``client``: one whose login is already
+    resolved (a credential helper runs once)."""
+    with client or RegistryClient(registry, settings, anonymous=anonymous) as client:
+        try:
+            response = client.request("HEAD", f"/v2/{repository}/manifests/{reference}", repository,
+                                      headers={"Accept": MANIFEST_ACCEPT})
+        except PolicyDenied:
+            return False
+        except ProvisionerError:
+            return None
+        if response.status_code == 200:
+            return True
+        return False if response.status_code in (401, 403, 404) else None

@@ -60,14 +60,15 @@ _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 class RegistryClient:
     """One registry host. Thread-safe for reads; tokens are cached per scope."""
 
-    def __init__(self, registry: str, settings: Settings) -> None:
+    def __init__(self, registry: str, settings: Settings, *, anonymous: bool = False) -> None:
+        """``anonymous``: never send credentials (asks whether a repository is public)."""
         self.registry = registry
         self.settings = settings
         # loopback decided on the resolved address: ``127.attacker.example`` is a name like any other
         plain = registry in settings.oci_plain_http or resolves_to_loopback(registry)
         self.base = f"{'http' if plain else 'https'}://{registry}"
         self._login: RegistryLogin | None = None
-        self._login_resolved = False
+        self._login_resolved = anonymous
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._client: httpx.Client | None = None
         self.mirrors = settings.registry_mirrors.get(registry, ())
@@ -84,6 +85,11 @@ class RegistryClient:
                 self._login = docker_login(self.registry)
             self._login_resolved = True
         return self._login
+
+    @property
+    def used_login(self) -> bool:
+        """A challenge was answered with credentials (they may or may not have been needed)."""
+        return self._login_resolved and self._login is not None
 
     # ----------------------------------------------------------------------------------- plumbing
     @property
