@@ -17,11 +17,19 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_provisioner.config.engines import LlamaCppSettings
+from model_provisioner.config.engine_run import EngineRun
+from model_provisioner.config.engines import EngineKind, LlamaCppSettings
 from model_provisioner.core.errors import InvalidInput, UnsafeCachePath
 from model_provisioner.core.redact import REDACTED, register_secret
-from model_provisioner.engines.process import http_status
+from model_provisioner.engines import binaries
+from model_provisioner.engines.binaries import BinaryIdentity
+from model_provisioner.engines.build import SourceSpec, built_binary
+from model_provisioner.engines.host import EngineHost
+from model_provisioner.engines.kinds import EngineLaunch
+from model_provisioner.engines.process import check_binary, http_status
+from model_provisioner.engines.state import PoolState
 from model_provisioner.storage.safefs import read_small, write_atomic
+from model_provisioner.verify.results import ResolvedModel
 
 log = logging.getLogger("model_provisioner")
 
@@ -214,3 +222,55 @@ def is_ready(host: str, port: int) -> bool:
 def check_metrics(host: str, port: int, subject: str) -> None:
     if http_status(host, port, "/metrics") != 200:
         log.warning("%s: /metrics does not answer 200 (is --metrics set?); readiness is unaffected", subject)
+
+
+class LlamaCpp:
+    """``llama-server`` as an engine kind (``kinds.EngineKindSpec``)."""
+
+    name: EngineKind = "llamacpp"
+    api_safe_flags = API_SAFE_FLAGS
+
+    def launch(
+        self, host: EngineHost, run: EngineRun, resolved: ResolvedModel, port: int, cache_root: Path
+    ) -> EngineLaunch:
+        if resolved.format != "gguf":
+            raise InvalidInput(f"{resolved.id} is {resolved.format}, not GGUF: llama-server runs GGUF models")
+        settings = host.settings.engines
+        identity = binary_of(host, run)
+        ctx_max = resolved.metadata.get("ctx_max")
+        known_ctx = ctx_max if isinstance(ctx_max, int) and ctx_max > 0 else None
+        merged = server_flags(run.flags, known_ctx, settings.llamacpp)
+        given, shown, secret_env = split_secrets(merged)
+        return EngineLaunch(
+            identity=identity,
+            argv=argv(identity.path, str(resolved.local_path), run.host, port, given),
+            flags=shown,
+            env={**run.env, **secret_env},
+            version=version(identity.path, cache_root / "engines" / "versions.json"),
+            ready_timeout_s=settings.llamacpp.ready_timeout_s,
+        )
+
+    def is_ready(self, state: PoolState) -> bool:
+        return is_ready(state.host, state.port)
+
+    def after_ready(self, state: PoolState, subject: str) -> None:
+        check_metrics(state.host, state.port, subject)
+
+    def load_failures(self, log_path: Path) -> str:
+        return ""
+
+
+def binary_of(host: EngineHost, run: EngineRun) -> BinaryIdentity:
+    """``--binary``, the settings, ``llama-server`` on PATH, or a build from a verified source archive."""
+    settings = host.settings.engines
+    if run.provisioning_mode == "source":
+        assert run.source is not None
+        spec = SourceSpec(run.source, run.source_digest, run.source_subdir)
+        return built_binary(
+            host, spec, jobs=settings.llamacpp.build_jobs, allow_package_installs=settings.allow_package_installs
+        )
+    path = check_binary(run.binary or settings.llamacpp.binary or "llama-server", "llama-server", HOW_TO_GET)
+    return binaries.given(path)
+
+
+KIND = LlamaCpp()

@@ -33,8 +33,7 @@ from model_provisioner.core.errors import (
 )
 from model_provisioner.core.processes import free_port, is_alive, port_in_use, stop
 from model_provisioner.core.units import now_ms
-from model_provisioner.engines import binaries, llamacpp, triton
-from model_provisioner.engines.build import SourceSpec, built_binary
+from model_provisioner.engines.dispatch import kind_of
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.launch import Launched, start_supervisor
 from model_provisioner.engines.ownership import (
@@ -43,7 +42,7 @@ from model_provisioner.engines.ownership import (
     op_lock,
     supervisor_is_ours,
 )
-from model_provisioner.engines.process import check_binary, log_tail, open_log
+from model_provisioner.engines.process import log_tail, open_log
 from model_provisioner.engines.state import (
     ENDED,
     LIVE,
@@ -159,38 +158,16 @@ def _write_within_pool_limit(host: EngineHost, rundir: RunDir, state: PoolState)
 
 
 def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: RunDir) -> Prepared:
-    settings = host.settings.engines
-    kind = check_engine_kind(run.kind)
+    kind = kind_of(run.kind)
     port = _choose_port(run.host, run.port)
-    if kind == "llamacpp":
-        if resolved.format != "gguf":
-            raise InvalidInput(f"{resolved.id} is {resolved.format}, not GGUF: llama-server runs GGUF models")
-        identity = _llamacpp_binary(host, run)
-        binary = identity.path
-        merged = llamacpp.server_flags(run.flags, _int(resolved.metadata.get("ctx_max")), settings.llamacpp)
-        given, flags, secret_env = llamacpp.split_secrets(merged)
-        argv = llamacpp.argv(binary, str(resolved.local_path), run.host, port, given)
-        engine_version = llamacpp.version(binary, rundir.root.parent / "engines" / "versions.json")
-        timeout, models, env = settings.llamacpp.ready_timeout_s, [], {**run.env, **secret_env}
-    else:
-        if resolved.format != "triton":
-            raise InvalidInput(f"{resolved.id} is {resolved.format}, not a Triton model repository")
-        triton.check_no_remote_code(resolved, host.settings.allow_remote_code)
-        env = {**settings.triton.env, **run.env}
-        binary = check_binary(run.binary or settings.triton.binary or "tritonserver", "tritonserver", triton.HOW_TO_GET)
-        identity = binaries.given(binary)
-        flags = list(run.flags)
-        argv = triton.argv(binary, str(resolved.local_path), run.host, port, flags)
-        engine_version, timeout = triton.version(binary, env), settings.triton.ready_timeout_s
-        names = resolved.metadata.get("model_names")
-        models = sorted(str(n) for n in names) if isinstance(names, list) else []
+    launch = kind.launch(host, run, resolved, port, rundir.root.parent)
     pool = check_pool_id(run.pool)
     verified = _verified_fingerprint(host, resolved)
     rundir.make()
     os.close(open_log(rundir.log_path(pool)))  # a planted link or FIFO is refused here, before anything runs
     state = PoolState(
         pool_id=pool,
-        engine=kind,
+        engine=kind.name,
         model_id=resolved.id,
         model_path=str(resolved.local_path),
         digest=resolved.digest,
@@ -198,25 +175,25 @@ def _prepare(host: EngineHost, run: EngineRun, resolved: ResolvedModel, rundir: 
         host=run.host,
         port=port,
         url=f"http://{run.host if ':' not in run.host else f'[{run.host}]'}:{port}",
-        argv=argv,
-        flags=flags,
+        argv=launch.argv,
+        flags=launch.flags,
         log_path=str(rundir.log_path(pool)),
         replica_id=run.replica,
-        engine_version=engine_version,
+        engine_version=launch.version,
         provisioning_mode=run.provisioning_mode,
-        binary=binary,
-        binary_sha256=identity.sha256,
-        binary_fingerprint=identity.fingerprint,
-        env_names=sorted(env),
+        binary=launch.identity.path,
+        binary_sha256=launch.identity.sha256,
+        binary_fingerprint=launch.identity.fingerprint,
+        env_names=sorted(launch.env),
         started_ms=now_ms(),
-        ready_timeout_s=run.ready_timeout_s or timeout,
-        models=models,
+        ready_timeout_s=run.ready_timeout_s or launch.ready_timeout_s,
+        models=launch.models,
         requested_port=run.port,
         run_token=new_run_token(),
         model_fingerprint=verified,
         model_path_is_link=os.path.islink(resolved.local_path),
     )
-    return Prepared(state, env)
+    return Prepared(state, launch.env)
 
 
 def _verified_fingerprint(host: EngineHost, resolved: ResolvedModel) -> list[int] | None:
@@ -228,22 +205,6 @@ def _verified_fingerprint(host: EngineHost, resolved: ResolvedModel) -> list[int
     if str(entry.local_path) != str(resolved.local_path) or entry.fingerprint[2:3] != (resolved.size_bytes,):
         return None
     return list(entry.fingerprint)
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _llamacpp_binary(host: EngineHost, run: EngineRun) -> binaries.BinaryIdentity:
-    settings = host.settings.engines
-    if run.provisioning_mode == "source":
-        assert run.source is not None
-        spec = SourceSpec(run.source, run.source_digest, run.source_subdir)
-        return built_binary(
-            host, spec, jobs=settings.llamacpp.build_jobs, allow_package_installs=settings.allow_package_installs
-        )
-    path = check_binary(run.binary or settings.llamacpp.binary or "llama-server", "llama-server", llamacpp.HOW_TO_GET)
-    return binaries.given(path)
 
 
 def _choose_port(host: str, port: int) -> int:

@@ -39,8 +39,8 @@ from model_provisioner.core.errors import (
 from model_provisioner.core.processes import start_time
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
-from model_provisioner.engines import llamacpp, triton
 from model_provisioner.engines.binaries import BinaryIdentity, check_before_exec
+from model_provisioner.engines.dispatch import kind_of
 from model_provisioner.engines.handoff import update_handoff
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.ownership import life_lock, run_mark
@@ -177,17 +177,15 @@ class Supervisor:
             lease = acquire_lease(self.host, s.model_id, holder=holder, pid=os.getpid())
             self.state = replace(self.state, lease_id=lease.lease_id)  # written with the next state
         subject = f"{s.engine} (pool {s.pool_id})"
+        kind = kind_of(s.engine)
         try:
-            wait_ready(self.proc, lambda: _is_ready(s), s.ready_timeout_s, log_path, subject, self.stopping.is_set)
+            wait_ready(self.proc, lambda: kind.is_ready(s), s.ready_timeout_s, log_path, subject, self.stopping.is_set)
         except EngineFailed as exc:
-            failures = triton.load_failures(log_path) if s.engine == "triton" else ""
+            failures = kind.load_failures(log_path)
             if failures:
                 raise EngineFailed(f"{subject}: models failed to load: {failures}") from exc
             raise
-        if s.engine == "triton":
-            triton.check_models(s.host, s.port, s.models, subject)
-        else:
-            llamacpp.check_metrics(s.host, s.port, subject)
+        kind.after_ready(s, subject)
         self._write(state="ready", ready_ms=now_ms())
         if self.state.restarts:  # the first start's handoff is written by ``up`` itself
             update_handoff(self.state, {"pid": self.state.pid, "state": "ready"})
@@ -213,12 +211,6 @@ def _unchanged(path: str, fingerprint: list[int], was_link: bool) -> bool:
         return False
     now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return is_link == was_link and list(now) == fingerprint
-
-
-def _is_ready(state: PoolState) -> bool:
-    if state.engine == "triton":
-        return triton.is_ready(state.host, state.port, state.models)
-    return llamacpp.is_ready(state.host, state.port)
 
 
 def supervise(host: EngineHost, launch: PoolState, engine_env: Mapping[str, str]) -> int:

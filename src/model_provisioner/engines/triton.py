@@ -16,8 +16,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from model_provisioner.core.errors import EngineFailed, PolicyDenied
-from model_provisioner.engines.process import engine_environment, http_status, read_log_tail
+from model_provisioner.config.engine_run import EngineRun
+from model_provisioner.config.engines import EngineKind
+from model_provisioner.core.errors import EngineFailed, InvalidInput, PolicyDenied
+from model_provisioner.engines import binaries
+from model_provisioner.engines.host import EngineHost
+from model_provisioner.engines.kinds import EngineLaunch
+from model_provisioner.engines.process import check_binary, engine_environment, http_status, read_log_tail
+from model_provisioner.engines.state import PoolState
 from model_provisioner.verify.results import ResolvedModel
 
 HOW_TO_GET = (
@@ -148,3 +154,43 @@ def load_failures(log_path: Path) -> str:
     text = read_log_tail(log_path, 262144).decode("utf-8", "replace")
     found = dict.fromkeys(f"{m.group(1)} ({m.group(3).strip()[:200]})" for m in _FAILED_RE.finditer(text))
     return "; ".join(found)
+
+
+class Triton:
+    """``tritonserver`` as an engine kind (``kinds.EngineKindSpec``)."""
+
+    name: EngineKind = "triton"
+    #: none: Triton's flags name directories (backends, repositories) or open ports
+    api_safe_flags: frozenset[str] = frozenset()
+
+    def launch(
+        self, host: EngineHost, run: EngineRun, resolved: ResolvedModel, port: int, cache_root: Path
+    ) -> EngineLaunch:
+        if resolved.format != "triton":
+            raise InvalidInput(f"{resolved.id} is {resolved.format}, not a Triton model repository")
+        check_no_remote_code(resolved, host.settings.allow_remote_code)
+        settings = host.settings.engines.triton
+        env = {**settings.env, **run.env}
+        binary = check_binary(run.binary or settings.binary or "tritonserver", "tritonserver", HOW_TO_GET)
+        names = resolved.metadata.get("model_names")
+        return EngineLaunch(
+            identity=binaries.given(binary),
+            argv=argv(binary, str(resolved.local_path), run.host, port, list(run.flags)),
+            flags=list(run.flags),
+            env=env,
+            version=version(binary, env),
+            ready_timeout_s=settings.ready_timeout_s,
+            models=sorted(str(n) for n in names) if isinstance(names, list) else [],
+        )
+
+    def is_ready(self, state: PoolState) -> bool:
+        return is_ready(state.host, state.port, state.models)
+
+    def after_ready(self, state: PoolState, subject: str) -> None:
+        check_models(state.host, state.port, state.models, subject)
+
+    def load_failures(self, log_path: Path) -> str:
+        return load_failures(log_path)
+
+
+KIND = Triton()

@@ -18,7 +18,7 @@ from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.config.engines import EngineKind, LlamaCppSettings
 from model_provisioner.core.errors import InvalidInput, PolicyDenied, ServerBusy
 from model_provisioner.engines import llamacpp
-from model_provisioner.engines.llamacpp import API_SAFE_FLAGS
+from model_provisioner.engines.dispatch import kind_of
 from model_provisioner.engines.pools import run_dir
 from model_provisioner.server.context import ApiContext, context, documented
 from model_provisioner.server.responses import EngineOut, EnginesOut
@@ -56,14 +56,16 @@ class EngineRequest(StrictBody):
     )
 
 
-def _check_flags(flags: list[str], settings: LlamaCppSettings) -> None:
-    """Tuning flags only, and within the operator's limits (context, threads, parallel slots)."""
+def _check_flags(engine: str, flags: list[str], settings: LlamaCppSettings) -> None:
+    """Tuning flags only (the kind's own list), and within the operator's limits (context, threads, slots)."""
+    safe = kind_of(engine).api_safe_flags
     for flag in flags:
         name = flag.split("=", 1)[0]
-        if name.startswith("-") and name not in API_SAFE_FLAGS:
+        if name.startswith("-") and name not in safe:
+            allowed = ", ".join(sorted(safe)) or f"none for {engine}"
             raise PolicyDenied(
-                f"engine flag {name[:60]!r} is not accepted through the API (tuning flags only: "
-                f"{', '.join(sorted(API_SAFE_FLAGS))}); start the engine with the CLI to use it"
+                f"engine flag {name[:60]!r} is not accepted through the API (tuning flags only: {allowed}); "
+                "start the engine with the CLI to use it"
             )
     threads = settings.max_threads or os.cpu_count() or 1
     limits = {
@@ -104,7 +106,7 @@ def start_engine(
     ],
 ) -> Any:
     ctx.check_ref_allowed(body.ref)
-    _check_flags(body.flags, ctx.settings.engines.llamacpp)
+    _check_flags(body.engine, body.flags, ctx.settings.engines.llamacpp)
     run = EngineRun(kind=body.engine, pool=body.pool, port=body.port, flags=tuple(body.flags))
     handoff = ctx.settings.api_handoff_dir
     # a start holds a server thread until the engine is ready: bounded like synchronous downloads
