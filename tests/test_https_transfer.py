@@ -50,8 +50,10 @@ def test_download_verifies_records_etag_and_lays_out(net: Any, fileserver: Any, 
     resolved = prov.ensure_present(url, sha(data))
     assert resolved.verification == "verified" and resolved.digest == sha(data)
     assert resolved.local_path.read_bytes() == data
-    assert resolved.local_path.is_relative_to(cache_dir / "files" / "127.0.0.1_" + str(fileserver.port) if False
-                                              else cache_dir)
+    # the view: files/<host>/<path>@<sha256> (before, an assertion that compared cache_dir with itself)
+    hex_ = sha(data).split(":", 1)[1]
+    assert resolved.local_path == cache_dir / "files" / "127.0.0.1" / "models" / f"m.bin@{hex_}"
+    assert resolved.local_path.stat().st_ino == (cache_dir / "blobs" / "sha256" / hex_).stat().st_ino
     assert resolved.metadata["etag"] and resolved.metadata["last_modified"]
     assert fileserver.served("models/m.bin") == len(data)
     again = prov.ensure_present(url)
@@ -152,6 +154,31 @@ def test_a_206_whose_length_contradicts_its_range_leaves_no_hole(net: Any, files
     assert resolved.digest == sha(data) and resolved.local_path.read_bytes() == data
     ranges = [r.headers["Range"] for r in fileserver.requests if "Range" in r.headers]
     assert ranges[0].startswith("bytes=0-") and ranges[1].startswith("bytes=0-"), ranges  # refused, asked again
+
+
+def test_a_range_worker_answered_at_the_wrong_offset_writes_nothing_there(net: Any, fileserver: Any) -> None:
+    """Parallel ranges: one worker's 206 starts elsewhere than it asked. Only the single stream's check was
+    exercised before (issue 27 item 11): without a digest, a worker taking that body would go Active."""
+    data = payload(24 * MiB, seed=17)
+    url = fileserver.put("par.bin", data)
+    fileserver.faults["/par.bin"] = Fault(wrong_range_offset=3 * MiB + 7, wrong_range_times=1)
+    transfer = {"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 4 * MiB, "connections": 4,
+                "adaptive_connections": False, "single_stream_enough_bytes_per_s": 1e15}
+    resolved = net(transfer=transfer).ensure_present(url)  # no digest: our own checks are all there is
+    assert resolved.digest == sha(data) and resolved.local_path.read_bytes() == data
+    starts = [int(r.headers["Range"].split("=")[1].split("-")[0]) for r in fileserver.requests if "Range" in r.headers]
+    assert len(starts) > 2, starts  # it did fan out into ranges
+
+
+def test_a_deny_hosts_rule_naming_a_host_holds_when_its_address_is_allowed(
+    net: Any, fileserver: Any, tmp_path: Path
+) -> None:
+    """Only the resolved-address check of deny_hosts was exercised before (issue 27 item 11): deny the name
+    ``localhost`` while 127.0.0.1 stays allowed; nothing may reach the server."""
+    url = fileserver.put("n.bin", payload(1000)).replace("127.0.0.1", "localhost")
+    with pytest.raises(PolicyDenied, match="deny_hosts"):
+        net(policy={"deny_hosts": ["localhost"]}).ensure_present(url)
+    assert fileserver.requests == []
 
 
 def test_corrupted_byte_fails_strictly_and_leaves_nothing(net: Any, fileserver: Any, cache_dir: Path) -> None:

@@ -28,6 +28,7 @@ class Fault:
     cut_after: int | None = None  # close the connection after this many body bytes (per response)
     ignore_range: bool = False  # answer 200 with the whole body to a Range request
     wrong_range_offset: int | None = None  # answer 206 starting here instead of where asked
+    wrong_range_times: int | None = None  # only this many times (None: every time)
     corrupt_at: int | None = None  # flip the byte at this file offset
     stall_after: int | None = None  # stop sending (without closing) after this many body bytes
     stall_s: float = 0.0
@@ -237,8 +238,10 @@ class FileServer:
                 h.end_headers()
                 return
             partial = True
-            if fault.wrong_range_offset is not None and start > 0:  # a resume answered at the wrong offset
-                start = fault.wrong_range_offset
+            if fault.wrong_range_offset is not None and start > 0 and fault.wrong_range_times != 0:
+                start = fault.wrong_range_offset  # a resume (or a range worker) answered at the wrong offset
+                if fault.wrong_range_times is not None:
+                    fault.wrong_range_times -= 1
         active = fault.times is None or fault.times > 0
         if fault.clean_first > 0:
             fault.clean_first -= 1
