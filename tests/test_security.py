@@ -654,25 +654,37 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, f
 
 
 def test_finished_jobs_expire() -> None:
+    """On the registry's own clock, moved by the test: no sleep decides the outcome."""
     import time
 
     from model_provisioner.server.jobs import Job, JobRegistry
 
-    registry = JobRegistry(2, ttl_s=0.2, max_jobs=5)
+    now = [1000.0]
+    registry = JobRegistry(2, ttl_s=60, max_jobs=5, clock=lambda: now[0])
+    jobs = [Job(str(i), "file:/m") for i in range(20)]
 
     def work(job: Job) -> None:
         job.state = "succeeded"
 
-    for i in range(20):
-        registry.submit(Job(str(i), "file:/m"), None, work)
-    time.sleep(0.1)
+    def all_finished(items: list[Job]) -> bool:
+        deadline = time.monotonic() + 30  # bounded: the condition itself is what is waited for
+        while not all(j.finished_at is not None for j in items):
+            assert time.monotonic() < deadline, [j.state for j in items]
+            time.sleep(0.005)
+        return True
+
+    for job in jobs:
+        registry.submit(job, None, work)
+    assert all_finished(jobs)
     assert len(registry) == 5  # never more than max_jobs finished ones
-    time.sleep(0.3)
+    now[0] += 59
+    assert registry.get("19") is not None  # within its ttl
+    now[0] += 2
     assert registry.get("19") is None and len(registry) == 0
     broken = Job("b", "file:/m")
     registry.submit(broken, "origin", lambda job: 1 / 0)
-    time.sleep(0.1)
-    assert broken.state == "failed" and "ZeroDivisionError" in broken.error["message"]
+    assert all_finished([broken])
+    assert broken.state == "failed" and "ZeroDivisionError" in (broken.error or {}).get("message", "")
     registry.shutdown()
 
 

@@ -72,7 +72,10 @@ class JobRegistry:
         ttl_s: float = 3600.0,
         max_jobs: int = 10_000,
         max_pending: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: seconds, for the expiry of finished jobs (a test moves it instead of sleeping)."""
+        self.clock = clock
         self.per_origin = max(1, per_origin)
         self.max_pending = max(1, max_pending)
         self.ttl_s = ttl_s
@@ -105,7 +108,7 @@ class JobRegistry:
                 job.error = {"code": "unexpected", "message": f"{type(exc).__name__}: {exc}"[:500]}
                 job.state = "failed"
             finally:
-                job.finished_at = time.monotonic()
+                job.finished_at = self.clock()
                 if origin is not None:
                     self._finished(origin)
 
@@ -140,7 +143,7 @@ class JobRegistry:
                 del self._running[origin]
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         gone = [j.id for j in self._jobs.values() if j.finished_at is not None and now - j.finished_at > self.ttl_s]
         for job_id in gone:
             del self._jobs[job_id]
