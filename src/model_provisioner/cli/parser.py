@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Provision models: this exact model, verified, on this machine, now.",
         epilog="exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed, "
         "5 denied by policy or offline, 6 transfer failed, 7 out of disk space, 8 timed out waiting, "
-        "130 interrupted",
+        "9 engine failed, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     global_options(parser, suppress=False)

@@ -29,7 +29,6 @@ from model_provisioner.transfer.types import (
     Source,
     TransferOutcome,
     TransferSpec,
-    describe,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def run_attempt(
     try:
         response, final_url, final_headers = conn.open(source, headers)
     except httpx.HTTPError as exc:
-        raise Retryable(describe(exc)) from None
+        raise Retryable.of(exc) from None
     try:
         status = response.status_code
         if status == 304 and spec.conditional:

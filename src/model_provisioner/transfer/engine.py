@@ -269,7 +269,7 @@ class TransferEngine:
                     log.info("%s: %s; polling again in %.2fs", spec.name, filling, delay)
                     time.sleep(delay)
             except Retryable as exc:
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                if exc.untrusted_certificate:
                     # not transient: retrying cannot make an untrusted certificate trusted
                     raise TransferFailed(
                         f"{spec.name}: the TLS certificate of {urlsplit(shown).netloc} is not trusted ({exc}); "

@@ -21,7 +21,7 @@ from model_provisioner.storage.safefs import open_in_cache, start_writeback
 from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.guard import SlowStreamWatch, fill_from_socket
 from model_provisioner.transfer.partial import READ_CHUNK, WRITEBACK_BYTES, discard, write_chunk
-from model_provisioner.transfer.types import Progress, Restart, Retryable, Source, describe
+from model_provisioner.transfer.types import Progress, Restart, Retryable, Source
 
 #: buffers queued for the sink at most (backpressure: about this many MiB in memory)
 SINK_DEPTH = 8
@@ -79,7 +79,7 @@ def stream_into(
     if isinstance(network_error, Retryable | TransferFailed):
         raise network_error
     if network_error is not None:
-        raise Retryable(describe(network_error)) from None
+        raise Retryable.of(network_error) from None
     return kept + receiver.received, receiver.rate()
 
 
@@ -241,7 +241,7 @@ def stream_rest(
     try:
         response, _, _ = conn.open(source, headers)
     except httpx.HTTPError as exc:
-        raise Retryable(describe(exc)) from None
+        raise Retryable.of(exc) from None
     try:
         if is_retryable_status(response.status_code):
             raise Retryable(f"HTTP {response.status_code}", retry_after_of(response.headers))

@@ -1,8 +1,10 @@
 """The transfer engine's vocabulary: what to fetch (``TransferSpec`` from ``Source``s), what came of it
-(``TransferOutcome``), progress, the two internal signals (retry, restart from zero)."""
+(``TransferOutcome``), progress, the three internal signals (retry, restart from zero, a mirror still
+filling)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -59,11 +61,29 @@ class TransferOutcome:
 
 
 class Retryable(Exception):
-    """This attempt failed in a way another attempt may not (a dropped connection, a 5xx, a stall)."""
+    """This attempt failed in a way another attempt may not (a dropped connection, a 5xx, a stall).
+    ``untrusted_certificate``: the failure was a TLS certificate that did not verify (not worth a retry)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, untrusted_certificate: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.untrusted_certificate = untrusted_certificate
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Retryable:
+        """An HTTP client error as a retryable failure, one line, secrets redacted."""
+        return cls(describe(exc), untrusted_certificate=_caused_by_certificate(exc))
+
+
+def _caused_by_certificate(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> ssl: a short chain, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class MirrorFilling(Exception):

@@ -105,7 +105,9 @@ class SqliteCatalog:
                     self._conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+                busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
