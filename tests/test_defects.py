@@ -154,6 +154,8 @@ def test_gc_cleans_an_interrupted_entry(cache_dir: Path, fileserver: Any, settin
     proc.send_signal(signal.SIGKILL)  # no chance to mark it: a stale Pending row
     proc.wait(timeout=10)
     assert [m["lifecycle"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]] == ["Interrupted"]
+    # every front end derives it the same way (issue 27 item 1): before, inspect said Pending
+    assert run_cli("inspect", url, "--json", cache_dir=cache_dir).json()["lifecycle"] == "Interrupted"
     gc = run_cli("gc", "--json", cache_dir=cache_dir)
     assert gc.code == 0, gc.stderr
     assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"] == []

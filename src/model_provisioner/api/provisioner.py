@@ -33,7 +33,7 @@ from model_provisioner.pipeline.ledger import Ledger
 from model_provisioner.pipeline.localfile import import_into_store
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogEntry, CatalogStore, Lease, SqliteCatalog
-from model_provisioner.storage.locks import model_lock, store_in_use
+from model_provisioner.storage.locks import model_lock, model_lock_is_free, store_in_use
 from model_provisioner.storage.safefs import share_with_group_if_shared
 from model_provisioner.verify.rehash import rehash_entry, unchanged_since_verified
 from model_provisioner.verify.results import ResolvedModel, VerificationReport, resolved_from
@@ -304,6 +304,10 @@ class ModelProvisioner:
 
     def gc(self, **kwargs: Any) -> gc_ops.GcReport:
         return gc_ops.gc(self, **kwargs)
+
+    def provisioning_now(self, entry: CatalogEntry) -> bool:
+        """A process is provisioning ``entry`` right now (it holds its model lock); asked of Pending ones only."""
+        return entry.lifecycle is Lifecycle.PENDING and not model_lock_is_free(self.store.locks_dir, entry.id)
 
     def view_in_use(self, path: str, except_id: str) -> bool:
         """Whether another entry is laid out at ``path`` (a view is removed only when nothing uses it)."""

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from model_provisioner.core.vocab import shown_lifecycle
 from model_provisioner.storage.catalog import CatalogEntry, Lease, VerificationRecord
 
 
-def entry_json(entry: CatalogEntry, verifications: list[VerificationRecord] | None = None) -> dict[str, Any]:
+def entry_json(
+    entry: CatalogEntry, verifications: list[VerificationRecord] | None = None, *, provisioning_now: bool
+) -> dict[str, Any]:
     """A catalog entry as ``inspect --json`` and ``GET /v1/models/{id}`` show it (with its verification
-    history when given; ``GET /v1/models`` lists entries without it)."""
+    history when given; ``GET /v1/models`` lists entries without it). ``provisioning_now``: a process holds the
+    entry's model lock (a ``Pending`` entry nobody provisions shows ``Interrupted``)."""
     out: dict[str, Any] = {
         "id": entry.id,
         "ref": entry.ref,
         "scheme": entry.scheme,
         "local_path": entry.local_path,
-        "lifecycle": str(entry.lifecycle),
+        "lifecycle": shown_lifecycle(entry.lifecycle, entry.verification, provisioning_now),
         "digest": entry.digest,
         "size_bytes": entry.size_bytes,
         "format": entry.format,

@@ -21,6 +21,7 @@ from model_provisioner.core.errors import InvalidInput, NotFound
 from model_provisioner.core.extras import require_extra
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import parse_duration, parse_size
+from model_provisioner.core.vocab import Lifecycle, shown_lifecycle
 from model_provisioner.ops.adopt import ImportReport, import_hf_cache, import_ollama
 from model_provisioner.ops.leases import acquire_lease, describe_lease, live_leases
 from model_provisioner.ops.usage import usage
@@ -34,14 +35,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with provisioner(args) as prov:
         rows = prov.catalog.rows_for_listing()
         use = usage(prov, rows)
-        # a Pending entry nobody is provisioning was interrupted (a SIGKILL); Ctrl-C/SIGTERM mark it themselves
-        stale = {r.id for r in rows if r.lifecycle == "Pending" and model_lock_is_free(prov.store.locks_dir, r.id)}
+        locks = prov.store.locks_dir
+        busy = {r.id for r in rows if r.lifecycle == Lifecycle.PENDING and not model_lock_is_free(locks, r.id)}
     models = []
     for r in rows:
-        interrupted = r.id in stale or (r.lifecycle == "Failed" and r.verification == "interrupted")
         item: dict[str, Any] = {
             "id": r.id,
-            "lifecycle": "Interrupted" if interrupted else r.lifecycle,
+            "lifecycle": shown_lifecycle(r.lifecycle, r.verification, r.id in busy),
             "size_bytes": r.size_bytes,
             "format": r.format,
             "verification": r.verification,

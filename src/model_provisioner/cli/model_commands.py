@@ -57,8 +57,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     with provisioner(args) as prov:
         entry = prov.entry(ref)
         history = prov.catalog.verifications(ref.id) if entry is not None else []
+        provisioning_now = entry is not None and prov.provisioning_now(entry)
     if entry is not None:
-        payload = entry_json(entry, history)
+        payload = entry_json(entry, history, provisioning_now=provisioning_now)
     elif isinstance(ref, FileRef):
         if not os.path.isfile(ref.path):
             raise NotFound(f"model file not found: {ref.path}; check the path")

@@ -126,7 +126,9 @@ def get_job(ctx: Ctx, job_id: str) -> Any:
     responses=documented(ModelsOut, {"models": [ENTRY_EXAMPLE], "disk_bytes": 896}, errors=()),
 )
 def list_models(ctx: Ctx) -> Any:
-    return {"models": [entry_json(e) for e in ctx.prov.list_models()], "disk_bytes": usage(ctx.prov).disk_bytes}
+    prov = ctx.prov
+    models = [entry_json(e, provisioning_now=prov.provisioning_now(e)) for e in prov.list_models()]
+    return {"models": models, "disk_bytes": usage(prov).disk_bytes}
 
 
 @router.post(
@@ -195,7 +197,8 @@ def get_model(ctx: Ctx, model_id: str) -> Any:
     entry = ctx.prov.entry(model_id)
     if entry is None:
         raise NotFound(f"{parse(model_id).id} is not in the catalog")
-    return entry_json(entry, ctx.prov.catalog.verifications(entry.id))
+    history = ctx.prov.catalog.verifications(entry.id)
+    return entry_json(entry, history, provisioning_now=ctx.prov.provisioning_now(entry))
 
 
 @router.delete(
