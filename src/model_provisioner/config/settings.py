@@ -19,6 +19,7 @@ from model_provisioner.config.engines import EngineSettings, parse_engine_settin
 from model_provisioner.config.policy import Policy, policy_from
 from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
+from model_provisioner.config.sections import HttpsMirror, parse_mirrors, parse_oci_credentials
 from model_provisioner.core.errors import ConfigError, NotFound
 from model_provisioner.core.redact import register_secret
 from model_provisioner.core.units import parse_size
@@ -70,14 +71,6 @@ class TransferSettings:
     mirror_fill_wait_s: float = 120.0
     #: forward proxies, from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (``config/proxy.py``)
     proxy: ProxySettings = field(default_factory=ProxySettings)
-
-
-@dataclass(frozen=True)
-class HttpsMirror:
-    """Rewrite URLs starting with ``prefix`` to start with ``mirror`` instead (tried before the origin)."""
-
-    prefix: str
-    mirror: str
 
 
 @dataclass(frozen=True)
@@ -172,24 +165,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
         settings_file = env.get(ENV_SETTINGS)
-        if settings_file:
-            values.update(_load_settings_file(settings_file))
-        if env.get(ENV_CACHE):
-            values["cache_dir"] = env[ENV_CACHE]
-        if _truthy(env.get(ENV_OFFLINE)) or _truthy(env.get("HF_HUB_OFFLINE")):
-            values["offline"] = True
-        if env.get("HF_ENDPOINT"):
-            values["hf_endpoint"] = env["HF_ENDPOINT"]
-        if env.get("MODEL_PROVISIONER_API_TOKEN"):
-            values["api_token"] = env["MODEL_PROVISIONER_API_TOKEN"]
-
-        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            register_secret(env.get(name))
-        token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
-        if token:
-            values["hf_token"] = token.strip()
+        values: dict[str, Any] = _load_settings_file(settings_file) if settings_file else {}
+        values.update(_from_variables(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
         proxy = ProxySettings.from_environ(env)
         if proxy != ProxySettings():
@@ -285,6 +263,25 @@ def _typed(path: str, section: str, data: Any, types: dict[str, type | tuple[typ
     return out
 
 
+def _from_variables(env: Mapping[str, str]) -> dict[str, Any]:
+    """What the environment sets (over the settings file): cache, offline, Hub endpoint and token, API token."""
+    values: dict[str, Any] = {}
+    if env.get(ENV_CACHE):
+        values["cache_dir"] = env[ENV_CACHE]
+    if _truthy(env.get(ENV_OFFLINE)) or _truthy(env.get("HF_HUB_OFFLINE")):
+        values["offline"] = True
+    if env.get("HF_ENDPOINT"):
+        values["hf_endpoint"] = env["HF_ENDPOINT"]
+    if env.get("MODEL_PROVISIONER_API_TOKEN"):
+        values["api_token"] = env["MODEL_PROVISIONER_API_TOKEN"]
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        register_secret(env.get(name))
+    token = env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        values["hf_token"] = token.strip()
+    return values
+
+
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = read_mapping(path)
     sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines", "registry_mirrors"}
@@ -303,40 +300,9 @@ def _load_settings_file(path: str) -> dict[str, Any]:
     if "policy" in data:
         out["policy"] = policy_from(path, _typed(path, "policy", data["policy"], _POLICY_TYPES))
     if "oci_credentials" in data:
-        creds = data["oci_credentials"]
-        if not isinstance(creds, dict) or not all(
-            isinstance(v, dict) and set(v) == {"username", "password"} and all(isinstance(x, str) for x in v.values())
-            for v in creds.values()
-        ):
-            raise ConfigError(path, "oci_credentials", "expected {registry-host: {username: ..., password: ...}}")
-        out["oci_credentials"] = {str(k): (v["username"], v["password"]) for k, v in creds.items()}
+        out["oci_credentials"] = parse_oci_credentials(path, data["oci_credentials"])
     if "mirrors" in data:
-        mirrors = data["mirrors"]
-        if not isinstance(mirrors, dict) or set(mirrors) - {"hf", "https", "models"}:
-            raise ConfigError(path, "mirrors", "expected a mapping with keys hf, https and/or models")
-        roots = mirrors.get("models", [])
-        if not isinstance(roots, list) or not all(
-            isinstance(v, str) and v.startswith(("oci://", "s3://")) for v in roots
-        ):
-            raise ConfigError(
-                path, "mirrors.models", "expected a list of oci://registry/repo or s3://bucket/prefix/ roots"
-            )
-        out["model_mirrors"] = tuple(roots)
-        hf = mirrors.get("hf", [])
-        if not isinstance(hf, list) or not all(isinstance(v, str) and "://" in v for v in hf):
-            raise ConfigError(path, "mirrors.hf", "expected a list of Hub endpoint URLs")
-        out["hf_mirrors"] = tuple(v.rstrip("/") for v in hf)
-        rules = []
-        for i, rule in enumerate(mirrors.get("https", [])):
-            if not (
-                isinstance(rule, dict)
-                and isinstance(rule.get("prefix"), str)
-                and isinstance(rule.get("mirror"), str)
-                and set(rule) == {"prefix", "mirror"}
-            ):
-                raise ConfigError(path, f"mirrors.https[{i}]", "expected {prefix: URL prefix, mirror: URL prefix}")
-            rules.append(HttpsMirror(rule["prefix"], rule["mirror"]))
-        out["https_mirrors"] = tuple(rules)
+        out.update(parse_mirrors(path, data["mirrors"]))
     return out
 
 

@@ -132,12 +132,6 @@ def _endpoints(settings: Settings) -> list[tuple[str, str]]:
 def _model_info(ref: HfRef, settings: Settings) -> tuple[Any, str]:
     """model_info from the first endpoint that answers (mirrors first). Returns (info, endpoint)."""
     from huggingface_hub import HfApi  # noqa: PLC0415  # heavy: huggingface_hub, imported only when this path runs
-    from huggingface_hub.errors import (  # noqa: PLC0415
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     failures: list[str] = []
     endpoints = _endpoints(settings)
@@ -149,39 +143,52 @@ def _model_info(ref: HfRef, settings: Settings) -> tuple[Any, str]:
         try:
             info = api.model_info(ref.repo_id, revision=ref.revision_or_default, files_metadata=True)
             return info, endpoint
-        except RevisionNotFoundError:
-            if is_origin:
-                raise NotFound(
-                    f"{ref.id}: revision {ref.revision_or_default!r} not found in hf:{ref.repo_id} on {endpoint}"
-                ) from None
-            failures.append(f"{label}: revision not found")
-        except GatedRepoError:
-            if is_origin:
-                raise PolicyDenied(
-                    f"{ref.id}: hf:{ref.repo_id} is gated; accept its terms on the Hub and set HF_TOKEN"
-                ) from None
-            failures.append(f"{label}: gated")
-        except RepositoryNotFoundError:
-            if is_origin:
-                hint = "" if settings.hf_token else " (if it is private or gated, set HF_TOKEN)"
-                raise NotFound(f"{ref.id}: repository hf:{ref.repo_id} not found on {endpoint}{hint}") from None
-            failures.append(f"{label}: repository not found")
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status == 407:
-                raise PolicyDenied(
-                    f"{ref.id}: the proxy refused its credentials for {endpoint} (HTTP 407); set the user and "
-                    "password in HTTPS_PROXY / HTTP_PROXY (http://user:password@host:port)"
-                ) from None
-            if is_origin and status in (401, 403):
-                raise PolicyDenied(f"{ref.id}: {endpoint} refused access (HTTP {status}); check HF_TOKEN") from None
-            failures.append(f"{label}: HTTP {status}")
-        except Exception as exc:  # connection errors from the Hub client: try the next endpoint
+        except Exception as exc:  # the Hub client's errors and connection errors: classified below
             if isinstance(exc, (NotFound, PolicyDenied)):
                 raise
-            failures.append(f"{label}: {type(exc).__name__}: {redact_text(str(exc))[:200]}")
+            failures.append(f"{label}: {_hub_failure(exc, ref, endpoint, is_origin, settings)}")
         log.warning("%s: Hub API at %s failed (%s)", ref.id, endpoint, failures[-1])
     raise TransferFailed(f"{ref.id}: no Hub endpoint answered: {'; '.join(failures)}")
+
+
+def _hub_failure(exc: Exception, ref: HfRef, endpoint: str, is_origin: bool, settings: Settings) -> str:
+    """What a Hub endpoint's failure means: raised when it is final (the origin said not found, gated or
+    refused; a proxy refused its credentials), else a short reason and the next endpoint is tried."""
+    from huggingface_hub.errors import (  # noqa: PLC0415  # heavy: huggingface_hub, imported only when this path runs
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, RevisionNotFoundError):
+        if is_origin:
+            raise NotFound(
+                f"{ref.id}: revision {ref.revision_or_default!r} not found in hf:{ref.repo_id} on {endpoint}"
+            ) from None
+        return "revision not found"
+    if isinstance(exc, GatedRepoError):
+        if is_origin:
+            raise PolicyDenied(
+                f"{ref.id}: hf:{ref.repo_id} is gated; accept its terms on the Hub and set HF_TOKEN"
+            ) from None
+        return "gated"
+    if isinstance(exc, RepositoryNotFoundError):
+        if is_origin:
+            hint = "" if settings.hf_token else " (if it is private or gated, set HF_TOKEN)"
+            raise NotFound(f"{ref.id}: repository hf:{ref.repo_id} not found on {endpoint}{hint}") from None
+        return "repository not found"
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 407:
+            raise PolicyDenied(
+                f"{ref.id}: the proxy refused its credentials for {endpoint} (HTTP 407); set the user and "
+                "password in HTTPS_PROXY / HTTP_PROXY (http://user:password@host:port)"
+            ) from None
+        if is_origin and status in (401, 403):
+            raise PolicyDenied(f"{ref.id}: {endpoint} refused access (HTTP {status}); check HF_TOKEN") from None
+        return f"HTTP {status}"
+    return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
 
 
 def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> FetchPlan:

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from model_provisioner.core.errors import ConfigError, PolicyDenied
 from model_provisioner.core.redact import redact_text, register_secret
@@ -59,16 +60,12 @@ def _server_keys(registry: str) -> list[str]:
 
 
 def docker_login(registry: str) -> RegistryLogin | None:
-    """The login the Docker config gives for ``registry``, or None."""
+    """The login the Docker config gives for ``registry``, or None: ``credHelpers[host]``, then ``credsStore``,
+    then ``auths`` (Docker's order)."""
     path = docker_config_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    data = _read_config(path)
+    if data is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(path), None, f"cannot be read as JSON ({type(exc).__name__}); fix or remove it") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), None, "expected a JSON object; fix or remove it")
     keys = _server_keys(registry)
     helpers = data.get("credHelpers")
     if isinstance(helpers, dict):
@@ -89,6 +86,19 @@ def docker_login(registry: str) -> RegistryLogin | None:
                 if login is not None:
                     return login
     return None
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    """The Docker config as a JSON object, or None when there is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), None, f"cannot be read as JSON ({type(exc).__name__}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), None, "expected a JSON object; fix or remove it")
+    return data
 
 
 def _from_auths_entry(entry: dict[str, object], path: Path) -> RegistryLogin | None:
