@@ -14,6 +14,7 @@ import shutil
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model_provisioner.core.refs import parse
@@ -145,6 +146,30 @@ def gc(
 
 
 def _gc_views(prov: Cache, report: GcReport, dry_run: bool) -> None:
+    """Views (files and view trees) no catalog entry points at, their leftover temporaries, then the
+    directories that became empty."""
+    keep_files, keep_dirs = _views_in_use(prov)
+    for top in VIEW_ROOTS:
+        root = prov.store.root / top
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, topdown=True):
+            if dirpath in keep_dirs:
+                dirnames[:] = []  # a kept tree is kept whole
+                continue
+            _drop_leftover_dirs(dirpath, dirnames, keep_dirs, report, dry_run)
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if full not in keep_files:
+                    report.add("view", full, 0)  # a hard link: its bytes are counted with its blob
+                    if not dry_run:
+                        os.unlink(full)
+        if not dry_run:
+            _remove_empty_dirs(root)
+
+
+def _views_in_use(prov: Cache) -> tuple[set[str], set[str]]:
+    """(every entry's file, every entry's view tree)."""
     keep_files: set[str] = set()
     keep_dirs: set[str] = set()
     for row in prov.catalog.rows_for_listing():
@@ -154,32 +179,27 @@ def _gc_views(prov: Cache, report: GcReport, dry_run: bool) -> None:
             view_dir = json.loads(row.metadata_json).get("view_dir")
             if view_dir:
                 keep_dirs.add(view_dir)
-    for top in VIEW_ROOTS:
-        root = prov.store.root / top
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, topdown=True):
-            if dirpath in keep_dirs:
-                dirnames[:] = []  # a kept tree is kept whole
-                continue
-            for name in list(dirnames):
-                full = os.path.join(dirpath, name)
-                if (name.startswith(".") and name.endswith((".tmp", ".old"))) and full not in keep_dirs:
-                    report.add("view-leftover", full, 0)
-                    if not dry_run:
-                        shutil.rmtree(full, ignore_errors=True)
-                    dirnames.remove(name)
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if full not in keep_files:
-                    report.add("view", full, 0)  # a hard link: its bytes are counted with its blob
-                    if not dry_run:
-                        os.unlink(full)
-        if not dry_run:
-            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-                if dirpath != str(root):
-                    with suppress(OSError):
-                        os.rmdir(dirpath)
+    return keep_files, keep_dirs
+
+
+def _drop_leftover_dirs(
+    dirpath: str, dirnames: list[str], keep_dirs: set[str], report: GcReport, dry_run: bool
+) -> None:
+    """``.<name>.tmp`` / ``.<name>.old`` trees a crash left beside a view: removed, and not walked into."""
+    for name in list(dirnames):
+        full = os.path.join(dirpath, name)
+        if (name.startswith(".") and name.endswith((".tmp", ".old"))) and full not in keep_dirs:
+            report.add("view-leftover", full, 0)
+            if not dry_run:
+                shutil.rmtree(full, ignore_errors=True)
+            dirnames.remove(name)
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
+        if dirpath != str(root):
+            with suppress(OSError):
+                os.rmdir(dirpath)
 
 
 def _gc_partials(prov: Cache, report: GcReport, dry_run: bool, grace_s: float) -> None:

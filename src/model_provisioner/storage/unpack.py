@@ -74,55 +74,14 @@ def unpack_into_store(
 
     Before a member is written: what the members declare so far must stay within ``max_ratio`` times the
     archive's size (a bomb is refused, exit 4, naming the setting) and fit in the free space (exit 7)."""
-    files: dict[str, tuple[str, int]] = {}
-    archive_bytes = max(1, archive.stat().st_size)
-    declared = 0
-    links: list[tuple[str, str]] = []
+    unpacker = _Unpacker(store, subject, prefix, compression, max(1, archive.stat().st_size), max_ratio)
     bad_input: tuple[type[Exception], ...] = (EOFError, OSError, ValueError, TypeError)
     bad_input += _decompression_errors(compression)
     stream = _open_stream(archive, compression)
     try:
         with tarfile.open(fileobj=stream, mode="r|gz" if compression == "gzip" else "r|") as tar:
             for member in tar:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                name = name.rstrip("/")
-                if not name or name == ".":
-                    continue
-                where = f"{subject}: tar member {member.name!r}"
-                check_relative_path(name, where)
-                path = posixpath.join(prefix, name) if prefix else name
-                if member.isdir():
-                    continue
-                if member.issym() or member.islnk():
-                    target = member.linkname
-                    if member.issym():
-                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-                    if target.startswith(("/", "../")) or target == ".." or posixpath.isabs(member.linkname):
-                        raise CorruptModel(subject, f"tar member {member.name!r} links outside the archive; refused")
-                    links.append((path, posixpath.join(prefix, target) if prefix else target))
-                    continue
-                if not member.isfile():
-                    raise CorruptModel(subject, f"tar member {member.name!r} is a device or FIFO; refused")
-                declared += member.size
-                if compression != "tar" and declared > archive_bytes * max_ratio:
-                    raise CorruptModel(
-                        subject,
-                        f"tar member {member.name[:200]!r} brings the layer to {declared} bytes unpacked from "
-                        f"{archive_bytes} packed, more than {max_ratio:g}x (a decompression bomb?); refused before "
-                        "writing it; raise transfer.max_unpack_ratio if the layer is genuine",
-                    )
-                store.check_free_space(member.size)
-                source = tar.extractfile(member)
-                if source is None:  # pragma: no cover - isfile() members always have data
-                    continue
-                with source:
-                    try:
-                        _, sha_hex, size = store.import_stream(source, posixpath.basename(name), limit=member.size)
-                    except ValueError as exc:
-                        raise CorruptModel(subject, str(exc)) from None
-                if path in files:
-                    raise CorruptModel(subject, f"tar member {member.name!r} appears twice")
-                files[path] = (sha_hex, size)
+                unpacker.take(tar, member)
     except ProvisionerError:
         raise
     except tarfile.TarError as exc:
@@ -132,8 +91,73 @@ def unpack_into_store(
         raise CorruptModel(subject, f"the layer is truncated or not {compression}-compressed ({exc})") from None
     finally:
         stream.close()
-    for path, target in links:
-        if target not in files:
-            raise CorruptModel(subject, f"tar link {path!r} points at {target!r}, which is not a file in the archive")
-        files[path] = files[target]
-    return [(p, sha, size) for p, (sha, size) in files.items()]
+    return unpacker.result()
+
+
+class _Unpacker:
+    """The members of one layer, taken one by one: files into the store, links resolved at the end."""
+
+    def __init__(
+        self, store: BlobStore, subject: str, prefix: str, compression: str, archive_bytes: int, max_ratio: float
+    ) -> None:
+        self.store, self.subject, self.prefix = store, subject, prefix
+        self.compression, self.archive_bytes, self.max_ratio = compression, archive_bytes, max_ratio
+        self.files: dict[str, tuple[str, int]] = {}
+        self.links: list[tuple[str, str]] = []
+        self.declared = 0
+
+    def take(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = member.name[2:] if member.name.startswith("./") else member.name
+        name = name.rstrip("/")
+        if not name or name == ".":
+            return
+        check_relative_path(name, f"{self.subject}: tar member {member.name!r}")
+        path = posixpath.join(self.prefix, name) if self.prefix else name
+        if member.isdir():
+            return
+        if member.issym() or member.islnk():
+            self.links.append((path, self._link_target(member, name)))
+            return
+        if not member.isfile():
+            raise CorruptModel(self.subject, f"tar member {member.name!r} is a device or FIFO; refused")
+        self._check_declared(member)
+        source = tar.extractfile(member)
+        if source is None:  # pragma: no cover - isfile() members always have data
+            return
+        with source:
+            try:
+                _, sha_hex, size = self.store.import_stream(source, posixpath.basename(name), limit=member.size)
+            except ValueError as exc:
+                raise CorruptModel(self.subject, str(exc)) from None
+        if path in self.files:
+            raise CorruptModel(self.subject, f"tar member {member.name!r} appears twice")
+        self.files[path] = (sha_hex, size)
+
+    def _link_target(self, member: tarfile.TarInfo, name: str) -> str:
+        target = member.linkname
+        if member.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+        if target.startswith(("/", "../")) or target == ".." or posixpath.isabs(member.linkname):
+            raise CorruptModel(self.subject, f"tar member {member.name!r} links outside the archive; refused")
+        return posixpath.join(self.prefix, target) if self.prefix else target
+
+    def _check_declared(self, member: tarfile.TarInfo) -> None:
+        """A bomb is refused before a byte of it is written; a member past the free space is exit 7."""
+        self.declared += member.size
+        if self.compression != "tar" and self.declared > self.archive_bytes * self.max_ratio:
+            raise CorruptModel(
+                self.subject,
+                f"tar member {member.name[:200]!r} brings the layer to {self.declared} bytes unpacked from "
+                f"{self.archive_bytes} packed, more than {self.max_ratio:g}x (a decompression bomb?); refused "
+                "before writing it; raise transfer.max_unpack_ratio if the layer is genuine",
+            )
+        self.store.check_free_space(member.size)
+
+    def result(self) -> list[tuple[str, str, int]]:
+        for path, target in self.links:
+            if target not in self.files:
+                raise CorruptModel(
+                    self.subject, f"tar link {path!r} points at {target!r}, which is not a file in the archive"
+                )
+            self.files[path] = self.files[target]
+        return [(p, sha, size) for p, (sha, size) in self.files.items()]
