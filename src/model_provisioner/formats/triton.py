@@ -82,52 +82,51 @@ def inspect_repository(tree: Path, root: str, paths: list[str], subject: str) ->
     prefix = f"{root}/" if root else ""
     inside = [p[len(prefix) :] for p in paths if p.startswith(prefix)]
     model_dirs = sorted({p.split("/")[0] for p in inside if p.count("/") >= 1 and p.split("/")[1] == "config.pbtxt"})
-    models: list[dict[str, Any]] = []
-    ensembles: list[tuple[str, list[str]]] = []
-    for name in model_dirs:
-        where = f"{subject} [{prefix}{name}/config.pbtxt]"
-        text = (tree / prefix / name / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
-        config = parse_config(text, where)
-        if config.name and config.name != name:
-            raise CorruptModel(where, f"config name {config.name!r} differs from its directory {name!r}")
-        files = [p[len(name) + 1 :] for p in inside if p.startswith(name + "/")]
-        versions = sorted({int(f.split("/")[0]) for f in files if "/" in f and _is_version(f.split("/")[0])})
-        platform = config.platform or ""
-        backend = config.backend or ""
-        info: dict[str, Any] = {"name": name, "versions": versions}
-        if platform:
-            info["platform"] = platform
-        if backend:
-            info["backend"] = backend
-        if config.max_batch_size:
-            info["max_batch_size"] = int(config.max_batch_size)
-        if platform == "ensemble":
-            steps = [step.model_name for step in config.ensemble_scheduling.step]
-            if not steps:
-                raise CorruptModel(where, "ensemble has no ensemble_scheduling steps")
-            info["steps"] = steps
-            ensembles.append((name, steps))
-        else:
-            if not versions:
-                raise CorruptModel(where, f"model {name!r} has no numeric version directory (e.g. {name}/1/)")
-            expected = config.default_model_filename or DEFAULT_FILES.get(platform) or DEFAULT_FILES.get(backend)
-            if expected:
-                for version in versions:
-                    want = f"{version}/{expected}"
-                    if not any(f == want or f.startswith(want + "/") for f in files):
-                        raise CorruptModel(
-                            where, f"version {version} of {name!r} lacks {expected} ({platform or backend} loads it)"
-                        )
-        models.append(info)
+    models = [_inspect_model(tree, prefix, name, inside, subject) for name in model_dirs]
     known = {m["name"] for m in models}
-    for name, steps in ensembles:
-        missing = sorted({s for s in steps if s not in known})
+    for model in models:
+        missing = sorted({s for s in model.get("steps", ()) if s not in known})
         if missing:
             raise CorruptModel(
-                f"{subject} [{prefix}{name}/config.pbtxt]",
-                f"ensemble {name!r} uses models missing from the repository: {', '.join(missing)}",
+                f"{subject} [{prefix}{model['name']}/config.pbtxt]",
+                f"ensemble {model['name']!r} uses models missing from the repository: {', '.join(missing)}",
             )
     return {"models": models, "model_names": [m["name"] for m in models], "repository_root": root}
+
+
+def _inspect_model(tree: Path, prefix: str, name: str, inside: list[str], subject: str) -> dict[str, Any]:
+    """One model directory: its config, versions, and the file its platform or backend loads."""
+    where = f"{subject} [{prefix}{name}/config.pbtxt]"
+    text = (tree / prefix / name / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
+    config = parse_config(text, where)
+    if config.name and config.name != name:
+        raise CorruptModel(where, f"config name {config.name!r} differs from its directory {name!r}")
+    files = [p[len(name) + 1 :] for p in inside if p.startswith(name + "/")]
+    versions = sorted({int(f.split("/")[0]) for f in files if "/" in f and _is_version(f.split("/")[0])})
+    platform = config.platform or ""
+    backend = config.backend or ""
+    info: dict[str, Any] = {"name": name, "versions": versions}
+    if platform:
+        info["platform"] = platform
+    if backend:
+        info["backend"] = backend
+    if config.max_batch_size:
+        info["max_batch_size"] = int(config.max_batch_size)
+    if platform == "ensemble":
+        steps = [step.model_name for step in config.ensemble_scheduling.step]
+        if not steps:
+            raise CorruptModel(where, "ensemble has no ensemble_scheduling steps")
+        info["steps"] = steps
+        return info
+    if not versions:
+        raise CorruptModel(where, f"model {name!r} has no numeric version directory (e.g. {name}/1/)")
+    expected = config.default_model_filename or DEFAULT_FILES.get(platform) or DEFAULT_FILES.get(backend)
+    for version in versions if expected else ():
+        want = f"{version}/{expected}"
+        if not any(f == want or f.startswith(want + "/") for f in files):
+            loader = platform or backend
+            raise CorruptModel(where, f"version {version} of {name!r} lacks {expected} ({loader} loads it)")
+    return info
 
 
 def _is_version(name: str) -> bool:

@@ -46,64 +46,22 @@ def run_attempt(
     *,
     wait_for_fill: bool = False,
 ) -> TransferOutcome:
+    """Ask (``_first_request``), take the answer apart (``_without_body``, ``_placed``), receive, commit."""
     import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
     meta_path = partial.with_suffix(".json")
     kept, etag_kept, chunks = kept_prefix(partial, meta_path, spec, source)
-    headers = dict(spec.conditional)
-    # The first request is a bounded range (exactly the first chunk of a parallel download), so that no
-    # byte a server pushes is ever thrown away; a server without ranges answers 200 with everything.
-    first_end = kept + conn.settings.parallel_chunk_min_bytes
-    if chunks is not None:
-        first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
-    open_ended = not source.bounded_first and chunks is None
-    if not open_ended:
-        headers["Range"] = f"bytes={kept}-{first_end - 1}"
-    elif kept:
-        headers["Range"] = f"bytes={kept}-"
-    if kept and etag_kept and not etag_kept.startswith("W/"):
-        headers["If-Range"] = etag_kept
+    headers, open_ended = _first_request(conn, source, spec, kept, etag_kept, chunks)
     try:
         response, final_url, final_headers = conn.open(source, headers)
     except httpx.HTTPError as exc:
         raise Retryable.of(exc) from None
     try:
-        status = response.status_code
-        if status == 304 and spec.conditional:
-            raise NotModified(f"{spec.name}: not modified")
-        if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
-            return conn.empty(spec)  # an empty resource: no byte range can be satisfied
-        if status == 416 and kept and unsatisfied_length(response.headers) == kept:
-            # the partial already holds every byte (an interruption after the last range landed, or a
-            # crash before the commit): verify and commit it without fetching anything again
-            etag = response.headers.get("ETag") or etag_kept
-            hasher = rehash_prefix(partial, kept)
-            last_modified = response.headers.get("Last-Modified")
-            return commit(conn, spec, source, partial, hasher, kept, etag, last_modified, fetched=0, resumed_from=kept)
-        if status == 200 and wait_for_fill and (spec.expected_size or 0) >= conn.settings.parallel_chunk_min_bytes:
-            raise MirrorFilling(f"{source.label} does not hold the blob yet (it answered a Range request with 200)")
+        done = _without_body(conn, source, spec, partial, response, kept, etag_kept, wait_for_fill)
+        if done is not None:
+            return done
         raise_for_status(response, spec)
-        total, start = total_and_start(status, response.headers)
-        if start != kept:
-            # 200 to a Range request, or a 206 starting elsewhere (or contradicting itself): start over from zero
-            if status == 206:
-                response.close()
-                discard(partial)
-                raise Retryable(
-                    "server answered the Range request at the wrong offset, or with a Content-Range its "
-                    "Content-Length contradicts; restarting"
-                )
-            if kept:
-                log.info("%s: server ignored the Range request; starting over", spec.name)
-            kept, chunks = 0, None
-        if spec.expected_size is not None and total is not None and total != spec.expected_size:
-            raise TransferFailed(
-                f"{spec.name}: {redact_url(source.url)} serves {total} bytes but {spec.expected_size} are "
-                "expected; the source changed or is wrong"
-            )
-        total = total if total is not None else spec.expected_size
-        if total is not None:
-            conn.store.check_free_space(total - kept)
+        total, kept, chunks = _placed(conn, source, spec, partial, response, kept, chunks)
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
         if chunks is not None and (total is None or chunks[-1][1] != total or (etag_kept and etag != etag_kept)):
@@ -121,6 +79,91 @@ def run_attempt(
     return commit(
         conn, spec, source, partial, hasher, total, etag, last_modified, fetched=progress.fetched, resumed_from=kept
     )
+
+
+def _first_request(
+    conn: Connection, source: Source, spec: TransferSpec, kept: int, etag_kept: str | None, chunks: Chunks | None
+) -> tuple[dict[str, str], bool]:
+    """(the first request's headers, whether it asks for the whole rest). The first request is a bounded range
+    (exactly the first chunk of a parallel download), so that no byte a server pushes is ever thrown away; a
+    server without ranges answers 200 with everything."""
+    headers = dict(spec.conditional)
+    first_end = kept + conn.settings.parallel_chunk_min_bytes
+    if chunks is not None:
+        first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
+    open_ended = not source.bounded_first and chunks is None
+    if not open_ended:
+        headers["Range"] = f"bytes={kept}-{first_end - 1}"
+    elif kept:
+        headers["Range"] = f"bytes={kept}-"
+    if kept and etag_kept and not etag_kept.startswith("W/"):
+        headers["If-Range"] = etag_kept
+    return headers, open_ended
+
+
+def _without_body(
+    conn: Connection,
+    source: Source,
+    spec: TransferSpec,
+    partial: Path,
+    response: httpx.Response,
+    kept: int,
+    etag_kept: str | None,
+    wait_for_fill: bool,
+) -> TransferOutcome | None:
+    """The answers that end the attempt before any body: 304, an empty resource, a partial already complete
+    (416 naming its length), a mirror still filling. None: a body follows."""
+    status = response.status_code
+    if status == 304 and spec.conditional:
+        raise NotModified(f"{spec.name}: not modified")
+    if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
+        return conn.empty(spec)  # an empty resource: no byte range can be satisfied
+    if status == 416 and kept and unsatisfied_length(response.headers) == kept:
+        # the partial already holds every byte (an interruption after the last range landed, or a crash before
+        # the commit): verify and commit it without fetching anything again
+        etag = response.headers.get("ETag") or etag_kept
+        hasher = rehash_prefix(partial, kept)
+        last_modified = response.headers.get("Last-Modified")
+        return commit(conn, spec, source, partial, hasher, kept, etag, last_modified, fetched=0, resumed_from=kept)
+    if status == 200 and wait_for_fill and (spec.expected_size or 0) >= conn.settings.parallel_chunk_min_bytes:
+        raise MirrorFilling(f"{source.label} does not hold the blob yet (it answered a Range request with 200)")
+    return None
+
+
+def _placed(
+    conn: Connection,
+    source: Source,
+    spec: TransferSpec,
+    partial: Path,
+    response: httpx.Response,
+    kept: int,
+    chunks: Chunks | None,
+) -> tuple[int | None, int, Chunks | None]:
+    """Where the body lands: (the total length if known, the offset it starts at, the chunk map still valid).
+    A 206 elsewhere than asked (or contradicting itself) starts over from zero; a 200 to a Range request
+    restarts the partial; a size other than the one expected is refused; the rest must fit on the disk."""
+    status = response.status_code
+    total, start = total_and_start(status, response.headers)
+    if start != kept:
+        if status == 206:
+            response.close()
+            discard(partial)
+            raise Retryable(
+                "server answered the Range request at the wrong offset, or with a Content-Range its "
+                "Content-Length contradicts; restarting"
+            )
+        if kept:
+            log.info("%s: server ignored the Range request; starting over", spec.name)
+        kept, chunks = 0, None
+    if spec.expected_size is not None and total is not None and total != spec.expected_size:
+        raise TransferFailed(
+            f"{spec.name}: {redact_url(source.url)} serves {total} bytes but {spec.expected_size} are "
+            "expected; the source changed or is wrong"
+        )
+    total = total if total is not None else spec.expected_size
+    if total is not None:
+        conn.store.check_free_space(total - kept)
+    return total, kept, chunks
 
 
 def _receive(
