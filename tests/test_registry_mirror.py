@@ -39,7 +39,10 @@ def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_
             assert node.returncode == 0, err
             assert json.loads(out)["digest"] == digest
         transfers = origin.blob_transfers(digest)
-        assert transfers.count(size) == 1, transfers  # one whole copy from the origin, for eight nodes
+        # far less than eight copies from the origin: one whole copy, or two when docker-registry's proxy
+        # drops a fill whose first client hung up and starts it again (1 run in 5-10 here, on the code before
+        # issue 23 too: counted from the origin's access log; 2.0-2.9x the blob in all, over 15 runs)
+        assert 1 <= transfers.count(size) <= 2 and sum(transfers) <= 4 * size, transfers
         # each poll the mirror answered from its upstream was hung up on at once: it cost the origin only what
         # was in flight (bounded by the sockets' buffers), never a second copy
         assert all(t < size // 2 for t in transfers if t != size), transfers
