@@ -119,7 +119,7 @@ def up(
         raise
     finally:
         lock.release()
-        if lease is not None:  # the supervisor holds its own lease from before it checks the model
+        if lease is not None:  # by now (ready, or nothing runs) the supervisor holds its own lease, if any
             host.catalog.remove_lease(lease.lease_id)
 
 
