@@ -14,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from typing import TYPE_CHECKING
 
 from model_provisioner.config.settings import Settings
 from model_provisioner.core.errors import OfflineError, PolicyDenied, TransferFailed, UnsafeCachePath
-from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.pipeline.context import Workspace
 from model_provisioner.storage.catalog import CatalogEntry
 from model_provisioner.storage.safefs import check_plain_dir, open_in_cache, write_atomic
+
+if TYPE_CHECKING:
+    from model_provisioner.net.registry.client import RegistryClient
 
 
 def check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
@@ -28,6 +31,7 @@ def check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
     if entry.metadata.get("access") != "restricted":
         return
     settings = ws.settings
+    client: RegistryClient | None = None
     if entry.scheme == "hf":
         repo = str(entry.metadata.get("repo_id") or "")
         source, who = f"hf:{repo}", "this caller's HF_TOKEN" if settings.hf_token else "a caller without HF_TOKEN"
@@ -35,6 +39,8 @@ def check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
     elif entry.scheme == "oci" and isinstance(entry.metadata.get("oci"), dict):
         oci = entry.metadata["oci"]
         registry, repo = str(oci.get("registry", "")), str(oci.get("repository", ""))
+        from model_provisioner.net.registry.client import RegistryClient  # noqa: PLC0415  # heavy: the registry client (~18 ms of start-up), only for restricted oci entries
+
         client = RegistryClient(registry, settings)
         login = client.login  # a credential helper runs here, once: the fingerprint needs the credential
         source = f"oci://{registry}/{repo}"
@@ -50,7 +56,7 @@ def check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
             f"{entry.id}: {source} is private and {who} was not confirmed within access_check_ttl_s; run it "
             "once online so the source can confirm these credentials may read it"
         )
-    granted = _ask(entry, settings, client if entry.scheme == "oci" else None)
+    granted = _ask(entry, settings, client)
     if granted is None:
         raise TransferFailed(f"{entry.id}: could not ask the source whether {who} may read {source}")
     if not granted:

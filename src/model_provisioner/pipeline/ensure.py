@@ -15,7 +15,6 @@ from model_provisioner.core.errors import OfflineError, ReadOnlyCache, Unsupport
 from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef
 from model_provisioner.core.units import now_ms
 from model_provisioner.obs.metrics import METRICS
-from model_provisioner.pipeline.access import check_caller_access
 from model_provisioner.pipeline.context import FetchOptions, Workspace
 from model_provisioner.pipeline.localfile import provision_local
 from model_provisioner.storage.catalog import CatalogEntry
@@ -91,12 +90,20 @@ def warm(
         if not locked:
             return None
         entry = ws.ledger.record_pin(entry, digest, strict)
-    check_caller_access(ws, entry)  # a private repo's bytes go only to callers its source accepts
+    _check_caller_access(ws, entry)  # a private repo's bytes go only to callers its source accepts
     now = now_ms()
     if now - max(entry.last_used_ms, ws.touched.get(entry.id, 0)) >= ws.settings.touch_interval_ms and not ws.read_only:
         ws.catalog.touch(entry.id, now)
         ws.touched[entry.id] = now
     return resolved_from(entry, from_cache=True)
+
+
+def _check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
+    """Public entries (nearly all) cost one dictionary look-up: the module is loaded for restricted ones only."""
+    if entry.metadata.get("access") == "restricted":
+        from model_provisioner.pipeline.access import check_caller_access  # noqa: PLC0415  # heavy: the access check and its sources, only for restricted entries
+
+        check_caller_access(ws, entry)
 
 
 def reverify_in_place(
@@ -127,7 +134,7 @@ def reverify_in_place(
     report = ws.ledger.apply(entry, rehash_entry(entry, ws.catalog.files(entry.id), None))
     if not report.ok:
         return None  # marked Failed (and a corrupt blob quarantined): the caller fetches it again
-    check_caller_access(ws, entry)
+    _check_caller_access(ws, entry)
     ws.ledger.relink_views(entry)
     refreshed = ws.catalog.get(entry.id)
     log.info("%s: files were replaced by identical bytes (copied cache?); re-verified in place", entry.id)
