@@ -413,3 +413,15 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def wait_for(condition: Any, timeout_s: float = 60, what: str = "") -> Any:
+    """Poll the condition itself (bounded) and return its value: never a fixed sleep that races on a busy
+    machine."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.01)

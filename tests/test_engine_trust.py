@@ -10,15 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import alive, run_cli
+from .conftest import alive, run_cli, wait_for
 
 API_TOKEN_ENV = "MODEL_PROVISIONER_API_TOKEN"
 
@@ -35,17 +33,6 @@ def processes_with(text: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
-    """Poll the condition itself (bounded), never a fixed sleep."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.02)
 
 
 def pool_json(cache_dir: Path, pool: str) -> dict[str, Any]:

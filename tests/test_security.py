@@ -12,7 +12,7 @@ from typing import Any
 
 from model_provisioner import Lifecycle, ModelProvisioner, Settings
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
 
 MiB = 1 << 20
 
@@ -634,10 +634,7 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, f
     threads = [threading.Thread(target=sync, args=(slow[4 + i % 2] + f"?n={i}",), daemon=True) for i in range(12)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10  # the bound is full (the rest were told 503): waited on, never slept
-    while answers.count(503) < 8:
-        assert time.monotonic() < deadline, answers
-        time.sleep(0.02)
+    wait_for(lambda: answers.count(503) >= 8, 10, "the bound to be full (the rest told 503)")
     probe_start = time.monotonic()
     assert c.get("/healthz", timeout=5).status_code == 200
     assert time.monotonic() - probe_start < 3.0  # the feature: a probe answers while every worker is busy
@@ -658,8 +655,6 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, f
 
 def test_finished_jobs_expire() -> None:
     """On the registry's own clock, moved by the test: no sleep decides the outcome."""
-    import time
-
     from model_provisioner.server.jobs import Job, JobRegistry
 
     now = [1000.0]
@@ -670,11 +665,7 @@ def test_finished_jobs_expire() -> None:
         job.state = "succeeded"
 
     def all_finished(items: list[Job]) -> bool:
-        deadline = time.monotonic() + 30  # bounded: the condition itself is what is waited for
-        while not all(j.finished_at is not None for j in items):
-            assert time.monotonic() < deadline, [j.state for j in items]
-            time.sleep(0.005)
-        return True
+        return bool(wait_for(lambda: all(j.finished_at is not None for j in items), 30, "the jobs to finish"))
 
     for job in jobs:
         registry.submit(job, None, work)
