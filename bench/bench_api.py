@@ -65,9 +65,11 @@ def main() -> None:
     settings = work / "settings.json"
     settings.write_text(json.dumps({"api_file_roots": [str(model.parent)]}))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(work / "cache"), "serve",
-                             "--port", str(port)], env={**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings)},
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(work / "cache"), "serve", "--port", str(port)],
+        env={**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings)},
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx

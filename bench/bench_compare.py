@@ -52,8 +52,13 @@ def env_for(src: Path) -> dict[str, str]:
 
 
 def cli(src: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), *args],
-                          capture_output=True, text=True, check=True, env=env_for(src))
+    return subprocess.run(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env_for(src),
+    )
 
 
 def warm_up(src: Path, cache: Path, model: Path, binary: str) -> float:
@@ -72,8 +77,13 @@ def warm_ensure(src: Path, cache: Path, url: str) -> float:
 
 
 def in_process(src: Path, cache: Path, url: str) -> float:
-    done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(cache), url], capture_output=True, text=True,
-                          check=True, env=env_for(src))
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, str(cache), url],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env_for(src),
+    )
     return float(done.stdout.strip())
 
 

@@ -52,8 +52,12 @@ def free_port() -> int:
 
 def ours(cache: Path, model: str, binary: str) -> float:
     start = time.perf_counter()
-    done = subprocess.run([*CLI, "--cache-dir", str(cache), "up", model, "--binary", binary, "--json"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [*CLI, "--cache-dir", str(cache), "up", model, "--binary", binary, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     first_token(json.loads(done.stdout)["url"])
     took = time.perf_counter() - start
     subprocess.run([*CLI, "--cache-dir", str(cache), "-q", "down", "--all"], check=True)
@@ -63,8 +67,11 @@ def ours(cache: Path, model: str, binary: str) -> float:
 def bare(model: Path, binary: str) -> float:
     port = free_port()
     start = time.perf_counter()
-    proc = subprocess.Popen([binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -107,8 +114,10 @@ def main() -> None:
             a.append(ours(cache, str(model), binary))
             b.append(bare(model, binary))
         goal = 1.2 * statistics.median(b) + 0.1
-        print(f"warm_up_to_first_token: ours {fmt(a)}, bare llama-server {fmt(b)}, "
-              f"ratio {statistics.median(a) / statistics.median(b):.2f} (goal: ours <= {goal * 1000:.0f}ms)")
+        print(
+            f"warm_up_to_first_token: ours {fmt(a)}, bare llama-server {fmt(b)}, "
+            f"ratio {statistics.median(a) / statistics.median(b):.2f} (goal: ours <= {goal * 1000:.0f}ms)"
+        )
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(work))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()

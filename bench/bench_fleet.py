@@ -44,8 +44,10 @@ def nodes(work: Path, name: str, ref: str, count: int, settings: Path | None) ->
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings)} if settings else {}
     start = time.perf_counter()
     procs = [
-        subprocess.Popen([*CLI, "--cache-dir", str(work / f"{name}-{i}"), "-q", "ensure", ref],
-                         env={**__import__("os").environ, **env})
+        subprocess.Popen(
+            [*CLI, "--cache-dir", str(work / f"{name}-{i}"), "-q", "ensure", ref],
+            env={**__import__("os").environ, **env},
+        )
         for i in range(count)
     ]
     if any(p.wait(timeout=1800) for p in procs):
@@ -83,12 +85,18 @@ def main() -> None:
             rest = nodes(work, "rest", ref2, args.nodes - 1, settings)
             warmed_bytes = origin_bytes(origin) - before
             n = args.nodes
-            print(f"fleet_{n}_nodes_{args.size_mib}MiB_direct: {direct:.2f}s, origin bytes/node "
-                  f"{direct_bytes / n / size:.2f}x the model")
-            print(f"fleet_{n}_nodes_{args.size_mib}MiB_cold_mirror_at_once: {mirrored:.2f}s, origin bytes/node "
-                  f"{mirrored_bytes / n / size:.2f}x the model ({mirrored_bytes / size:.2f}x in all)")
-            print(f"fleet_{n}_nodes_{args.size_mib}MiB_mirror_one_then_{n - 1}: {first:.2f}s + {rest:.2f}s, origin "
-                  f"bytes/node {warmed_bytes / n / size:.2f}x the model ({warmed_bytes / size:.2f}x in all)")
+            print(
+                f"fleet_{n}_nodes_{args.size_mib}MiB_direct: {direct:.2f}s, origin bytes/node "
+                f"{direct_bytes / n / size:.2f}x the model"
+            )
+            print(
+                f"fleet_{n}_nodes_{args.size_mib}MiB_cold_mirror_at_once: {mirrored:.2f}s, origin bytes/node "
+                f"{mirrored_bytes / n / size:.2f}x the model ({mirrored_bytes / size:.2f}x in all)"
+            )
+            print(
+                f"fleet_{n}_nodes_{args.size_mib}MiB_mirror_one_then_{n - 1}: {first:.2f}s + {rest:.2f}s, origin "
+                f"bytes/node {warmed_bytes / n / size:.2f}x the model ({warmed_bytes / size:.2f}x in all)"
+            )
         finally:
             mirror.close()
             origin.close()

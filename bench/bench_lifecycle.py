@@ -36,13 +36,35 @@ def populate(cache: Path, n: int) -> None:
     rows = []
     for i in range(n):
         blob = hashlib.sha256(str(i % (n // 2)).encode()).hexdigest()  # half the blobs shared by two ids
-        rows.append((f"hf:org{i % 997}/repo{i}/m-Q4_K_M.gguf", f"hf:org/repo{i}", "hf", f"{cache}/gguf/x{i}@{blob}",
-                     "Active", f"sha256:{blob}", 4_000_000_000 + i, "gguf", "source_verified", None, 0, i, i, i,
-                     None, meta, blob, None, 0))
+        rows.append(
+            (
+                f"hf:org{i % 997}/repo{i}/m-Q4_K_M.gguf",
+                f"hf:org/repo{i}",
+                "hf",
+                f"{cache}/gguf/x{i}@{blob}",
+                "Active",
+                f"sha256:{blob}",
+                4_000_000_000 + i,
+                "gguf",
+                "source_verified",
+                None,
+                0,
+                i,
+                i,
+                i,
+                None,
+                meta,
+                blob,
+                None,
+                0,
+            )
+        )
     conn.executemany(
         "INSERT INTO models (id, ref, scheme, local_path, lifecycle, digest, size_bytes, format, verification, "
         "expected_digest, strict, last_verified_ms, created_ms, last_used_ms, fingerprint, metadata, blob, error, "
-        "pinned) VALUES (" + ",".join("?" * 19) + ")", rows)
+        "pinned) VALUES (" + ",".join("?" * 19) + ")",
+        rows,
+    )
     conn.commit()
     conn.close()
 
@@ -64,16 +86,22 @@ def main() -> list[Result]:
     cache = work / f"catalog-{args.entries}"
     if not (cache / "catalog.db").exists():
         populate(cache, args.entries)
-    ls_times = [timed(lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(cache), "ls", "--json"]))
-                for _ in range(args.rounds)]
-    results.append(Result(f"ls_json_{args.entries}_entries", ls_times, [2.0], "goal", "< 2 s",
-                          2.0 / statistics.median(ls_times)))
+    ls_times = [
+        timed(lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(cache), "ls", "--json"]))
+        for _ in range(args.rounds)
+    ]
+    results.append(
+        Result(f"ls_json_{args.entries}_entries", ls_times, [2.0], "goal", "< 2 s", 2.0 / statistics.median(ls_times))
+    )
     print(results[-1].line(), flush=True)
-    gc_times = [timed(lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(cache), "gc", "--dry-run",
-                                   "--json"])) for _ in range(args.rounds)]
+    gc_times = [
+        timed(lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(cache), "gc", "--dry-run", "--json"]))
+        for _ in range(args.rounds)
+    ]
     gc_times.append(timed(lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(cache), "gc", "--json"])))
-    results.append(Result(f"gc_{args.entries}_entries", gc_times, [5.0], "goal", "< 5 s",
-                          5.0 / statistics.median(gc_times)))
+    results.append(
+        Result(f"gc_{args.entries}_entries", gc_times, [5.0], "goal", "< 5 s", 5.0 / statistics.median(gc_times))
+    )
     print(results[-1].line(), flush=True)
 
     vcache = work / "verify-cache"
@@ -97,9 +125,17 @@ def main() -> list[Result]:
         with open(f, "rb") as fh:
             hashlib.file_digest(fh, "sha256")
     a, b = alternate(ours, hashlib_single_core, args.rounds)
-    results.append(Result(f"verify_all_4x{args.verify_mib}MiB_vs_hashlib_one_core", a, b, "hashlib (1 core)",
-                          ">= 1.6", statistics.median(b) / statistics.median(a),
-                          extra={"cores": str(os.cpu_count())}))
+    results.append(
+        Result(
+            f"verify_all_4x{args.verify_mib}MiB_vs_hashlib_one_core",
+            a,
+            b,
+            "hashlib (1 core)",
+            ">= 1.6",
+            statistics.median(b) / statistics.median(a),
+            extra={"cores": str(os.cpu_count())},
+        )
+    )
     print(results[-1].line(), flush=True)
     return results
 

@@ -66,8 +66,21 @@ def main() -> list[Result]:
             ours_cache, out = work / "c-https", work / "curl.out"
 
             def ours_https() -> None:
-                run([py, "-m", "model_provisioner", "--cache-dir", str(ours_cache), "-q", "ensure", url,
-                     "--digest", f"sha256:{sha}"], env)
+                run(
+                    [
+                        py,
+                        "-m",
+                        "model_provisioner",
+                        "--cache-dir",
+                        str(ours_cache),
+                        "-q",
+                        "ensure",
+                        url,
+                        "--digest",
+                        f"sha256:{sha}",
+                    ],
+                    env,
+                )
 
             def before() -> None:
                 shutil.rmtree(ours_cache, ignore_errors=True)
@@ -84,8 +97,9 @@ def main() -> list[Result]:
                 run(["sync", str(out)])
 
             a, b = alternate(ours_https, curl_durable, args.rounds, before)
-            results.append(speed_ratio(f"cold_https_{args.size_mib}MiB_vs_curl_durable", a, b, "curl -o + sync FILE",
-                                       "(context)"))
+            results.append(
+                speed_ratio(f"cold_https_{args.size_mib}MiB_vs_curl_durable", a, b, "curl -o + sync FILE", "(context)")
+            )
             print(results[-1].line(), flush=True)
 
         if "hf" not in args.skip:
@@ -97,8 +111,12 @@ def main() -> list[Result]:
             entry = next(iter(repo.commits.values()))["model.gguf"]
             entry.lfs_sha256, entry.size, entry.stored = sha, size, lfs
             ours_cache, hf_cache = work / "c-hf", work / "hf-cache"
-            hf_env = {**env, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                      "HF_HUB_ENABLE_HF_TRANSFER": "0"}
+            hf_env = {
+                **env,
+                "HF_ENDPOINT": hub.url,
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "HF_HUB_ENABLE_HF_TRANSFER": "0",
+            }
 
             def before_hf() -> None:
                 shutil.rmtree(ours_cache, ignore_errors=True)
@@ -111,16 +129,35 @@ def main() -> list[Result]:
             repo.commits[repo.branches["main"]] = {"model.bin": entry}
 
             def ours_hf_bin() -> None:
-                run([py, "-m", "model_provisioner", "--cache-dir", str(ours_cache), "-q", "ensure",
-                     "hf:bench/big/model.bin"], hf_env)
+                run(
+                    [
+                        py,
+                        "-m",
+                        "model_provisioner",
+                        "--cache-dir",
+                        str(ours_cache),
+                        "-q",
+                        "ensure",
+                        "hf:bench/big/model.bin",
+                    ],
+                    hf_env,
+                )
 
             def peer_hf_bin() -> None:
-                run([py, "-c", "from huggingface_hub import hf_hub_download; "
-                     f"hf_hub_download('bench/big', 'model.bin', cache_dir={str(hf_cache)!r})"], hf_env)
+                run(
+                    [
+                        py,
+                        "-c",
+                        "from huggingface_hub import hf_hub_download; "
+                        f"hf_hub_download('bench/big', 'model.bin', cache_dir={str(hf_cache)!r})",
+                    ],
+                    hf_env,
+                )
 
             a, b = alternate(ours_hf_bin, peer_hf_bin, args.rounds, before_hf)
-            results.append(speed_ratio(f"cold_hf_{args.size_mib}MiB_vs_hf_hub_download", a, b, "hf_hub_download",
-                                       ">= 1.5"))
+            results.append(
+                speed_ratio(f"cold_hf_{args.size_mib}MiB_vs_hf_hub_download", a, b, "hf_hub_download", ">= 1.5")
+            )
             print(results[-1].line(), flush=True)
             hub.close()
     finally:
@@ -138,13 +175,28 @@ def main() -> list[Result]:
                 drop_page_cache_hint()
 
             a, b = alternate(
-                lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(ours_cache), "-q", "ensure", url],
-                            env),
-                lambda: run(["aria2c", "-q", "-x8", "-s8", "-k1M", "--allow-overwrite=true", "-d", str(out_dir),
-                             "-o", "big.bin", url]),
-                args.rounds, before_limit)
-            results.append(speed_ratio(f"limit_rate_50m_{args.size_mib}MiB_vs_aria2c_x8", a, b, "aria2c -x8 -s8",
-                                       ">= 0.9"))
+                lambda: run([py, "-m", "model_provisioner", "--cache-dir", str(ours_cache), "-q", "ensure", url], env),
+                lambda: run(
+                    [
+                        "aria2c",
+                        "-q",
+                        "-x8",
+                        "-s8",
+                        "-k1M",
+                        "--allow-overwrite=true",
+                        "-d",
+                        str(out_dir),
+                        "-o",
+                        "big.bin",
+                        url,
+                    ]
+                ),
+                args.rounds,
+                before_limit,
+            )
+            results.append(
+                speed_ratio(f"limit_rate_50m_{args.size_mib}MiB_vs_aria2c_x8", a, b, "aria2c -x8 -s8", ">= 0.9")
+            )
             print(results[-1].line(), flush=True)
         finally:
             limited.close()

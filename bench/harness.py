@@ -27,9 +27,10 @@ class Result:
     extra: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"{self.name}: ours {fmt(self.ours, self.unit)}, {self.peer_name} {fmt(self.peer, self.unit)}, "
-                f"ratio {self.ratio:.2f} (goal {self.goal})"
-                + "".join(f", {k} {v}" for k, v in self.extra.items()))
+        return (
+            f"{self.name}: ours {fmt(self.ours, self.unit)}, {self.peer_name} {fmt(self.peer, self.unit)}, "
+            f"ratio {self.ratio:.2f} (goal {self.goal})" + "".join(f", {k} {v}" for k, v in self.extra.items())
+        )
 
 
 def fmt(xs: list[float], unit: str = "s") -> str:
@@ -45,8 +46,9 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(ours: Callable[[], object], peer: Callable[[], object], rounds: int,
-              before: Callable[[], object] | None = None) -> tuple[list[float], list[float]]:
+def alternate(
+    ours: Callable[[], object], peer: Callable[[], object], rounds: int, before: Callable[[], object] | None = None
+) -> tuple[list[float], list[float]]:
     a: list[float] = []
     b: list[float] = []
     for _ in range(rounds):

@@ -71,8 +71,18 @@ def _cpu_bound_origin(suite: Any, label: str, size_mib: int) -> None:
         ours: list[tuple[float, float]] = []
         peer: list[tuple[float, float, float]] = []
         logs: list[str] = []
-        cmd = [PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-v", "ensure", url, "--digest",
-               f"sha256:{digest}"]
+        cmd = [
+            PY,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache),
+            "-v",
+            "ensure",
+            url,
+            "--digest",
+            f"sha256:{digest}",
+        ]
         for _ in range(suite.rounds):
             shutil.rmtree(cache, ignore_errors=True)
             drop_page_cache_hint()
@@ -92,10 +102,22 @@ def _cpu_bound_origin(suite: Any, label: str, size_mib: int) -> None:
     walls, peer_walls = [w for w, _ in ours], [w for w, _, _ in peer]
     chosen = chosen_connections(logs[-1])
     suite.choices[f"{label} CPU-bound origin"] = (chosen, size_mib * MiB / statistics.median(walls) / 1e6)
-    suite.add(Result(f"{label}_{size_mib}MiB_cpu_bound_python_origin_vs_curl", walls, peer_walls, "curl -o",
-                     ">= 0.9", statistics.median(peer_walls) / statistics.median(walls),
-                     extra={"cpu s/GiB ours": f"{ours_cpu:.2f}", "curl -o + file_digest": f"{peer_cpu:.2f}",
-                            "cpu ratio": f"{ours_cpu / peer_cpu:.2f} (goal <= 1.2)", "connections": str(chosen)}))
+    suite.add(
+        Result(
+            f"{label}_{size_mib}MiB_cpu_bound_python_origin_vs_curl",
+            walls,
+            peer_walls,
+            "curl -o",
+            ">= 0.9",
+            statistics.median(peer_walls) / statistics.median(walls),
+            extra={
+                "cpu s/GiB ours": f"{ours_cpu:.2f}",
+                "curl -o + file_digest": f"{peer_cpu:.2f}",
+                "cpu ratio": f"{ours_cpu / peer_cpu:.2f} (goal <= 1.2)",
+                "connections": str(chosen),
+            },
+        )
+    )
 
 
 def _file_digest(path: Path) -> None:
@@ -118,8 +140,25 @@ def shaped_link(rate: str) -> Iterator[tuple[str, str]]:
         ["ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{far}/24", "dev", "mprov-bn"],
         ["ip", "netns", "exec", NETNS, "ip", "link", "set", "mprov-bn", "up"],
         ["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"],
-        ["ip", "netns", "exec", NETNS, "tc", "qdisc", "add", "dev", "mprov-bn", "root", "tbf", "rate", rate,
-         "burst", "1mb", "latency", "50ms"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            NETNS,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "mprov-bn",
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "1mb",
+            "latency",
+            "50ms",
+        ],
     ]
     try:
         for step in steps:
@@ -141,8 +180,9 @@ def s14_shaped_link(suite: Any) -> None:
     settings.write_text(json.dumps({"transfer": {"connections": 16}}))
     with shaped_link(rate) as (address, netns):
         port = 8080
-        origin = subprocess.Popen(["ip", "netns", "exec", netns, PY, str(HERE / "pyorigin.py"),
-                                   str(path.parent), str(port), address])
+        origin = subprocess.Popen(
+            ["ip", "netns", "exec", netns, PY, str(HERE / "pyorigin.py"), str(path.parent), str(port), address]
+        )
         try:
             _wait_port(address, port, origin)
             url = f"http://{address}:{port}/{path.name}"
@@ -152,8 +192,12 @@ def s14_shaped_link(suite: Any) -> None:
                 shutil.rmtree(cache, ignore_errors=True)
                 drop_page_cache_hint()
                 start = time.perf_counter()
-                logs.append(run_stderr([PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-v", "ensure", url],
-                                       {"MODEL_PROVISIONER_SETTINGS": str(settings)}))
+                logs.append(
+                    run_stderr(
+                        [PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-v", "ensure", url],
+                        {"MODEL_PROVISIONER_SETTINGS": str(settings)},
+                    )
+                )
                 ours.append(time.perf_counter() - start)
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
@@ -167,5 +211,14 @@ def s14_shaped_link(suite: Any) -> None:
             origin.wait(10)
     chosen = chosen_connections(logs[-1])
     suite.choices[f"14 tbf {rate} link"] = (chosen, size / statistics.median(ours) / 1e6)
-    suite.add(Result(f"14_tbf_{rate}_link_vs_aria2c_x16", ours, peer, "aria2c -x16 -s16", ">= 0.95",
-                     statistics.median(peer) / statistics.median(ours), extra={"connections": str(chosen)}))
+    suite.add(
+        Result(
+            f"14_tbf_{rate}_link_vs_aria2c_x16",
+            ours,
+            peer,
+            "aria2c -x16 -s16",
+            ">= 0.95",
+            statistics.median(peer) / statistics.median(ours),
+            extra={"connections": str(chosen)},
+        )
+    )

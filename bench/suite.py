@@ -80,8 +80,13 @@ class Suite:
         return "20m" if self.quick else "50m"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"MODEL_PROVISIONER_SETTINGS": str(self.settings), "HF_ENDPOINT": self.hub.url,
-                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **extra}
+        return {
+            "MODEL_PROVISIONER_SETTINGS": str(self.settings),
+            "HF_ENDPOINT": self.hub.url,
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            **extra,
+        }
 
     def close(self) -> None:
         self.hub.close()
@@ -119,38 +124,60 @@ class Suite:
     def s1_https_vs_curl(self) -> None:
         _, digest = self.lfs_file("https.bin", self.big)
         url, cache, out = f"{self.nginx.url}/data/https.bin", self.work / "c1", self.work / "curl.out"
-        a, b = alternate(lambda: self.ours(cache, "ensure", url, "--digest", f"sha256:{digest}"),
-                         lambda: run(["curl", "-sS", "-o", str(out), url]), self.rounds,
-                         lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True),
-                                  drop_page_cache_hint()))
+        a, b = alternate(
+            lambda: self.ours(cache, "ensure", url, "--digest", f"sha256:{digest}"),
+            lambda: run(["curl", "-sS", "-o", str(out), url]),
+            self.rounds,
+            lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True), drop_page_cache_hint()),
+        )
         self.add(_ratio("1_cold_https_vs_curl", a, b, "curl -o", ">= 0.9"))
 
     def s2_hf_single(self) -> None:
         path, digest = self.lfs_file("single.bin", self.big)
         self.single_commit = self.hub_repo("bench/single", {"model.bin": (path, digest)})
         cache, hf_cache = self.work / "c2", self.work / "hf2"
-        a, b = alternate(lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
-                         lambda: self.hf(f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
-                                         f"'model.bin', cache_dir={str(hf_cache)!r})"), self.rounds,
-                         lambda: (shutil.rmtree(cache, ignore_errors=True), shutil.rmtree(hf_cache, ignore_errors=True),
-                                  drop_page_cache_hint()))
+        a, b = alternate(
+            lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
+            lambda: self.hf(
+                f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
+                f"'model.bin', cache_dir={str(hf_cache)!r})"
+            ),
+            self.rounds,
+            lambda: (
+                shutil.rmtree(cache, ignore_errors=True),
+                shutil.rmtree(hf_cache, ignore_errors=True),
+                drop_page_cache_hint(),
+            ),
+        )
         self.add(_ratio("2_cold_hf_file_vs_hf_hub_download", a, b, "hf_hub_download", ">= 1.5"))
 
     def s3_hf_repo(self) -> None:
         shard = (4 if self.quick else 256) * MiB
-        files = {f"model-{i:05d}-of-00008.safetensors": self.safetensors(f"shard{i}.safetensors", shard)
-                 for i in range(1, 9)}
+        files = {
+            f"model-{i:05d}-of-00008.safetensors": self.safetensors(f"shard{i}.safetensors", shard) for i in range(1, 9)
+        }
         index = {"metadata": {}, "weight_map": {f"w{i}": name for i, name in enumerate(files)}}
-        small = {"config.json": b'{"model_type": "llama", "max_position_embeddings": 4096}',
-                 "tokenizer.json": b"{}", "tokenizer_config.json": b"{}", "generation_config.json": b"{}",
-                 "model.safetensors.index.json": json.dumps(index).encode()}
+        small = {
+            "config.json": b'{"model_type": "llama", "max_position_embeddings": 4096}',
+            "tokenizer.json": b"{}",
+            "tokenizer_config.json": b"{}",
+            "generation_config.json": b"{}",
+            "model.safetensors.index.json": json.dumps(index).encode(),
+        }
         self.hub_repo("bench/repo", files, small)
         cache, hf_cache = self.work / "c3", self.work / "hf3"
-        a, b = alternate(lambda: self.ours(cache, "ensure", "hf:bench/repo"),
-                         lambda: self.hf(f"from huggingface_hub import snapshot_download as s; s('bench/repo', "
-                                         f"cache_dir={str(hf_cache)!r})"), self.rounds,
-                         lambda: (shutil.rmtree(cache, ignore_errors=True), shutil.rmtree(hf_cache, ignore_errors=True),
-                                  drop_page_cache_hint()))
+        a, b = alternate(
+            lambda: self.ours(cache, "ensure", "hf:bench/repo"),
+            lambda: self.hf(
+                f"from huggingface_hub import snapshot_download as s; s('bench/repo', cache_dir={str(hf_cache)!r})"
+            ),
+            self.rounds,
+            lambda: (
+                shutil.rmtree(cache, ignore_errors=True),
+                shutil.rmtree(hf_cache, ignore_errors=True),
+                drop_page_cache_hint(),
+            ),
+        )
         self.add(_ratio("3_cold_hf_repo_8_shards_vs_snapshot_download", a, b, "snapshot_download", ">= 1.5"))
 
     def safetensors(self, name: str, size: int) -> tuple[Path, str]:
@@ -178,19 +205,26 @@ class Suite:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
 
-        a, b = alternate(lambda: self.ours(cache, "ensure", url),
-                         lambda: run(["aria2c", "-q", "-x8", "-s8", "-k1M", "-d", str(out), "-o", "f", url]),
-                         self.rounds, before)
+        a, b = alternate(
+            lambda: self.ours(cache, "ensure", url),
+            lambda: run(["aria2c", "-q", "-x8", "-s8", "-k1M", "-d", str(out), "-o", "f", url]),
+            self.rounds,
+            before,
+        )
         self.add(_ratio(f"4a_limit_rate_{self.rate_limit}_vs_aria2c_x8", a, b, "aria2c -x8 -s8", ">= 0.9"))
         hub_limited = self.work / "hf4"
         self.hub.cdn.url = self.limited.url
         try:
             rounds = self.rounds  # hf_hub_download takes ~21 s a round here: three, so one slow round is no median
-            c, d = alternate(lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
-                             lambda: self.hf(f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
-                                             f"'model.bin', cache_dir={str(hub_limited)!r})"), rounds,
-                             lambda: (shutil.rmtree(cache, ignore_errors=True),
-                                      shutil.rmtree(hub_limited, ignore_errors=True)))
+            c, d = alternate(
+                lambda: self.ours(cache, "ensure", "hf:bench/single/model.bin"),
+                lambda: self.hf(
+                    f"from huggingface_hub import hf_hub_download as d; d('bench/single', "
+                    f"'model.bin', cache_dir={str(hub_limited)!r})"
+                ),
+                rounds,
+                lambda: (shutil.rmtree(cache, ignore_errors=True), shutil.rmtree(hub_limited, ignore_errors=True)),
+            )
         finally:
             self.hub.cdn.url = self.nginx.url
         self.add(_ratio(f"4b_limit_rate_{self.rate_limit}_vs_hf_hub_download", c, d, "hf_hub_download", ">= 6"))
@@ -199,29 +233,69 @@ class Suite:
         cache, hf_cache = self.work / "c5", self.work / "hf5"
         ref = f"hf:bench/single@{self.single_commit}/model.bin"
         self.ours(cache, "ensure", ref)
-        self.hf(f"from huggingface_hub import hf_hub_download as d; d('bench/single', 'model.bin', "
-                f"revision={self.single_commit!r}, cache_dir={str(hf_cache)!r})")
+        self.hf(
+            f"from huggingface_hub import hf_hub_download as d; d('bench/single', 'model.bin', "
+            f"revision={self.single_commit!r}, cache_dir={str(hf_cache)!r})"
+        )
         n = 2000 if self.quick else 20000
-        ours = _rate([PY, "-c", f"import time, logging; from model_provisioner import ModelProvisioner, Settings\n"
-                      f"p = ModelProvisioner(Settings.from_env(cache_dir={str(cache)!r}))\np.ensure_present({ref!r})\n"
-                      f"t = time.perf_counter()\nfor _ in range({n}): p.ensure_present({ref!r})\n"
-                      f"print({n} / (time.perf_counter() - t))"], self.env())
-        peer = _rate([self.hf_python, "-c", "import time; from huggingface_hub import hf_hub_download as d\n"
-                      f"t = time.perf_counter()\nfor _ in range({n // 10}): d('bench/single', 'model.bin', "
-                      f"revision={self.single_commit!r}, cache_dir={str(hf_cache)!r})\n"
-                      f"print({n // 10} / (time.perf_counter() - t))"], self.env())
-        self.add(Result("5_warm_in_process_calls_per_s", [1 / ours], [1 / peer], "hf_hub_download(revision=commit)",
-                        ">= 3 and >= 5,000/s", ours / peer, extra={"ours/s": f"{ours:,.0f}", "peer/s": f"{peer:,.0f}"}))
+        ours = _rate(
+            [
+                PY,
+                "-c",
+                f"import time, logging; from model_provisioner import ModelProvisioner, Settings\n"
+                f"p = ModelProvisioner(Settings.from_env(cache_dir={str(cache)!r}))\np.ensure_present({ref!r})\n"
+                f"t = time.perf_counter()\nfor _ in range({n}): p.ensure_present({ref!r})\n"
+                f"print({n} / (time.perf_counter() - t))",
+            ],
+            self.env(),
+        )
+        peer = _rate(
+            [
+                self.hf_python,
+                "-c",
+                "import time; from huggingface_hub import hf_hub_download as d\n"
+                f"t = time.perf_counter()\nfor _ in range({n // 10}): d('bench/single', 'model.bin', "
+                f"revision={self.single_commit!r}, cache_dir={str(hf_cache)!r})\n"
+                f"print({n // 10} / (time.perf_counter() - t))",
+            ],
+            self.env(),
+        )
+        self.add(
+            Result(
+                "5_warm_in_process_calls_per_s",
+                [1 / ours],
+                [1 / peer],
+                "hf_hub_download(revision=commit)",
+                ">= 3 and >= 5,000/s",
+                ours / peer,
+                extra={"ours/s": f"{ours:,.0f}", "peer/s": f"{peer:,.0f}"},
+            )
+        )
 
     def s6_warm_cli(self) -> None:
         cache, hf_cache = self.work / "c5", self.work / "hf5"
         hf_cli = shutil.which("hf", path=str(Path(self.hf_python).parent)) or "hf"
         ref = f"hf:bench/single@{self.single_commit}/model.bin"
-        a, b = alternate(lambda: self.ours(cache, "ensure", ref),
-                         lambda: run([hf_cli, "download", "bench/single", "model.bin", "--revision", self.single_commit,
-                                      "--cache-dir", str(hf_cache)], self.env()), max(self.rounds, 5))
-        self.add(_ratio("6_warm_cli_ensure_vs_hf_download", a, b, "hf download (warm)", "faster and <= 250 ms",
-                        unit="ms"))
+        a, b = alternate(
+            lambda: self.ours(cache, "ensure", ref),
+            lambda: run(
+                [
+                    hf_cli,
+                    "download",
+                    "bench/single",
+                    "model.bin",
+                    "--revision",
+                    self.single_commit,
+                    "--cache-dir",
+                    str(hf_cache),
+                ],
+                self.env(),
+            ),
+            max(self.rounds, 5),
+        )
+        self.add(
+            _ratio("6_warm_cli_ensure_vs_hf_download", a, b, "hf download (warm)", "faster and <= 250 ms", unit="ms")
+        )
 
     def s7_concurrent(self) -> None:
         size = (16 if self.quick else 512) * MiB
@@ -231,8 +305,14 @@ class Suite:
         def eight() -> None:
             cache = self.work / "c7"
             shutil.rmtree(cache, ignore_errors=True)
-            procs = [subprocess.Popen([PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-q", "ensure", url],
-                                      stdout=subprocess.DEVNULL, env={**os.environ, **self.env()}) for _ in range(8)]
+            procs = [
+                subprocess.Popen(
+                    [PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-q", "ensure", url],
+                    stdout=subprocess.DEVNULL,
+                    env={**os.environ, **self.env()},
+                )
+                for _ in range(8)
+            ]
             assert all(p.wait(timeout=600) == 0 for p in procs)
 
         def one() -> None:
@@ -244,9 +324,17 @@ class Suite:
         eight_time = timed(eight)
         served = self.nginx.bytes_served().get("/data/c8.bin", 0) - before
         one_time = timed(one)
-        self.add(Result("7_eight_processes_one_ref", [eight_time], [one_time], "one process", "bytes/size <= 1.05",
-                        served / size, extra={"bytes_served/size": f"{served / size:.3f}",
-                                              "wall 8 vs 1": f"{eight_time / one_time:.2f}x"}))
+        self.add(
+            Result(
+                "7_eight_processes_one_ref",
+                [eight_time],
+                [one_time],
+                "one process",
+                "bytes/size <= 1.05",
+                served / size,
+                extra={"bytes_served/size": f"{served / size:.3f}", "wall 8 vs 1": f"{eight_time / one_time:.2f}x"},
+            )
+        )
 
     def s8_kill_resume(self) -> None:
         size = (24 if self.quick else 256) * MiB
@@ -257,20 +345,55 @@ class Suite:
         peer_factors: list[float] = []
         try:
             for _ in range(self.rounds):  # A B A B: where the kill lands varies, so one kill is one sample
-                ours_factors.append(self._kill_once(
-                    lambda: [PY, "-m", "model_provisioner", "--cache-dir", str(self.work / "c8"), "-q", "ensure",
-                             "hf:bench/kill/model.bin"], self.work / "c8" / "partial", size, digest))
-                peer_factors.append(self._kill_once(
-                    lambda: [self.hf_python, "-c", "from huggingface_hub import hf_hub_download as d; d('bench/kill', "
-                             f"'model.bin', cache_dir={str(self.work / 'hf8')!r})"], self.work / "hf8", size, digest))
+                ours_factors.append(
+                    self._kill_once(
+                        lambda: [
+                            PY,
+                            "-m",
+                            "model_provisioner",
+                            "--cache-dir",
+                            str(self.work / "c8"),
+                            "-q",
+                            "ensure",
+                            "hf:bench/kill/model.bin",
+                        ],
+                        self.work / "c8" / "partial",
+                        size,
+                        digest,
+                    )
+                )
+                peer_factors.append(
+                    self._kill_once(
+                        lambda: [
+                            self.hf_python,
+                            "-c",
+                            "from huggingface_hub import hf_hub_download as d; d('bench/kill', "
+                            f"'model.bin', cache_dir={str(self.work / 'hf8')!r})",
+                        ],
+                        self.work / "hf8",
+                        size,
+                        digest,
+                    )
+                )
         finally:
             self.hub.cdn.url = self.nginx.url
         del commit
         ours, peer = statistics.median(ours_factors), statistics.median(peer_factors)
-        self.add(Result("8_kill_9_at_50pct_then_rerun", ours_factors, peer_factors, "hf_hub_download",
-                        "bytes/size <= 1.05", ours, unit="x",
-                        extra={"ours bytes/size": f"{ours:.3f} [{min(ours_factors):.3f}-{max(ours_factors):.3f}]",
-                               "peer bytes/size": f"{peer:.3f} [{min(peer_factors):.3f}-{max(peer_factors):.3f}]"}))
+        self.add(
+            Result(
+                "8_kill_9_at_50pct_then_rerun",
+                ours_factors,
+                peer_factors,
+                "hf_hub_download",
+                "bytes/size <= 1.05",
+                ours,
+                unit="x",
+                extra={
+                    "ours bytes/size": f"{ours:.3f} [{min(ours_factors):.3f}-{max(ours_factors):.3f}]",
+                    "peer bytes/size": f"{peer:.3f} [{min(peer_factors):.3f}-{max(peer_factors):.3f}]",
+                },
+            )
+        )
 
     def _kill_once(self, cmd: Callable[[], list[str]], watch: Path, size: int, digest: str) -> float:
         """Bytes the origin served for one ``kill -9`` once half the file has arrived, then a rerun, over the size.
@@ -279,8 +402,9 @@ class Suite:
         key = f"/lfs/{digest}"
         shutil.rmtree(watch.parent if watch.name == "partial" else watch, ignore_errors=True)
         before = self.limited.bytes_served().get(key, 0)
-        proc = subprocess.Popen(cmd(), env={**os.environ, **self.env()}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd(), env={**os.environ, **self.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 300
         while _largest_file_held(watch) < size // 2:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -320,16 +444,44 @@ class Suite:
             cache = self.work / "c10"
             shutil.rmtree(cache, ignore_errors=True)
             # a small launcher forks the CLI: a child's ru_maxrss includes the image it was forked from
-            launcher = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
-                        "_, status, usage = os.wait4(p.pid, 0); assert os.waitstatus_to_exitcode(status) == 0; "
-                        "print(usage.ru_maxrss)")
-            out = subprocess.run([PY, "-c", launcher, PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-q",
-                                  "ensure", f"{self.nginx.url}/data/rss{mib}.bin"], check=True, capture_output=True,
-                                 text=True, env={**os.environ, **self.env()})
+            launcher = (
+                "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                "_, status, usage = os.wait4(p.pid, 0); assert os.waitstatus_to_exitcode(status) == 0; "
+                "print(usage.ru_maxrss)"
+            )
+            out = subprocess.run(
+                [
+                    PY,
+                    "-c",
+                    launcher,
+                    PY,
+                    "-m",
+                    "model_provisioner",
+                    "--cache-dir",
+                    str(cache),
+                    "-q",
+                    "ensure",
+                    f"{self.nginx.url}/data/rss{mib}.bin",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ, **self.env()},
+            )
             rss[mib] = int(out.stdout.split()[-1]) / 1024  # KiB -> MiB
         peak = max(rss.values())
-        self.add(Result("10_peak_rss_during_download", [peak], [200.0], "goal", "< 200 MiB, flat in file size",
-                        200.0 / peak, unit="MiB", extra={f"{k} MiB file": f"{v:.0f} MiB RSS" for k, v in rss.items()}))
+        self.add(
+            Result(
+                "10_peak_rss_during_download",
+                [peak],
+                [200.0],
+                "goal",
+                "< 200 MiB, flat in file size",
+                200.0 / peak,
+                unit="MiB",
+                extra={f"{k} MiB file": f"{v:.0f} MiB RSS" for k, v in rss.items()},
+            )
+        )
 
     # ----------------------------------------------------------------- registries (issue 4)
     def s11_s3_vs_boto3(self) -> None:
@@ -346,24 +498,30 @@ class Suite:
             client.upload_file(str(path), "bench", "big.bin")
             env = server.env()
             cache, out = self.work / "c11", self.work / "boto3.out"
-            peer = (f"import boto3; boto3.client('s3', endpoint_url={server.url!r}).download_file('bench', "
-                    f"'big.bin', {str(out)!r})")
-            a, b = alternate(lambda: self.ours(cache, "ensure", "s3://bench/big.bin", "--digest", f"sha256:{digest}",
-                                               env=env),
-                             lambda: run([PY, "-c", peer], self.env(**env)), self.rounds,
-                             lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True),
-                                      drop_page_cache_hint()))
+            peer = (
+                f"import boto3; boto3.client('s3', endpoint_url={server.url!r}).download_file('bench', "
+                f"'big.bin', {str(out)!r})"
+            )
+            a, b = alternate(
+                lambda: self.ours(cache, "ensure", "s3://bench/big.bin", "--digest", f"sha256:{digest}", env=env),
+                lambda: run([PY, "-c", peer], self.env(**env)),
+                self.rounds,
+                lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True), drop_page_cache_hint()),
+            )
             self.add(_ratio("11a_cold_s3_vs_boto3_download_file", a, b, "boto3 download_file", "report"))
             # moto answers every ranged GET slowly (download_file's defaults send 8 MiB ranges on 10 threads):
             # one plain streamed GetObject separates the server's cost from the client's
-            stream = (f"import boto3, shutil; b = boto3.client('s3', endpoint_url={server.url!r}).get_object("
-                      f"Bucket='bench', Key='big.bin')['Body']; shutil.copyfileobj(b, open({str(out)!r}, 'wb'), "
-                      "1 << 20)")
-            a, b = alternate(lambda: self.ours(cache, "ensure", "s3://bench/big.bin", "--digest", f"sha256:{digest}",
-                                               env=env),
-                             lambda: run([PY, "-c", stream], self.env(**env)), self.rounds,
-                             lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True),
-                                      drop_page_cache_hint()))
+            stream = (
+                f"import boto3, shutil; b = boto3.client('s3', endpoint_url={server.url!r}).get_object("
+                f"Bucket='bench', Key='big.bin')['Body']; shutil.copyfileobj(b, open({str(out)!r}, 'wb'), "
+                "1 << 20)"
+            )
+            a, b = alternate(
+                lambda: self.ours(cache, "ensure", "s3://bench/big.bin", "--digest", f"sha256:{digest}", env=env),
+                lambda: run([PY, "-c", stream], self.env(**env)),
+                self.rounds,
+                lambda: (shutil.rmtree(cache, ignore_errors=True), out.unlink(missing_ok=True), drop_page_cache_hint()),
+            )
             self.add(_ratio("11b_cold_s3_vs_boto3_get_object_stream", a, b, "boto3 get_object stream", "report"))
         finally:
             server.close()
@@ -382,22 +540,38 @@ class Suite:
             with RegistryClient(registry.host, Settings()) as client:
                 client.upload_blob("bench/big", path, digest, path.stat().st_size)
                 config = client.upload_bytes("bench/big", b"{}")
-                manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                            "artifactType": "application/vnd.unknown.artifact.v1",
-                            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config,
-                                       "size": 2},
-                            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest,
-                                        "size": path.stat().st_size,
-                                        "annotations": {"org.opencontainers.image.title": "model.bin"}}]}
-                client.put_manifest("bench/big", "v1", json.dumps(manifest).encode(),
-                                    "application/vnd.oci.image.manifest.v1+json")
+                manifest = {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "artifactType": "application/vnd.unknown.artifact.v1",
+                    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+                    "layers": [
+                        {
+                            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": digest,
+                            "size": path.stat().st_size,
+                            "annotations": {"org.opencontainers.image.title": "model.bin"},
+                        }
+                    ],
+                }
+                client.put_manifest(
+                    "bench/big", "v1", json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json"
+                )
             cache, outdir = self.work / "c12", self.work / "oras-out"
-            peer = (f"import oras.client; oras.client.OrasClient(hostname={registry.host!r}, insecure=True)"
-                    f".pull(target={registry.host + '/bench/big:v1'!r}, outdir={str(outdir)!r})")
-            a, b = alternate(lambda: self.ours(cache, "ensure", f"oci://{registry.host}/bench/big:v1"),
-                             lambda: run([PY, "-c", peer]), self.rounds,
-                             lambda: (shutil.rmtree(cache, ignore_errors=True),
-                                      shutil.rmtree(outdir, ignore_errors=True), drop_page_cache_hint()))
+            peer = (
+                f"import oras.client; oras.client.OrasClient(hostname={registry.host!r}, insecure=True)"
+                f".pull(target={registry.host + '/bench/big:v1'!r}, outdir={str(outdir)!r})"
+            )
+            a, b = alternate(
+                lambda: self.ours(cache, "ensure", f"oci://{registry.host}/bench/big:v1"),
+                lambda: run([PY, "-c", peer]),
+                self.rounds,
+                lambda: (
+                    shutil.rmtree(cache, ignore_errors=True),
+                    shutil.rmtree(outdir, ignore_errors=True),
+                    drop_page_cache_hint(),
+                ),
+            )
             self.add(_ratio("12_cold_oci_blob_vs_oras_pull", a, b, "oras-py pull", "report"))
         finally:
             registry.close()
@@ -416,10 +590,19 @@ class Suite:
         ours_mbps, aria_mbps = [], []
         for n in conns:
             settings = self.work / f"conn{n}.json"
-            settings.write_text(json.dumps({"transfer": {"connections": n, "adaptive_connections": False,
-                                                         "parallel_threshold_bytes": MiB,
-                                                         "parallel_chunk_min_bytes": MiB,
-                                                         "single_stream_enough_bytes_per_s": 1e15}}))
+            settings.write_text(
+                json.dumps(
+                    {
+                        "transfer": {
+                            "connections": n,
+                            "adaptive_connections": False,
+                            "parallel_threshold_bytes": MiB,
+                            "parallel_chunk_min_bytes": MiB,
+                            "single_stream_enough_bytes_per_s": 1e15,
+                        }
+                    }
+                )
+            )
             cache, out = self.work / "cc", self.work / "ca"
             ours_cmd = [PY, "-m", "model_provisioner", "--cache-dir", str(cache), "-q", "ensure", url]
             ours_env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
@@ -430,12 +613,23 @@ class Suite:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
 
-            a, b = alternate(lambda cmd=ours_cmd, env=ours_env: run(cmd, env),  # type: ignore[misc]
-                             lambda cmd=aria_cmd: run(cmd), self.rounds, fresh)  # type: ignore[misc]
+            a, b = alternate(
+                lambda cmd=ours_cmd, env=ours_env: run(cmd, env),  # type: ignore[misc]
+                lambda cmd=aria_cmd: run(cmd),
+                self.rounds,
+                fresh,
+            )  # type: ignore[misc]
             ours_mbps.append(size / statistics.median(a) / 1e6)
             aria_mbps.append(size / statistics.median(b) / 1e6)
-        print("connections:", conns, "ours MB/s:", [round(x) for x in ours_mbps],
-              "aria2c MB/s:", [round(x) for x in aria_mbps], flush=True)
+        print(
+            "connections:",
+            conns,
+            "ours MB/s:",
+            [round(x) for x in ours_mbps],
+            "aria2c MB/s:",
+            [round(x) for x in aria_mbps],
+            flush=True,
+        )
         # the controller's own choice on the same capped origin (connections up to 16)
         settings = self.work / "conn-auto.json"
         settings.write_text(json.dumps({"transfer": {"connections": 16}}))
@@ -467,8 +661,9 @@ class Suite:
         ax.set_title(f"{size // MiB} MiB, nginx limit_rate {self.rate_limit} per connection")
         ax.legend()
         ax.grid(True, alpha=0.3)
-        out_png = Path(self.args.out_dir) / ("benchmarks-connections-quick.png" if self.quick
-                                             else "benchmarks-connections.png")
+        out_png = Path(self.args.out_dir) / (
+            "benchmarks-connections-quick.png" if self.quick else "benchmarks-connections.png"
+        )
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
         fig.savefig(out_png, dpi=110)
@@ -511,9 +706,22 @@ def _ratio(name: str, ours: list[float], peer: list[float], peer_name: str, goal
     return result
 
 
-SCENARIOS = ["s1_https_vs_curl", "s2_hf_single", "s3_hf_repo", "s4_rate_limited", "s5_warm_in_process",
-             "s6_warm_cli", "s7_concurrent", "s8_kill_resume", "s9_verify", "s10_rss", "s11_s3_vs_boto3",
-             "s12_oci_vs_oras", "s13_cpu_bound_origin", "s14_shaped_link"]
+SCENARIOS = [
+    "s1_https_vs_curl",
+    "s2_hf_single",
+    "s3_hf_repo",
+    "s4_rate_limited",
+    "s5_warm_in_process",
+    "s6_warm_cli",
+    "s7_concurrent",
+    "s8_kill_resume",
+    "s9_verify",
+    "s10_rss",
+    "s11_s3_vs_boto3",
+    "s12_oci_vs_oras",
+    "s13_cpu_bound_origin",
+    "s14_shaped_link",
+]
 
 
 def machine() -> str:
@@ -521,10 +729,15 @@ def machine() -> str:
     with contextlib.suppress(OSError, StopIteration):
         mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), {mem.split(':')[-1].strip()}, "
-            f"Python {platform.python_version()}")
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), {mem.split(':')[-1].strip()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def write_report(suite: Suite, png: Path | None, started: float, argv: list[str]) -> Path:
@@ -545,15 +758,27 @@ def write_report(suite: Suite, png: Path | None, started: float, argv: list[str]
     ]
     for r in suite.results:
         notes = ", ".join(f"{k} {v}" for k, v in r.extra.items())
-        lines.append(f"| {r.name} | {fmt(r.ours, r.unit)} | {r.peer_name}: {fmt(r.peer, r.unit)} | {r.ratio:.2f} | "
-                     f"{r.goal} | {notes} |")
+        lines.append(
+            f"| {r.name} | {fmt(r.ours, r.unit)} | {r.peer_name}: {fmt(r.peer, r.unit)} | {r.ratio:.2f} | "
+            f"{r.goal} | {notes} |"
+        )
     if suite.choices:
-        lines += ["", "## Connections the fan-out controller chose", "", "| scenario | connections | MB/s |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "## Connections the fan-out controller chose",
+            "",
+            "| scenario | connections | MB/s |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k} | {n} | {r:.0f} |" for k, (n, r) in sorted(suite.choices.items())]
     if getattr(suite, "connection_table", None):
-        lines += ["", "## Throughput vs connections (per-connection cap)", "",
-                  "| connections | ours MB/s | aria2c MB/s |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Throughput vs connections (per-connection cap)",
+            "",
+            "| connections | ours MB/s | aria2c MB/s |",
+            "|---|---|---|",
+        ]
         lines += [f"| {c} | {o:.0f} | {a:.0f} |" for c, o, a in suite.connection_table]
     if png is not None:
         lines += ["", f"![throughput vs connections]({png.name})"]

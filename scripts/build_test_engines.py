@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "examples"))
 
-import fetch_test_assets  # noqa: E402
+import fetch_test_assets as fetch_test_assets  # noqa: E402  # re-exported for tests/conftest.py
 
 ENGINE_CACHE = fetch_test_assets.CACHE / "engine-cache"
 SOURCE_SUBDIR = "vendor/llama.cpp"
@@ -81,17 +81,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mprov-engine-build-") as tmp:
         model = runnable_model(Path(tmp))
         config = Path(tmp) / "engine.json"
-        config.write_text(json.dumps({
-            "model_ref": str(model),
-            "engine": {
-                "kind": "llamacpp",
-                "pool": "build-check",
-                "provisioning_mode": "source",
-                "source": f"file:{sdist}",
-                "source_digest": f"sha256:{fetch_test_assets.SDIST_SHA256}",
-                "source_subdir": SOURCE_SUBDIR,
-            },
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "model_ref": str(model),
+                    "engine": {
+                        "kind": "llamacpp",
+                        "pool": "build-check",
+                        "provisioning_mode": "source",
+                        "source": f"file:{sdist}",
+                        "source_digest": f"sha256:{fetch_test_assets.SDIST_SHA256}",
+                        "source_subdir": SOURCE_SUBDIR,
+                    },
+                }
+            )
+        )
         cache = ["--cache-dir", str(ENGINE_CACHE)]
         engine_provisioner = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
         up = subprocess.run([sys.executable, "-c", engine_provisioner, *cache, "--config", str(config)])

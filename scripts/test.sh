@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# Everything the tests need, then every test: lint (ruff), types (mypy), layering (import-linter), pytest.
-# This is the README's test command; .ci/run calls it on a clean clone.
+# Everything the tests need, then every test: lint (ruff check + format), types (mypy --strict, tests
+# included), layering (import-linter), pytest. This is the README's test command; .ci/run calls it on a clean
+# clone. Extra arguments go to pytest.
+#
+#   ./scripts/test.sh --fast   the fast tier (docs/development.md): the same checks and every test not marked
+#                              slow; no root, no apt, no llama-server build, no test servers beyond Python's
 set -euo pipefail
 cd "$(dirname "$0")/.."
+checks() {
+  python3 -m ruff check src tests bench examples fuzz scripts
+  python3 -m ruff format --check src tests bench examples fuzz scripts
+  python3 -m mypy
+  lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
+}
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  python3 -m pip install -q -e '.[test]'
+  checks
+  exec python3 -m pytest -m "not slow" "$@"
+fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # util-linux's setpriv lets the root test run drop its DAC capabilities (unreadable-file test)
   # nginx: the CDN/static server the network tests start on 127.0.0.1; aria2 and curl: bench peers
@@ -28,7 +44,5 @@ python3 scripts/fetch_test_assets.py
 # llama-server, built once from that sdist through provisioning_mode: source (about 16 min the first time;
 # kept in ~/.cache/model-provisioner-tests/engine-cache)
 python3 scripts/build_test_engines.py
-python3 -m ruff check src tests bench examples fuzz
-python3 -m mypy
-lint-imports --no-cache  # the layers of docs/architecture.md (contracts in pyproject.toml)
+checks
 python3 -m pytest "$@"

@@ -140,8 +140,14 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.close()
 
 
-FAST_TRANSFER = {"attempts": 4, "backoff_base_s": 0.02, "backoff_max_s": 0.2, "stall_timeout_s": 2.0,
-                 "connect_timeout_s": 2.0, "mirror_attempts": 1}
+FAST_TRANSFER = {
+    "attempts": 4,
+    "backoff_base_s": 0.02,
+    "backoff_max_s": 0.2,
+    "stall_timeout_s": 2.0,
+    "connect_timeout_s": 2.0,
+    "mirror_attempts": 1,
+}
 
 
 @pytest.fixture
@@ -279,11 +285,20 @@ class Api:
 def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
     started: list[Api] = []
 
-    def start(*, token: str | None = TOKEN, settings: dict[str, Any] | None = None, host: str = "127.0.0.1",
-              env: dict[str, str] | None = None) -> Api:
+    def start(
+        *,
+        token: str | None = TOKEN,
+        settings: dict[str, Any] | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+    ) -> Api:
         # the test servers all listen on loopback, which the API refuses to reach by default (SSRF)
-        data = {"transfer": FAST_TRANSFER, "log_format": "json", "api_allow_networks": ["127.0.0.0/8"],
-                **(settings or {})}
+        data = {
+            "transfer": FAST_TRANSFER,
+            "log_format": "json",
+            "api_allow_networks": ["127.0.0.0/8"],
+            **(settings or {}),
+        }
         settings_path = tmp_path / f"api-settings-{len(started)}.json"
         settings_path.write_text(json.dumps(data))
         from .servers.nginx import free_port
@@ -295,8 +310,23 @@ def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
         stderr_path = tmp_path / f"api-{port}.log"
         with open(stderr_path, "w") as log_file:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve", "--host", host,
-                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log_file, env=full_env, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "model_provisioner",
+                    "--cache-dir",
+                    str(cache_dir),
+                    "serve",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                env=full_env,
+                text=True,
+            )
         api = Api(proc, f"http://127.0.0.1:{port}", stderr_path, token)
         deadline = time.monotonic() + 30
         while True:
@@ -352,7 +382,7 @@ def llamacpp_sdist() -> Path:
     sys.path.insert(0, str(ROOT / "scripts"))
     import fetch_test_assets
 
-    path = fetch_test_assets.CACHE / fetch_test_assets.SDIST
+    path: Path = fetch_test_assets.CACHE / fetch_test_assets.SDIST
     if not path.is_file():
         assert fetch_test_assets.main() == 0, "could not fetch the llama-cpp-python sdist from PyPI"
     return path
@@ -367,16 +397,18 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private, public
 
 
 # ------------------------------------------------------------------------------------ engine fixtures
 sys.path.insert(0, str(ROOT / "scripts"))
-import build_test_engines  # noqa: E402
+import build_test_engines as build_test_engines  # noqa: E402  # re-exported for the engine tests
 
 
 @pytest.fixture(scope="session")
@@ -385,15 +417,19 @@ def llama_server(llamacpp_sdist: Path) -> str:
     from model_provisioner import ModelProvisioner, Settings
     from model_provisioner.engines.build import SourceSpec, built_binary
 
-    spec = SourceSpec(f"file:{llamacpp_sdist}", f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}",
-                      build_test_engines.SOURCE_SUBDIR)
+    spec = SourceSpec(
+        f"file:{llamacpp_sdist}",
+        f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}",
+        build_test_engines.SOURCE_SUBDIR,
+    )
     with ModelProvisioner(Settings.from_env(cache_dir=build_test_engines.ENGINE_CACHE)) as prov:
         return built_binary(prov, spec).path
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, llamacpp_sdist: Path) -> Path:
-    return build_test_engines.runnable_model(tmp_path_factory.mktemp("runnable"))
+    model: Path = build_test_engines.runnable_model(tmp_path_factory.mktemp("runnable"))
+    return model
 
 
 @pytest.fixture

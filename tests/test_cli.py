@@ -223,14 +223,16 @@ def test_console_scripts_are_installed() -> None:
         assert Path(exe).exists(), f"{name} is not installed; run pip install -e ."
 
 
-def test_the_version_is_the_packages_version() -> None:
+def test_the_version_is_written_once_and_is_what_every_front_end_reports() -> None:
     import importlib.metadata
     import tomllib
 
     import model_provisioner
+    from model_provisioner.core.version import VERSION
 
-    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
-    assert model_provisioner.__version__ == declared
-    assert importlib.metadata.version("model-provisioner") == declared
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]  # read from core/version.py
+    assert model_provisioner.__version__ == VERSION
+    assert importlib.metadata.version("model-provisioner") == VERSION  # what the installed metadata says
     shown = run_cli("--version")
-    assert shown.code == 0 and shown.stdout.strip().endswith(declared), shown.stdout
+    assert shown.code == 0 and shown.stdout.strip().endswith(VERSION), shown.stdout

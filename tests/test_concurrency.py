@@ -17,20 +17,7 @@ import pytest
 from model_provisioner import Lifecycle, ModelProvisioner
 
 from .conftest import run_cli
-
-
-def spawn_ensure(cache: Path, ref: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref, "--json"]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
-
-
-def wait_for(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+from .helpers import spawn_ensure, wait_for_path
 
 
 def hashed_count(cache: Path, model_id: str) -> int:
@@ -67,7 +54,7 @@ def test_waiters_reuse_the_holders_result(cache_dir: Path, big_gguf: Path, tmp_p
     """The first process is paused while holding the lock; seven more queue behind it; all get its result."""
     marker = tmp_path / "holder.paused"
     holder = spawn_ensure(cache_dir, str(big_gguf), {"MODEL_PROVISIONER_FAILPOINTS": f"ensure.locked=pause:{marker}"})
-    wait_for(marker)
+    wait_for_path(marker)
     waiters = [spawn_ensure(cache_dir, str(big_gguf)) for _ in range(7)]
     time.sleep(0.5)  # give the waiters time to reach the lock; correctness does not depend on it
     assert all(w.poll() is None for w in waiters), "a waiter finished while the holder held the lock"
@@ -85,7 +72,7 @@ def test_sigkilled_holder_does_not_block_the_next_ensure(
 ) -> None:
     marker = tmp_path / "paused"
     holder = spawn_ensure(cache_dir, str(big_gguf), {"MODEL_PROVISIONER_FAILPOINTS": f"{point}=pause:{marker}"})
-    wait_for(marker)
+    wait_for_path(marker)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
     assert holder.returncode == -signal.SIGKILL
@@ -107,7 +94,7 @@ def test_global_fetch_limit_across_processes(cache_dir: Path, make_gguf: Any, tm
     marker = tmp_path / "slot.paused"
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
     holder = spawn_ensure(cache_dir, str(a), {**env, "MODEL_PROVISIONER_FAILPOINTS": f"fetch.slot=pause:{marker}"})
-    wait_for(marker)
+    wait_for_path(marker)
     blocked = run_cli("ensure", str(b), cache_dir=cache_dir, env=env)
     assert blocked.code == 8 and "fetch slots" in blocked.stderr, blocked.stderr  # timed out waiting
     marker.unlink()
@@ -115,13 +102,13 @@ def test_global_fetch_limit_across_processes(cache_dir: Path, make_gguf: Any, tm
     assert run_cli("ensure", str(b), cache_dir=cache_dir, env=env).code == 0
 
 
-def test_two_writers_of_the_same_bytes_committing_at_once_both_succeed(fileserver: Any, cache_dir: Path,
-                                                                       settings_file: Any, tmp_path: Path) -> None:
+def test_two_writers_of_the_same_bytes_committing_at_once_both_succeed(
+    fileserver: Any, cache_dir: Path, settings_file: Any, tmp_path: Path
+) -> None:
     """B checks the store (empty) and stops just before its rename; A renames its copy and stops; B renames
     its copy over A's; A then finds another inode under the blob's name. That is another writer of the same
     bytes, not an attack: both ensures succeed (it was exit 4, "replaced while it was being committed")."""
     import hashlib
-    import os
     import time
 
     data = os.urandom(256 * 1024)
@@ -132,19 +119,33 @@ def test_two_writers_of_the_same_bytes_committing_at_once_both_succeed(fileserve
 
     def start(url: str, failpoint: str) -> subprocess.Popen[str]:
         env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": settings, "MODEL_PROVISIONER_FAILPOINTS": failpoint}
-        return subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
-                                 url, "--digest", digest], env=env, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "model_provisioner",
+                "--cache-dir",
+                str(cache_dir),
+                "ensure",
+                url,
+                "--digest",
+                digest,
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-    def wait_for(marker: Path) -> None:
+    def wait_for_path(marker: Path) -> None:
         deadline = time.monotonic() + 30
         while not marker.exists():
             assert time.monotonic() < deadline, f"{marker.name} never paused"
             time.sleep(0.01)
 
     b = start(url_b, f"store.blob_renaming=pause:{marker_b}")
-    wait_for(marker_b)
+    wait_for_path(marker_b)
     a = start(url_a, f"store.blob_renamed=pause:{marker_a}")
-    wait_for(marker_a)
+    wait_for_path(marker_a)
     marker_b.unlink()  # B renames its copy over A's and finishes
     assert b.wait(timeout=30) == 0, b.stderr.read() if b.stderr else ""
     marker_a.unlink()  # A finds B's inode under the name

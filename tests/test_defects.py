@@ -3,23 +3,17 @@ or the HTTP API, against real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from .conftest import EXAMPLE_GGUF, run_cli
-
-MiB = 1 << 20
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from .conftest import EXAMPLE_GGUF, run_cli, wait_for
+from .helpers import MiB, digest_of, partial_bytes_held, s3_bucket, safetensors_bytes, sign
 
 
 # ------------------------------------------------------------- 1. a digest given later becomes the pin
 def test_a_digest_given_for_a_recorded_entry_becomes_its_pin(cli: Any, gguf_file: Path) -> None:
-    digest = sha(gguf_file.read_bytes())
+    digest = digest_of(gguf_file.read_bytes())
     assert cli("ensure", str(gguf_file)).code == 0  # recorded
     pinned = cli("ensure", str(gguf_file), "--digest", digest, "--json")
     assert pinned.code == 0 and pinned.json()["verification"] == "verified", pinned.stdout
@@ -32,7 +26,7 @@ def test_a_digest_given_for_a_recorded_entry_becomes_its_pin(cli: Any, gguf_file
 def test_a_digest_in_a_model_config_pins_a_recorded_entry(cli: Any, gguf_file: Path, tmp_path: Path) -> None:
     assert cli("ensure", str(gguf_file)).code == 0
     config = tmp_path / "model.yaml"
-    config.write_text(f"model_ref: {gguf_file}\nexpected_digest: {sha(gguf_file.read_bytes())}\n")
+    config.write_text(f"model_ref: {gguf_file}\nexpected_digest: {digest_of(gguf_file.read_bytes())}\n")
     out = tmp_path / "out"
     assert cli("provision", "--config", str(config), "--out", str(out)).code == 0
     handoff = json.loads((out / ".runtime" / "engines" / "llamacpp.json").read_text())
@@ -48,7 +42,7 @@ def test_a_digest_through_the_api_pins_a_recorded_entry(api_factory: Any, tmp_pa
     model.write_bytes(EXAMPLE_GGUF.read_bytes())
     c = api_factory(settings={"api_file_roots": [str(model.parent)]}).client
     assert c.post("/v1/models/ensure", json={"ref": str(model)}).json()["verification"] == "recorded"
-    pinned = c.post("/v1/models/ensure", json={"ref": str(model), "expected_digest": sha(model.read_bytes())})
+    pinned = c.post("/v1/models/ensure", json={"ref": str(model), "expected_digest": digest_of(model.read_bytes())})
     assert pinned.status_code == 200 and pinned.json()["verification"] == "verified"
     with open(model, "ab") as fh:
         fh.write(b"X")
@@ -56,8 +50,9 @@ def test_a_digest_through_the_api_pins_a_recorded_entry(api_factory: Any, tmp_pa
 
 
 # -------------------------------------------------------- 2. redaction rewrites secrets, never names
-def test_names_that_look_like_tokens_are_stored_as_they_are(cli: Any, tmp_path: Path, cache_dir: Path,
-                                                             settings_file: Any) -> None:
+def test_names_that_look_like_tokens_are_stored_as_they_are(
+    cli: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
     model = tmp_path / "hf_tinyllama.gguf"
     model.write_bytes(EXAMPLE_GGUF.read_bytes())
     out = tmp_path / "out"
@@ -79,8 +74,9 @@ def test_secrets_in_use_are_redacted_by_value_and_shape(tmp_path: Path) -> None:
     from model_provisioner.core.redact import redact_text
 
     shapeless = "Tok3n-w1thout-any-shape"  # no known token shape: redacted because it is in use
-    Settings.from_env({"HF_TOKEN": shapeless, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"},
-                      cache_dir=tmp_path)
+    Settings.from_env(
+        {"HF_TOKEN": shapeless, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"}, cache_dir=tmp_path
+    )
     text = f"GET failed with {shapeless}; key wJalrXUtnFEMI/K7MDENG/bPxRfiCY; hf_{'A' * 34} in ./hf_tinyllama.gguf"
     assert redact_text(text) == "GET failed with ***; key ***; *** in ./hf_tinyllama.gguf"
 
@@ -91,8 +87,9 @@ import pytest  # noqa: E402
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("mode", ["stream", "parallel"])
-def test_an_interrupted_download_is_kept_shown_and_resumed(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                                           signame: str, mode: str) -> None:
+def test_an_interrupted_download_is_kept_shown_and_resumed(
+    fileserver: Any, cache_dir: Path, settings_file: Any, signame: str, mode: str
+) -> None:
     import os
     import signal
     import subprocess
@@ -103,19 +100,37 @@ def test_an_interrupted_download_is_kept_shown_and_resumed(fileserver: Any, cach
 
     data = os.urandom(24 * MiB)
     url = fileserver.put("big.bin", data)
-    transfer = {"parallel_threshold_bytes": 8 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
-                "single_stream_enough_bytes_per_s": 1e15, "connections": 4, "stall_timeout_s": 30}
+    transfer = {
+        "parallel_threshold_bytes": 8 * MiB,
+        "parallel_chunk_min_bytes": 2 * MiB,
+        "single_stream_enough_bytes_per_s": 1e15,
+        "connections": 4,
+        "stall_timeout_s": 30,
+    }
     if mode == "stream":
         transfer["connections"] = 1
     # every range after the first stalls half-way: the download is interrupted while parallel ranges run
     fileserver.faults["/big.bin"] = Fault(stall_after=MiB, stall_s=20, times=4, clean_first=1)
     env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
-    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
-                             url, "--digest", sha(data)], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while fileserver.served("big.bin") < 3 * MiB and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache_dir),
+            "ensure",
+            url,
+            "--digest",
+            digest_of(data),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: fileserver.served("big.bin") >= 3 * MiB, 20, "3 MiB served")
+    # more than the first range is on disk: the rerun must resume past it
+    wait_for(lambda: partial_bytes_held(cache_dir) > 2 * MiB, 20, "more than 2 MiB on disk")
     proc.send_signal(getattr(signal, signame))
     started = time.monotonic()
     code = proc.wait(timeout=15)
@@ -125,8 +140,15 @@ def test_an_interrupted_download_is_kept_shown_and_resumed(fileserver: Any, cach
     assert [m["lifecycle"] for m in listed] == ["Interrupted"]
     served_before = fileserver.served("big.bin")
     fileserver.faults.clear()
-    rerun = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir,
-                    env={"MODEL_PROVISIONER_SETTINGS": env["MODEL_PROVISIONER_SETTINGS"]})
+    rerun = run_cli(
+        "ensure",
+        url,
+        "--digest",
+        digest_of(data),
+        "--json",
+        cache_dir=cache_dir,
+        env={"MODEL_PROVISIONER_SETTINGS": env["MODEL_PROVISIONER_SETTINGS"]},
+    )
     assert rerun.code == 0, rerun.stderr
     assert rerun.json()["bytes_fetched"] < len(data) - 2 * MiB  # resumed, not fetched again
     assert fileserver.served("big.bin") - served_before < len(data) - 2 * MiB
@@ -138,19 +160,20 @@ def test_gc_cleans_an_interrupted_entry(cache_dir: Path, fileserver: Any, settin
     import signal
     import subprocess
     import sys
-    import time
 
     from .servers.fileserver import Fault
 
     url = fileserver.put("gc.bin", os.urandom(4 * MiB))
     fileserver.faults["/gc.bin"] = Fault(stall_after=MiB, stall_s=20, times=1)
     env = {**os.environ, "MODEL_PROVISIONER_SETTINGS": str(settings_file())}
-    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
-                             url], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while (fileserver.served("gc.bin") < MiB or not any((cache_dir / "partial").glob("*.part"))) and (
-            time.monotonic() < deadline):
-        time.sleep(0.05)  # the stalled download has begun writing its partial file
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure", url],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    # the stalled download has begun writing its partial file
+    partials = cache_dir / "partial"
+    wait_for(lambda: fileserver.served("gc.bin") >= MiB and any(partials.glob("*.part")), 30, "a partial file")
     proc.send_signal(signal.SIGKILL)  # no chance to mark it: a stale Pending row
     proc.wait(timeout=10)
     assert [m["lifecycle"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]] == ["Interrupted"]
@@ -172,7 +195,7 @@ def _reference_readings(files: list[Path], cache: Path) -> dict[str, dict[str, A
     known: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     out: dict[str, dict[str, Any]] = {}
     for path in files:
-        key = sha(path.read_bytes())
+        key = digest_of(path.read_bytes())
         if key not in known:
             reader = GGUFReader(path)
 
@@ -181,15 +204,19 @@ def _reference_readings(files: list[Path], cache: Path) -> dict[str, dict[str, A
                 return None if item is None else item.contents()
 
             arch = field("general.architecture")
-            known[key] = {"architecture": arch, "ctx_max": field(f"{arch}.context_length"),
-                          "tokenizer_model": field("tokenizer.ggml.model")}
+            known[key] = {
+                "architecture": arch,
+                "ctx_max": field(f"{arch}.context_length"),
+                "tokenizer_model": field("tokenizer.ggml.model"),
+            }
             cache_file.write_text(json.dumps(known, indent=1, sort_keys=True))
         out[path.name] = known[key]
     return out
 
 
-def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(llamacpp_sdist: Path, tmp_path: Path,
-                                                               cache_dir: Path) -> None:
+def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(
+    llamacpp_sdist: Path, tmp_path: Path, cache_dir: Path
+) -> None:
     import tarfile
 
     from model_provisioner import ModelProvisioner
@@ -198,8 +225,12 @@ def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(llamacpp_sdist: P
     with tarfile.open(llamacpp_sdist) as sdist:
         for member in sdist:
             base = member.name.rsplit("/", 1)[-1]
-            if member.isfile() and "/vendor/llama.cpp/models/" in member.name and base.startswith("ggml-vocab-") \
-                    and base.endswith(".gguf"):
+            if (
+                member.isfile()
+                and "/vendor/llama.cpp/models/" in member.name
+                and base.startswith("ggml-vocab-")
+                and base.endswith(".gguf")
+            ):
                 source = sdist.extractfile(member)
                 assert source is not None
                 (tmp_path / base).write_bytes(source.read())
@@ -217,30 +248,36 @@ def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(llamacpp_sdist: P
 
 
 # ---------------------------------------------------------- 5. push local files and directories directly
-def test_a_local_file_and_directory_are_pushed_and_pulled_back(registry: Any, s3: Any, cli: Any, tmp_path: Path,
-                                                               make_gguf: Any) -> None:
-    from .test_s3 import _bucket
+def test_a_local_file_and_directory_are_pushed_and_pulled_back(
+    registry: Any, s3: Any, cli: Any, tmp_path: Path, make_gguf: Any
+) -> None:
 
     model = make_gguf("my-finetune.gguf", context_length=2048)
     assert cli("ensure", str(model)).code == 0
     pushed = cli("push", str(model), f"oci://{registry.host}/team/finetune:v1", "--json")
     assert pushed.code == 0, pushed.stderr
-    assert pushed.json()["digest"] == sha(model.read_bytes())
+    assert pushed.json()["digest"] == digest_of(model.read_bytes())
     assert pushed.json()["bytes_uploaded"] == model.stat().st_size
-    pulled = run_cli("ensure", f"oci://{registry.host}/team/finetune:v1", "--digest", sha(model.read_bytes()),
-                     "--json", cache_dir=tmp_path / "other")
+    pulled = run_cli(
+        "ensure",
+        f"oci://{registry.host}/team/finetune:v1",
+        "--digest",
+        digest_of(model.read_bytes()),
+        "--json",
+        cache_dir=tmp_path / "other",
+    )
     assert pulled.code == 0, pulled.stderr
     assert Path(pulled.json()["local_path"]).read_bytes() == model.read_bytes()
 
     tree = tmp_path / "repo"
     tree.mkdir()
     (tree / "config.json").write_text('{"model_type": "llama"}')
-    from .test_hf import safetensors_bytes
+    from .helpers import safetensors_bytes
 
     (tree / "model.safetensors").write_bytes(safetensors_bytes(2000))
     ensured = cli("ensure", str(tree), "--json")
     assert ensured.code == 0, ensured.stderr
-    _bucket(s3, "team")
+    s3_bucket(s3, "team")
     to_s3 = cli("push", str(tree), "s3://team/mirror/", "--json")
     assert to_s3.code == 0, to_s3.stderr
     assert to_s3.json()["digest"] == ensured.json()["digest"] and to_s3.json()["files"] == 2
@@ -255,8 +292,9 @@ def test_a_local_file_changed_since_it_was_verified_is_not_pushed(registry: Any,
         fh.write(b"X")
     result = cli("push", str(model), f"oci://{registry.host}/team/changed:v1")
     assert result.code == 4 and "changed.gguf" in result.stderr, result.stderr
-    manifest = __import__("httpx").get(f"{registry.url}/v2/team/changed/manifests/v1",
-                                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    manifest = __import__("httpx").get(
+        f"{registry.url}/v2/team/changed/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
     assert manifest.status_code == 404  # nothing was published under the tag
 
 
@@ -273,7 +311,6 @@ def test_verify_rm_and_ensure_say_what_happened(cli: Any, tmp_path: Path, make_g
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "config.json").write_text("{}")
-    from .test_hf import safetensors_bytes
 
     (tree / "model.safetensors").write_bytes(safetensors_bytes(100))
     assert cli("ensure", str(tree)).code == 0
@@ -293,8 +330,9 @@ def test_verify_rm_and_ensure_say_what_happened(cli: Any, tmp_path: Path, make_g
 
 
 # ------------------------------------------------------------------- 7. the server says what it does
-def test_serve_announces_itself_logs_every_request_and_names_a_busy_port(api_factory: Any, tmp_path: Path,
-                                                                         cache_dir: Path) -> None:
+def test_serve_announces_itself_logs_every_request_and_names_a_busy_port(
+    api_factory: Any, tmp_path: Path, cache_dir: Path
+) -> None:
     import socket
 
     from .conftest import TOKEN
@@ -308,7 +346,8 @@ def test_serve_announces_itself_logs_every_request_and_names_a_busy_port(api_fac
     logs = api.logs()
     port = api.url.rsplit(":", 1)[1]
     assert f"http://127.0.0.1:{port}" in logs.splitlines()[0] or any(
-        f"http://127.0.0.1:{port}" in line and "serving" in line for line in logs.splitlines())
+        f"http://127.0.0.1:{port}" in line and "serving" in line for line in logs.splitlines()
+    )
     requests = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"request"' in line]
     seen = {(r["method"], r["path"], r["status"]) for r in requests}
     assert ("GET", "/v1/models", 401) in seen and ("POST", "/v1/models/ensure", 403) in seen, requests
@@ -318,8 +357,9 @@ def test_serve_announces_itself_logs_every_request_and_names_a_busy_port(api_fac
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        result = run_cli("serve", "--port", str(taken), cache_dir=cache_dir, timeout=30,
-                         env={"MODEL_PROVISIONER_API_TOKEN": TOKEN})
+        result = run_cli(
+            "serve", "--port", str(taken), cache_dir=cache_dir, timeout=30, env={"MODEL_PROVISIONER_API_TOKEN": TOKEN}
+        )
     assert result.code == 2 and str(taken) in result.stderr and "in use" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -346,11 +386,14 @@ def test_api_bodies_refuse_unknown_fields_and_speak_in_fields(api_factory: Any, 
 
 
 # -------------------------------------------------------- 15. a repo is laid out by the weights it holds
-def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_error(hub: Any, cache_dir: Path,
-                                                                                  settings_file: Any) -> None:
+def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_error(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
     gguf = EXAMPLE_GGUF.read_bytes()
-    hub.add_repo("org/gguf-and-config", {"config.json": b'{"model_type": "llama"}', "m-Q4_K_M.gguf": gguf,
-                                         "README.md": b"readme"})
+    hub.add_repo(
+        "org/gguf-and-config",
+        {"config.json": b'{"model_type": "llama"}', "m-Q4_K_M.gguf": gguf, "README.md": b"readme"},
+    )
     hub.add_repo("org/no-weights", {"config.json": b'{"model_type": "llama"}', "README.md": b"readme"})
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
     result = run_cli("ensure", "hf:org/gguf-and-config", "--json", cache_dir=cache_dir, env=env)
@@ -362,8 +405,9 @@ def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_erro
 
 
 # --------------------------------------------------------------------- 9. leases can be seen and named
-def test_leases_are_listed_and_named_where_they_block(cli: Any, api_factory: Any, tmp_path: Path,
-                                                       cache_dir: Path) -> None:
+def test_leases_are_listed_and_named_where_they_block(
+    cli: Any, api_factory: Any, tmp_path: Path, cache_dir: Path
+) -> None:
     model = tmp_path / "api" / "m.gguf"
     model.parent.mkdir()
     model.write_bytes(EXAMPLE_GGUF.read_bytes())
@@ -385,13 +429,12 @@ def test_leases_are_listed_and_named_where_they_block(cli: Any, api_factory: Any
 
 
 # ------------------------------------------------------------- 11. signature set-up errors are exit 2
-def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_file: Path, tmp_path: Path,
-                                                              cache_dir: Path, keys: tuple[Path, Path]) -> None:
+def test_signature_setup_errors_are_exit_2_and_change_nothing(
+    cli: Any, gguf_file: Path, tmp_path: Path, cache_dir: Path, keys: tuple[Path, Path]
+) -> None:
     import os
     import subprocess
     import sys
-
-    from .test_signatures import sign
 
     assert cli("ensure", str(gguf_file)).code == 0  # Active, recorded
     missing = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(tmp_path / "nope.pem"))
@@ -399,22 +442,36 @@ def test_signature_setup_errors_are_exit_2_and_change_nothing(cli: Any, gguf_fil
     no_key = cli("ensure", str(gguf_file), "--require-signature")
     assert no_key.code == 2 and "--signature-key" in no_key.stderr, no_key.stderr
     without_extra = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['model_signing'] = None; "
-         "from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))",
-         "--cache-dir", str(cache_dir), "ensure", str(gguf_file), "--require-signature", "--signature-key",
-         str(gguf_file)], capture_output=True, text=True, env={**os.environ}, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['model_signing'] = None; "
+            "from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))",
+            "--cache-dir",
+            str(cache_dir),
+            "ensure",
+            str(gguf_file),
+            "--require-signature",
+            "--signature-key",
+            str(gguf_file),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=60,
+    )
     assert without_extra.returncode in (2,), without_extra.stderr
     assert "model-provisioner[signing]" in without_extra.stderr
     assert [m["lifecycle"] for m in cli("ls", "--json").json()["models"]] == ["Active"]  # nothing changed
     # a file changed under a valid signature: exit 4 naming it, both digests in hex
     private, public = keys
-    signed = sha(gguf_file.read_bytes())
+    signed = digest_of(gguf_file.read_bytes())
     sign(gguf_file, private)
     with open(gguf_file, "ab") as fh:
         fh.write(b"X")
     changed = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(public))
     assert changed.code == 4 and str(gguf_file) in changed.stderr, changed.stderr
-    assert signed in changed.stderr and sha(gguf_file.read_bytes()) in changed.stderr
+    assert signed in changed.stderr and digest_of(gguf_file.read_bytes()) in changed.stderr
     assert "digest_value=b" not in changed.stderr
 
 
@@ -426,12 +483,18 @@ def _run_without(modules: list[str], *args: str, cache_dir: Path) -> Any:
 
     block = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
     code = f"import sys; {block}; from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "--cache-dir", str(cache_dir), *args], capture_output=True,
-                          text=True, env={**os.environ}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code, "--cache-dir", str(cache_dir), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=60,
+    )
 
 
-def test_the_core_install_is_small_and_each_missing_extra_is_named(cache_dir: Path, tmp_path: Path,
-                                                                   gguf_file: Path) -> None:
+def test_the_core_install_is_small_and_each_missing_extra_is_named(
+    cache_dir: Path, tmp_path: Path, gguf_file: Path
+) -> None:
     import tomllib
 
     from .conftest import ROOT
@@ -442,14 +505,21 @@ def test_the_core_install_is_small_and_each_missing_extra_is_named(cache_dir: Pa
     extras = project["optional-dependencies"]
     assert {"s3", "oci", "triton", "server", "signing", "all"} <= set(extras)
     # a local GGUF needs nothing else
-    plain = _run_without(["boto3", "botocore", "fastapi", "uvicorn", "prometheus_client", "zstandard",
-                          "tritonclient", "model_signing"], "ensure", str(gguf_file), cache_dir=cache_dir)
+    plain = _run_without(
+        ["boto3", "botocore", "fastapi", "uvicorn", "prometheus_client", "zstandard", "tritonclient", "model_signing"],
+        "ensure",
+        str(gguf_file),
+        cache_dir=cache_dir,
+    )
     assert plain.returncode == 0, plain.stderr
     for modules, args, extra in (
         (["boto3"], ["ensure", "s3://bucket/key.gguf"], "s3"),
         (["fastapi"], ["serve", "--port", "1"], "server"),
-        (["model_signing"], ["ensure", str(gguf_file), "--require-signature", "--signature-key", str(gguf_file)],
-         "signing"),
+        (
+            ["model_signing"],
+            ["ensure", str(gguf_file), "--require-signature", "--signature-key", str(gguf_file)],
+            "signing",
+        ),
     ):
         result = _run_without(modules, *args, cache_dir=cache_dir)
         assert result.returncode == 2, (extra, result.stderr)
@@ -470,13 +540,12 @@ def test_a_model_config_with_a_list_and_cli_spellings(cli: Any, tmp_path: Path, 
     config = tmp_path / "models" / "models.yaml"
     config.write_text(
         "models:\n"
-        f"  - ref: ./a.gguf\n    digest: {sha(first.read_bytes())}\n"  # relative to the config's folder
+        f"  - ref: ./a.gguf\n    digest: {digest_of(first.read_bytes())}\n"  # relative to the config's folder
         f"  - model_ref: {tmp_path / 'models' / 'tree'}\n    engine: vllm\n"
     )
     tree = tmp_path / "models" / "tree"
     tree.mkdir()
     (tree / "config.json").write_text('{"model_type": "llama"}')
-    from .test_hf import safetensors_bytes
 
     (tree / "model.safetensors").write_bytes(safetensors_bytes(100))
     out = tmp_path / "out"
@@ -497,8 +566,9 @@ def test_a_model_config_with_a_list_and_cli_spellings(cli: Any, tmp_path: Path, 
 
 
 # ------------------------------------------------------------------ 14. output that says what happened
-def test_refresh_mirror_inspect_and_durations_say_what_happened(cli: Any, fileserver: Any, tmp_path: Path,
-                                                                 settings_file: Any, gguf_file: Path) -> None:
+def test_refresh_mirror_inspect_and_durations_say_what_happened(
+    cli: Any, fileserver: Any, tmp_path: Path, settings_file: Any, gguf_file: Path
+) -> None:
     url = fileserver.put("r.gguf", EXAMPLE_GGUF.read_bytes())
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
     assert cli("ensure", url, env=env).code == 0
@@ -519,7 +589,9 @@ def test_the_library_prints_nothing_by_itself(tmp_path: Path, gguf_file: Path) -
     import subprocess
     import sys
 
-    code = ("from model_provisioner import ModelProvisioner\n"
-            f"with ModelProvisioner.file_only({str(tmp_path / 'c')!r}) as p: p.ensure_present({str(gguf_file)!r})\n")
+    code = (
+        "from model_provisioner import ModelProvisioner\n"
+        f"with ModelProvisioner.file_only({str(tmp_path / 'c')!r}) as p: p.ensure_present({str(gguf_file)!r})\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr

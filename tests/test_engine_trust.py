@@ -27,8 +27,11 @@ def processes_with(text: str) -> list[int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[0].endswith((b"llama-server", b"tritonserver")) and text.encode() in b" ".join(argv) \
-                    and alive(int(pid)):
+            if (
+                argv[0].endswith((b"llama-server", b"tritonserver"))
+                and text.encode() in b" ".join(argv)
+                and alive(int(pid))
+            ):
                 found.append(int(pid))
         except OSError:
             continue
@@ -36,7 +39,8 @@ def processes_with(text: str) -> list[int]:
 
 
 def pool_json(cache_dir: Path, pool: str) -> dict[str, Any]:
-    return json.loads((cache_dir / "run" / f"{pool}.json").read_text())
+    state: dict[str, Any] = json.loads((cache_dir / "run" / f"{pool}.json").read_text())
+    return state
 
 
 @pytest.fixture
@@ -61,16 +65,22 @@ def test_api_engine_field_is_validated_before_anything_starts(
 ) -> None:
     repo = onnx_repository(tmp_path / "repos")
     handoffs = tmp_path / "handoffs"
-    api = api_factory(settings={"api_file_roots": [str(tmp_path / "repos")], "api_handoff_dir": str(handoffs),
-                                "engines": {"triton": {"binary": "/bin/false"}}})
+    api = api_factory(
+        settings={
+            "api_file_roots": [str(tmp_path / "repos")],
+            "api_handoff_dir": str(handoffs),
+            "engines": {"triton": {"binary": "/bin/false"}},
+        }
+    )
     # before: any engine other than llamacpp took the Triton branch, and the engine's log was appended to
     # <cache>/run/../../victim/pwned-default.log (parents created)
     for engine in ("../../victim/pwned", "LLAMACPP", "", "triton/../triton"):
         answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": engine}, timeout=60)
         assert answer.status_code == 400 and "engine" in answer.text, (engine, answer.text)
     for pool in ("../x", "a/b", ".hidden", "x" * 65):
-        answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": "triton", "pool": pool},
-                                 timeout=60)
+        answer = api.client.post(
+            "/v1/engines", json={"ref": f"file:{repo}", "engine": "triton", "pool": pool}, timeout=60
+        )
         assert answer.status_code == 400, (pool, answer.text)
     assert not (tmp_path / "victim").exists() and not handoffs.exists()
     assert not (cache_dir / "run").exists() or list((cache_dir / "run").glob("*.json")) == []
@@ -82,8 +92,13 @@ def test_api_refuses_a_triton_repository_that_runs_code(api_factory: Any, tmp_pa
     (repo / "add" / "1").mkdir(parents=True)
     (repo / "add" / "config.pbtxt").write_text('name: "add"\nbackend: "python"\nmax_batch_size: 0\n')
     (repo / "add" / "1" / "model.py").write_text("import os\nos.system('touch /tmp/pwned-by-model')\n")
-    api = api_factory(settings={"api_file_roots": [str(tmp_path / "repos")], "allow_remote_code": True,
-                                "engines": {"triton": {"binary": "/bin/false"}}})
+    api = api_factory(
+        settings={
+            "api_file_roots": [str(tmp_path / "repos")],
+            "allow_remote_code": True,
+            "engines": {"triton": {"binary": "/bin/false"}},
+        }
+    )
     answer = api.client.post("/v1/engines", json={"ref": f"file:{repo}", "engine": "triton"}, timeout=60)
     assert answer.status_code == 403, answer.text
     message = answer.json()["error"]["message"]
@@ -91,21 +106,28 @@ def test_api_refuses_a_triton_repository_that_runs_code(api_factory: Any, tmp_pa
     assert api.client.get("/v1/engines").json()["engines"] == []
 
 
-def test_api_engine_requests_are_bounded(
-    api_factory: Any, llama_server: str, model_copy: Path, tmp_path: Path
-) -> None:
+def test_api_engine_requests_are_bounded(api_factory: Any, llama_server: str, model_copy: Path, tmp_path: Path) -> None:
     marker = tmp_path / "supervisor-paused"
     api = api_factory(
-        settings={"api_file_roots": [str(model_copy.parent)], "api_max_sync_fetches": 1,
-                  "engines": {"max_pools": 1, "llamacpp": {"binary": llama_server, "max_ctx_size": 2048,
-                                                           "max_threads": 2, "max_parallel": 4}}},
+        settings={
+            "api_file_roots": [str(model_copy.parent)],
+            "api_max_sync_fetches": 1,
+            "engines": {
+                "max_pools": 1,
+                "llamacpp": {"binary": llama_server, "max_ctx_size": 2048, "max_threads": 2, "max_parallel": 4},
+            },
+        },
         env={"MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"},
     )
     c = api.client
     ref = f"file:{model_copy}"
-    for flags, setting in ((["--ctx-size", "2000000"], "max_ctx_size"), (["--threads", "300"], "max_threads"),
-                           (["-c=4096"], "max_ctx_size"), (["--parallel", "64"], "max_parallel"),
-                           (["--threads-batch", "3"], "max_threads")):
+    for flags, setting in (
+        (["--ctx-size", "2000000"], "max_ctx_size"),
+        (["--threads", "300"], "max_threads"),
+        (["-c=4096"], "max_ctx_size"),
+        (["--parallel", "64"], "max_parallel"),
+        (["--threads-batch", "3"], "max_threads"),
+    ):
         answer = c.post("/v1/engines", json={"ref": ref, "flags": flags}, timeout=60)
         assert answer.status_code == 403 and setting in answer.json()["error"]["message"], (flags, answer.text)
     assert c.post("/v1/engines", json={"ref": ref, "flags": ["--threads", "x"]}, timeout=60).status_code == 400
@@ -115,8 +137,11 @@ def test_api_engine_requests_are_bounded(
         import threading
 
         first: list[httpx.Response] = []
-        starter = threading.Thread(target=lambda: first.append(
-            other.post("/v1/engines", json={"ref": ref, "pool": "a", "flags": ["--threads", "1"]})))
+        starter = threading.Thread(
+            target=lambda: first.append(
+                other.post("/v1/engines", json={"ref": ref, "pool": "a", "flags": ["--threads", "1"]})
+            )
+        )
         starter.start()
         wait_for(marker.exists, what="the first start to reach its supervisor")
         busy = c.post("/v1/engines", json={"ref": ref, "pool": "b"}, timeout=60)
@@ -145,8 +170,10 @@ def test_a_model_changed_in_place_is_never_served_after_a_restart(
         fh.seek(-100, os.SEEK_END)
         fh.write(bytes([byte[0] ^ 0xFF]))
     os.kill(pool["pid"], signal.SIGKILL)
-    failed = wait_for(lambda: (s := pool_json(cache_dir, "default"))["state"] in ("failed", "crashed") and s,
-                      what="the supervisor to notice the change")
+    failed = wait_for(
+        lambda: (s := pool_json(cache_dir, "default"))["state"] in ("failed", "crashed") and s,
+        what="the supervisor to notice the change",
+    )
     assert failed["state"] == "failed" and failed["error_code"] == "model_changed", failed
     assert pool["digest"] in failed["error"] and "changed" in failed["error"], failed["error"]
     assert processes_with(str(model_copy)) == []  # the changed bytes were never served
@@ -157,8 +184,9 @@ def test_a_model_changed_in_place_is_never_served_after_a_restart(
 def test_a_file_ref_swapped_for_a_symlink_out_of_the_api_roots_is_not_reopened(
     api_factory: Any, llama_server: str, model_copy: Path, tmp_path: Path, cache_dir: Path
 ) -> None:
-    api = api_factory(settings={"api_file_roots": [str(model_copy.parent)],
-                                "engines": {"llamacpp": {"binary": llama_server}}})
+    api = api_factory(
+        settings={"api_file_roots": [str(model_copy.parent)], "engines": {"llamacpp": {"binary": llama_server}}}
+    )
     made = api.client.post("/v1/engines", json={"ref": f"file:{model_copy}", "pool": "roots"}, timeout=120)
     assert made.status_code == 201, made.text
     outside = tmp_path / "outside.gguf"
@@ -166,8 +194,10 @@ def test_a_file_ref_swapped_for_a_symlink_out_of_the_api_roots_is_not_reopened(
     model_copy.unlink()
     model_copy.symlink_to(outside)
     os.kill(made.json()["pid"], signal.SIGKILL)
-    failed = wait_for(lambda: (s := pool_json(cache_dir, "roots"))["state"] in ("failed", "crashed") and s,
-                      what="the supervisor to refuse the swapped file")
+    failed = wait_for(
+        lambda: (s := pool_json(cache_dir, "roots"))["state"] in ("failed", "crashed") and s,
+        what="the supervisor to refuse the swapped file",
+    )
     assert failed["state"] == "failed" and "without symbolic links" in failed["error"], failed
     assert processes_with(str(model_copy)) == [] and processes_with(str(outside)) == []
 
@@ -176,8 +206,19 @@ def test_a_file_ref_swapped_for_a_symlink_out_of_the_api_roots_is_not_reopened(
 def test_concurrent_ups_of_one_pool_start_one_engine(
     engines: Any, llama_server: str, model_copy: Path, cache_dir: Path
 ) -> None:
-    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up", str(model_copy),
-           "--binary", llama_server, "--pool", "same"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_provisioner",
+        "--cache-dir",
+        str(cache_dir),
+        "up",
+        str(model_copy),
+        "--binary",
+        llama_server,
+        "--pool",
+        "same",
+    ]
     racers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in racers]
     codes = sorted(code for code, _ in results)
@@ -194,13 +235,33 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
 ) -> None:
     marker = tmp_path / "supervisor-paused"
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"}
-    up = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up",
-                           str(model_copy), "--binary", llama_server, "--pool", "p"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache_dir),
+            "up",
+            str(model_copy),
+            "--binary",
+            llama_server,
+            "--pool",
+            "p",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_for(marker.exists, what="the supervisor to record itself")
     if how == "down":
-        down = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "down",
-                                 "--pool", "p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        down = subprocess.Popen(
+            [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "down", "--pool", "p"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         marker.unlink(missing_ok=True)  # before or after down's SIGTERM: either way nothing may stay running
         assert down.wait(timeout=60) == 0, down.stderr.read() if down.stderr else ""
         # up either saw the stop (exit 9, "stopped") or became ready just before it; never a pool left running
@@ -252,9 +313,15 @@ def test_down_signals_only_processes_proven_ours(
     try:
         from model_provisioner.core.processes import start_time
 
-        planted = {**pool_json(cache_dir, "real"), "pool_id": "planted", "pid": victim.pid,
-                   "pid_start": start_time(victim.pid), "supervisor_pid": victim.pid,
-                   "supervisor_start": start_time(victim.pid), "state": "ready"}
+        planted = {
+            **pool_json(cache_dir, "real"),
+            "pool_id": "planted",
+            "pid": victim.pid,
+            "pid_start": start_time(victim.pid),
+            "supervisor_pid": victim.pid,
+            "supervisor_start": start_time(victim.pid),
+            "state": "ready",
+        }
         (cache_dir / "run" / "planted.json").write_text(json.dumps(planted))
         (cache_dir / "run" / "linked.json").symlink_to(cache_dir / "run" / "planted.json")
         # the planted state even copies the real pool's run token: the victim's environment does not have it
@@ -275,15 +342,25 @@ def test_engine_secrets_reach_the_engine_and_nothing_else(
 ) -> None:
     key = "engine-api-key-7f3a9c21"
     env = {API_TOKEN_ENV: "api-token-should-not-leak-1234", "AWS_SECRET_ACCESS_KEY": "aws-secret-should-not-leak"}
-    started = engines("up", str(model_copy), "--binary", llama_server, "--flag=--api-key", f"--flag={key}",
-                      "--handoff-dir", str(tmp_path), "--json", env=env)
+    started = engines(
+        "up",
+        str(model_copy),
+        "--binary",
+        llama_server,
+        "--flag=--api-key",
+        f"--flag={key}",
+        "--handoff-dir",
+        str(tmp_path),
+        "--json",
+        env=env,
+    )
     assert started.code == 0, started.stderr
     pool = json.loads(started.stdout)
     # the key reached the engine: it answers only with it
     assert httpx.get(f"{pool['url']}/v1/models", timeout=5).status_code == 401
     with_key = httpx.get(f"{pool['url']}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
     assert with_key.status_code == 200
-    assert pool["flags"][pool["flags"].index("--api-key"):][:2] == ["--api-key", "***"]
+    assert pool["flags"][pool["flags"].index("--api-key") :][:2] == ["--api-key", "***"]
     environ = Path(f"/proc/{pool['pid']}/environ").read_bytes().split(b"\0")
     names = {item.split(b"=", 1)[0].decode() for item in environ if item}
     assert API_TOKEN_ENV not in names and "AWS_SECRET_ACCESS_KEY" not in names, names
@@ -314,8 +391,9 @@ def source_archive(path: Path, mark: str) -> str:
 
     tree = path.parent / f"{path.stem}-tree" / "tiny-1"
     tree.mkdir(parents=True)
-    (tree / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.13)\nproject(tiny CXX)\n"
-                                         "add_executable(llama-server main.cpp)\n")
+    (tree / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.13)\nproject(tiny CXX)\nadd_executable(llama-server main.cpp)\n"
+    )
     (tree / "main.cpp").write_text(TINY_MAIN.replace("MARK", mark))
     with tarfile.open(path, "w:gz") as tar:
         tar.add(tree, arcname="tiny-1")
@@ -325,13 +403,22 @@ def source_archive(path: Path, mark: str) -> str:
 def engine_provisioner(cache_dir: Path, config: dict[str, Any], path: Path, **kwargs: Any) -> Any:
     path.write_text(json.dumps(config))
     code = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
-    return subprocess.run([sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config", str(path)],
-                          capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def source_config(model: Path, archive: Path, digest: str | None, pool: str = "built") -> dict[str, Any]:
-    engine: dict[str, Any] = {"kind": "llamacpp", "pool": pool, "provisioning_mode": "source",
-                              "source": f"file:{archive}"}
+    engine: dict[str, Any] = {
+        "kind": "llamacpp",
+        "pool": pool,
+        "provisioning_mode": "source",
+        "source": f"file:{archive}",
+    }
     if digest:
         engine["source_digest"] = digest
     return {"model_ref": str(model), "engine": engine}
@@ -343,9 +430,7 @@ def built_home(cache_dir: Path) -> Path:
     return homes[0]
 
 
-def test_a_built_engine_is_trusted_by_its_bytes_not_its_name(
-    tiny_model: Path, tmp_path: Path, cache_dir: Path
-) -> None:
+def test_a_built_engine_is_trusted_by_its_bytes_not_its_name(tiny_model: Path, tmp_path: Path, cache_dir: Path) -> None:
     archive = tmp_path / "tiny.tar.gz"
     digest = source_archive(archive, "tiny engine ran")
     config = source_config(tiny_model, archive, digest)
@@ -386,8 +471,12 @@ def test_a_source_build_unpacks_the_bytes_it_verified(tiny_model: Path, tmp_path
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"engine_build.locked=pause:{marker}"}
     (tmp_path / "engine.json").write_text(json.dumps(source_config(tiny_model, archive, digest)))
     code = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
-    build = subprocess.Popen([sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config",
-                              str(tmp_path / "engine.json")], stderr=subprocess.PIPE, text=True, env=env)
+    build = subprocess.Popen(
+        [sys.executable, "-c", code, "--cache-dir", str(cache_dir), "--config", str(tmp_path / "engine.json")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_for(marker.exists, what="the build to take its lock")
     swapped = tmp_path / "swapped.tar.gz"
     source_archive(swapped, "SWAPPED SOURCES RAN")
@@ -397,7 +486,8 @@ def test_a_source_build_unpacks_the_bytes_it_verified(tiny_model: Path, tmp_path
     err = build.stderr.read() if build.stderr else ""
     assert "changed after it was verified" in err, err
     assert not (cache_dir / "engines" / "llamacpp").exists() or not any(
-        (p / "llama-server").exists() for p in (cache_dir / "engines" / "llamacpp").iterdir())
+        (p / "llama-server").exists() for p in (cache_dir / "engines" / "llamacpp").iterdir()
+    )
 
 
 def test_the_build_log_never_follows_a_planted_link(tiny_model: Path, tmp_path: Path, cache_dir: Path) -> None:
@@ -425,8 +515,12 @@ def test_jobs_queued_behind_their_origin_are_bounded() -> None:
     registry = JobRegistry(2, per_origin=1, max_pending=50)
     release = threading.Event()
     try:
+
+        def held(job: Job) -> None:
+            release.wait(30)
+
         for i in range(50):  # one runs, 49 wait behind the origin
-            registry.submit(Job(str(i), "https://slow/m"), "slow:443", lambda job: release.wait(30) and None)
+            registry.submit(Job(str(i), "https://slow/m"), "slow:443", held)
         with pytest.raises(ServerBusy) as refused:
             registry.submit(Job("50", "https://slow/m"), "slow:443", lambda job: None)
         assert "api_max_queued_jobs" in str(refused.value) and len(registry) == 50
@@ -441,9 +535,26 @@ def test_rm_between_the_ensure_and_the_lease_of_up_is_harmless(
     """Before, ``rm`` in that window made ``up`` fail after ~32 s with a traceback in its message."""
     marker = tmp_path / "ensured"
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"up.ensured=pause:{marker}"}
-    up = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up",
-                           str(model_copy), "--binary", llama_server, "--pool", "w", "--json"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache_dir),
+            "up",
+            str(model_copy),
+            "--binary",
+            llama_server,
+            "--pool",
+            "w",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_for(marker.exists, what="up to have ensured the model")
     removed = run_cli("rm", f"file:{model_copy}", cache_dir=cache_dir)
     assert removed.code == 0, removed.stderr

@@ -4,7 +4,6 @@ random-weight llama GGUF with a real vocabulary."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -19,10 +18,7 @@ import httpx
 import pytest
 
 from .conftest import alive, build_test_engines
-
-
-def sha(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+from .helpers import digest_of_file
 
 
 def stream_completion(url: str, n: int = 8) -> list[str]:
@@ -42,15 +38,24 @@ def stream_completion(url: str, n: int = 8) -> list[str]:
 def test_up_serves_a_streamed_completion_then_down_frees_the_port(
     engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    started = engines("up", str(tiny_model), "--binary", llama_server, "--digest", sha(tiny_model),
-                      "--handoff-dir", str(tmp_path), "--json")
+    started = engines(
+        "up",
+        str(tiny_model),
+        "--binary",
+        llama_server,
+        "--digest",
+        digest_of_file(tiny_model),
+        "--handoff-dir",
+        str(tmp_path),
+        "--json",
+    )
     assert started.code == 0, started.stderr
     pool = json.loads(started.stdout)
     assert pool["state"] == "ready" and pool["pool_id"] == "default" and pool["engine_version"]
     assert httpx.get(f"{pool['url']}/health", timeout=5).status_code == 200
     assert len(stream_completion(pool["url"], 8)) == 8  # eight tokens, streamed one event each
     handoff = json.loads((tmp_path / ".runtime" / "engines" / "llamacpp.json").read_text())
-    assert handoff["model"]["path"] == str(tiny_model) and handoff["metadata"]["digest"] == sha(tiny_model)
+    assert handoff["model"]["path"] == str(tiny_model) and handoff["metadata"]["digest"] == digest_of_file(tiny_model)
     assert handoff["url"] == pool["url"] and handoff["pid"] == pool["pid"] and handoff["pool_id"] == "default"
     assert handoff["engine_version"] == pool["engine_version"] and handoff["state"] == "ready"
     assert "--parallel" in handoff["flags"] and "--ctx-size" in handoff["flags"]
@@ -76,8 +81,9 @@ def test_up_serves_a_streamed_completion_then_down_frees_the_port(
 def test_a_killed_engine_is_restarted_and_a_killed_supervisor_leaves_no_lie(
     engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    pool = json.loads(engines("up", str(tiny_model), "--binary", llama_server, "--handoff-dir", str(tmp_path),
-                              "--json").stdout)
+    pool = json.loads(
+        engines("up", str(tiny_model), "--binary", llama_server, "--handoff-dir", str(tmp_path), "--json").stdout
+    )
     os.kill(pool["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while True:
@@ -137,13 +143,15 @@ def test_two_pools_a_taken_port_and_the_config_path(
         assert a["url"] == first.stdout.strip() and not a["url"].endswith(f":{port}") and a["requested_port"] == port
     config = tmp_path / "engine.yaml"
     config.write_text(
-        f"model_ref: {tiny_model}\nexpected_digest: {sha(tiny_model)}\n"
+        f"model_ref: {tiny_model}\nexpected_digest: {digest_of_file(tiny_model)}\n"
         f"engine:\n  kind: llamacpp\n  binary: {llama_server}\n  flags: ['--threads', '1', '-ngl', '0']\n"
     )
     entry = "import sys; from model_provisioner.cli import engine_main; sys.exit(engine_main())"
     second = subprocess.run(
         [sys.executable, "-c", entry, "--cache-dir", str(cache_dir), "--config", str(config), "--pool", "b", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert second.returncode == 0, second.stderr
     b = json.loads(second.stdout)
@@ -171,19 +179,24 @@ def test_nothing_unverified_or_broken_reaches_a_running_engine(
     assert not (cache_dir / "run").exists() or all(
         json.loads(p.read_text())["state"] != "ready" for p in (cache_dir / "run").glob("*.json")
     )
-    assert not any(Path(f"/proc/{pid}/cmdline").read_bytes().startswith(llama_server.encode())
-                   for pid in os.listdir("/proc") if pid.isdigit() and Path(f"/proc/{pid}/cmdline").exists())
+    assert not any(
+        Path(f"/proc/{pid}/cmdline").read_bytes().startswith(llama_server.encode())
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and Path(f"/proc/{pid}/cmdline").exists()
+    )
 
 
 def test_engines_through_the_http_api(api_factory: Any, llama_server: str, tiny_model: Path) -> None:
-    api = api_factory(settings={"api_file_roots": [str(tiny_model.parent)],
-                                "engines": {"llamacpp": {"binary": llama_server}}})
+    api = api_factory(
+        settings={"api_file_roots": [str(tiny_model.parent)], "engines": {"llamacpp": {"binary": llama_server}}}
+    )
     c = api.client
     refused = c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "flags": ["--log-file", "/etc/x"]})
     assert refused.status_code == 403 and "--log-file" in refused.json()["error"]["message"], refused.text
     assert c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "binary": "/bin/sh"}).status_code == 400
-    made = c.post("/v1/engines", json={"ref": f"file:{tiny_model}", "pool": "api", "flags": ["--threads", "1"]},
-                  timeout=120)
+    made = c.post(
+        "/v1/engines", json={"ref": f"file:{tiny_model}", "pool": "api", "flags": ["--threads", "1"]}, timeout=120
+    )
     assert made.status_code == 201, made.text
     pool = made.json()
     assert pool["state"] == "ready" and httpx.get(f"{pool['url']}/health", timeout=5).status_code == 200
@@ -234,7 +247,8 @@ ensemble_scheduling { step [
 
 @pytest.fixture(scope="session")
 def triton() -> dict[str, str]:
-    return build_test_engines.triton_home()
+    home: dict[str, str] = build_test_engines.triton_home()
+    return home
 
 
 def test_triton_serves_a_python_backend_repository_and_its_ensemble(
@@ -249,26 +263,55 @@ def test_triton_serves_a_python_backend_repository_and_its_ensemble(
     env_vars = {k: triton[k] for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "PATH")}
     engine_settings = {"triton": {"binary": triton["binary"], "env": env_vars}}
     # model code is remote code: refused until the operator allows it
-    refused = engines("up", str(repo), "--engine", "triton", "--pool", "tr", env={
-        "MODEL_PROVISIONER_SETTINGS": str(settings_file(engines=engine_settings))})
+    refused = engines(
+        "up",
+        str(repo),
+        "--engine",
+        "triton",
+        "--pool",
+        "tr",
+        env={"MODEL_PROVISIONER_SETTINGS": str(settings_file(engines=engine_settings))},
+    )
     assert refused.code == 5 and "add/1/model.py" in refused.stderr and "allow_remote_code" in refused.stderr
     settings = settings_file(engines=engine_settings, allow_remote_code=True)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
-    up = engines("up", str(repo), "--engine", "triton", "--pool", "tr",
-                 f"--flag=--backend-directory={triton['backend_directory']}", "--json", env=env, timeout=180)
+    up = engines(
+        "up",
+        str(repo),
+        "--engine",
+        "triton",
+        "--pool",
+        "tr",
+        f"--flag=--backend-directory={triton['backend_directory']}",
+        "--json",
+        env=env,
+        timeout=180,
+    )
     assert up.code == 0, up.stderr
     pool = json.loads(up.stdout)
     assert pool["state"] == "ready" and sorted(pool["models"]) == ["add", "pipeline"]
     for name in ("add", "pipeline"):
         assert httpx.get(f"{pool['url']}/v2/models/{name}/ready", timeout=5).status_code == 200
-    answer = httpx.post(f"{pool['url']}/v2/models/pipeline/infer", timeout=30, json={
-        "inputs": [{"name": "X", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    answer = httpx.post(
+        f"{pool['url']}/v2/models/pipeline/infer",
+        timeout=30,
+        json={"inputs": [{"name": "X", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == [3.0, 6.0, 9.0, 12.0]  # (x + x) + x
     assert engines("down", "--pool", "tr", env=env).code == 0
     # a model whose code fails to load: an error naming it, nothing left running
     (repo / "add" / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
-    broken = engines("up", str(repo), "--engine", "triton", "--pool", "tr2",
-                     f"--flag=--backend-directory={triton['backend_directory']}", env=env, timeout=180)
+    broken = engines(
+        "up",
+        str(repo),
+        "--engine",
+        "triton",
+        "--pool",
+        "tr2",
+        f"--flag=--backend-directory={triton['backend_directory']}",
+        env=env,
+        timeout=180,
+    )
     assert broken.code == 9 and "add (" in broken.stderr and "this model cannot load" in broken.stderr, broken.stderr
     assert not alive(json.loads((repo.parent / "cache" / "run" / "tr2.json").read_text())["pid"] or 0)

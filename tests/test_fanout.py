@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import run_cli
+from .helpers import MiB
 
-MiB = 1 << 20
-FANOUT = {"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 4 * MiB, "connections": 8,
-          "attempts": 3, "stall_timeout_s": 10.0}
+FANOUT = {
+    "parallel_threshold_bytes": 4 * MiB,
+    "parallel_chunk_min_bytes": 4 * MiB,
+    "connections": 8,
+    "attempts": 3,
+    "stall_timeout_s": 10.0,
+}
 
 
 def _chosen(stderr: str) -> int:
@@ -28,8 +33,16 @@ def _chosen(stderr: str) -> int:
 def _ensure(url: str, data: bytes, tmp_path: Path, name: str, **transfer: Any) -> Any:
     settings = tmp_path / f"{name}.json"
     settings.write_text(json.dumps({"transfer": {**FANOUT, **transfer}}))
-    result = run_cli("-v", "ensure", url, "--digest", "sha256:" + hashlib.sha256(data).hexdigest(),
-                     cache_dir=tmp_path / name, env={"MODEL_PROVISIONER_SETTINGS": str(settings)}, timeout=120)
+    result = run_cli(
+        "-v",
+        "ensure",
+        url,
+        "--digest",
+        "sha256:" + hashlib.sha256(data).hexdigest(),
+        cache_dir=tmp_path / name,
+        env={"MODEL_PROVISIONER_SETTINGS": str(settings)},
+        timeout=120,
+    )
     assert result.code == 0, result.stderr
     return result
 

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from model_provisioner.core.errors import ProvisionerError
 
+from .helpers import gguf_bytes
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
@@ -40,23 +42,58 @@ def _escapes(path: str) -> bool:
 
 def descriptor() -> st.SearchStrategy[Any]:
     return st.fixed_dictionaries(
-        {"mediaType": st.one_of(st.text(max_size=40), st.sampled_from([
-            "application/vnd.cncf.model.weight.v1.raw", "application/vnd.cncf.model.weight.v1.tar+gzip",
-            "application/vnd.docker.ai.gguf.v3", "application/vnd.oci.image.layer.v1.tar"])),
-         "digest": DIGESTS, "size": st.one_of(st.integers(-5, 1 << 52), st.text(max_size=5))},
-        optional={"annotations": st.one_of(JSON, st.dictionaries(st.sampled_from([
-            "org.cncf.model.filepath", "org.opencontainers.image.title", "org.cnai.model.filepath",
-            "io.deis.oras.content.unpack"]), NASTY_PATHS, max_size=3))},
+        {
+            "mediaType": st.one_of(
+                st.text(max_size=40),
+                st.sampled_from(
+                    [
+                        "application/vnd.cncf.model.weight.v1.raw",
+                        "application/vnd.cncf.model.weight.v1.tar+gzip",
+                        "application/vnd.docker.ai.gguf.v3",
+                        "application/vnd.oci.image.layer.v1.tar",
+                    ]
+                ),
+            ),
+            "digest": DIGESTS,
+            "size": st.one_of(st.integers(-5, 1 << 52), st.text(max_size=5)),
+        },
+        optional={
+            "annotations": st.one_of(
+                JSON,
+                st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "org.cncf.model.filepath",
+                            "org.opencontainers.image.title",
+                            "org.cnai.model.filepath",
+                            "io.deis.oras.content.unpack",
+                        ]
+                    ),
+                    NASTY_PATHS,
+                    max_size=3,
+                ),
+            )
+        },
     )
 
 
 MANIFESTS = st.one_of(
     JSON,
-    st.fixed_dictionaries({"schemaVersion": st.sampled_from([2, 1, "2"]), "config": st.one_of(descriptor(), JSON),
-                           "layers": st.one_of(st.lists(descriptor(), max_size=4), JSON)},
-                          optional={"mediaType": st.text(max_size=40), "annotations": JSON}),
-    st.fixed_dictionaries({"schemaVersion": st.just(2), "mediaType": st.just("application/vnd.oci.image.index.v1+json"),
-                           "manifests": st.one_of(st.lists(descriptor(), max_size=3), JSON)}),
+    st.fixed_dictionaries(
+        {
+            "schemaVersion": st.sampled_from([2, 1, "2"]),
+            "config": st.one_of(descriptor(), JSON),
+            "layers": st.one_of(st.lists(descriptor(), max_size=4), JSON),
+        },
+        optional={"mediaType": st.text(max_size=40), "annotations": JSON},
+    ),
+    st.fixed_dictionaries(
+        {
+            "schemaVersion": st.just(2),
+            "mediaType": st.just("application/vnd.oci.image.index.v1+json"),
+            "manifests": st.one_of(st.lists(descriptor(), max_size=3), JSON),
+        }
+    ),
 )
 
 
@@ -88,11 +125,27 @@ def test_random_manifest_bytes(raw: bytes) -> None:
         assert exc.exit_code == 4
 
 
-PBTXT_TOKENS = st.sampled_from(['name: "m"', 'platform: "ensemble"', "max_batch_size: 8", "input [", "]", "{", "}",
-                                'backend: "python"', "ensemble_scheduling { step [ { model_name: \"x\" } ] }",
-                                "dims: [ -1, 3 ]", "data_type: TYPE_FP32",
-                                "version_policy: { latest: { num_versions: 2 }}",
-                                '"', "#", "\n", ":", "instance_group [ { count: 99999999999999999999 } ]"])
+PBTXT_TOKENS = st.sampled_from(
+    [
+        'name: "m"',
+        'platform: "ensemble"',
+        "max_batch_size: 8",
+        "input [",
+        "]",
+        "{",
+        "}",
+        'backend: "python"',
+        'ensemble_scheduling { step [ { model_name: "x" } ] }',
+        "dims: [ -1, 3 ]",
+        "data_type: TYPE_FP32",
+        "version_policy: { latest: { num_versions: 2 }}",
+        '"',
+        "#",
+        "\n",
+        ":",
+        "instance_group [ { count: 99999999999999999999 } ]",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -107,8 +160,12 @@ def test_triton_config_pbtxt_parses_or_fails_cleanly(text: str) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(NASTY_PATHS, st.binary(max_size=20), st.sampled_from(["file", "sym", "hard", "dir"])),
-                max_size=4), st.sampled_from(["tar", "gzip", "zstd"]))
+@given(
+    st.lists(
+        st.tuples(NASTY_PATHS, st.binary(max_size=20), st.sampled_from(["file", "sym", "hard", "dir"])), max_size=4
+    ),
+    st.sampled_from(["tar", "gzip", "zstd"]),
+)
 def test_tar_layers_never_escape(tmp_path: Path, members: list[tuple[str, bytes, str]], compression: str) -> None:
     from model_provisioner.storage.blobs import BlobStore
     from model_provisioner.storage.unpack import unpack_into_store
@@ -164,9 +221,27 @@ def test_remote_path_names_are_checked(path: str) -> None:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(st.sampled_from(["transfer", "policy", "mirrors", "oci_credentials", "max_cache_bytes",
-                                        "cache_dir", "offline", "log_format", "nope", "s3_region", "api_file_roots"]),
-                       JSON, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "transfer",
+                "policy",
+                "mirrors",
+                "oci_credentials",
+                "max_cache_bytes",
+                "cache_dir",
+                "offline",
+                "log_format",
+                "nope",
+                "s3_region",
+                "api_file_roots",
+            ]
+        ),
+        JSON,
+        max_size=4,
+    )
+)
 def test_settings_files_load_or_name_the_bad_field(tmp_path: Path, data: dict[str, Any]) -> None:
     from model_provisioner.config.settings import Settings
     from model_provisioner.core.errors import ConfigError
@@ -180,10 +255,28 @@ def test_settings_files_load_or_name_the_bad_field(tmp_path: Path, data: dict[st
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(NASTY_PATHS, st.sampled_from([
-    "m-Q4_K_M.gguf", "m-Q8_0.gguf", "x-Q4_K_M-00001-of-00002.gguf", "x-Q4_K_M-00002-of-00002.gguf", "config.json",
-    "model.safetensors", "model.safetensors.index.json", "mmproj-f16.gguf", "pytorch_model.bin"])), max_size=12),
-    st.one_of(st.none(), st.sampled_from(["Q4_K_M", "q8_0", "F16", "nope"])))
+@given(
+    st.lists(
+        st.one_of(
+            NASTY_PATHS,
+            st.sampled_from(
+                [
+                    "m-Q4_K_M.gguf",
+                    "m-Q8_0.gguf",
+                    "x-Q4_K_M-00001-of-00002.gguf",
+                    "x-Q4_K_M-00002-of-00002.gguf",
+                    "config.json",
+                    "model.safetensors",
+                    "model.safetensors.index.json",
+                    "mmproj-f16.gguf",
+                    "pytorch_model.bin",
+                ]
+            ),
+        ),
+        max_size=12,
+    ),
+    st.one_of(st.none(), st.sampled_from(["Q4_K_M", "q8_0", "F16", "nope"])),
+)
 def test_hub_file_selection_on_hostile_listings(names: list[str], quant: str | None) -> None:
     from model_provisioner.sources.hf import select_gguf, select_repo_files
 
@@ -200,7 +293,6 @@ def test_hub_file_selection_on_hostile_listings(names: list[str], quant: str | N
 
 
 def test_hub_file_names_escaping_the_repo_are_refused(hub: Any, cli: Any, tmp_path: Path, cache_dir: Path) -> None:
-    from .test_hf import gguf_bytes
 
     hub.add_repo("org/evil", {"../../evil.gguf": gguf_bytes(tmp_path), "README.md": b"hi"})
     result = cli("ensure", "hf:org/evil", env={"HF_ENDPOINT": hub.url})
@@ -213,19 +305,42 @@ def test_hub_file_names_escaping_the_repo_are_refused(hub: Any, cli: Any, tmp_pa
 HUB_FIELDS = st.fixed_dictionaries(
     {},
     optional={
-        "sha": st.one_of(st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=45), st.integers(),
-                         st.none()),
+        "sha": st.one_of(
+            st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=45), st.integers(), st.none()
+        ),
         "id": st.text(max_size=20),
         "private": st.booleans(),
-        "siblings": st.one_of(JSON, st.lists(st.fixed_dictionaries(
-            {"rfilename": st.one_of(NASTY_PATHS, st.sampled_from(["m-Q4_K_M.gguf", "config.json",
-                                                                 "model.safetensors"]), st.integers())},
-            optional={"size": st.one_of(st.integers(-3, 1 << 40), st.text(max_size=4), st.none()),
-                      "blobId": st.one_of(st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=8)),
-                      "lfs": st.one_of(JSON, st.fixed_dictionaries({
-                          "sha256": st.one_of(st.text(alphabet=HEX, min_size=64, max_size=64), st.text(max_size=8)),
-                          "size": st.one_of(st.integers(-1, 1 << 40), st.text(max_size=3)),
-                          "pointerSize": st.integers(0, 200)}))}), max_size=4)),
+        "siblings": st.one_of(
+            JSON,
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "rfilename": st.one_of(
+                            NASTY_PATHS,
+                            st.sampled_from(["m-Q4_K_M.gguf", "config.json", "model.safetensors"]),
+                            st.integers(),
+                        )
+                    },
+                    optional={
+                        "size": st.one_of(st.integers(-3, 1 << 40), st.text(max_size=4), st.none()),
+                        "blobId": st.one_of(st.text(alphabet=HEX, min_size=40, max_size=40), st.text(max_size=8)),
+                        "lfs": st.one_of(
+                            JSON,
+                            st.fixed_dictionaries(
+                                {
+                                    "sha256": st.one_of(
+                                        st.text(alphabet=HEX, min_size=64, max_size=64), st.text(max_size=8)
+                                    ),
+                                    "size": st.one_of(st.integers(-1, 1 << 40), st.text(max_size=3)),
+                                    "pointerSize": st.integers(0, 200),
+                                }
+                            ),
+                        ),
+                    },
+                ),
+                max_size=4,
+            ),
+        ),
     },
 )
 
@@ -278,7 +393,6 @@ def test_hub_api_answers_are_checked_before_use(tmp_path: Path) -> None:
         server.close()
 
 
-
 ATHERIS_RUNS = {"gguf": 20_000, "manifest": 50_000, "pbtxt": 50_000, "tar": 20_000, "ref": 50_000}
 
 
@@ -288,10 +402,21 @@ def test_coverage_guided_fuzzing_finds_no_crash(target: str, tmp_path: Path) -> 
     found two on its first runs (a zstd error type and a CPython gzip-header TypeError escaping unpack)."""
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
     script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_parsers.py"
-    done = subprocess.run([sys.executable, str(script), target, f"-runs={ATHERIS_RUNS[target]}", "-max_len=4096",
-                           "-seed=1",  # reproducible in CI; run longer with other seeds by hand
-                           f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            target,
+            f"-runs={ATHERIS_RUNS[target]}",
+            "-max_len=4096",
+            "-seed=1",  # reproducible in CI; run longer with other seeds by hand
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Done {ATHERIS_RUNS[target]} runs" in done.stderr
 
@@ -306,7 +431,12 @@ def test_every_input_the_fuzzer_ever_crashed_on_is_replayed(target: str, tmp_pat
     pytest.importorskip("atheris", reason="atheris has no wheel for this platform")
     assert CRASHES, "tests/fuzz_crashes/ holds the saved inputs"
     script = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_parsers.py"
-    done = subprocess.run([sys.executable, str(script), target, *map(str, CRASHES)], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script), target, *map(str, CRASHES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Running: {CRASHES[-1]}" in done.stderr

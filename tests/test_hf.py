@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +25,17 @@ from model_provisioner import (
 )
 from model_provisioner.api.handoff import write_engine_handoff
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
+from .helpers import (
+    MiB,
+    cdn_bytes,
+    gguf_bytes,
+    partial_bytes_held,
+    safetensors_bytes,
+    sha256_hex,
+    transformers_repo,
+)
 from .servers.fileserver import Fault
-
-MiB = 1 << 20
-
-
-def gguf_bytes(tmp_path: Path, name: str = "g.gguf", **kwargs: Any) -> bytes:
-    from make_tiny_gguf import write_tiny_gguf
-
-    return write_tiny_gguf(tmp_path / "gen" / name if (tmp_path / "gen").mkdir(exist_ok=True) is None else
-                           tmp_path / name, **kwargs).read_bytes()
-
-
-def safetensors_bytes(n_floats: int, seed: int = 0) -> bytes:
-    import numpy as np
-    from safetensors.numpy import save
-
-    rng = np.random.default_rng(seed)
-    return save({"w": rng.standard_normal(n_floats, dtype=np.float32)})
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def cdn_bytes(hub: Any) -> int:
-    return sum(hub.cdn.bytes_served.values())
 
 
 def test_huggingface_hub_itself_speaks_to_the_fake_hub(hub: Any, tmp_path: Path) -> None:
@@ -71,11 +54,11 @@ def test_single_gguf_file_verified_against_lfs_sha256(net: Any, hub: Any, tmp_pa
     commit = hub.add_repo("TheOrg/Tiny-GGUF", {"tiny-Q4_K_M.gguf": data, "README.md": b"readme"})
     prov = net(hub.url)
     resolved = prov.ensure_present("hf:TheOrg/Tiny-GGUF/tiny-Q4_K_M.gguf")
-    view = cache_dir / "gguf" / "TheOrg" / "Tiny-GGUF" / f"tiny-Q4_K_M.gguf@{sha(data)}"
+    view = cache_dir / "gguf" / "TheOrg" / "Tiny-GGUF" / f"tiny-Q4_K_M.gguf@{sha256_hex(data)}"
     assert resolved.local_path == view and view.read_bytes() == data
-    assert os.stat(view).st_ino == os.stat(cache_dir / "blobs" / "sha256" / sha(data)).st_ino
+    assert os.stat(view).st_ino == os.stat(cache_dir / "blobs" / "sha256" / sha256_hex(data)).st_ino
     assert resolved.metadata["revision"] == commit and resolved.metadata["ctx_max"] == 8192
-    assert resolved.verification == "source_verified" and resolved.digest == f"sha256:{sha(data)}"
+    assert resolved.verification == "source_verified" and resolved.digest == f"sha256:{sha256_hex(data)}"
     assert cdn_bytes(hub) == len(data)
 
 
@@ -89,7 +72,7 @@ def test_small_git_file_is_verified_by_its_git_blob_id(net: Any, hub: Any) -> No
 def test_corrupted_lfs_bytes_are_refused(net: Any, hub: Any, tmp_path: Path, cache_dir: Path) -> None:
     data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
     hub.add_repo("org/bad", {"m-Q8_0.gguf": data})
-    hub.cdn.faults[f"/lfs/{sha(data)}"] = Fault(corrupt_at=5000)
+    hub.cdn.faults[f"/lfs/{sha256_hex(data)}"] = Fault(corrupt_at=5000)
     prov = net(hub.url)
     with pytest.raises(DigestMismatch) as info:
         prov.ensure_present("hf:org/bad/m-Q8_0.gguf")
@@ -118,8 +101,12 @@ def test_user_digest_contradicting_the_hub_fails_before_download(net: Any, hub: 
     ],
 )
 def test_quant_selection(net: Any, hub: Any, tmp_path: Path, ref: str, expected: str) -> None:
-    files = {name: gguf_bytes(tmp_path, name=name, seed=i) for i, name in enumerate(
-        ["m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "m-Q8_0.gguf", "m-IQ2_XXS.gguf", "mmproj-m-F16.gguf"])}
+    files = {
+        name: gguf_bytes(tmp_path, name=name, seed=i)
+        for i, name in enumerate(
+            ["m-Q4_K_M.gguf", "m-Q4_K_S.gguf", "m-Q8_0.gguf", "m-IQ2_XXS.gguf", "mmproj-m-F16.gguf"]
+        )
+    }
     hub.add_repo("org/quants", files)
     resolved = net(hub.url).ensure_present(ref)
     assert resolved.local_path.name.startswith(expected + "@")
@@ -138,8 +125,10 @@ def test_quant_fallbacks_and_missing_quant(net: Any, hub: Any, tmp_path: Path) -
 
 
 def test_split_gguf_fetches_every_part_into_one_directory(net: Any, hub: Any, tmp_path: Path) -> None:
-    parts = {f"Q4_K_M/big-Q4_K_M-0000{i}-of-00003.gguf": gguf_bytes(tmp_path, name=f"p{i}.gguf", seed=i,
-                                                                     split=(i - 1, 3, 6)) for i in (1, 2, 3)}
+    parts = {
+        f"Q4_K_M/big-Q4_K_M-0000{i}-of-00003.gguf": gguf_bytes(tmp_path, name=f"p{i}.gguf", seed=i, split=(i - 1, 3, 6))
+        for i in (1, 2, 3)
+    }
     hub.add_repo("org/split", {**parts, "big-Q8_0.gguf": gguf_bytes(tmp_path, name="q8.gguf")})
     resolved = net(hub.url).ensure_present("hf:org/split:Q4_K_M")
     directory = resolved.local_path.parent
@@ -148,35 +137,19 @@ def test_split_gguf_fetches_every_part_into_one_directory(net: Any, hub: Any, tm
     assert resolved.metadata["split"]["count"] == 3
     assert cdn_bytes(hub) == sum(len(v) for v in parts.values())
     with pytest.raises(NotFound, match="00002-of-00003"):
-        hub.add_repo("org/split-broken", {"m-Q4_K_M-00001-of-00003.gguf": parts[next(iter(parts))],
-                                          "m-Q4_K_M-00003-of-00003.gguf": parts[next(iter(parts))]})
+        hub.add_repo(
+            "org/split-broken",
+            {
+                "m-Q4_K_M-00001-of-00003.gguf": parts[next(iter(parts))],
+                "m-Q4_K_M-00003-of-00003.gguf": parts[next(iter(parts))],
+            },
+        )
         net(hub.url).ensure_present("hf:org/split-broken")
 
 
-def transformers_repo(n_shards: int = 3, extra: dict[str, bytes] | None = None, config: dict[str, Any] | None = None
-                      ) -> dict[str, bytes]:
-    shards = {f"model-0000{i}-of-0000{n_shards}.safetensors": safetensors_bytes(40_000, seed=i)
-              for i in range(1, n_shards + 1)}
-    index = {"metadata": {"total_size": sum(len(v) for v in shards.values())},
-             "weight_map": {f"layer.{i}.w": name for i, name in enumerate(shards)}}
-    files = {
-        "config.json": json.dumps(config or {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                             "max_position_embeddings": 4096}).encode(),
-        "generation_config.json": b"{}",
-        "tokenizer.json": b'{"version": "1.0"}',
-        "tokenizer_config.json": b"{}",
-        "model.safetensors.index.json": json.dumps(index).encode(),
-        "pytorch_model.bin": b"\x00" * 3000,  # must NOT be fetched when safetensors exist
-        "flax_model.msgpack": b"\x00" * 2000,
-        "README.md": b"# model card",
-        **shards,
-    }
-    files.update(extra or {})
-    return files
-
-
-def test_transformers_repo_minimal_set_layout_and_repo_digest(net: Any, hub: Any, cache_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_transformers_repo_minimal_set_layout_and_repo_digest(
+    net: Any, hub: Any, cache_dir: Path, tmp_path: Path
+) -> None:
     files = transformers_repo()
     commit = hub.add_repo("org/llama-tiny", files)
     prov = net(hub.url)
@@ -184,13 +157,21 @@ def test_transformers_repo_minimal_set_layout_and_repo_digest(net: Any, hub: Any
     repo_dir = cache_dir / "transformers" / "org" / f"llama-tiny@{commit}"
     assert resolved.local_path == repo_dir
     fetched = sorted(str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*") if p.is_file())
-    assert fetched == sorted(["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                              "model.safetensors.index.json", *[n for n in files if n.endswith(".safetensors")]])
-    lines = "".join(f"{p}\t{sha(files[p])}\t{len(files[p])}\n" for p in sorted(fetched))
+    assert fetched == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "model.safetensors.index.json",
+            *[n for n in files if n.endswith(".safetensors")],
+        ]
+    )
+    lines = "".join(f"{p}\t{sha256_hex(files[p])}\t{len(files[p])}\n" for p in sorted(fetched))
     assert resolved.digest == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
     assert resolved.metadata["ctx_max"] == 4096 and resolved.metadata["trust_remote_code"] is False
     for name in fetched:
-        assert os.stat(repo_dir / name).st_ino == os.stat(cache_dir / "blobs/sha256" / sha(files[name])).st_ino
+        assert os.stat(repo_dir / name).st_ino == os.stat(cache_dir / "blobs/sha256" / sha256_hex(files[name])).st_ino
     handoff = json.loads(write_engine_handoff(tmp_path / "out", "vllm", resolved).read_text())
     assert handoff["model"]["path"] == str(repo_dir) and handoff["model"]["trust_remote_code"] is False
     assert handoff["metadata"]["revision"] == commit
@@ -201,11 +182,17 @@ def test_transformers_repo_minimal_set_layout_and_repo_digest(net: Any, hub: Any
 def test_include_exclude_globs_override(net: Any, hub: Any, cache_dir: Path) -> None:
     files = transformers_repo()
     hub.add_repo("org/globs", files)
-    resolved = net(hub.url).ensure_present("hf:org/globs", include=["*.json", "*.bin"],
-                                          exclude=["generation_config.json"])
+    resolved = net(hub.url).ensure_present(
+        "hf:org/globs", include=["*.json", "*.bin"], exclude=["generation_config.json"]
+    )
     names = sorted(p.name for p in resolved.local_path.iterdir())
-    assert names == ["config.json", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json",
-                     "tokenizer_config.json"]
+    assert names == [
+        "config.json",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_missing_shard_is_a_clear_error_before_big_downloads(net: Any, hub: Any) -> None:
@@ -218,10 +205,13 @@ def test_missing_shard_is_a_clear_error_before_big_downloads(net: Any, hub: Any)
     assert cdn_bytes(hub) == 0  # no shard was downloaded
 
 
-def test_custom_code_is_flagged_and_not_trusted_by_default(net: Any, hub: Any, tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    files = transformers_repo(extra={"modeling_custom.py": b"print('hi')"},
-                              config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}})
+def test_custom_code_is_flagged_and_not_trusted_by_default(
+    net: Any, hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = transformers_repo(
+        extra={"modeling_custom.py": b"print('hi')"},
+        config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}},
+    )
     hub.add_repo("org/custom", files)
     with caplog.at_level("WARNING", logger="model_provisioner"):
         resolved = net(hub.url).ensure_present("hf:org/custom")
@@ -249,8 +239,9 @@ def test_revision_pinning(net: Any, hub: Any, tmp_path: Path) -> None:
         prov.ensure_present("hf:org/no-such-repo/m.gguf")
 
 
-def test_pinned_ensure_makes_no_network_request(net: Any, hub: Any, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pinned_ensure_makes_no_network_request(
+    net: Any, hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
 
     data = gguf_bytes(tmp_path)
@@ -281,8 +272,9 @@ def test_cross_repo_dedup_downloads_nothing_twice(net: Any, hub: Any, tmp_path: 
     assert len(list((cache_dir / "blobs" / "sha256").iterdir())) == 1
 
 
-def test_private_repo_token_used_for_the_hub_never_for_the_cdn(hub: Any, tmp_path: Path, cache_dir: Path,
-                                                               settings_file: Any) -> None:
+def test_private_repo_token_used_for_the_hub_never_for_the_cdn(
+    hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
     token = "hf_SuperSecretTokenValue1234567890"
     hub.tokens.add(token)
     data = gguf_bytes(tmp_path)
@@ -291,8 +283,16 @@ def test_private_repo_token_used_for_the_hub_never_for_the_cdn(hub: Any, tmp_pat
     denied = run_cli("ensure", "hf:org/private/m.gguf", cache_dir=cache_dir, env=env)
     assert denied.code == 3 and "HF_TOKEN" in denied.stderr
     out = tmp_path / "out"
-    ok = run_cli("-v", "ensure", "hf:org/private/m.gguf", "--handoff-dir", str(out), "--json", cache_dir=cache_dir,
-                 env={**env, "HF_TOKEN": token})
+    ok = run_cli(
+        "-v",
+        "ensure",
+        "hf:org/private/m.gguf",
+        "--handoff-dir",
+        str(out),
+        "--json",
+        cache_dir=cache_dir,
+        env={**env, "HF_TOKEN": token},
+    )
     assert ok.code == 0, ok.stderr
     assert any(r.headers.get("Authorization") == f"Bearer {token}" for r in hub.server.requests)
     assert all("Authorization" not in r.headers for r in hub.cdn.requests)  # cross-host redirect: dropped
@@ -317,7 +317,12 @@ def test_offline_hf_zero_sockets(net: Any, hub: Any, tmp_path: Path, monkeypatch
 
     attempts: list[Any] = []
     real = socket.socket.connect
-    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: attempts.append(addr) or real(self, addr))
+
+    def counted_connect(self: socket.socket, addr: Any) -> None:
+        attempts.append(addr)
+        real(self, addr)
+
+    monkeypatch.setattr(socket.socket, "connect", counted_connect)
     offline = net(hub.url)
     assert offline.ensure_present("hf:org/off/m.gguf").from_cache
     with pytest.raises(OfflineError):
@@ -353,7 +358,7 @@ def test_hub_mirror_serving_corrupt_bytes_falls_back_to_origin(net: Any, hub: An
         data = gguf_bytes(tmp_path, extra_tensor_bytes=MiB)
         hub.add_repo("org/m", {"m.gguf": data})
         mirror.add_repo("org/m", {"m.gguf": data})
-        mirror.cdn.faults[f"/lfs/{sha(data)}"] = Fault(corrupt_at=100)
+        mirror.cdn.faults[f"/lfs/{sha256_hex(data)}"] = Fault(corrupt_at=100)
         resolved = net(hub.url, mirrors={"hf": [mirror.url]}).ensure_present("hf:org/m/m.gguf")
         assert resolved.local_path.read_bytes() == data and cdn_bytes(hub) == len(data)
     finally:
@@ -363,20 +368,23 @@ def test_hub_mirror_serving_corrupt_bytes_falls_back_to_origin(net: Any, hub: An
 def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 def test_kill_9_mid_lfs_download_resumes(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
     data = gguf_bytes(tmp_path, extra_tensor_bytes=12 * MiB)
     hub.add_repo("org/resume", {"m.gguf": data})
-    hub.cdn.faults[f"/lfs/{sha(data)}"] = Fault(stall_after=len(data) // 2, stall_s=30, times=1)
+    hub.cdn.faults[f"/lfs/{sha256_hex(data)}"] = Fault(stall_after=len(data) // 2, stall_s=30, times=1)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
     proc = _spawn(cache_dir, "hf:org/resume/m.gguf", env)
-    deadline = time.monotonic() + 30
-    while cdn_bytes(hub) < len(data) // 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    time.sleep(0.3)
+    wait_for(lambda: cdn_bytes(hub) >= len(data) // 2 or proc.poll() is not None, 30, "half the file served")
+    assert proc.poll() is None
+    # what arrived is on disk (at most one 1 MiB buffer of a stalled stream is still in memory)
+    wait_for(lambda: partial_bytes_held(cache_dir) >= cdn_bytes(hub) - MiB, 30, "the received bytes on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     hub.cdn.faults.clear()
@@ -401,17 +409,23 @@ def test_nginx_cdn_with_parallel_ranges(net: Any, hub: Any, nginx: Any, tmp_path
     """The LFS CDN is Debian's nginx: parallel ranges, byte count from nginx's own access log."""
     data = gguf_bytes(tmp_path, extra_tensor_bytes=20 * MiB)
     (nginx.root / "lfs").mkdir(exist_ok=True)
-    (nginx.root / "lfs" / sha(data)).write_bytes(data)
+    (nginx.root / "lfs" / sha256_hex(data)).write_bytes(data)
     hub.cdn.url = nginx.url  # LFS redirects now point at nginx
     hub.add_repo("org/via-nginx", {"m.gguf": data})
-    before = nginx.bytes_served().get(f"/lfs/{sha(data)}", 0)
-    prov = net(hub.url, transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
-                                  "single_stream_enough_bytes_per_s": 1e15})  # always fan out
+    before = nginx.bytes_served().get(f"/lfs/{sha256_hex(data)}", 0)
+    prov = net(
+        hub.url,
+        transfer={
+            "parallel_threshold_bytes": 4 * MiB,
+            "parallel_chunk_min_bytes": 2 * MiB,
+            "single_stream_enough_bytes_per_s": 1e15,
+        },
+    )  # always fan out
     resolved = prov.ensure_present("hf:org/via-nginx/m.gguf")
     assert resolved.local_path.read_bytes() == data
-    served = nginx.bytes_served()[f"/lfs/{sha(data)}"] - before
+    served = nginx.bytes_served()[f"/lfs/{sha256_hex(data)}"] - before
     assert served == len(data)
-    ranges = [line for line in nginx.access_log.read_text().splitlines() if sha(data) in line]
+    ranges = [line for line in nginx.access_log.read_text().splitlines() if sha256_hex(data) in line]
     assert len(ranges) > 2  # several range requests
 
 
@@ -420,8 +434,17 @@ def test_hf_cli_end_to_end_with_handoff(hub: Any, tmp_path: Path, cache_dir: Pat
     hub.add_repo("org/cli-repo", files)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
     out = tmp_path / "out"
-    result = run_cli("ensure", "hf:org/cli-repo", "--engine", "vllm", "--handoff-dir", str(out), "--json",
-                     cache_dir=cache_dir, env=env)
+    result = run_cli(
+        "ensure",
+        "hf:org/cli-repo",
+        "--engine",
+        "vllm",
+        "--handoff-dir",
+        str(out),
+        "--json",
+        cache_dir=cache_dir,
+        env=env,
+    )
     assert result.code == 0, result.stderr
     payload = result.json()
     assert payload["engine"] == "vllm" and payload["lifecycle"] == "Active"
@@ -451,9 +474,10 @@ def test_capped_connections_make_the_engine_fan_out(net: Any, tmp_path: Path) ->
 
     limited, data = capped_nginx_with_file(tmp_path, "limited", 24 * MiB, "8m")
     try:
-        prov = net(transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB,
-                             "connections": 4})
-        resolved = prov.ensure_present(f"{limited.url}/m.bin", f"sha256:{sha(data)}")
+        prov = net(
+            transfer={"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 2 * MiB, "connections": 4}
+        )
+        resolved = prov.ensure_present(f"{limited.url}/m.bin", f"sha256:{sha256_hex(data)}")
         assert resolved.local_path.read_bytes() == data
         # switching from the watched stream to ranges drops what was in flight on that one socket, once
         served = limited.bytes_served()["/m.bin"]
@@ -483,10 +507,13 @@ def test_verify_rehashes_every_file_of_a_repo(net: Any, hub: Any, tmp_path: Path
     assert prov.locate("hf:org/verify-me") is None
 
 
-def test_verify_split_gguf_and_policy_label_in_provenance(hub: Any, tmp_path: Path, cache_dir: Path,
-                                                          settings_file: Any) -> None:
-    parts = {f"s-Q4_K_M-0000{i}-of-00002.gguf": gguf_bytes(tmp_path, name=f"s{i}.gguf", seed=i, split=(i - 1, 2, 4))
-             for i in (1, 2)}
+def test_verify_split_gguf_and_policy_label_in_provenance(
+    hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
+    parts = {
+        f"s-Q4_K_M-0000{i}-of-00002.gguf": gguf_bytes(tmp_path, name=f"s{i}.gguf", seed=i, split=(i - 1, 2, 4))
+        for i in (1, 2)
+    }
     hub.add_repo("org/split-verify", parts)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(policy={"label": "team-prod"})), "HF_ENDPOINT": hub.url}
     out = tmp_path / "out"
@@ -507,6 +534,6 @@ def test_new_revision_frees_blobs_only_the_old_one_used(net: Any, hub: Any, cach
     second = prov.ensure_present("hf:org/moving", refresh=True)
     assert second.metadata["revision"] == new_commit != old_commit
     blobs = cache_dir / "blobs" / "sha256"
-    assert not (blobs / sha(files["model-00002-of-00002.safetensors"])).exists()  # only the old revision used it
-    assert (blobs / sha(files["model-00001-of-00002.safetensors"])).exists()  # shared by both revisions
+    assert not (blobs / sha256_hex(files["model-00002-of-00002.safetensors"])).exists()  # only the old revision used it
+    assert (blobs / sha256_hex(files["model-00001-of-00002.safetensors"])).exists()  # shared by both revisions
     assert not first.local_path.exists() and second.local_path.is_dir()

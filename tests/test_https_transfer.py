@@ -25,18 +25,13 @@ from model_provisioner import (
     TransferFailed,
 )
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
+from .helpers import MiB, digest_of, partial_bytes_held
 from .servers.fileserver import Fault
-
-MiB = 1 << 20
 
 
 def payload(size: int, seed: int = 0) -> bytes:
     return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def no_partials(cache: Path) -> bool:
@@ -47,11 +42,11 @@ def test_download_verifies_records_etag_and_lays_out(net: Any, fileserver: Any, 
     data = payload(2 * MiB)
     url = fileserver.put("models/m.bin", data)
     prov = net()
-    resolved = prov.ensure_present(url, sha(data))
-    assert resolved.verification == "verified" and resolved.digest == sha(data)
+    resolved = prov.ensure_present(url, digest_of(data))
+    assert resolved.verification == "verified" and resolved.digest == digest_of(data)
     assert resolved.local_path.read_bytes() == data
     # the view: files/<host>/<path>@<sha256> (before, an assertion that compared cache_dir with itself)
-    hex_ = sha(data).split(":", 1)[1]
+    hex_ = digest_of(data).split(":", 1)[1]
     assert resolved.local_path == cache_dir / "files" / "127.0.0.1" / "models" / f"m.bin@{hex_}"
     assert resolved.local_path.stat().st_ino == (cache_dir / "blobs" / "sha256" / hex_).stat().st_ino
     assert resolved.metadata["etag"] and resolved.metadata["last_modified"]
@@ -63,9 +58,9 @@ def test_download_verifies_records_etag_and_lays_out(net: Any, fileserver: Any, 
 def test_expected_digest_already_in_store_means_no_network(net: Any, fileserver: Any, no_sockets: Any) -> None:
     data = payload(MiB, seed=1)
     prov = net()
-    prov.register_model("https://origin.example/a/m.gguf.bin", _tmp_file(data), sha(data))
+    prov.register_model("https://origin.example/a/m.gguf.bin", _tmp_file(data), digest_of(data))
     no_sockets.attempts.clear()
-    resolved = prov.ensure_present("https://other.example/b/copy.bin", sha(data))
+    resolved = prov.ensure_present("https://other.example/b/copy.bin", digest_of(data))
     assert resolved.local_path.read_bytes() == data and resolved.bytes_fetched == 0
     assert no_sockets.attempts == []
 
@@ -90,7 +85,7 @@ def test_refresh_is_a_conditional_request(net: Any, fileserver: Any) -> None:
     new = payload(MiB, seed=3)
     fileserver.put("r.bin", new)
     changed = prov.ensure_present(url, refresh=True)
-    assert changed.digest == sha(new) and changed.local_path.read_bytes() == new
+    assert changed.digest == digest_of(new) and changed.local_path.read_bytes() == new
 
 
 @pytest.mark.parametrize(
@@ -104,14 +99,15 @@ def test_refresh_is_a_conditional_request(net: Any, fileserver: Any) -> None:
     ],
     ids=["reset-mid-body", "two-resets", "stall", "5xx-burst", "429-retry-after"],
 )
-def test_recoverable_faults_complete_without_refetching(net: Any, fileserver: Any, cache_dir: Path, fault: Fault,
-                                                          max_factor: float) -> None:
+def test_recoverable_faults_complete_without_refetching(
+    net: Any, fileserver: Any, cache_dir: Path, fault: Fault, max_factor: float
+) -> None:
     data = payload(3 * MiB, seed=4)
     url = fileserver.put("f.bin", data)
     fileserver.faults["/f.bin"] = fault
     prov = net()
     start = time.monotonic()
-    resolved = prov.ensure_present(url, sha(data))
+    resolved = prov.ensure_present(url, digest_of(data))
     assert resolved.local_path.read_bytes() == data
     assert fileserver.served("f.bin") <= len(data) * max_factor
     if fault.retry_after:
@@ -123,7 +119,7 @@ def test_server_ignoring_range_starts_over(net: Any, fileserver: Any) -> None:
     data = payload(2 * MiB, seed=5)
     url = fileserver.put("nr.bin", data)
     fileserver.faults["/nr.bin"] = Fault(cut_after=MiB, times=1, ignore_range=True)
-    resolved = net().ensure_present(url, sha(data))
+    resolved = net().ensure_present(url, digest_of(data))
     assert resolved.local_path.read_bytes() == data
     ranged = [r for r in fileserver.requests if r.headers.get("Range")]
     assert ranged, "the retry asked for a Range"
@@ -134,7 +130,7 @@ def test_wrong_content_range_is_refused_and_restarted(net: Any, fileserver: Any)
     data = payload(2 * MiB, seed=6)
     url = fileserver.put("wr.bin", data)
     fileserver.faults["/wr.bin"] = Fault(cut_after=MiB, times=1, wrong_range_offset=10)
-    resolved = net().ensure_present(url, sha(data))
+    resolved = net().ensure_present(url, digest_of(data))
     assert resolved.local_path.read_bytes() == data
     # the mechanism, not only the outcome: the resume asked for the rest, was answered at the wrong offset,
     # and the next request started over from byte 0 (a wrong 206 is never written at our offset)
@@ -151,7 +147,7 @@ def test_a_206_whose_length_contradicts_its_range_leaves_no_hole(net: Any, files
     url = fileserver.put("lie.bin", data)
     fileserver.faults["/lie.bin"] = Fault(short_range_length=1000)
     resolved = net().ensure_present(url)  # no digest: nothing but our own checks stands between a hole and Active
-    assert resolved.digest == sha(data) and resolved.local_path.read_bytes() == data
+    assert resolved.digest == digest_of(data) and resolved.local_path.read_bytes() == data
     ranges = [r.headers["Range"] for r in fileserver.requests if "Range" in r.headers]
     assert ranges[0].startswith("bytes=0-") and ranges[1].startswith("bytes=0-"), ranges  # refused, asked again
 
@@ -162,10 +158,15 @@ def test_a_range_worker_answered_at_the_wrong_offset_writes_nothing_there(net: A
     data = payload(24 * MiB, seed=17)
     url = fileserver.put("par.bin", data)
     fileserver.faults["/par.bin"] = Fault(wrong_range_offset=3 * MiB + 7, wrong_range_times=1)
-    transfer = {"parallel_threshold_bytes": 4 * MiB, "parallel_chunk_min_bytes": 4 * MiB, "connections": 4,
-                "adaptive_connections": False, "single_stream_enough_bytes_per_s": 1e15}
+    transfer = {
+        "parallel_threshold_bytes": 4 * MiB,
+        "parallel_chunk_min_bytes": 4 * MiB,
+        "connections": 4,
+        "adaptive_connections": False,
+        "single_stream_enough_bytes_per_s": 1e15,
+    }
     resolved = net(transfer=transfer).ensure_present(url)  # no digest: our own checks are all there is
-    assert resolved.digest == sha(data) and resolved.local_path.read_bytes() == data
+    assert resolved.digest == digest_of(data) and resolved.local_path.read_bytes() == data
     starts = [int(r.headers["Range"].split("=")[1].split("-")[0]) for r in fileserver.requests if "Range" in r.headers]
     assert len(starts) > 2, starts  # it did fan out into ranges
 
@@ -187,7 +188,7 @@ def test_corrupted_byte_fails_strictly_and_leaves_nothing(net: Any, fileserver: 
     fileserver.faults["/c.bin"] = Fault(corrupt_at=12345)
     prov = net()
     with pytest.raises(DigestMismatch) as info:
-        prov.ensure_present(url, sha(data))
+        prov.ensure_present(url, digest_of(data))
     assert info.value.exit_code == 4
     entry = prov.entry(url)
     assert entry is not None and entry.lifecycle is Lifecycle.FAILED
@@ -203,8 +204,9 @@ def test_corrupted_byte_fails_strictly_and_leaves_nothing(net: Any, fileserver: 
     ],
     ids=["persistent-500", "redirect-loop"],
 )
-def test_unrecoverable_faults_exit_with_the_documented_code(net: Any, fileserver: Any, fault: Fault,
-                                                             error: type[Exception], code: int) -> None:
+def test_unrecoverable_faults_exit_with_the_documented_code(
+    net: Any, fileserver: Any, fault: Fault, error: type[Exception], code: int
+) -> None:
     url = fileserver.put("loop.bin", b"x" * 100) + "?X-Amz-Signature=supersecret"
     fileserver.faults["/loop.bin"] = fault
     with pytest.raises(error) as info:
@@ -250,7 +252,7 @@ def test_cross_host_redirect_drops_authorization(net: Any, fileserver: Any, tmp_
         fileserver.put("start.bin", b"")
         fileserver.faults["/start.bin"] = Fault(redirect_to=target)
         url = f"http://alice:pa55word@127.0.0.1:{fileserver.port}/start.bin"
-        resolved = net().ensure_present(url, sha(data))
+        resolved = net().ensure_present(url, digest_of(data))
         assert resolved.local_path.read_bytes() == data
         assert any("Authorization" in r.headers for r in fileserver.requests)
         assert all("Authorization" not in r.headers for r in other.requests)
@@ -262,9 +264,15 @@ def test_cross_host_redirect_drops_authorization(net: Any, fileserver: Any, tmp_
 def test_parallel_ranges_write_at_offsets_and_hash_follows(net: Any, fileserver: Any, cache_dir: Path) -> None:
     data = payload(12 * MiB, seed=9)
     url = fileserver.put("big.bin", data)
-    prov = net(transfer={"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 4,
-                         "single_stream_enough_bytes_per_s": 1e15})
-    resolved = prov.ensure_present(url, sha(data))
+    prov = net(
+        transfer={
+            "parallel_threshold_bytes": MiB,
+            "parallel_chunk_min_bytes": MiB,
+            "connections": 4,
+            "single_stream_enough_bytes_per_s": 1e15,
+        }
+    )
+    resolved = prov.ensure_present(url, digest_of(data))
     assert resolved.local_path.read_bytes() == data
     ranges = [r.headers["Range"] for r in fileserver.requests if "Range" in r.headers]
     assert len(ranges) >= 8  # the file came as many ranges
@@ -276,7 +284,7 @@ def test_parallel_falls_back_to_one_stream_without_range_support(net: Any, files
     url = fileserver.put("norange.bin", data)
     fileserver.faults["/norange.bin"] = Fault(ignore_range=True)
     server_headers_without_ranges(fileserver)
-    resolved = net(transfer={"parallel_threshold_bytes": MiB}).ensure_present(url, sha(data))
+    resolved = net(transfer={"parallel_threshold_bytes": MiB}).ensure_present(url, digest_of(data))
     assert resolved.local_path.read_bytes() == data
     assert fileserver.served("norange.bin") == len(data)
 
@@ -301,16 +309,29 @@ def server_headers_without_ranges(fileserver: Any) -> None:
 def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["stream", "parallel-ranges"])
-def test_kill_9_at_half_then_rerun_resumes(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                           parallel: bool) -> None:
+def test_kill_9_at_half_then_rerun_resumes(
+    fileserver: Any, cache_dir: Path, settings_file: Any, parallel: bool
+) -> None:
     data = payload(16 * MiB, seed=11)
     url = fileserver.put("k.bin", data)
-    transfer = ({"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 4,
-                 "single_stream_enough_bytes_per_s": 1e15} if parallel else {})
+    transfer = (
+        {
+            "parallel_threshold_bytes": MiB,
+            "parallel_chunk_min_bytes": MiB,
+            "connections": 4,
+            "single_stream_enough_bytes_per_s": 1e15,
+        }
+        if parallel
+        else {}
+    )
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
     if parallel:  # three ranges stall half-way; the others complete: the chunk map must keep all of them
         fileserver.faults["/k.bin"] = Fault(stall_after=MiB // 2, stall_s=30, times=3)
@@ -321,12 +342,19 @@ def test_kill_9_at_half_then_rerun_resumes(fileserver: Any, cache_dir: Path, set
     while fileserver.served("k.bin") < len(data) // 2 - MiB:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.02)
-    time.sleep(0.8)  # let the client write what it received and save its chunk map (every 0.25 s)
+    # what arrived is on disk (a stalled stream may still hold up to one 1 MiB buffer, a stalled range worker
+    # one 256 KiB buffer, in memory): waited for, never a fixed sleep
+    in_memory = 3 * (MiB // 4) if parallel else MiB
+    wait_for(
+        lambda: partial_bytes_held(cache_dir) >= fileserver.served("k.bin") - in_memory,
+        30,
+        "the received bytes on disk",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     first = fileserver.served("k.bin")
     fileserver.faults.clear()
-    result = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir, env=env)
+    result = run_cli("ensure", url, "--digest", digest_of(data), "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert Path(result.json()["local_path"]).read_bytes() == data
     total = fileserver.served("k.bin")
@@ -334,36 +362,32 @@ def test_kill_9_at_half_then_rerun_resumes(fileserver: Any, cache_dir: Path, set
     assert result.json()["bytes_fetched"] < len(data)
 
 
-def _bytes_held(cache: Path) -> int:
-    """What the partial files hold (allocated blocks): ranges land sparse, so the apparent size runs ahead."""
-    held = 0
-    for part in (cache / "partial").glob("*.part"):
-        st = part.stat()
-        held += min(st.st_size, st.st_blocks * 512)
-    return held
-
-
 @pytest.mark.parametrize("planted", [None, "symlink"], ids=["plain", "planted-symlink-counters"])
-def test_kill_9_right_after_a_write_loses_nothing_written(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                                          tmp_path: Path, planted: str | None) -> None:
+def test_kill_9_right_after_a_write_loses_nothing_written(
+    fileserver: Any, cache_dir: Path, settings_file: Any, tmp_path: Path, planted: str | None
+) -> None:
     """Killed a moment after its last write (no time for a chunk-map save), the rerun fetches exactly what the
     partial file did not hold: each range worker records its progress after every write. A symlink planted
     where those counters live is never followed: its target stays as it was, and the download still verifies."""
     data = payload(16 * MiB, seed=14)
     url = fileserver.put("w.bin", data)
-    transfer = {"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 4,
-                "single_stream_enough_bytes_per_s": 1e15}
+    transfer = {
+        "parallel_threshold_bytes": MiB,
+        "parallel_chunk_min_bytes": MiB,
+        "connections": 4,
+        "single_stream_enough_bytes_per_s": 1e15,
+    }
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
     # after the first response, three ranges send half a MiB and then nothing; one connection does the rest
     fileserver.faults["/w.bin"] = Fault(stall_after=MiB // 2, stall_s=30, times=3, clean_first=1)
     proc = _spawn(cache_dir, url, env)
     deadline = time.monotonic() + 60
-    while _bytes_held(cache_dir) < len(data) - 3 * MiB:  # the last complete range's last write just landed
+    while partial_bytes_held(cache_dir) < len(data) - 3 * MiB:  # the last complete range's last write just landed
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    held = _bytes_held(cache_dir)
+    held = partial_bytes_held(cache_dir)
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"not the cache's")
     if planted:
@@ -371,7 +395,7 @@ def test_kill_9_right_after_a_write_loses_nothing_written(fileserver: Any, cache
         counters.unlink()
         counters.symlink_to(outside)
     fileserver.faults.clear()
-    result = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir, env=env)
+    result = run_cli("ensure", url, "--digest", digest_of(data), "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert Path(result.json()["local_path"]).read_bytes() == data
     assert outside.read_bytes() == b"not the cache's"
@@ -384,20 +408,30 @@ def test_kill_9_right_after_a_write_loses_nothing_written(fileserver: Any, cache
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["stream", "parallel-ranges"])
-def test_killed_after_the_last_byte_the_rerun_fetches_nothing(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                                              parallel: bool) -> None:
+def test_killed_after_the_last_byte_the_rerun_fetches_nothing(
+    fileserver: Any, cache_dir: Path, settings_file: Any, parallel: bool
+) -> None:
     """Every byte landed, then the process died before the commit: the rerun asks past the end (HTTP 416
     names the length), verifies the partial file and commits it without downloading it again."""
     data = payload(6 * MiB, seed=13)
     url = fileserver.put("done.bin", data)
-    transfer = ({"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 4,
-                 "single_stream_enough_bytes_per_s": 1e15} if parallel else {})
+    transfer = (
+        {
+            "parallel_threshold_bytes": MiB,
+            "parallel_chunk_min_bytes": MiB,
+            "connections": 4,
+            "single_stream_enough_bytes_per_s": 1e15,
+        }
+        if parallel
+        else {}
+    )
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
-    killed = run_cli("ensure", url, cache_dir=cache_dir,
-                     env={**env, "MODEL_PROVISIONER_FAILPOINTS": "transfer.complete=kill"})
+    killed = run_cli(
+        "ensure", url, cache_dir=cache_dir, env={**env, "MODEL_PROVISIONER_FAILPOINTS": "transfer.complete=kill"}
+    )
     assert killed.code == -signal.SIGKILL, killed.stderr
     assert fileserver.served("done.bin") == len(data)
-    result = run_cli("ensure", url, "--digest", sha(data), "--json", cache_dir=cache_dir, env=env)
+    result = run_cli("ensure", url, "--digest", digest_of(data), "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert Path(result.json()["local_path"]).read_bytes() == data
     assert result.json()["bytes_fetched"] == 0
@@ -415,8 +449,9 @@ def test_eight_processes_one_transfer(fileserver: Any, cache_dir: Path, settings
     assert fileserver.served("c8.bin") <= 1.05 * len(data)
 
 
-def test_offline_serves_cache_and_opens_no_socket(net: Any, fileserver: Any, cache_dir: Path,
-                                                  no_sockets: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_serves_cache_and_opens_no_socket(
+    net: Any, fileserver: Any, cache_dir: Path, no_sockets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = payload(MiB, seed=13)
     prov = net()
     prov.register_model("https://cdn.example/m.bin", _tmp_file(data))
@@ -458,13 +493,13 @@ def test_https_mirror_is_tried_first_and_falls_back(net: Any, fileserver: Any, t
         mirror.put("cache/org/m.bin", data)
         rule = {"prefix": f"{fileserver.url}/", "mirror": f"{mirror.url}/cache/"}
         prov = net(mirrors={"https": [rule]})
-        assert prov.ensure_present(url, sha(data)).local_path.read_bytes() == data
+        assert prov.ensure_present(url, digest_of(data)).local_path.read_bytes() == data
         assert mirror.served("cache/org/m.bin") == len(data) and fileserver.served("org/m.bin") == 0
         # a mirror serving wrong bytes is caught by the digest and the origin is used
         data2 = payload(MiB, seed=20)
         url2 = fileserver.put("org/m2.bin", data2)
         mirror.put("cache/org/m2.bin", payload(MiB, seed=99))
-        resolved = net(mirrors={"https": [rule]}).ensure_present(url2, sha(data2))
+        resolved = net(mirrors={"https": [rule]}).ensure_present(url2, digest_of(data2))
         assert resolved.local_path.read_bytes() == data2 and fileserver.served("org/m2.bin") == len(data2)
         # a mirror that is down is skipped
         from .servers.nginx import free_port
@@ -472,20 +507,20 @@ def test_https_mirror_is_tried_first_and_falls_back(net: Any, fileserver: Any, t
         down = {"prefix": f"{fileserver.url}/", "mirror": f"http://127.0.0.1:{free_port()}/"}
         data3 = payload(MiB, seed=21)
         url3 = fileserver.put("org/m3.bin", data3)
-        assert net(mirrors={"https": [down]}).ensure_present(url3, sha(data3)).local_path.read_bytes() == data3
+        assert net(mirrors={"https": [down]}).ensure_present(url3, digest_of(data3)).local_path.read_bytes() == data3
     finally:
         mirror.close()
 
 
-def test_presigned_signature_never_leaks(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                         tmp_path: Path) -> None:
+def test_presigned_signature_never_leaks(fileserver: Any, cache_dir: Path, settings_file: Any, tmp_path: Path) -> None:
     data = payload(MiB, seed=15)
     secret = "X-Amz-Signature=0123deadbeefsecret&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE"
     url = fileserver.put("s/m.bin", data) + "?" + secret
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
     out = tmp_path / "out"
-    ok = run_cli("-v", "ensure", url, "--handoff-dir", str(out), "--engine", "llamacpp", "--json",
-                 cache_dir=cache_dir, env=env)
+    ok = run_cli(
+        "-v", "ensure", url, "--handoff-dir", str(out), "--engine", "llamacpp", "--json", cache_dir=cache_dir, env=env
+    )
     bad = run_cli("-v", "ensure", url.replace("s/m.bin", "s/missing.bin"), cache_dir=cache_dir, env=env)
     assert bad.code == 3
     texts = [ok.stdout, ok.stderr, bad.stdout, bad.stderr]

@@ -15,7 +15,7 @@ import pytest
 from model_provisioner.core.hashing import repo_digest
 
 from .conftest import run_cli
-from .test_hf import transformers_repo
+from .helpers import transformers_repo
 
 
 def test_an_image_push_is_mounted_by_image_tools_and_pulled_back(
@@ -32,21 +32,28 @@ def test_an_image_push_is_mounted_by_image_tools_and_pulled_back(
     pushed = run_cli("push", "hf:org/imaged", ref, "--as-image", "--json", cache_dir=cache_dir, env=env)
     assert pushed.code == 0, pushed.stderr
     base = f"http://{registry.host}/v2/images/imaged"
-    manifest = httpx.get(f"{base}/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-                         timeout=10).json()
+    manifest = httpx.get(
+        f"{base}/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10
+    ).json()
     config = httpx.get(f"{base}/blobs/{manifest['config']['digest']}", timeout=10).json()
     assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
     assert config["rootfs"]["diff_ids"] == [layer["digest"] for layer in manifest["layers"]]
     layout = tmp_path / "layout"
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{registry.host}/images/imaged:v1",
-                    f"oci:{layout}:v1"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{registry.host}/images/imaged:v1", f"oci:{layout}:v1"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True, capture_output=True, timeout=120
+    )
     root = bundle / "rootfs" / "models"
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    unpacked = repo_digest([(p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(),
-                             p.stat().st_size) for p in files])
+    unpacked = repo_digest(
+        [(p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in files]
+    )
     assert unpacked == digest  # the image's /models is the verified model, byte for byte, names included
     again = run_cli("push", "hf:org/imaged", ref, "--as-image", "--json", cache_dir=cache_dir, env=env)
     assert again.json()["bytes_uploaded"] == 0  # reproducible layers: the second push finds them all

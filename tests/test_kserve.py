@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .test_hf import gguf_bytes, transformers_repo
-from .test_push_mirror import _origin_bytes
+from .helpers import gguf_bytes, hub_origin_bytes, transformers_repo
 
 
 def initializer(*pairs: str, node_cache: Path, env: dict[str, str] | None = None, cwd: Path) -> Any:
@@ -20,7 +19,11 @@ def initializer(*pairs: str, node_cache: Path, env: dict[str, str] | None = None
         base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [sys.executable, "-m", "model_provisioner", "storage-initializer", *pairs],
-        env={**base, **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={**base, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -34,14 +37,16 @@ def test_two_pods_on_one_node_and_two_pairs_in_one_call(hub: Any, fileserver: An
     first = initializer("hf://org/served", str(pod1), node_cache=node, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert (pod1 / "config.json").is_file() and (pod1 / "model.safetensors.index.json").is_file()
-    assert sorted(p.name for p in pod1.glob("*.safetensors")) == ["model-00001-of-00002.safetensors",
-                                                                   "model-00002-of-00002.safetensors"]
-    served = _origin_bytes(hub)
+    assert sorted(p.name for p in pod1.glob("*.safetensors")) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    served = hub_origin_bytes(hub)
     # a second pod on the node: nothing from the origin, the same files hard-linked from the node cache
     pod2 = tmp_path / "pod2" / "mnt" / "models"
     second = initializer("hf://org/served", str(pod2), node_cache=node, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert _origin_bytes(hub) == served
+    assert hub_origin_bytes(hub) == served
     for name in ("config.json", "model-00001-of-00002.safetensors"):
         assert os.stat(pod2 / name).st_ino == os.stat(pod1 / name).st_ino  # one copy on the node
         assert (pod2 / name).read_bytes() == transformers_repo(n_shards=2)[name]
@@ -55,8 +60,9 @@ def test_two_pods_on_one_node_and_two_pairs_in_one_call(hub: Any, fileserver: An
 def test_another_filesystem_gets_verified_copies(hub: Any, tmp_path: Path, small_fs: Any) -> None:
     hub.add_repo("org/copied", transformers_repo(n_shards=1))
     dest = small_fs.path / "models"
-    done = initializer("hf://org/copied", str(dest), node_cache=tmp_path / "node", env={"HF_ENDPOINT": hub.url},
-                       cwd=tmp_path)
+    done = initializer(
+        "hf://org/copied", str(dest), node_cache=tmp_path / "node", env={"HF_ENDPOINT": hub.url}, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     files = transformers_repo(n_shards=1)
     written = sorted(p.name for p in dest.iterdir())
@@ -93,8 +99,10 @@ def test_a_private_repo_in_the_node_cache_goes_only_to_pods_the_hub_accepts(hub:
     def api_calls() -> int:
         return sum(1 for r in hub.server.requests if r.path.startswith("/api/models/"))
 
-    for name, env in (("no-token", {"HF_ENDPOINT": hub.url}),
-                      ("wrong-token", {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_" + "b" * 34})):
+    for name, env in (
+        ("no-token", {"HF_ENDPOINT": hub.url}),
+        ("wrong-token", {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_" + "b" * 34}),
+    ):
         before = api_calls()
         refused = pod(name, "hf://org/private", env)
         assert refused.returncode == 5 and "org/private" in refused.stderr, refused.stderr
@@ -124,15 +132,19 @@ def test_a_dest_that_cannot_be_made_is_one_line_and_nothing_is_fetched(hub: Any,
     real = tmp_path / "real-volume"
     real.mkdir()
     (tmp_path / "mnt").symlink_to(real)
-    done = initializer("hf://org/served", str(tmp_path / "mnt" / "models"), node_cache=tmp_path / "node", env=env,
-                       cwd=tmp_path)
+    done = initializer(
+        "hf://org/served", str(tmp_path / "mnt" / "models"), node_cache=tmp_path / "node", env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert (real / "models" / "config.json").is_file()
 
 
 def test_metadata_and_link_local_addresses_are_refused_by_default(tmp_path: Path) -> None:
-    for uri in ("https://169.254.169.254/latest/meta-data/model.gguf", "https://[fd00:ec2::254]/model.gguf",
-                "https://[fe80::1]/model.gguf"):
+    for uri in (
+        "https://169.254.169.254/latest/meta-data/model.gguf",
+        "https://[fd00:ec2::254]/model.gguf",
+        "https://[fe80::1]/model.gguf",
+    ):
         refused = initializer(uri, str(tmp_path / "d"), node_cache=tmp_path / "node", cwd=tmp_path)
         assert refused.returncode == 5 and "deny_networks" in refused.stderr, refused.stderr
         assert refused.stderr.count("\n") == 1

@@ -20,8 +20,7 @@ from model_provisioner.core.errors import LeaseHeld
 from model_provisioner.core.units import parse_duration, parse_size
 
 from .conftest import run_cli
-
-MiB = 1 << 20
+from .helpers import MiB
 
 
 def blob_file(tmp_path: Path, name: str, size: int = MiB, seed: int = 0) -> Path:
@@ -29,10 +28,6 @@ def blob_file(tmp_path: Path, name: str, size: int = MiB, seed: int = 0) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes((hashlib.sha256(f"{name}{seed}".encode()).digest() * (size // 32 + 1))[:size])
     return path
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -102,17 +97,24 @@ def test_gc_removes_old_failed_entries(prov: Any, gguf_file: Path) -> None:
     assert prov.entry(gguf_file) is None and gguf_file.exists()
 
 
-def test_gc_racing_a_concurrent_ensure_loses_no_blob(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                                   tmp_path: Path) -> None:
+def test_gc_racing_a_concurrent_ensure_loses_no_blob(
+    fileserver: Any, cache_dir: Path, settings_file: Any, tmp_path: Path
+) -> None:
     """The ensure is paused after its blob is in the store but before the catalog knows it; gc waits for it."""
     data = os.urandom(2 * MiB)
     url = fileserver.put("race.bin", data)
     marker = tmp_path / "paused"
-    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()),
-           "MODEL_PROVISIONER_FAILPOINTS": f"remote.fetched=pause:{marker}"}
-    proc = subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure",
-                             url, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})
+    env = {
+        "MODEL_PROVISIONER_SETTINGS": str(settings_file()),
+        "MODEL_PROVISIONER_FAILPOINTS": f"remote.fetched=pause:{marker}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "ensure", url, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     deadline = time.monotonic() + 30
     while not marker.exists():
         assert time.monotonic() < deadline and proc.poll() is None
@@ -166,8 +168,9 @@ def test_budget_applies_after_each_ensure(cache_dir: Path, tmp_path: Path, files
         assert p.locate(second.id) is not None and p.locate(third.id) is not None
 
 
-def test_rm_of_a_leased_model_names_the_holder_and_dead_holders_expire(cache_dir: Path, tmp_path: Path,
-                                                                       cli: Any) -> None:
+def test_rm_of_a_leased_model_names_the_holder_and_dead_holders_expire(
+    cache_dir: Path, tmp_path: Path, cli: Any
+) -> None:
     with ModelProvisioner(Settings.from_env(cache_dir=cache_dir)) as p:
         model = p.register_model("https://h.example/l.bin", blob_file(tmp_path, "l.bin"))
     engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -262,8 +265,11 @@ def test_automatic_adoption_is_opt_in(hub: Any, tmp_path: Path, cache_dir: Path,
     hf_cache = tmp_path / "hf-cache"
     hf_hub_download("org/auto", "m.gguf", endpoint=hub.url, cache_dir=str(hf_cache))
     served = sum(hub.cdn.bytes_served.values())
-    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(adopt_caches=True)), "HF_ENDPOINT": hub.url,
-           "HF_HUB_CACHE": str(hf_cache)}
+    env = {
+        "MODEL_PROVISIONER_SETTINGS": str(settings_file(adopt_caches=True)),
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_CACHE": str(hf_cache),
+    }
     result = run_cli("ensure", "hf:org/auto/m.gguf", "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert sum(hub.cdn.bytes_served.values()) == served and result.json()["bytes_fetched"] == 0
@@ -311,8 +317,9 @@ def test_verify_all_parallel_fails_every_entry_of_a_corrupted_blob_and_repairs(
     failed = sorted(r["id"] for r in result.json()["results"] if not r["ok"])
     assert url in failed
     with ModelProvisioner(Settings.from_env(cache_dir=cache_dir)) as p:
-        assert p.entry("hf:org/alias/v.bin").lifecycle is Lifecycle.FAILED  # shares the corrupted blob
-        assert p.entry("https://h.example/other.bin").lifecycle is Lifecycle.ACTIVE
+        alias, other = p.entry("hf:org/alias/v.bin"), p.entry("https://h.example/other.bin")
+        assert alias is not None and alias.lifecycle is Lifecycle.FAILED  # shares the corrupted blob
+        assert other is not None and other.lifecycle is Lifecycle.ACTIVE
     assert not blob.exists()  # never served again
     repaired = cli("verify", url, "--repair", "--json")
     assert repaired.code == 0, repaired.stdout + repaired.stderr

@@ -48,30 +48,42 @@ def tiny_llama_repo() -> dict[str, bytes]:
     from transformers import LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=64, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=1,
+        vocab_size=len(VOCAB),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=1,
     )
     config.architectures = ["LlamaForCausalLM"]
     tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tensors = llama_tensors()
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     files: dict[str, bytes] = {
         "config.json": config.to_json_string().encode(),
         "tokenizer.json": tokenizer.to_str().encode(),
-        "tokenizer_config.json": json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]",
-                                             "pad_token": "[PAD]"}).encode(),
+        "tokenizer_config.json": json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "pad_token": "[PAD]"}
+        ).encode(),
     }
     weight_map = {}
     for shard, members in shards.items():
         files[shard] = save({n: tensors[n] for n in members}, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(members, shard))
     total = sum(t.nbytes for t in tensors.values())
-    files["model.safetensors.index.json"] = json.dumps({"metadata": {"total_size": total},
-                                                        "weight_map": weight_map}).encode()
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}
+    ).encode()
     return files
 
 
@@ -125,14 +137,19 @@ def test_every_source_gives_a_view_the_loaders_accept(
     from_s3 = run_cli("ensure", "s3://models/tiny-llama/", "--json", cache_dir=cache_dir)
     assert from_s3.code == 0, from_s3.stderr
     views["s3"] = Path(from_s3.json()["local_path"])
-    pushed = run_cli("push", "hf:org/tiny-llama", f"oci://{registry.host}/conformance/tiny:v1", cache_dir=cache_dir,
-                     env=env)
+    pushed = run_cli(
+        "push", "hf:org/tiny-llama", f"oci://{registry.host}/conformance/tiny:v1", cache_dir=cache_dir, env=env
+    )
     assert pushed.code == 0, pushed.stderr
     from_oci = run_cli("ensure", f"oci://{registry.host}/conformance/tiny:v1", "--json", cache_dir=tmp_path / "c2")
     assert from_oci.code == 0, from_oci.stderr
     views["oci"] = Path(from_oci.json()["local_path"])
-    digests = {run_cli("inspect", str(local), "--json", cache_dir=cache_dir).json()["digest"],
-               from_hub.json()["digest"], from_s3.json()["digest"], from_oci.json()["digest"]}
+    digests = {
+        run_cli("inspect", str(local), "--json", cache_dir=cache_dir).json()["digest"],
+        from_hub.json()["digest"],
+        from_s3.json()["digest"],
+        from_oci.json()["digest"],
+    }
     assert len(digests) == 1, digests  # one repo digest, whatever the source
     for source, view in views.items():
         assert view.is_dir(), (source, view)
@@ -140,8 +157,7 @@ def test_every_source_gives_a_view_the_loaders_accept(
 
 
 @pytest.mark.slow
-def test_the_view_builds_a_model_that_generates(repo_files: dict[str, bytes], tmp_path: Path,
-                                                cache_dir: Path) -> None:
+def test_the_view_builds_a_model_that_generates(repo_files: dict[str, bytes], tmp_path: Path, cache_dir: Path) -> None:
     torch = pytest.importorskip("torch", reason="CPU torch (pip install torch==2.13.0) runs the slow test")
     from transformers import AutoModelForCausalLM
 
@@ -149,7 +165,8 @@ def test_the_view_builds_a_model_that_generates(repo_files: dict[str, bytes], tm
     made = run_cli("ensure", str(local), "--json", cache_dir=cache_dir)
     assert made.code == 0, made.stderr
     view = Path(made.json()["local_path"])
-    model, info = AutoModelForCausalLM.from_pretrained(view, output_loading_info=True)
+    loaded: Any = AutoModelForCausalLM.from_pretrained(view, output_loading_info=True)
+    model, info = loaded
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     out = model.generate(torch.tensor([[VOCAB.index("hello")]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 5)

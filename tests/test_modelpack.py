@@ -11,7 +11,7 @@ import httpx
 import jsonschema
 
 from .conftest import run_cli
-from .test_hf import transformers_repo
+from .helpers import transformers_repo
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "modelpack" / "config-schema.json"
 LAYER_TYPES = {  # the model-spec's layer media types (raw, tar, tar+gzip, tar+zstd of each kind)
@@ -25,12 +25,14 @@ def test_a_pushed_model_is_spec_exact_modelpack(hub: Any, registry: Any, cache_d
     hub.add_repo("org/packed", transformers_repo(n_shards=2))
     env = {"HF_ENDPOINT": hub.url}
     assert run_cli("ensure", "hf:org/packed", cache_dir=cache_dir, env=env).code == 0
-    pushed = run_cli("push", "hf:org/packed", f"oci://{registry.host}/spec/packed:v1", "--json",
-                     cache_dir=cache_dir, env=env)
+    pushed = run_cli(
+        "push", "hf:org/packed", f"oci://{registry.host}/spec/packed:v1", "--json", cache_dir=cache_dir, env=env
+    )
     assert pushed.code == 0, pushed.stderr
     base = f"http://{registry.host}/v2/spec/packed"
-    manifest = httpx.get(f"{base}/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-                         timeout=10).json()
+    manifest = httpx.get(
+        f"{base}/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10
+    ).json()
     assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
     assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
     config = httpx.get(f"{base}/blobs/{manifest['config']['digest']}", timeout=10).json()

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from .conftest import REGISTRY_PASSWORD, REGISTRY_USER, wait_for
+from .helpers import MODELPACK_CONFIG, safetensors_bytes
 from .servers.oci_push import push_artifact, sha, tar_bytes
-from .test_hf import safetensors_bytes
 
-MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MP_RAW = "application/vnd.cncf.model.weight.v1.raw"
 
 
@@ -27,7 +26,9 @@ def gguf_bytes(make_gguf: Any) -> bytes:
 def _modelpack_gguf(registry: Any, repo: str, data: bytes, tag: str = "v1", **kw: Any) -> str:
     config = json.dumps({"config": {"format": "gguf", "quantization": "Q4_K_M"}, "modelfs": {"type": "layers"}})
     return push_artifact(
-        registry.url, repo, tag,
+        registry.url,
+        repo,
+        tag,
         [(data, MP_RAW, {"org.cncf.model.filepath": "tiny-q4.gguf"})],
         config=(config.encode(), MODELPACK_CONFIG),
         artifact_type="application/vnd.cncf.model.manifest.v1+json",
@@ -73,12 +74,19 @@ def test_modelpack_tar_layers_give_a_transformers_view(registry: Any, cli: Any, 
         "model.safetensors": safetensors_bytes(2000, seed=3),
         "tokenizer.json": b'{"version": "1.0"}',
     }
-    media = {"tar": "application/vnd.cncf.model.weight.v1.tar",
-             "gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
-             "zstd": "application/vnd.cnai.model.weight.v1.tar+zstd"}[compression]  # older cnai name too
+    media = {
+        "tar": "application/vnd.cncf.model.weight.v1.tar",
+        "gzip": "application/vnd.cncf.model.weight.v1.tar+gzip",
+        "zstd": "application/vnd.cnai.model.weight.v1.tar+zstd",
+    }[compression]  # older cnai name too
     layer = tar_bytes(files, compression=compression)
-    push_artifact(registry.url, f"team/tf-{compression}", "v1", [(layer, media, {})],
-                  config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+    push_artifact(
+        registry.url,
+        f"team/tf-{compression}",
+        "v1",
+        [(layer, media, {})],
+        config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG),
+    )
     result = cli("ensure", f"oci://{registry.host}/team/tf-{compression}:v1", "--json")
     assert result.code == 0, result.stderr
     out = result.json()
@@ -94,16 +102,25 @@ def test_a_tar_layer_shared_by_two_models_is_fetched_once(registry: Any, cli: An
     """The archive is dropped after unpacking, but what it held is remembered: a second model with the
     same layer (another tag, another quantization sharing the tokenizer layer) is laid out from the
     store. gc forgets the record once the files are gone, and the layer is fetched again when needed."""
-    shared = tar_bytes({"tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b"{}"},
-                       compression="gzip")
+    shared = tar_bytes({"tokenizer.json": b'{"version": "1.0"}', "tokenizer_config.json": b"{}"}, compression="gzip")
     shared_digest = sha(shared)
     media = "application/vnd.cncf.model.weight.v1.tar+gzip"
     refs = []
     for seed in (1, 2):
-        weights = tar_bytes({"config.json": json.dumps({"model_type": "llama", "seed": seed}).encode(),
-                             "model.safetensors": safetensors_bytes(3000, seed=seed)}, compression="gzip")
-        push_artifact(registry.url, f"team/shared-{seed}", "v1", [(weights, media, {}), (shared, media, {})],
-                      config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+        weights = tar_bytes(
+            {
+                "config.json": json.dumps({"model_type": "llama", "seed": seed}).encode(),
+                "model.safetensors": safetensors_bytes(3000, seed=seed),
+            },
+            compression="gzip",
+        )
+        push_artifact(
+            registry.url,
+            f"team/shared-{seed}",
+            "v1",
+            [(weights, media, {}), (shared, media, {})],
+            config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG),
+        )
         refs.append(f"oci://{registry.host}/team/shared-{seed}:v1")
 
     first = cli("ensure", refs[0], "--json")
@@ -135,11 +152,17 @@ def test_a_tar_layer_shared_by_two_models_is_fetched_once(registry: Any, cli: An
 
 def test_docker_model_runner_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
     push_artifact(
-        registry.url, "ai/tiny", "latest",
-        [(gguf_bytes, "application/vnd.docker.ai.gguf.v3", {}),
-         (b"Apache-2.0 text", "application/vnd.docker.ai.license", {})],
-        config=(b'{"config": {"format": "gguf", "quantization": "Q4_0", "context_size": 2048}}',
-                "application/vnd.docker.ai.model.config.v0.1+json"),
+        registry.url,
+        "ai/tiny",
+        "latest",
+        [
+            (gguf_bytes, "application/vnd.docker.ai.gguf.v3", {}),
+            (b"Apache-2.0 text", "application/vnd.docker.ai.license", {}),
+        ],
+        config=(
+            b'{"config": {"format": "gguf", "quantization": "Q4_0", "context_size": 2048}}',
+            "application/vnd.docker.ai.model.config.v0.1+json",
+        ),
         media_type="application/vnd.docker.distribution.manifest.v2+json",
     )
     result = cli("ensure", f"oci://{registry.host}/ai/tiny", "--json")  # no tag means latest
@@ -198,10 +221,20 @@ def test_corrupted_blob_in_registry_fails_strict(registry: Any, cli: Any, make_g
         [(b"x", MP_RAW, {"org.opencontainers.image.title": "/etc/evil"})],
         [(tar_bytes({"../../escape.txt": b"x"}), "application/vnd.cncf.model.weight.v1.tar", {})],
         [(tar_bytes({"/abs.txt": b"x"}, compression="gzip"), "application/vnd.oci.image.layer.v1.tar+gzip", {})],
-        [(tar_bytes({"a.txt": b"x"}, links={"link": ("../../../etc/passwd", True)}),
-          "application/vnd.cncf.model.weight.v1.tar", {})],
-        [(tar_bytes({"a.txt": b"x"}, links={"hard": ("/etc/passwd", False)}),
-          "application/vnd.cncf.model.weight.v1.tar", {})],
+        [
+            (
+                tar_bytes({"a.txt": b"x"}, links={"link": ("../../../etc/passwd", True)}),
+                "application/vnd.cncf.model.weight.v1.tar",
+                {},
+            )
+        ],
+        [
+            (
+                tar_bytes({"a.txt": b"x"}, links={"hard": ("/etc/passwd", False)}),
+                "application/vnd.cncf.model.weight.v1.tar",
+                {},
+            )
+        ],
     ],
     ids=["annotation-dotdot", "annotation-absolute", "tar-dotdot", "tar-absolute", "symlink-out", "hardlink-out"],
 )
@@ -215,8 +248,15 @@ def test_traversal_in_annotations_and_tar_members_is_refused(
     assert "refused" in result.stderr and "Traceback" not in result.stderr
     # nothing escaped: no file outside the cache, no view
     assert not (cache_dir.parent / "evil.gguf").exists() and not (cache_dir.parent / "escape.txt").exists()
-    views = [p for p in cache_dir.rglob("*") if p.is_file() and "blobs" not in p.parts and "locks" not in p.parts
-             and p.name != "catalog.db" and not p.name.startswith("catalog.db")]
+    views = [
+        p
+        for p in cache_dir.rglob("*")
+        if p.is_file()
+        and "blobs" not in p.parts
+        and "locks" not in p.parts
+        and p.name != "catalog.db"
+        and not p.name.startswith("catalog.db")
+    ]
     assert views == [], views
 
 
@@ -227,9 +267,11 @@ def _pushing_with_a_token(tokens: Any) -> Any:
 
     def bearer(request: httpx.Request) -> httpx.Request:
         repository = "/".join(request.url.path.split("/")[2:4])
-        token = httpx.get(tokens.realm, params={"service": "mprov-test-registry",
-                                                "scope": f"repository:{repository}:pull,push"},
-                          auth=(REGISTRY_USER, REGISTRY_PASSWORD)).json()["token"]
+        token = httpx.get(
+            tokens.realm,
+            params={"service": "mprov-test-registry", "scope": f"repository:{repository}:pull,push"},
+            auth=(REGISTRY_USER, REGISTRY_PASSWORD),
+        ).json()["token"]
         request.headers["Authorization"] = f"Bearer {token}"
         return request
 
@@ -242,12 +284,10 @@ def _docker_config(home: Path, host: str, user: str, password: str) -> None:
     (home / ".docker" / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
 
 
-def test_basic_auth_registry(registry_auth: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path,
-                             cache_dir: Path) -> None:
+def test_basic_auth_registry(registry_auth: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path, cache_dir: Path) -> None:
     import httpx
 
-    _modelpack_gguf(registry_auth, "private/tiny", gguf_bytes,
-                    auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    _modelpack_gguf(registry_auth, "private/tiny", gguf_bytes, auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
     ref = f"oci://{registry_auth.host}/private/tiny:v1"
     anonymous = cli("ensure", ref)
     assert anonymous.code == 5, anonymous.stderr
@@ -298,9 +338,9 @@ def _credential_helper(bin_dir: Path, name: str, store: dict[str, Any]) -> Path:
     return bin_dir / "asked.log"
 
 
-def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: Any, registry_token: Any, cli: Any,
-                                                                 gguf_bytes: bytes, tmp_path: Path,
-                                                                 cache_dir: Path) -> None:
+def test_logins_from_credential_helpers_and_the_credential_store(
+    registry_auth: Any, registry_token: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path, cache_dir: Path
+) -> None:
     """Docker's order: credHelpers[host], then credsStore, then auths. A helper's `<token>` login is an
     identity token, exchanged at the token realm by OAuth2 POST; helpers run only when a registry asks."""
     import os
@@ -314,20 +354,28 @@ def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: 
     identity_token = "refresh-9f2c6e0d1b7a4e55"
     tokens.refresh_tokens[identity_token] = REGISTRY_USER
     bin_dir = tmp_path / "helpers"
-    asked = _credential_helper(bin_dir, "mprovtest", {
-        registry_auth.host: (REGISTRY_USER, REGISTRY_PASSWORD),
-        registry_token.host: ("<token>", identity_token),
-    })
+    asked = _credential_helper(
+        bin_dir,
+        "mprovtest",
+        {
+            registry_auth.host: (REGISTRY_USER, REGISTRY_PASSWORD),
+            registry_token.host: ("<token>", identity_token),
+        },
+    )
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     docker = tmp_path / "home" / ".docker"
     docker.mkdir(parents=True, exist_ok=True)
     # the auths entry for the Basic registry holds a wrong password: the helper named for the host wins
     wrong = base64.b64encode(f"{REGISTRY_USER}:wrong".encode()).decode()
-    (docker / "config.json").write_text(json.dumps({
-        "auths": {registry_auth.host: {"auth": wrong}},
-        "credHelpers": {registry_auth.host: "mprovtest"},
-        "credsStore": "mprovtest",
-    }))
+    (docker / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {registry_auth.host: {"auth": wrong}},
+                "credHelpers": {registry_auth.host: "mprovtest"},
+                "credsStore": "mprovtest",
+            }
+        )
+    )
 
     basic = cli("ensure", f"oci://{registry_auth.host}/private/helper:v1", "--json", env=env)
     assert basic.code == 0, basic.stderr
@@ -381,12 +429,18 @@ def test_logins_from_credential_helpers_and_the_credential_store(registry_auth: 
 def test_credentials_from_settings_file(registry_auth: Any, cli: Any, gguf_bytes: bytes, settings_file: Any) -> None:
     import httpx
 
-    _modelpack_gguf(registry_auth, "private/settings", gguf_bytes,
-                    auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
-    path = settings_file(oci_credentials={registry_auth.host: {"username": REGISTRY_USER,
-                                                               "password": REGISTRY_PASSWORD}})
-    result = cli("ensure", f"oci://{registry_auth.host}/private/settings:v1", "--json",
-                 env={"MODEL_PROVISIONER_SETTINGS": str(path)})
+    _modelpack_gguf(
+        registry_auth, "private/settings", gguf_bytes, auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD)
+    )
+    path = settings_file(
+        oci_credentials={registry_auth.host: {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}}
+    )
+    result = cli(
+        "ensure",
+        f"oci://{registry_auth.host}/private/settings:v1",
+        "--json",
+        env={"MODEL_PROVISIONER_SETTINGS": str(path)},
+    )
     assert result.code == 0, result.stderr
 
 
@@ -403,14 +457,28 @@ def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_byte
     import httpx
 
     inner = _modelpack_gguf(registry, "team/indexed", gguf_bytes, tag="inner")
-    raw_inner = httpx.get(f"{registry.url}/v2/team/indexed/manifests/{inner}",
-                          headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": inner,
-                            "size": len(raw_inner), "artifactType": "application/vnd.cncf.model.manifest.v1+json"}]}
+    raw_inner = httpx.get(
+        f"{registry.url}/v2/team/indexed/manifests/{inner}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).content
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": inner,
+                "size": len(raw_inner),
+                "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+            }
+        ],
+    }
     raw = json.dumps(index).encode()
-    put = httpx.put(f"{registry.url}/v2/team/indexed/manifests/multi", content=raw,
-                    headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    put = httpx.put(
+        f"{registry.url}/v2/team/indexed/manifests/multi",
+        content=raw,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
     assert put.status_code == 201, put.text
     result = cli("ensure", f"oci://{registry.host}/team/indexed:multi", "--json")
     assert result.code == 0, result.stderr
@@ -418,8 +486,9 @@ def test_index_resolves_to_its_model_manifest(registry: Any, cli: Any, gguf_byte
     assert hashlib.sha256(Path(result.json()["local_path"]).read_bytes()).hexdigest() == sha(gguf_bytes)[7:]
 
 
-def test_bearer_token_auth_with_the_realm_on_another_host(registry_token: Any, cli: Any, gguf_bytes: bytes,
-                                                          tmp_path: Path, cache_dir: Path) -> None:
+def test_bearer_token_auth_with_the_realm_on_another_host(
+    registry_token: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path, cache_dir: Path
+) -> None:
 
     tokens = registry_token.tokens
     _modelpack_gguf(registry_token, "private/tiny", gguf_bytes, auth=_pushing_with_a_token(tokens))
@@ -444,8 +513,9 @@ def test_bearer_token_auth_with_the_realm_on_another_host(registry_token: Any, c
     assert Path(ok.json()["local_path"]).read_bytes() == gguf_bytes
     assert [t["user"] for t in tokens.issued] == [REGISTRY_USER, None]  # the second: the anonymous probe
     assert tokens.issued[0]["access"] == [{"type": "repository", "name": "private/tiny", "actions": ["pull"]}]
-    texts = [ok.stdout, ok.stderr, refused.stderr] + [p.read_bytes().decode("latin-1")
-                                                      for p in cache_dir.rglob("catalog.db*")]
+    texts = [ok.stdout, ok.stderr, refused.stderr] + [
+        p.read_bytes().decode("latin-1") for p in cache_dir.rglob("catalog.db*")
+    ]
     assert not any(REGISTRY_PASSWORD in t or "Bearer ey" in t for t in texts)
 
 
@@ -457,10 +527,19 @@ class LyingRegistry:
         self.server, self.cdn = server, cdn
         cdn_url = cdn.put("storage/blob", layer)
         self.layer_digest = sha(layer)
-        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2},
-                    "layers": [{"mediaType": MP_RAW, "digest": self.layer_digest, "size": len(layer),
-                                "annotations": {"org.cncf.model.filepath": "m.gguf"}}]}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2},
+            "layers": [
+                {
+                    "mediaType": MP_RAW,
+                    "digest": self.layer_digest,
+                    "size": len(layer),
+                    "annotations": {"org.cncf.model.filepath": "m.gguf"},
+                }
+            ],
+        }
         self.manifest = json.dumps(manifest).encode()
         self.cdn_url = cdn_url
 
@@ -489,16 +568,18 @@ class LyingRegistry:
         server.routes["/v2/"] = route
 
 
-def test_manifest_pulled_by_digest_must_hash_to_it(fileserver: Any, tmp_path: Path, cli: Any, settings_file: Any,
-                                                   gguf_bytes: bytes) -> None:
+def test_manifest_pulled_by_digest_must_hash_to_it(
+    fileserver: Any, tmp_path: Path, cli: Any, settings_file: Any, gguf_bytes: bytes
+) -> None:
     from .servers.fileserver import FileServer
 
     cdn = FileServer(tmp_path / "cdn")
     try:
         lying = LyingRegistry(fileserver, cdn, gguf_bytes)
         host = fileserver.url.split("://")[1]
-        env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(oci_credentials={host: {"username": "u",
-                                                                                      "password": "p"}}))}
+        env = {
+            "MODEL_PROVISIONER_SETTINGS": str(settings_file(oci_credentials={host: {"username": "u", "password": "p"}}))
+        }
         asked = "sha256:" + "ab" * 32
         result = cli("ensure", f"oci://{host}/lying/model@{asked}", env=env)
         assert result.code == 4 and asked in result.stderr, result.stderr
@@ -515,12 +596,15 @@ def test_manifest_pulled_by_digest_must_hash_to_it(fileserver: Any, tmp_path: Pa
 def test_ollama_layout_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> None:
     """What Ollama's registry serves (and what `import --ollama` names oci://registry.ollama.ai/…)."""
     push_artifact(
-        registry.url, "library/tiny", "1b",
-        [(gguf_bytes, "application/vnd.ollama.image.model", {}),
-         (b"{{ .Prompt }}", "application/vnd.ollama.image.template", {}),
-         (b'{"stop": ["</s>"]}', "application/vnd.ollama.image.params", {})],
-        config=(b'{"model_format": "gguf", "model_family": "llama"}',
-                "application/vnd.docker.container.image.v1+json"),
+        registry.url,
+        "library/tiny",
+        "1b",
+        [
+            (gguf_bytes, "application/vnd.ollama.image.model", {}),
+            (b"{{ .Prompt }}", "application/vnd.ollama.image.template", {}),
+            (b'{"stop": ["</s>"]}', "application/vnd.ollama.image.params", {}),
+        ],
+        config=(b'{"model_format": "gguf", "model_family": "llama"}', "application/vnd.docker.container.image.v1+json"),
         media_type="application/vnd.docker.distribution.manifest.v2+json",
     )
     result = cli("ensure", f"oci://{registry.host}/library/tiny:1b", "--json")
@@ -532,11 +616,12 @@ def test_ollama_layout_artifact(registry: Any, cli: Any, gguf_bytes: bytes) -> N
     assert (path.parent / "template").read_text() == "{{ .Prompt }}"
 
 
-def test_an_expired_registry_token_is_renewed_mid_pull(registry_token: Any, cli: Any, gguf_bytes: bytes,
-                                                       tmp_path: Path) -> None:
+def test_an_expired_registry_token_is_renewed_mid_pull(
+    registry_token: Any, cli: Any, gguf_bytes: bytes, tmp_path: Path
+) -> None:
     import threading
-    import time
 
+    import httpx
 
     tokens = registry_token.tokens
     _modelpack_gguf(registry_token, "public/expiring", gguf_bytes, auth=_pushing_with_a_token(tokens))
@@ -544,18 +629,27 @@ def test_an_expired_registry_token_is_renewed_mid_pull(registry_token: Any, cli:
     tokens.issued.clear()
     marker = tmp_path / "paused"
 
-    def release() -> None:  # hold the pull after the manifest (token fresh) until the token is dead
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(4.5)
-        marker.unlink()
+    def token_refused() -> bool:
+        token = tokens.issued[-1]["token"]
+        manifest = f"{registry_token.url}/v2/public/expiring/manifests/v1"
+        return httpx.get(manifest, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 401
+
+    def release() -> None:  # hold the pull after the manifest (token fresh) until the registry refuses the token
+        try:
+            wait_for(marker.exists, 30, "the pull to pause")
+            wait_for(token_refused, 30, "the registry to refuse the expired token")
+        finally:
+            marker.unlink(missing_ok=True)
 
     thread = threading.Thread(target=release)
     thread.start()
     try:
-        result = cli("ensure", f"oci://{registry_token.host}/public/expiring:v1", "--json",
-                     env={"MODEL_PROVISIONER_FAILPOINTS": f"fetch.slot=pause:{marker}"})
+        result = cli(
+            "ensure",
+            f"oci://{registry_token.host}/public/expiring:v1",
+            "--json",
+            env={"MODEL_PROVISIONER_FAILPOINTS": f"fetch.slot=pause:{marker}"},
+        )
     finally:
         thread.join()
         tokens.ttl_s = 300
@@ -573,16 +667,16 @@ def test_a_private_registry_model_in_a_shared_cache_goes_only_to_callers_it_acce
 
     from .conftest import run_cli
 
-    _modelpack_gguf(registry_auth, "private/shared", gguf_bytes,
-                    auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    _modelpack_gguf(registry_auth, "private/shared", gguf_bytes, auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
     ref = f"oci://{registry_auth.host}/private/shared:v1"
     cache = tmp_path / "node-cache"
 
     def caller(name: str, creds: dict[str, Any] | None) -> Any:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({"oci_credentials": {registry_auth.host: creds}} if creds else {}))
-        return run_cli("ensure", ref, cache_dir=cache, env={"MODEL_PROVISIONER_SETTINGS": str(path),
-                                                             "HOME": str(tmp_path / name)})
+        return run_cli(
+            "ensure", ref, cache_dir=cache, env={"MODEL_PROVISIONER_SETTINGS": str(path), "HOME": str(tmp_path / name)}
+        )
 
     good = {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}
     assert caller("owner", good).code == 0

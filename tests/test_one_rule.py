@@ -22,9 +22,8 @@ from model_provisioner.core.hashing import repo_digest
 from model_provisioner.net.registry.client import RegistryClient
 from tests.conftest import run_cli
 from tests.servers.fileserver import Fault
-from tests.test_concurrency import spawn_ensure, wait_for
 
-MiB = 1 << 20
+from .helpers import MiB, spawn_ensure, wait_for_path
 
 
 def transformers_dir(root: Path) -> Path:
@@ -110,8 +109,9 @@ def test_range_workers_honour_retry_after(net: Any, fileserver: Any) -> None:
     assert again.at - refused.at >= 0.9, (again.at - refused.at, refused.headers.get("Range"))
 
 
-def test_the_registry_client_honours_retry_after(fileserver: Any, cache_dir: Path, settings_file: Any,
-                                                 monkeypatch: Any) -> None:
+def test_the_registry_client_honours_retry_after(
+    fileserver: Any, cache_dir: Path, settings_file: Any, monkeypatch: Any
+) -> None:
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -139,7 +139,7 @@ def test_a_lock_wait_that_times_out_is_exit_8(cache_dir: Path, gguf_file: Path, 
     paused = {**env, "MODEL_PROVISIONER_FAILPOINTS": f"ensure.locked=pause:{marker}"}
     holder = spawn_ensure(cache_dir, str(gguf_file), paused)
     try:
-        wait_for(marker)  # the holder has the model's lock and waits there
+        wait_for_path(marker)  # the holder has the model's lock and waits there
         blocked = run_cli("ensure", str(gguf_file), cache_dir=cache_dir, env=env)
     finally:
         marker.unlink(missing_ok=True)

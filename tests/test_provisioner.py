@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -25,10 +24,7 @@ from model_provisioner import (
 )
 
 from .conftest import EXAMPLE_GGUF
-
-
-def sha256_of(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+from .helpers import digest_of_file
 
 
 def hashes(prov: ModelProvisioner, model_id: str) -> int:
@@ -40,7 +36,7 @@ def test_happy_path_registers_in_place(provisioner: ModelProvisioner, gguf_file:
     resolved = provisioner.ensure_present(str(gguf_file))
     assert resolved.id == f"file:{gguf_file}"
     assert resolved.local_path == gguf_file  # in place, never copied
-    assert resolved.digest == sha256_of(gguf_file)
+    assert resolved.digest == digest_of_file(gguf_file)
     assert resolved.size_bytes == gguf_file.stat().st_size
     assert resolved.metadata["ctx_max"] == 4096 and resolved.metadata["format"] == "gguf"
     entry = provisioner.entry(resolved.id)
@@ -59,10 +55,10 @@ def test_no_digest_records_sha256_with_an_advisory_warning(
 
 
 def test_warm_path_does_not_hash_again(provisioner: ModelProvisioner, gguf_file: Path) -> None:
-    first = provisioner.ensure_present(gguf_file, sha256_of(gguf_file))
+    first = provisioner.ensure_present(gguf_file, digest_of_file(gguf_file))
     assert first.verification == "verified" and not first.from_cache
     for _ in range(20):
-        again = provisioner.ensure_present(gguf_file, sha256_of(gguf_file))
+        again = provisioner.ensure_present(gguf_file, digest_of_file(gguf_file))
         assert again.from_cache and again.digest == first.digest
     assert hashes(provisioner, first.id) == 1
 
@@ -79,7 +75,7 @@ def test_changed_file_is_rehashed_and_reverified(provisioner: ModelProvisioner, 
 
 def test_pinned_digest_keeps_applying_after_the_file_changes(provisioner: ModelProvisioner, make_gguf: Any) -> None:
     path = make_gguf("pinned.gguf")
-    provisioner.ensure_present(path, sha256_of(path))
+    provisioner.ensure_present(path, digest_of_file(path))
     make_gguf("pinned.gguf", seed=7)  # tampered with
     with pytest.raises(DigestMismatch):
         provisioner.ensure_present(path)  # the pin from the first run still holds
@@ -93,7 +89,7 @@ def test_strict_mismatch_fails_and_marks_failed(provisioner: ModelProvisioner, g
     wrong = "sha256:" + "0" * 64
     with pytest.raises(DigestMismatch) as info:
         provisioner.ensure_present(gguf_file, wrong)
-    assert info.value.exit_code == 4 and wrong in str(info.value) and sha256_of(gguf_file) in str(info.value)
+    assert info.value.exit_code == 4 and wrong in str(info.value) and digest_of_file(gguf_file) in str(info.value)
     entry = provisioner.entry(gguf_file)
     assert entry is not None and entry.lifecycle is Lifecycle.FAILED and entry.verification == "mismatch"
     assert not provisioner.exists(gguf_file)
@@ -126,7 +122,7 @@ def test_strict_mismatch_of_a_store_owned_model_leaves_no_view(provisioner: Mode
 def test_register_model_imports_into_the_store_with_a_gguf_view(provisioner: ModelProvisioner, tmp_path: Path) -> None:
     legacy = tmp_path / "ggml-model-q4_0.bin"
     shutil.copy(EXAMPLE_GGUF, legacy)
-    digest = sha256_of(legacy)
+    digest = digest_of_file(legacy)
     resolved = provisioner.register_model("hf:TheOrg/Tiny-GGUF/ggml-model-q4_0.bin", legacy, digest)
     hex_ = digest.split(":")[1]
     view = provisioner.store.root / "gguf" / "TheOrg" / "Tiny-GGUF" / f"ggml-model-q4_0.gguf@{hex_}"

@@ -47,7 +47,8 @@ def _via_proxy(requests: list[Any]) -> list[bool]:
 
 
 def test_hf_pull_sends_every_request_through_the_proxy_and_none_when_no_proxy_matches(
-        squid: Squid, hub: Any, gguf_file: Path, tmp_path: Path, settings_file: Any) -> None:
+    squid: Squid, hub: Any, gguf_file: Path, tmp_path: Path, settings_file: Any
+) -> None:
     data = gguf_file.read_bytes()
     hub.add_repo("org/tiny", {"tiny.gguf": data, "README.md": b"# tiny\n"})
     env = {"HF_ENDPOINT": hub.url, "HTTP_PROXY": squid.url, "MODEL_PROVISIONER_SETTINGS": str(settings_file())}
@@ -65,16 +66,22 @@ def test_hf_pull_sends_every_request_through_the_proxy_and_none_when_no_proxy_ma
     hub.server.requests.clear()
     hub.cdn.requests.clear()
     before = len(squid.requests())
-    direct = run_cli("ensure", "hf:org/tiny/tiny.gguf", "--json", cache_dir=tmp_path / "b",
-                     env={**env, "NO_PROXY": "localhost,127.0.0.0/8"})
+    direct = run_cli(
+        "ensure",
+        "hf:org/tiny/tiny.gguf",
+        "--json",
+        cache_dir=tmp_path / "b",
+        env={**env, "NO_PROXY": "localhost,127.0.0.0/8"},
+    )
     assert direct.code == 0, direct.stderr
     seen = hub.server.requests + hub.cdn.requests
     assert seen and not any(_via_proxy(seen))
     assert _new(squid, before) == []
 
 
-def test_https_goes_through_connect_and_no_proxy_by_name_and_port(squid: Squid, tmp_path: Path, gguf_file: Path,
-                                                                 settings_file: Any) -> None:
+def test_https_goes_through_connect_and_no_proxy_by_name_and_port(
+    squid: Squid, tmp_path: Path, gguf_file: Path, settings_file: Any
+) -> None:
     from .servers.certs import self_signed
     from .servers.fileserver import FileServer
 
@@ -101,11 +108,16 @@ def test_https_goes_through_connect_and_no_proxy_by_name_and_port(squid: Squid, 
         server.close()
 
 
-def test_oci_and_s3_pulls_go_through_the_proxy(squid: Squid, registry: Any, s3: Any, make_gguf: Any,
-                                               tmp_path: Path, settings_file: Any) -> None:
+def test_oci_and_s3_pulls_go_through_the_proxy(
+    squid: Squid, registry: Any, s3: Any, make_gguf: Any, tmp_path: Path, settings_file: Any
+) -> None:
     data = Path(make_gguf("p.gguf", context_length=4242)).read_bytes()  # a blob no other test pushes (or corrupts)
-    push_artifact(registry.url, "proxy/tiny", "v1", [(data, "application/vnd.cncf.model.weight.v1.raw",
-                                                      {"org.cncf.model.filepath": "tiny.gguf"})])
+    push_artifact(
+        registry.url,
+        "proxy/tiny",
+        "v1",
+        [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "tiny.gguf"})],
+    )
     client = s3.client()
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket="proxied")
@@ -128,21 +140,35 @@ def test_oci_and_s3_pulls_go_through_the_proxy(squid: Squid, registry: Any, s3: 
     assert any(m == "GET" and u.startswith(f"{s3.url}/proxied/tiny.gguf?") for m, u in logged), logged  # the bytes
 
 
-def test_proxy_credentials_work_and_never_show(squid_auth: Squid, hub: Any, gguf_file: Path, tmp_path: Path,
-                                               settings_file: Any) -> None:
+def test_proxy_credentials_work_and_never_show(
+    squid_auth: Squid, hub: Any, gguf_file: Path, tmp_path: Path, settings_file: Any
+) -> None:
     hub.add_repo("org/authed", {"tiny.gguf": gguf_file.read_bytes()})
     cache = tmp_path / "cache"
     handoff_dir = tmp_path / "serving"
-    env = {"HF_ENDPOINT": hub.url, "MODEL_PROVISIONER_SETTINGS": str(settings_file()),
-           "HTTP_PROXY": f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{squid_auth.port}"}
-    ok = run_cli("-v", "ensure", "hf:org/authed/tiny.gguf", "--engine", "llamacpp", "--handoff-dir",
-                 str(handoff_dir),
-                 "--json", cache_dir=cache, env=env)
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "MODEL_PROVISIONER_SETTINGS": str(settings_file()),
+        "HTTP_PROXY": f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{squid_auth.port}",
+    }
+    ok = run_cli(
+        "-v",
+        "ensure",
+        "hf:org/authed/tiny.gguf",
+        "--engine",
+        "llamacpp",
+        "--handoff-dir",
+        str(handoff_dir),
+        "--json",
+        cache_dir=cache,
+        env=env,
+    )
     assert ok.code == 0, ok.stderr
     assert all(r.status != 407 for r in squid_auth.requests() if "tiny.gguf" in r.url)
     listing = run_cli("ls", "--json", cache_dir=cache, env=env)
-    written = [p for root in (cache, handoff_dir) for p in root.rglob("*")
-               if p.is_file() and p.stat().st_size < 1 << 20]
+    written = [
+        p for root in (cache, handoff_dir) for p in root.rglob("*") if p.is_file() and p.stat().st_size < 1 << 20
+    ]
     assert any(p.suffix == ".json" for p in handoff_dir.rglob("*")), "the handoff was written"
     texts = [ok.stdout, ok.stderr, listing.stdout] + [p.read_bytes().decode("latin-1") for p in written]
     assert not any(PROXY_PASSWORD in text for text in texts)
@@ -150,8 +176,11 @@ def test_proxy_credentials_work_and_never_show(squid_auth: Squid, hub: Any, gguf
     # wrong credentials: refused at once (exit 5, like a 401 from an origin), for a tunnel, a forwarded request
     # and the Hub API alike
     bad = f"http://{PROXY_USER}:wrong-pass-Secr3t@127.0.0.1:{squid_auth.port}"
-    for ref, variable in (("https://127.0.0.1:9/never.gguf", "HTTPS_PROXY"), ("http://127.0.0.1:9/never.gguf",
-                          "HTTP_PROXY"), ("hf:org/authed/tiny.gguf", "HTTP_PROXY")):
+    for ref, variable in (
+        ("https://127.0.0.1:9/never.gguf", "HTTPS_PROXY"),
+        ("http://127.0.0.1:9/never.gguf", "HTTP_PROXY"),
+        ("hf:org/authed/tiny.gguf", "HTTP_PROXY"),
+    ):
         before = len(squid_auth.requests())
         wrong = run_cli("ensure", ref, cache_dir=tmp_path / "w", env={**env, variable: bad})
         assert wrong.code == 5, wrong.stderr
@@ -160,8 +189,9 @@ def test_proxy_credentials_work_and_never_show(squid_auth: Squid, hub: Any, gguf
         assert len(squid_auth.requests()) - before <= 2  # not retried as if it were a network fault
 
 
-def test_an_unreachable_or_malformed_proxy_is_a_one_line_error(tmp_path: Path, fileserver: Any, gguf_file: Path,
-                                                               settings_file: Any) -> None:
+def test_an_unreachable_or_malformed_proxy_is_a_one_line_error(
+    tmp_path: Path, fileserver: Any, gguf_file: Path, settings_file: Any
+) -> None:
     from .servers.nginx import free_port
 
     url = fileserver.put("m.gguf", gguf_file.read_bytes())
@@ -181,8 +211,9 @@ def test_an_unreachable_or_malformed_proxy_is_a_one_line_error(tmp_path: Path, f
     assert len(unclosed.stderr.strip().splitlines()) == 1, unclosed.stderr
 
 
-def test_the_api_policy_still_refuses_internal_targets_through_a_proxy(squid: Squid, api_factory: Any,
-                                                                       tmp_path: Path) -> None:
+def test_the_api_policy_still_refuses_internal_targets_through_a_proxy(
+    squid: Squid, api_factory: Any, tmp_path: Path
+) -> None:
     from .servers.fileserver import FileServer
 
     internal = FileServer(tmp_path / "internal")
@@ -199,33 +230,38 @@ def test_the_api_policy_still_refuses_internal_targets_through_a_proxy(squid: Sq
         internal.close()
 
 
-@pytest.mark.parametrize(("no_proxy", "url", "proxied"), [
-    ("example.com", "https://example.com/m", False),
-    ("example.com", "https://cdn.example.com/m", False),
-    (".example.com", "https://example.com/m", False),
-    ("example.com", "https://badexample.com/m", True),
-    ("example.com:8443", "https://example.com/m", True),
-    ("example.com:8443", "https://example.com:8443/m", False),
-    ("127.0.0.1", "http://2130706433/m", False),  # an odd spelling of the same address
-    ("10.0.0.0/8", "http://10.2.3.4:8080/m", False),
-    ("10.0.0.0/8", "http://11.2.3.4/m", True),
-    ("::1", "http://[::1]:5000/m", False),
-    ("[::1]:5000", "http://[::1]:5000/m", False),
-    ("*", "https://anything.example/m", False),
-    ("", "https://anything.example/m", True),
-])
+@pytest.mark.parametrize(
+    ("no_proxy", "url", "proxied"),
+    [
+        ("example.com", "https://example.com/m", False),
+        ("example.com", "https://cdn.example.com/m", False),
+        (".example.com", "https://example.com/m", False),
+        ("example.com", "https://badexample.com/m", True),
+        ("example.com:8443", "https://example.com/m", True),
+        ("example.com:8443", "https://example.com:8443/m", False),
+        ("127.0.0.1", "http://2130706433/m", False),  # an odd spelling of the same address
+        ("10.0.0.0/8", "http://10.2.3.4:8080/m", False),
+        ("10.0.0.0/8", "http://11.2.3.4/m", True),
+        ("::1", "http://[::1]:5000/m", False),
+        ("[::1]:5000", "http://[::1]:5000/m", False),
+        ("*", "https://anything.example/m", False),
+        ("", "https://anything.example/m", True),
+    ],
+)
 def test_no_proxy_matching(no_proxy: str, url: str, proxied: bool) -> None:
     from urllib.parse import urlsplit
 
-    routes = ProxySettings.from_environ({"HTTPS_PROXY": "http://proxy:3128", "HTTP_PROXY": "proxy:3128",
-                                         "NO_PROXY": no_proxy})
+    routes = ProxySettings.from_environ(
+        {"HTTPS_PROXY": "http://proxy:3128", "HTTP_PROXY": "proxy:3128", "NO_PROXY": no_proxy}
+    )
     parts = urlsplit(url)
     assert (routes.proxy_for(parts.scheme, parts.hostname or "", parts.port) is not None) is proxied
 
 
 def test_proxy_variables_lower_case_wins_and_all_proxy_fills_in() -> None:
-    routes = ProxySettings.from_environ({"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2",
-                                         "ALL_PROXY": "http://every:3"})
+    routes = ProxySettings.from_environ(
+        {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2", "ALL_PROXY": "http://every:3"}
+    )
     assert routes.proxy_for("https", "h") == "http://lower:2" and routes.proxy_for("http", "h") == "http://every:3"
     assert ProxySettings.from_environ({}).proxy_for("https", "h") is None
     with pytest.raises(ConfigError, match="NO_PROXY entry 'host:port'"):

@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import run_cli
-from .test_hf import gguf_bytes, transformers_repo
-
-
-def _origin_bytes(hub: Any) -> int:
-    return sum(hub.cdn.bytes_served.values()) + sum(hub.server.bytes_served.values())
+from .helpers import gguf_bytes, hub_origin_bytes, transformers_repo
 
 
 def test_hf_repo_pushed_to_a_registry_mirror_is_pulled_with_zero_origin_bytes(
@@ -35,11 +31,16 @@ def test_hf_repo_pushed_to_a_registry_mirror_is_pulled_with_zero_origin_bytes(
     hub.cdn.reset()
     hub.server.reset()
     settings = settings_file(mirrors={"models": [f"oci://{registry.host}/mirror/"]})
-    second = run_cli("ensure", "hf:org/mirrored", "--json", cache_dir=tmp_path / "cache2",
-                     env={**env, "MODEL_PROVISIONER_SETTINGS": str(settings)})
+    second = run_cli(
+        "ensure",
+        "hf:org/mirrored",
+        "--json",
+        cache_dir=tmp_path / "cache2",
+        env={**env, "MODEL_PROVISIONER_SETTINGS": str(settings)},
+    )
     assert second.code == 0, second.stderr
     pulled = second.json()
-    assert _origin_bytes(hub) == 0 and hub.server.requests == []
+    assert hub_origin_bytes(hub) == 0 and hub.server.requests == []
     assert pulled["digest"] == origin["digest"]
     assert pulled["metadata"]["mirror"].startswith(f"oci://{registry.host}/mirror/")
     assert pulled["origin"].startswith(f"from mirror oci://{registry.host}/mirror/")  # not like an origin fetch
@@ -64,8 +65,9 @@ def test_https_gguf_pushed_to_s3_mirror_and_pulled_back(
 
     fileserver.reset()
     settings = settings_file(mirrors={"models": ["s3://team-mirror/models/"]})
-    second = run_cli("ensure", url, "--json", cache_dir=tmp_path / "cache2",
-                     env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    second = run_cli(
+        "ensure", url, "--json", cache_dir=tmp_path / "cache2", env={"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    )
     assert second.code == 0, second.stderr
     assert sum(fileserver.bytes_served.values()) == 0 and fileserver.requests == []
     pulled = second.json()
@@ -86,14 +88,16 @@ def test_a_tampered_mirror_copy_is_refused_and_the_origin_is_used(
     key = next(o["Key"] for o in client.list_objects_v2(Bucket="tampered")["Contents"] if o["Key"].endswith(".gguf"))
     client.put_object(Bucket="tampered", Key=key, Body=data[:-1] + b"\x00")  # someone overwrote the file
     settings = settings_file(mirrors={"models": ["s3://tampered/m/"]})
-    second = run_cli("ensure", url, "--json", cache_dir=tmp_path / "cache2",
-                     env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    second = run_cli(
+        "ensure", url, "--json", cache_dir=tmp_path / "cache2", env={"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    )
     assert second.code == 4, second.stderr  # the manifest's sha256 is enforced: the bad copy is never Active
     assert "mismatch" in second.stderr.lower()
 
 
-def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(registry: Any, cli: Any, gguf_file: Path,
-                                                         tmp_path: Path) -> None:
+def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(
+    registry: Any, cli: Any, gguf_file: Path, tmp_path: Path
+) -> None:
     # a local file registered in place is pushed from where it is (issue 13; tests/test_defects.py)
     local = cli("ensure", str(gguf_file), "--json")
     assert local.code == 0
@@ -107,15 +111,24 @@ def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(registry: Any, cli: Any
     # provision through the registry path once (an ORAS-free route): push the model we got from a ref
     from .servers.oci_push import push_artifact
 
-    push_artifact(registry.url, "team/src", "v1",
-                  [(url_data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})])
+    push_artifact(
+        registry.url,
+        "team/src",
+        "v1",
+        [(url_data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})],
+    )
     src = f"oci://{registry.host}/team/src:v1"
     assert cli("ensure", src).code == 0
     pushed = cli("push", src, f"oci://{registry.host}/team/release:2024.1", "--json")
     assert pushed.code == 0, pushed.stderr
-    manifest = json.loads(__import__("httpx").get(
-        f"{registry.url}/v2/team/release/manifests/2024.1",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content)
+    manifest = json.loads(
+        __import__("httpx")
+        .get(
+            f"{registry.url}/v2/team/release/manifests/2024.1",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        .content
+    )
     assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
     assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
     assert manifest["layers"][0]["annotations"]["org.cncf.model.filepath"] == "m.gguf"

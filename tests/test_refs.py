@@ -148,7 +148,7 @@ def test_garbage_is_refused_with_invalid_model_ref(text: str) -> None:
 def test_refs_are_frozen_and_validate_themselves() -> None:
     ref = parse("hf:org/repo/m.gguf")
     with pytest.raises(AttributeError):
-        ref.repo_id = "x/y"  # type: ignore[misc]
+        ref.id = "x/y"  # type: ignore[misc]
     with pytest.raises(InvalidModelRef):
         HfRef("not-a-repo-id")
     with pytest.raises(InvalidModelRef):

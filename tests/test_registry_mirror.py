@@ -16,9 +16,13 @@ from .servers.registry import Registry
 
 
 def pull(ref: str, cache: Path, settings: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref,
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "MODEL_PROVISIONER_SETTINGS": str(settings)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache), "ensure", ref, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "MODEL_PROVISIONER_SETTINGS": str(settings)},
+    )
 
 
 def test_nodes_pull_through_the_mirror_and_the_origin_serves_each_blob_once(tmp_path: Path, make_gguf: Any) -> None:
@@ -84,8 +88,9 @@ def test_a_mirror_serving_other_bytes_is_refused_and_the_origin_used(
     try:
         bad.put(f"v2/poison/model/blobs/{digest}", b"not the model" * 1000)
         settings = tmp_path / "settings.json"
-        settings.write_text(json.dumps({"registry_mirrors": {registry.host: [{"url": bad.url,
-                                                                              "capabilities": ["pull"]}]}}))
+        settings.write_text(
+            json.dumps({"registry_mirrors": {registry.host: [{"url": bad.url, "capabilities": ["pull"]}]}})
+        )
         before = registry.blob_gets(digest)
         node = pull(ref, tmp_path / "node", settings)
         out, err = node.communicate(timeout=120)
@@ -113,8 +118,11 @@ def test_a_mirror_that_never_holds_the_blob_is_read_through_after_the_fill_wait(
         slow.put(path, model.read_bytes())
         slow.faults[f"/{path}"] = Fault(ignore_range=True)
         settings = tmp_path / "settings.json"
-        settings.write_text(json.dumps({"transfer": {"mirror_fill_wait_s": 1.0},
-                                        "registry_mirrors": {registry.host: [{"url": slow.url}]}}))
+        settings.write_text(
+            json.dumps(
+                {"transfer": {"mirror_fill_wait_s": 1.0}, "registry_mirrors": {registry.host: [{"url": slow.url}]}}
+            )
+        )
         before = registry.blob_gets(digest)
         node = pull(ref, tmp_path / "node", settings)
         out, err = node.communicate(timeout=120)
@@ -139,8 +147,11 @@ def test_a_mirror_answering_the_manifest_with_an_html_page_is_skipped(
     try:
         portal.put("v2/portal/model/manifests/v1", b"<html><body>Please log in to the network</body></html>")
         settings = tmp_path / "settings.json"
-        settings.write_text(json.dumps({"registry_mirrors": {registry.host: [
-            {"url": portal.url, "capabilities": ["pull", "resolve"]}]}}))
+        settings.write_text(
+            json.dumps(
+                {"registry_mirrors": {registry.host: [{"url": portal.url, "capabilities": ["pull", "resolve"]}]}}
+            )
+        )
         before = registry.blob_gets(digest)
         node = run_cli("ensure", ref, cache_dir=tmp_path / "node", env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
         assert node.code == 0, node.stderr

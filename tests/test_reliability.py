@@ -22,19 +22,10 @@ from typing import Any
 import pytest
 
 from .conftest import run_cli
+from .helpers import MiB, safetensors_bytes, sha256_file, transformers_repo
 from .servers.oci_push import push_artifact, tar_bytes
-from .test_hf import safetensors_bytes, transformers_repo
 
-MiB = 1 << 20
 VIEW_TOPS = ("gguf", "files", "transformers", "triton")
-
-
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_invariants(cache: Path) -> dict[str, int]:
@@ -53,11 +44,11 @@ def check_invariants(cache: Path) -> dict[str, int]:
             assert path.exists(), f"{model_id}: Active but {path} is missing"
             files = conn.execute("SELECT path, blob FROM entry_files WHERE model_id = ?", (model_id,)).fetchall()
             if blob:
-                assert f"sha256:{_sha_file(path)}" == digest, f"{model_id}: bytes at {path} are not {digest}"
+                assert f"sha256:{sha256_file(path)}" == digest, f"{model_id}: bytes at {path} are not {digest}"
             meta = json.loads(metadata)
             view_dir = Path(meta.get("view_dir") or meta.get("local_tree") or path)
             for rel, file_blob in files:
-                assert _sha_file(view_dir / rel) == file_blob, f"{model_id}: {rel} differs from its blob"
+                assert sha256_file(view_dir / rel) == file_blob, f"{model_id}: {rel} differs from its blob"
     finally:
         conn.close()
     blobs = cache / "blobs" / "sha256"
@@ -71,16 +62,31 @@ def check_invariants(cache: Path) -> dict[str, int]:
                 twins = [b for b in blobs.iterdir() if b.stat().st_ino == inode] if blobs.exists() else []
                 assert twins, f"{file} in a view is not a link to any blob"
     for blob in blobs.iterdir() if blobs.exists() else []:
-        assert _sha_file(blob) == blob.name, f"blob {blob.name} does not hold its bytes"
+        assert sha256_file(blob) == blob.name, f"blob {blob.name} does not hold its bytes"
     return counts
 
 
 # ------------------------------------------------------------------------------ kill-point matrix
 KILL_MATRIX = {
-    "https": ["ensure.locked", "fetch.slot", "transfer.write", "transfer.complete", "store.blob_committed",
-              "remote.fetched", "view.linking", "ensure.before_commit", "catalog.commit"],
-    "hf-repo": ["transfer.write", "transfer.complete", "store.blob_committed", "remote.fetched", "view.linking",
-                "catalog.commit"],
+    "https": [
+        "ensure.locked",
+        "fetch.slot",
+        "transfer.write",
+        "transfer.complete",
+        "store.blob_committed",
+        "remote.fetched",
+        "view.linking",
+        "ensure.before_commit",
+        "catalog.commit",
+    ],
+    "hf-repo": [
+        "transfer.write",
+        "transfer.complete",
+        "store.blob_committed",
+        "remote.fetched",
+        "view.linking",
+        "catalog.commit",
+    ],
     "oci-tar": ["transfer.write", "store.blob_committed", "view.linking", "catalog.commit"],
     "local": ["ensure.locked", "fetch.slot", "ensure.hashed", "ensure.before_commit", "catalog.commit"],
     "local-dir": ["ensure.locked", "fetch.slot", "ensure.before_commit", "catalog.commit"],
@@ -103,20 +109,26 @@ def kill_source(request: pytest.FixtureRequest, tmp_path: Path, make_gguf: Any) 
         registry = request.getfixturevalue("registry")
         repo = f"kill/{request.node.name.split('[')[1].rstrip(']').replace('.', '-').replace('_', '-').lower()}"
         files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": safetensors_bytes(50_000)}
-        push_artifact(registry.url, repo, "v1", [(tar_bytes(files, compression="gzip"),
-                                                  "application/vnd.cncf.model.weight.v1.tar+gzip", {})])
+        push_artifact(
+            registry.url,
+            repo,
+            "v1",
+            [(tar_bytes(files, compression="gzip"), "application/vnd.cncf.model.weight.v1.tar+gzip", {})],
+        )
         return f"oci://{registry.host}/{repo}:v1", {}
     if flow == "local-dir":
-        from .test_s3 import _write_tree, triton_repo
+        from .helpers import triton_repo, write_tree
 
-        return str(_write_tree(tmp_path / "triton-repo", triton_repo())), {}
+        return str(write_tree(tmp_path / "triton-repo", triton_repo())), {}
     return str(make_gguf("local.gguf", extra_tensor_bytes=2 * MiB)), {}
 
 
-@pytest.mark.parametrize(("kill_source", "point"), KILL_CASES, indirect=["kill_source"],
-                         ids=[f"{f}-{p}" for f, p in KILL_CASES])
-def test_sigkill_at_every_point_keeps_the_invariants(kill_source: tuple[str, dict[str, str]], point: str,
-                                                     cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("kill_source", "point"), KILL_CASES, indirect=["kill_source"], ids=[f"{f}-{p}" for f, p in KILL_CASES]
+)
+def test_sigkill_at_every_point_keeps_the_invariants(
+    kill_source: tuple[str, dict[str, str]], point: str, cache_dir: Path
+) -> None:
     ref, env = kill_source
     killed = run_cli("ensure", ref, cache_dir=cache_dir, env={**env, "MODEL_PROVISIONER_FAILPOINTS": f"{point}=kill"})
     assert killed.code == -signal.SIGKILL, f"{point} was not reached: {killed.code} {killed.stderr}"
@@ -132,8 +144,9 @@ def test_sigkill_at_every_point_keeps_the_invariants(kill_source: tuple[str, dic
 
 
 # ------------------------------------------------------------------------------------------ TLS
-def test_self_signed_tls_is_refused_unless_its_ca_is_configured(tmp_path: Path, cli: Any, settings_file: Any,
-                                                                gguf_file: Path) -> None:
+def test_self_signed_tls_is_refused_unless_its_ca_is_configured(
+    tmp_path: Path, cli: Any, settings_file: Any, gguf_file: Path
+) -> None:
     from .servers.certs import self_signed
     from .servers.fileserver import FileServer
 
@@ -213,8 +226,9 @@ def test_disk_full_mid_transfer_is_exit_7_then_resumes(small_fs: Any, fileserver
 
 
 # ------------------------------------------------------------------------------ 16-process soak
-def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf: Any, cache_dir: Path,
-                                                       registry: Any) -> None:
+def test_sixteen_processes_mixed_refs_random_sigkills(
+    tmp_path: Path, make_gguf: Any, cache_dir: Path, registry: Any
+) -> None:
     from .servers.nginx import Nginx
 
     rng = random.Random(8)
@@ -228,11 +242,13 @@ def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf:
     server = Nginx(root, tmp_path / "nginx", limit_rate="6m")
     local = str(make_gguf("soak.gguf", extra_tensor_bytes=MiB))
     # two OCI models sharing one tar+gzip layer: concurrent unpacks of the same archive, which each drops
-    shared_layer = tar_bytes({"config.json": b'{"model_type": "llama"}',
-                              "model.safetensors": safetensors_bytes(200_000, seed=5)}, compression="gzip")
+    shared_layer = tar_bytes(
+        {"config.json": b'{"model_type": "llama"}', "model.safetensors": safetensors_bytes(200_000, seed=5)},
+        compression="gzip",
+    )
     oci_refs = []
     for name in ("soak-a", "soak-b"):
-        layer = (shared_layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})
+        layer: tuple[bytes, str, dict[str, str]] = (shared_layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})
         push_artifact(registry.url, f"soak/{name}", "v1", [layer], annotations={"name": name})
         oci_refs.append(f"oci://{registry.host}/soak/{name}:v1")
     refs = [f"{server.url}/f{i}.bin" for i in range(4)] + [local, *oci_refs]
@@ -242,8 +258,12 @@ def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf:
     try:
         kills = 0
         for _round in range(2):
-            procs = [subprocess.Popen([*cmd, refs[rng.randrange(len(refs))]], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE) for _ in range(16)]
+            procs = [
+                subprocess.Popen(
+                    [*cmd, refs[rng.randrange(len(refs))]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+                for _ in range(16)
+            ]
             victims = rng.sample(procs, 6)
             deadline = time.monotonic() + 0.3
             for proc in victims:
@@ -257,8 +277,10 @@ def test_sixteen_processes_mixed_refs_random_sigkills(tmp_path: Path, make_gguf:
                     assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
             check_invariants(cache_dir)
         # then everyone, unkilled: all succeed and the catalog has exactly one Active entry per ref
-        procs = [subprocess.Popen([*cmd, ref], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for ref in refs * 3 + refs[:1]]
+        procs = [
+            subprocess.Popen([*cmd, ref], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for ref in refs * 3 + refs[:1]
+        ]
         for proc in procs:
             proc.wait(timeout=120)
             assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
@@ -337,8 +359,21 @@ def test_group_shared_cache_across_two_users(tmp_path: Path, fileserver: Any, ma
 
     # the package as this test process imports it (an editable install may live where others cannot look)
     user_env = {**os.environ, "PYTHONPATH": str(Path(model_provisioner.__file__).parents[1]), "HOME": "/tmp"}
-    probe = subprocess.run(["setpriv", "--reuid", "5001", "--regid", "4242", "--clear-groups", sys.executable,
-                            "-c", "import model_provisioner.cli, httpx"], capture_output=True, env=user_env)
+    probe = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "5001",
+            "--regid",
+            "4242",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import model_provisioner.cli, httpx",
+        ],
+        capture_output=True,
+        env=user_env,
+    )
     if probe.returncode != 0:
         pytest.skip(f"another user cannot run this Python here ({probe.stderr.decode().strip()[-120:]})")
     shared = Path("/tmp") / f"mprov-shared-{os.getpid()}-{random.randrange(1 << 30)}"
@@ -349,9 +384,26 @@ def test_group_shared_cache_across_two_users(tmp_path: Path, fileserver: Any, ma
         urls = [fileserver.put(f"s/{i}.gguf", Path(make_gguf(f"u{i}.gguf", seed=i)).read_bytes()) for i in range(2)]
 
         def as_user(uid: int, *args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", "4242", "--clear-groups",
-                                   sys.executable, "-m", "model_provisioner", "--cache-dir", str(shared), *args],
-                                  capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022), env=user_env)
+            return subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid",
+                    str(uid),
+                    "--regid",
+                    "4242",
+                    "--clear-groups",
+                    sys.executable,
+                    "-m",
+                    "model_provisioner",
+                    "--cache-dir",
+                    str(shared),
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+                preexec_fn=lambda: os.umask(0o022),
+                env=user_env,
+            )
 
         first = as_user(5001, "ensure", urls[0])
         assert first.returncode == 0, first.stderr
@@ -385,8 +437,9 @@ def test_a_moved_cache_serves_from_its_new_place(tmp_path: Path, fileserver: Any
 
 
 # ------------------------------------------------------------------------------------------ secrets
-def test_no_secret_reaches_logs_catalog_provenance_or_handoff(s3: Any, registry_auth: Any, tmp_path: Path,
-                                                              make_gguf: Any, cache_dir: Path) -> None:
+def test_no_secret_reaches_logs_catalog_provenance_or_handoff(
+    s3: Any, registry_auth: Any, tmp_path: Path, make_gguf: Any, cache_dir: Path
+) -> None:
     """AWS keys and pre-signed signatures (s3://), registry passwords and Basic headers (oci://): run with
     verbose JSON logs, a handoff and provenance, successes and failures, then grep everything produced."""
     import base64
@@ -400,31 +453,70 @@ def test_no_secret_reaches_logs_catalog_provenance_or_handoff(s3: Any, registry_
     client = s3.client()
     client.create_bucket(Bucket="secrets")
     client.put_object(Bucket="secrets", Key="m/model.gguf", Body=data, ChecksumAlgorithm="SHA256")
-    push_artifact(registry_auth.url, "sec/model", "v1",
-                  [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})],
-                  auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD))
+    push_artifact(
+        registry_auth.url,
+        "sec/model",
+        "v1",
+        [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})],
+        auth=httpx.BasicAuth(REGISTRY_USER, REGISTRY_PASSWORD),
+    )
     settings = tmp_path / "secrets.json"
-    settings.write_text(json.dumps({"log_format": "json", "oci_credentials": {
-        registry_auth.host: {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}}}))
+    settings.write_text(
+        json.dumps(
+            {
+                "log_format": "json",
+                "oci_credentials": {registry_auth.host: {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}},
+            }
+        )
+    )
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
     out = tmp_path / "out"
     runs = [
-        run_cli("-v", "ensure", "s3://secrets/m/model.gguf", "--handoff-dir", str(out), "--json",
-                cache_dir=cache_dir, env=env),
-        run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/model:v1", "--handoff-dir", str(out),
-                cache_dir=cache_dir, env=env),
+        run_cli(
+            "-v",
+            "ensure",
+            "s3://secrets/m/model.gguf",
+            "--handoff-dir",
+            str(out),
+            "--json",
+            cache_dir=cache_dir,
+            env=env,
+        ),
+        run_cli(
+            "-v",
+            "ensure",
+            f"oci://{registry_auth.host}/sec/model:v1",
+            "--handoff-dir",
+            str(out),
+            cache_dir=cache_dir,
+            env=env,
+        ),
         run_cli("-v", "ensure", "s3://secrets/m/missing.gguf", cache_dir=cache_dir, env=env),
         run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/missing:v1", cache_dir=cache_dir, env=env),
-        run_cli("-v", "ensure", f"oci://{registry_auth.host}/sec/model:v1", cache_dir=cache_dir,
-                env={"MODEL_PROVISIONER_SETTINGS": str(tmp_path / "none.json")}),  # wrong settings path: error
-        run_cli("-v", "push", "s3://secrets/m/model.gguf", f"oci://{registry_auth.host}/sec/pushed:v1",
-                cache_dir=cache_dir, env=env),
+        run_cli(
+            "-v",
+            "ensure",
+            f"oci://{registry_auth.host}/sec/model:v1",
+            cache_dir=cache_dir,
+            env={"MODEL_PROVISIONER_SETTINGS": str(tmp_path / "none.json")},
+        ),  # wrong settings path: error
+        run_cli(
+            "-v",
+            "push",
+            "s3://secrets/m/model.gguf",
+            f"oci://{registry_auth.host}/sec/pushed:v1",
+            cache_dir=cache_dir,
+            env=env,
+        ),
     ]
     assert [r.code for r in runs[:2]] == [0, 0], [r.stderr for r in runs[:2]]
     assert runs[2].code == 3 and runs[3].code == 3 and runs[5].code == 0, [r.stderr for r in runs]
     texts = [t for r in runs for t in (r.stdout, r.stderr)]
-    texts += [p.read_bytes().decode("latin-1") for p in [*cache_dir.rglob("*"), *out.rglob("*")]
-              if p.is_file() and "blobs" not in p.parts]
+    texts += [
+        p.read_bytes().decode("latin-1")
+        for p in [*cache_dir.rglob("*"), *out.rglob("*")]
+        if p.is_file() and "blobs" not in p.parts
+    ]
     basic = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
     needles = [SECRET_KEY, REGISTRY_PASSWORD, basic, "X-Amz-Signature", "Signature="]
     for text in texts:
@@ -434,8 +526,9 @@ def test_no_secret_reaches_logs_catalog_provenance_or_handoff(s3: Any, registry_
     assert len(provenance) == 2 and all(json.loads(line)["source"] for line in provenance)
 
 
-def test_truncated_source_with_a_matching_content_length_is_caught(fileserver: Any, make_gguf: Any,
-                                                                   cache_dir: Path) -> None:
+def test_truncated_source_with_a_matching_content_length_is_caught(
+    fileserver: Any, make_gguf: Any, cache_dir: Path
+) -> None:
     """The server is consistent with itself (Content-Length = what it sends), but the file is short: only the
     digest can tell, and it does (exit 4, nothing registered, no view)."""
     data = Path(make_gguf("trunc.gguf", extra_tensor_bytes=MiB)).read_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -11,20 +10,13 @@ from typing import Any
 
 import pytest
 
+from .helpers import s3_bucket, safetensors_bytes, triton_repo, write_tree
 from .servers.s3 import SECRET_KEY
-from .test_hf import safetensors_bytes
-
-
-def _bucket(s3: Any, name: str) -> Any:
-    client = s3.client()
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket=name)
-    return client
 
 
 def test_object_with_checksum_is_source_verified(s3: Any, cli: Any, make_gguf: Any) -> None:
     data = Path(make_gguf("s3.gguf", context_length=1024)).read_bytes()
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     client.put_object(Bucket="models", Key="llama/tiny.gguf", Body=data, ChecksumAlgorithm="SHA256")
     result = cli("ensure", "s3://models/llama/tiny.gguf", "--json")
     assert result.code == 0, result.stderr
@@ -41,7 +33,7 @@ def test_object_with_checksum_is_source_verified(s3: Any, cli: Any, make_gguf: A
 
 
 def test_checksum_mismatch_is_exit_4_and_nothing_registered(s3: Any, cli: Any, cache_dir: Path) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     data = b"GGUF" + b"\x00" * 4000
     wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
     client.put_object(Bucket="models", Key="bad/m.gguf", Body=data, ChecksumAlgorithm="SHA256", ChecksumSHA256=wrong)
@@ -53,14 +45,14 @@ def test_checksum_mismatch_is_exit_4_and_nothing_registered(s3: Any, cli: Any, c
 
 
 def test_expected_digest_mismatch_without_checksum(s3: Any, cli: Any) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     client.put_object(Bucket="models", Key="plain/m.bin", Body=b"some bytes")
     result = cli("ensure", "s3://models/plain/m.bin", "--digest", "sha256:" + "0" * 64)
     assert result.code == 4, result.stderr
 
 
 def test_missing_object_bucket_and_credentials(s3: Any, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    _bucket(s3, "models")
+    s3_bucket(s3, "models")
     missing = cli("ensure", "s3://models/nope/m.gguf")
     assert missing.code == 3 and "s3://models/nope/m.gguf" in missing.stderr, missing.stderr
     no_bucket = cli("ensure", "s3://no-such-bucket/x/")
@@ -73,7 +65,7 @@ def test_missing_object_bucket_and_credentials(s3: Any, cli: Any, monkeypatch: p
 
 
 def test_prefix_as_transformers_repo(s3: Any, cli: Any) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     files = {
         "config.json": json.dumps({"model_type": "mistral"}).encode(),
         "model.safetensors": safetensors_bytes(3000, seed=7),
@@ -91,7 +83,7 @@ def test_prefix_as_transformers_repo(s3: Any, cli: Any) -> None:
 
 
 def test_prefix_key_escaping_the_prefix_is_refused(s3: Any, cli: Any, cache_dir: Path) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     client.put_object(Bucket="models", Key="trav/config.json", Body=b"{}")
     client.put_object(Bucket="models", Key="trav/../../evil.safetensors", Body=b"x")
     result = cli("ensure", "s3://models/trav/")
@@ -100,49 +92,8 @@ def test_prefix_key_escaping_the_prefix_is_refused(s3: Any, cli: Any, cache_dir:
 
 
 # ------------------------------------------------------------------------------------------ Triton
-ONNX_CONFIG = """
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }} ]
-output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }} ]
-"""
-PY_CONFIG = """
-name: "{name}"
-backend: "python"
-input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "IDS" data_type: TYPE_INT64 dims: [ -1 ] }} ]
-"""
-ENSEMBLE_CONFIG = """
-name: "pipeline"
-platform: "ensemble"
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]
-ensemble_scheduling {
-  step [
-    { model_name: "tokenizer" model_version: -1
-      input_map { key: "TEXT" value: "TEXT" } output_map { key: "IDS" value: "ids" } },
-    { model_name: "%s" model_version: -1
-      input_map { key: "INPUT0" value: "ids" } output_map { key: "OUTPUT0" value: "OUTPUT0" } }
-  ]
-}
-"""
-
-
-def triton_repo(second_step: str = "encoder") -> dict[str, bytes]:
-    return {
-        "encoder/config.pbtxt": ONNX_CONFIG.format(name="encoder").encode(),
-        "encoder/1/model.onnx": b"\x08\x07onnx-bytes" * 50,
-        "tokenizer/config.pbtxt": PY_CONFIG.format(name="tokenizer").encode(),
-        "tokenizer/1/model.py": b"class TritonPythonModel:\n    pass\n",
-        "pipeline/config.pbtxt": (ENSEMBLE_CONFIG % second_step).encode(),
-        "pipeline/1/.keep": b"",
-    }
-
-
 def test_triton_repository_from_s3_with_an_ensemble_and_its_handoff(s3: Any, cli: Any, tmp_path: Path) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     for name, data in triton_repo().items():
         client.put_object(Bucket="models", Key=f"triton/prod/{name}", Body=data)
     out_dir = tmp_path / "out"
@@ -163,7 +114,7 @@ def test_triton_repository_from_s3_with_an_ensemble_and_its_handoff(s3: Any, cli
 
 
 def test_broken_ensemble_names_the_missing_model(s3: Any, cli: Any, cache_dir: Path) -> None:
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     for name, data in triton_repo(second_step="detector").items():
         client.put_object(Bucket="models", Key=f"triton/broken/{name}", Body=data)
     result = cli("ensure", "s3://models/triton/broken/")
@@ -182,9 +133,10 @@ def test_broken_ensemble_names_the_missing_model(s3: Any, cli: Any, cache_dir: P
     ],
     ids=["syntax", "name", "no-version", "wrong-file"],
 )
-def test_broken_triton_configs(s3: Any, cli: Any, files: dict[str, bytes], message: str,
-                               request: pytest.FixtureRequest) -> None:
-    client = _bucket(s3, "models")
+def test_broken_triton_configs(
+    s3: Any, cli: Any, files: dict[str, bytes], message: str, request: pytest.FixtureRequest
+) -> None:
+    client = s3_bucket(s3, "models")
     prefix = f"triton/bad-{request.node.callspec.id}/"
     for name, data in files.items():
         client.put_object(Bucket="models", Key=prefix + name, Body=data)
@@ -196,8 +148,12 @@ def test_broken_triton_configs(s3: Any, cli: Any, files: dict[str, bytes], messa
 def test_triton_repository_from_an_oci_artifact(registry: Any, cli: Any) -> None:
     from .servers.oci_push import push_artifact, tar_bytes
 
-    push_artifact(registry.url, "triton/prod", "v1",
-                  [(tar_bytes(triton_repo(), compression="gzip"), "application/vnd.oci.image.layer.v1.tar+gzip", {})])
+    push_artifact(
+        registry.url,
+        "triton/prod",
+        "v1",
+        [(tar_bytes(triton_repo(), compression="gzip"), "application/vnd.oci.image.layer.v1.tar+gzip", {})],
+    )
     result = cli("ensure", f"oci://{registry.host}/triton/prod:v1", "--json", "--engine", "triton")
     assert result.code == 0, result.stderr
     out = result.json()
@@ -205,15 +161,8 @@ def test_triton_repository_from_an_oci_artifact(registry: Any, cli: Any) -> None
     assert (Path(out["local_path"]) / "pipeline" / "config.pbtxt").is_file()
 
 
-def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
 def test_local_triton_directory_in_place_warm_verify_and_change(cli: Any, tmp_path: Path) -> None:
-    repo = _write_tree(tmp_path / "model_repository", triton_repo())
+    repo = write_tree(tmp_path / "model_repository", triton_repo())
     first = cli("ensure", str(repo), "--json", "--engine", "triton", "--handoff-dir", str(tmp_path / "out"))
     assert first.code == 0, first.stderr
     out = first.json()
@@ -232,12 +181,12 @@ def test_local_triton_directory_in_place_warm_verify_and_change(cli: Any, tmp_pa
 
 
 def test_local_directory_symlink_escape_and_plain_dirs(cli: Any, tmp_path: Path) -> None:
-    repo = _write_tree(tmp_path / "repo", triton_repo())
+    repo = write_tree(tmp_path / "repo", triton_repo())
     (tmp_path / "secret.txt").write_text("outside")
     (repo / "encoder" / "1" / "leak.txt").symlink_to(tmp_path / "secret.txt")
     escaped = cli("ensure", str(repo))
     assert escaped.code == 4 and "outside the directory" in escaped.stderr, escaped.stderr
-    plain = _write_tree(tmp_path / "notes", {"a.txt": b"x", "b.txt": b"y"})
+    plain = write_tree(tmp_path / "notes", {"a.txt": b"x", "b.txt": b"y"})
     result = cli("ensure", str(plain))
     assert result.code == 4 and "no GGUF, safetensors or Triton" in result.stderr, result.stderr
 
@@ -245,7 +194,7 @@ def test_local_directory_symlink_escape_and_plain_dirs(cli: Any, tmp_path: Path)
 def test_s3_download_killed_midway_resumes_with_a_new_presigned_url(s3: Any, cli: Any, cache_dir: Path) -> None:
     import os
 
-    client = _bucket(s3, "models")
+    client = s3_bucket(s3, "models")
     data = os.urandom(24 << 20)
     client.put_object(Bucket="models", Key="big/weights.bin", Body=data, ChecksumAlgorithm="SHA256")
     killed = cli("ensure", "s3://models/big/weights.bin", env={"MODEL_PROVISIONER_FAILPOINTS": "transfer.write=kill@6"})

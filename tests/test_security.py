@@ -8,22 +8,26 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from model_provisioner import Lifecycle, ModelProvisioner, Settings
 
 from .conftest import run_cli, wait_for
-
-MiB = 1 << 20
+from .helpers import (
+    MODELPACK_CONFIG,
+    MiB,
+    cdn_bytes,
+    s3_bucket,
+    safetensors_bytes,
+    sha256_hex,
+    transformers_repo,
+    triton_repo,
+)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
     block = hashlib.sha256(f"sec{seed}".encode()).digest()
     return (block * (size // len(block) + 1))[:size]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def partial_key(url: str) -> str:
@@ -47,7 +51,7 @@ def test_a_partial_planted_as_a_symlink_is_refused_and_its_target_untouched(
     (partial / f"{key}.part").symlink_to(victim)
     (partial / f"{key}.json").write_text(json.dumps({"origin": url, "expected_size": None, "parallel": False}))
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
-    result = run_cli("ensure", url, "--digest", f"sha256:{sha(data)}", cache_dir=cache_dir, env=env)
+    result = run_cli("ensure", url, "--digest", f"sha256:{sha256_hex(data)}", cache_dir=cache_dir, env=env)
     assert result.code == 4, result.stderr
     assert f"{key}.part" in result.stderr and ("symbolic link" in result.stderr or "one link" in result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1
@@ -57,11 +61,12 @@ def test_a_partial_planted_as_a_symlink_is_refused_and_its_target_untouched(
     assert all(e["lifecycle"] != "Active" for e in listed)
     # once the planted link is gone, the same command works
     (partial / f"{key}.part").unlink()
-    assert run_cli("ensure", url, "--digest", f"sha256:{sha(data)}", cache_dir=cache_dir, env=env).code == 0
+    assert run_cli("ensure", url, "--digest", f"sha256:{sha256_hex(data)}", cache_dir=cache_dir, env=env).code == 0
 
 
-def test_a_partial_planted_as_a_hard_link_is_refused(fileserver: Any, cache_dir: Path, tmp_path: Path,
-                                                       settings_file: Any) -> None:
+def test_a_partial_planted_as_a_hard_link_is_refused(
+    fileserver: Any, cache_dir: Path, tmp_path: Path, settings_file: Any
+) -> None:
     data = payload(MiB, seed=2)
     url = fileserver.put("h.bin", data)
     victim = tmp_path / "mine.bin"
@@ -97,7 +102,7 @@ def test_a_blob_edited_through_an_imported_hard_link_is_rehashed_and_never_serve
 
     models = tmp_path / "ollama"
     data = write_tiny_gguf(tmp_path / "o.gguf").read_bytes()
-    hex_ = sha(data)
+    hex_ = sha256_hex(data)
     (models / "blobs").mkdir(parents=True)
     source = models / "blobs" / f"sha256-{hex_}"
     source.write_bytes(data)
@@ -130,23 +135,24 @@ def test_a_blob_edited_through_an_imported_hard_link_is_rehashed_and_never_serve
     assert located.code == 3
 
 
-def test_a_blob_tampered_in_the_store_is_quarantined_before_it_is_linked(net: Any, fileserver: Any,
-                                                                         cache_dir: Path) -> None:
+def test_a_blob_tampered_in_the_store_is_quarantined_before_it_is_linked(
+    net: Any, fileserver: Any, cache_dir: Path
+) -> None:
     data = payload(MiB, seed=3)
     first = fileserver.put("a/m.bin", data)
     prov = net()
-    prov.ensure_present(first, "sha256:" + sha(data))
-    blob = cache_dir / "blobs" / "sha256" / sha(data)
+    prov.ensure_present(first, "sha256:" + sha256_hex(data))
+    blob = cache_dir / "blobs" / "sha256" / sha256_hex(data)
     blob.chmod(0o644)
     blob.write_bytes(b"\x00" * len(data))  # the same inode, other bytes
     second = fileserver.put("b/m.bin", data)
-    resolved = prov.ensure_present(second, "sha256:" + sha(data))
+    resolved = prov.ensure_present(second, "sha256:" + sha256_hex(data))
     assert resolved.bytes_fetched == len(data) and resolved.local_path.read_bytes() == data
 
 
 # ------------------------------------------------------------------- 15. ctime is part of the fingerprint
 def test_a_pinned_local_file_edited_with_its_mtime_restored_is_caught(cache_dir: Path, gguf_file: Path) -> None:
-    digest = "sha256:" + sha(gguf_file.read_bytes())
+    digest = "sha256:" + sha256_hex(gguf_file.read_bytes())
     assert run_cli("ensure", str(gguf_file), "--digest", digest, cache_dir=cache_dir).code == 0
     st = gguf_file.stat()
     data = bytearray(gguf_file.read_bytes())
@@ -161,16 +167,18 @@ def test_a_pinned_local_file_edited_with_its_mtime_restored_is_caught(cache_dir:
 
 
 # ---------------------------------------------------------------------- 3. no SSRF through the HTTP API
-def test_the_api_refuses_to_fetch_internal_addresses_and_every_redirect_hop(api_factory: Any, fileserver: Any,
-                                                                           tmp_path: Path) -> None:
+def test_the_api_refuses_to_fetch_internal_addresses_and_every_redirect_hop(
+    api_factory: Any, fileserver: Any, tmp_path: Path
+) -> None:
     from .servers.fileserver import FileServer
 
     internal = FileServer(tmp_path / "internal")
     try:
         secret_url = internal.put("admin/secret.bin", b"internal only\n")
         c = api_factory(settings={"api_allow_networks": []}).client
-        spellings = [secret_url] + [secret_url.replace("127.0.0.1", host)
-                                    for host in ("0x7f000001", "[::ffff:127.0.0.1]", "localhost")]
+        spellings = [secret_url] + [
+            secret_url.replace("127.0.0.1", host) for host in ("0x7f000001", "[::ffff:127.0.0.1]", "localhost")
+        ]
         for url in spellings:
             answer = c.post("/v1/models/ensure", json={"ref": url})
             assert answer.status_code == 403, (url, answer.text)
@@ -192,8 +200,9 @@ def test_the_api_refuses_to_fetch_internal_addresses_and_every_redirect_hop(api_
 
 
 # ------------------------------------------------------------------- 5. hosts matched as the network sees them
-def test_deny_hosts_holds_for_every_spelling_of_an_address(fileserver: Any, cache_dir: Path,
-                                                           settings_file: Any) -> None:
+def test_deny_hosts_holds_for_every_spelling_of_an_address(
+    fileserver: Any, cache_dir: Path, settings_file: Any
+) -> None:
     url = fileserver.put("d.bin", payload(1000))
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(policy={"deny_hosts": ["127.0.0.1", "127.*"]}))}
     for host in ("0x7f000001", "[::ffff:127.0.0.1]", "localhost", "[::ffff:7f00:1]"):
@@ -209,8 +218,9 @@ def test_deny_hosts_holds_for_every_spelling_of_an_address(fileserver: Any, cach
 
     fileserver.faults["/hop.bin"] = Fault(redirect_to=f"http://0x7f000002:{fileserver.port}/d.bin")
     other = settings_file(policy={"deny_hosts": ["127.0.0.2"]})
-    result = run_cli("ensure", f"{fileserver.url}/hop.bin", cache_dir=cache_dir,
-                     env={"MODEL_PROVISIONER_SETTINGS": str(other)})
+    result = run_cli(
+        "ensure", f"{fileserver.url}/hop.bin", cache_dir=cache_dir, env={"MODEL_PROVISIONER_SETTINGS": str(other)}
+    )
     assert result.code == 5 and "deny_hosts '127.0.0.2'" in result.stderr, result.stderr
 
 
@@ -236,7 +246,8 @@ def _dual_protocol_server(tmp_path: Path) -> Any:
             seen.append({"tls": str(tls), **{k.lower(): v for k, v in self.headers.items()}})
             if tls:
                 self.send_response(302)
-                self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/m.bin")
+                port = cast(tuple[str, int], self.server.server_address)[1]
+                self.send_header("Location", f"http://127.0.0.1:{port}/m.bin")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -264,8 +275,9 @@ def _dual_protocol_server(tmp_path: Path) -> Any:
     return server
 
 
-def test_an_https_to_http_redirect_is_refused_and_never_carries_credentials(tmp_path: Path, cache_dir: Path,
-                                                                          settings_file: Any) -> None:
+def test_an_https_to_http_redirect_is_refused_and_never_carries_credentials(
+    tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
     server = _dual_protocol_server(tmp_path)
     try:
         url = f"https://user:url-secret-pw@127.0.0.1:{server.server_address[1]}/m.bin"
@@ -275,8 +287,9 @@ def test_an_https_to_http_redirect_is_refused_and_never_carries_credentials(tmp_
         assert "url-secret-pw" not in refused.stderr
         assert [s["tls"] for s in server.seen] == ["True"]  # the plain-http target was never asked
         allowed = settings_file(transfer={"ca_bundle": str(server.cert), "allow_https_downgrade": True})
-        followed = run_cli("ensure", url, "--json", cache_dir=cache_dir,
-                           env={"MODEL_PROVISIONER_SETTINGS": str(allowed)})
+        followed = run_cli(
+            "ensure", url, "--json", cache_dir=cache_dir, env={"MODEL_PROVISIONER_SETTINGS": str(allowed)}
+        )
         assert followed.code == 0, followed.stderr
         plain = [s for s in server.seen if s["tls"] == "False"]
         assert plain and all("authorization" not in s and "cookie" not in s for s in plain)
@@ -303,17 +316,28 @@ def test_a_registry_named_like_loopback_is_not_reached_over_plain_http() -> None
 def test_trust_remote_code_follows_the_settings_in_force_when_the_handoff_is_written(
     hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
 ) -> None:
-    from .test_hf import cdn_bytes, transformers_repo
 
-    hub.add_repo("org/custom", transformers_repo(
-        extra={"modeling_custom.py": b"print('hi')"},
-        config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}}))
+    hub.add_repo(
+        "org/custom",
+        transformers_repo(
+            extra={"modeling_custom.py": b"print('hi')"},
+            config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}},
+        ),
+    )
 
     def handoff(allow: bool, out: str) -> tuple[bool, dict[str, Any]]:
         settings = settings_file(allow_remote_code=allow)
         env = {"MODEL_PROVISIONER_SETTINGS": str(settings), "HF_ENDPOINT": hub.url}
-        result = run_cli("ensure", "hf:org/custom", "--engine", "vllm", "--handoff-dir", str(tmp_path / out),
-                         cache_dir=cache_dir, env=env)
+        result = run_cli(
+            "ensure",
+            "hf:org/custom",
+            "--engine",
+            "vllm",
+            "--handoff-dir",
+            str(tmp_path / out),
+            cache_dir=cache_dir,
+            env=env,
+        )
         assert result.code == 0, result.stderr
         written = json.loads((tmp_path / out / ".runtime" / "engines" / "vllm.json").read_text())
         line = (tmp_path / out / ".runtime" / "provenance" / "models.jsonl").read_text().splitlines()[-1]
@@ -330,8 +354,9 @@ def test_trust_remote_code_follows_the_settings_in_force_when_the_handoff_is_wri
 
 
 # ------------------------------------------------------------ 6. a body is never longer than declared
-def test_an_endless_body_for_a_declared_size_is_cut_at_once(net: Any, hub: Any, cache_dir: Path,
-                                                            tmp_path: Path) -> None:
+def test_an_endless_body_for_a_declared_size_is_cut_at_once(
+    net: Any, hub: Any, cache_dir: Path, tmp_path: Path
+) -> None:
     from model_provisioner import TransferFailed
 
     from .conftest import EXAMPLE_GGUF
@@ -341,7 +366,7 @@ def test_an_endless_body_for_a_declared_size_is_cut_at_once(net: Any, hub: Any, 
     hub = type(hub)(tmp_path / "hub2", lfs_threshold=100)
     try:
         hub.add_repo("org/endless", {"m.gguf": big})
-        hub.cdn.faults[f"/lfs/{sha(big)}"] = Fault(endless=True)
+        hub.cdn.faults[f"/lfs/{sha256_hex(big)}"] = Fault(endless=True)
         prov = net(hub.url)
         try:
             prov.ensure_present("hf:org/endless/m.gguf")
@@ -380,8 +405,9 @@ def test_a_slow_loris_body_is_a_stall_then_exit_6(fileserver: Any, cache_dir: Pa
 
 
 # -------------------------------------------------------------- 11. endpoint credentials stay secret
-def test_credentials_in_the_hub_endpoint_never_reach_output_or_the_catalog(hub: Any, cache_dir: Path,
-                                                                           settings_file: Any) -> None:
+def test_credentials_in_the_hub_endpoint_never_reach_output_or_the_catalog(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
     from .conftest import EXAMPLE_GGUF
 
     hub.add_repo("org/cred", {"m.gguf": EXAMPLE_GGUF.read_bytes()})
@@ -405,8 +431,7 @@ def _gguf_string(text: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text
 
 
-def test_a_gguf_with_a_hundred_thousand_tensor_types_makes_a_small_catalog_row(tmp_path: Path,
-                                                                              cache_dir: Path) -> None:
+def test_a_gguf_with_a_hundred_thousand_tensor_types_makes_a_small_catalog_row(tmp_path: Path, cache_dir: Path) -> None:
     import struct
 
     tensors = 100_000
@@ -428,8 +453,9 @@ def test_a_gguf_with_a_hundred_thousand_tensor_types_makes_a_small_catalog_row(t
 
 
 # ------------------------------------------------------- 12. two ids for one file share a view safely
-def test_removing_one_of_two_ids_for_one_file_keeps_the_others_view(hub: Any, cache_dir: Path,
-                                                                     settings_file: Any) -> None:
+def test_removing_one_of_two_ids_for_one_file_keeps_the_others_view(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
     from .conftest import EXAMPLE_GGUF
 
     hub.add_repo("org/two", {"m-Q4_K_M.gguf": EXAMPLE_GGUF.read_bytes()})
@@ -464,8 +490,10 @@ def test_swapping_a_path_between_a_link_and_a_file_never_registers_a_file_outsid
 
     def swapper() -> None:
         while not stop.is_set():
-            for prepared, make in ((as_link, lambda p: p.symlink_to(outside)),
-                                   (as_file, lambda p: os.link(root / "real.gguf", p))):
+            for prepared, make in (
+                (as_link, lambda p: p.symlink_to(outside)),
+                (as_file, lambda p: os.link(root / "real.gguf", p)),
+            ):
                 prepared.unlink(missing_ok=True)
                 make(prepared)
                 os.replace(prepared, target)
@@ -478,7 +506,7 @@ def test_swapping_a_path_between_a_link_and_a_file_never_registers_a_file_outsid
         stop.set()
         thread.join(timeout=10)
     assert set(statuses) <= {200, 403, 409, 422}, statuses
-    secret = "sha256:" + sha(outside.read_bytes())
+    secret = "sha256:" + sha256_hex(outside.read_bytes())
     models = c.get("/v1/models").json()["models"]
     for model in models:
         assert model["digest"] != secret, model
@@ -488,28 +516,31 @@ def test_swapping_a_path_between_a_link_and_a_file_never_registers_a_file_outsid
 # --------------------------------------------------------------- 10. decompression bombs in OCI layers
 def _push_bomb(registry: Any, repo: str, member_bytes: int) -> str:
     from .servers.oci_push import push_artifact, tar_bytes
-    from .test_oci import MODELPACK_CONFIG
 
     layer = tar_bytes({"config.json": b"{}", "model.safetensors": b"\0" * member_bytes}, compression="gzip")
-    push_artifact(registry.url, repo, "v1", [(layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})],
-                  config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG))
+    push_artifact(
+        registry.url,
+        repo,
+        "v1",
+        [(layer, "application/vnd.cncf.model.weight.v1.tar+gzip", {})],
+        config=(b'{"config": {"format": "safetensors"}}', MODELPACK_CONFIG),
+    )
     return f"oci://{registry.host}/{repo}:v1"
 
 
-def test_a_gzip_bomb_layer_is_refused_before_it_is_written(registry: Any, cache_dir: Path,
-                                                           settings_file: Any) -> None:
+def test_a_gzip_bomb_layer_is_refused_before_it_is_written(registry: Any, cache_dir: Path, settings_file: Any) -> None:
     ref = _push_bomb(registry, "bombs/ratio", 64 * MiB)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
     result = run_cli("ensure", ref, cache_dir=cache_dir, env=env)
-    assert result.code == 4 and "decompression bomb" in result.stderr and "max_unpack_ratio" in result.stderr, \
+    assert result.code == 4 and "decompression bomb" in result.stderr and "max_unpack_ratio" in result.stderr, (
         result.stderr
+    )
     written = sum(p.stat().st_size for p in cache_dir.rglob("*") if p.is_file())
     assert written < 4 * MiB  # nothing of the 64 MiB member was written
     assert run_cli("locate", ref, cache_dir=cache_dir, env=env).code == 3
 
 
-def test_a_layer_that_unpacks_past_the_free_space_is_exit_7(registry: Any, small_fs: Any,
-                                                            settings_file: Any) -> None:
+def test_a_layer_that_unpacks_past_the_free_space_is_exit_7(registry: Any, small_fs: Any, settings_file: Any) -> None:
     ref = _push_bomb(registry, "bombs/space", 20 * MiB)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer={"max_unpack_ratio": 100000}))}
     result = run_cli("ensure", ref, cache_dir=small_fs.path / "cache", env=env)
@@ -540,17 +571,16 @@ def test_huge_request_bodies_are_413_and_huge_refs_are_quoted_short(api_factory:
 
 # ----------------------------------------------- 14. odd and hostile input: exit 2 or 4, never 1 or Pending
 def test_odd_hosts_are_invalid_refs(cache_dir: Path) -> None:
-    for host in ("0177.0.0.1", "256.1.1.1", "a..b", "x" * 300 + ".example", ".lead.example", "127.1",
-                 "2130706433"):
+    for host in ("0177.0.0.1", "256.1.1.1", "a..b", "x" * 300 + ".example", ".lead.example", "127.1", "2130706433"):
         result = run_cli("ensure", f"https://{host}/m.gguf", cache_dir=cache_dir)
         assert result.code == 2 and "host" in result.stderr, (host, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(hub: Any, cache_dir: Path,
-                                                                          settings_file: Any) -> None:
+def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
     from .conftest import EXAMPLE_GGUF
-    from .test_hf import safetensors_bytes
 
     gguf = EXAMPLE_GGUF.read_bytes()
     deep = b"[" * 200_000 + b"]" * 200_000
@@ -566,10 +596,8 @@ def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(hub: 
 
 
 def test_a_file_beside_a_directory_of_the_same_name_is_exit_4(s3: Any, cache_dir: Path) -> None:
-    from .test_hf import safetensors_bytes
-    from .test_s3 import _bucket
 
-    client = _bucket(s3, "clash")
+    client = s3_bucket(s3, "clash")
     objects = {"m/config.json": b"{}", "m/config.json/x": b"1", "m/model.safetensors": safetensors_bytes(100)}
     for key, body in objects.items():
         client.put_object(Bucket="clash", Key=key, Body=body)
@@ -578,9 +606,7 @@ def test_a_file_beside_a_directory_of_the_same_name_is_exit_4(s3: Any, cache_dir
     assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"][0]["lifecycle"] == "Failed"
 
 
-def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_path: Path,
-                                                                            cache_dir: Path) -> None:
-    from .test_s3 import triton_repo
+def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_path: Path, cache_dir: Path) -> None:
 
     repo = tmp_path / "triton"
     for name, data in triton_repo().items():
@@ -594,8 +620,9 @@ def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_
 
 
 # ------------------------------------------- 7 (API). slow origins never starve probes, local work or SIGTERM
-def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, fileserver: Any, tmp_path: Path,
-                                                             gguf_file: Path, cache_dir: Path) -> None:
+def test_slow_jobs_never_block_local_work_probes_or_shutdown(
+    api_factory: Any, fileserver: Any, tmp_path: Path, gguf_file: Path, cache_dir: Path
+) -> None:
     import signal
     import threading
     import time
@@ -610,8 +637,13 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(api_factory: Any, f
         url = fileserver.put(f"slow{i}.bin", data)
         fileserver.faults[f"/slow{i}.bin"] = Fault(drip_s=0.05)  # 20 B/s: minutes per file
         slow.append(url)
-    api = api_factory(settings={"api_file_roots": [str(gguf_file.parent)], "api_max_sync_fetches": 4,
-                                "transfer": {"min_rate_bytes_per_s": 0, "stall_timeout_s": 30, "attempts": 1}})
+    api = api_factory(
+        settings={
+            "api_file_roots": [str(gguf_file.parent)],
+            "api_max_sync_fetches": 4,
+            "transfer": {"min_rate_bytes_per_s": 0, "stall_timeout_s": 30, "attempts": 1},
+        }
+    )
     c = api.client
     for url in slow[:4]:
         assert c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": url}).status_code == 202
@@ -676,14 +708,19 @@ def test_finished_jobs_expire() -> None:
     now[0] += 2
     assert registry.get("19") is None and len(registry) == 0
     broken = Job("b", "file:/m")
-    registry.submit(broken, "origin", lambda job: 1 / 0)
+
+    def divide_by_zero(job: Job) -> None:
+        job.result = {"never": 1 / 0}
+
+    registry.submit(broken, "origin", divide_by_zero)
     assert all_finished([broken])
     assert broken.state == "failed" and "ZeroDivisionError" in (broken.error or {}).get("message", "")
     registry.shutdown()
 
 
-def test_a_symlinked_catalog_is_refused_and_its_target_untouched(cache_dir: Path, tmp_path: Path,
-                                                                 gguf_file: Path) -> None:
+def test_a_symlinked_catalog_is_refused_and_its_target_untouched(
+    cache_dir: Path, tmp_path: Path, gguf_file: Path
+) -> None:
     victim = tmp_path / "victim.db"
     victim.write_bytes(b"not a database of ours\n")
     cache_dir.mkdir()

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from .conftest import EXAMPLE_GGUF, FAST_TRANSFER, TOKEN, run_cli
+from .helpers import MiB
 from .servers.fileserver import Fault
 from .servers.nginx import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MiB = 1 << 20
 
 
 def test_openapi_document_is_current_and_has_examples(api_factory: Any) -> None:
@@ -31,8 +31,11 @@ def test_openapi_document_is_current_and_has_examples(api_factory: Any) -> None:
     assert live == shipped, "docs/openapi.json is stale: run `model-provisioner serve --openapi > docs/openapi.json`"
     for path, operations in live["paths"].items():
         for method, op in operations.items():
-            has_response_example = any("example" in c or "examples" in c for r in op["responses"].values()
-                                       for c in r.get("content", {}).values())
+            has_response_example = any(
+                "example" in c or "examples" in c
+                for r in op["responses"].values()
+                for c in r.get("content", {}).values()
+            )
             assert has_response_example, f"{method} {path} has no response example"
             if "requestBody" in op:
                 assert op["requestBody"]["content"]["application/json"].get("examples"), f"{method} {path}"
@@ -105,8 +108,9 @@ def test_every_endpoint_end_to_end(api_factory: Any, hub: Any, tmp_path: Path) -
         ({"ref": "s3://Bad_Bucket/key.gguf"}, 400, "invalid_ref"),
     ],
 )
-def test_errors_are_json_with_the_matching_status(api_factory: Any, payload: dict[str, Any], status: int,
-                                                   code: str) -> None:
+def test_errors_are_json_with_the_matching_status(
+    api_factory: Any, payload: dict[str, Any], status: int, code: str
+) -> None:
     response = api_factory().client.post("/v1/models/ensure", json=payload)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code and response.json()["error"]["message"]
@@ -174,9 +178,24 @@ def test_auth_required_accepted_refused(api_factory: Any) -> None:
 
 def test_non_loopback_bind_needs_a_token(cache_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODEL_PROVISIONER_API_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "serve",
-                             "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache_dir),
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2 and "without a token" in result.stderr
 
 
@@ -189,8 +208,13 @@ def test_file_refs_only_under_allowed_roots(api_factory: Any, tmp_path: Path) ->
     (allowed / "escape.gguf").symlink_to(outside)
     c = api_factory(settings={"api_file_roots": [str(allowed)]}).client
     assert c.post("/v1/models/ensure", json={"ref": str(allowed / "ok.gguf")}).status_code == 200
-    for ref in (str(outside), f"file:{outside}", str(allowed / "escape.gguf"), f"{allowed}/../secret.gguf",
-                "/etc/passwd"):
+    for ref in (
+        str(outside),
+        f"file:{outside}",
+        str(allowed / "escape.gguf"),
+        f"{allowed}/../secret.gguf",
+        "/etc/passwd",
+    ):
         denied = c.post("/v1/models/ensure", json={"ref": ref})
         assert denied.status_code == 403, (ref, denied.text)
     assert c.get("/v1/models").json()["models"][0]["id"] == f"file:{allowed / 'ok.gguf'}"
@@ -200,8 +224,9 @@ def test_correlation_id_end_to_end(api_factory: Any, tmp_path: Path, fileserver:
     url = fileserver.put("corr.gguf", EXAMPLE_GGUF.read_bytes())
     handoff = tmp_path / "handoff"
     api = api_factory(settings={"api_handoff_dir": str(handoff), "policy": {"label": "team-a"}})
-    response = api.client.post("/v1/models/ensure", json={"ref": url, "engine": "llamacpp"},
-                               headers={"X-Correlation-Id": "req-12345"})
+    response = api.client.post(
+        "/v1/models/ensure", json={"ref": url, "engine": "llamacpp"}, headers={"X-Correlation-Id": "req-12345"}
+    )
     assert response.status_code == 200 and response.headers["X-Correlation-Id"] == "req-12345"
     generated = api.client.get("/v1/models").headers["X-Correlation-Id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
@@ -222,8 +247,9 @@ def test_metrics_values_and_naming(api_factory: Any, fileserver: Any, tmp_path: 
     c = api_factory().client
     assert c.post("/v1/models/ensure", json={"ref": url}).status_code == 200
     assert c.post("/v1/models/ensure", json={"ref": url}).status_code == 200  # cached
-    assert c.post("/v1/models/ensure", json={"ref": url + "x", "expected_digest": "sha256:" + "1" * 64}
-                  ).status_code in (404, 422)
+    assert c.post(
+        "/v1/models/ensure", json={"ref": url + "x", "expected_digest": "sha256:" + "1" * 64}
+    ).status_code in (404, 422)
     text = c.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
@@ -264,10 +290,26 @@ def test_schemathesis_finds_no_server_errors(api_factory: Any, tmp_path: Path) -
     api = api_factory(settings={"offline": True})
     st = shutil.which("st") or str(Path(sys.executable).parent / "st")
     result = subprocess.run(
-        [st, "run", f"{api.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
-         "--header", f"Authorization: Bearer {TOKEN}", "--exclude-path", "/metrics", "--request-timeout", "30",
-         "--no-color"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            st,
+            "run",
+            f"{api.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "15",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",
+            "--exclude-path",
+            "/metrics",
+            "--request-timeout",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
@@ -276,8 +318,12 @@ def test_push_through_the_api(api_factory: Any, registry: Any, make_gguf: Any) -
     from .servers.oci_push import push_artifact, sha
 
     data = Path(make_gguf("api-push.gguf")).read_bytes()
-    push_artifact(registry.url, "api/src", "v1",
-                  [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})])
+    push_artifact(
+        registry.url,
+        "api/src",
+        "v1",
+        [(data, "application/vnd.cncf.model.weight.v1.raw", {"org.cncf.model.filepath": "m.gguf"})],
+    )
     c = api_factory().client
     src = f"oci://{registry.host}/api/src:v1"
     assert c.post("/v1/models/ensure", json={"ref": src}).status_code == 200

@@ -6,25 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .helpers import sign, triton_repo, write_tree
 from .servers.oci_push import push_artifact
-from .test_s3 import _write_tree, triton_repo
 
 
-def sign(model: Path, private: Path, signature: Path | None = None) -> Path:
-    """Sign like `model_signing sign key`: the signature sits in the model directory, or beside a file."""
-    from model_signing import hashing, signing
-
-    signature = signature or (model / "model.sig" if model.is_dir() else model.with_name(model.name + ".sig"))
-    config = signing.Config().use_elliptic_key_signer(private_key=private)
-    config.set_hashing_config(hashing.Config().set_ignored_paths(paths=[signature], ignore_git_paths=True))
-    config.sign(model, signature)
-    return signature
-
-
-def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(cli: Any, tmp_path: Path,
-                                                                   keys: tuple[Path, Path]) -> None:
+def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(
+    cli: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
     private, public = keys
-    repo = _write_tree(tmp_path / "signed-repo", triton_repo())
+    repo = write_tree(tmp_path / "signed-repo", triton_repo())
     flags = ["--require-signature", "--signature-key", str(public)]
     unsigned = cli("ensure", str(repo), *flags)
     assert unsigned.code == 4 and "unsigned" in unsigned.stderr, unsigned.stderr
@@ -40,8 +30,9 @@ def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(cli: Any, tmp
     assert [e["lifecycle"] for e in listing["models"]] == ["Failed"]
 
 
-def test_signed_local_file_and_the_wrong_key(cli: Any, gguf_file: Path, tmp_path: Path,
-                                             keys: tuple[Path, Path]) -> None:
+def test_signed_local_file_and_the_wrong_key(
+    cli: Any, gguf_file: Path, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
     private, public = keys
     sign(gguf_file, private)
     assert (gguf_file.parent / "tiny.gguf.sig").is_file()
@@ -51,14 +42,18 @@ def test_signed_local_file_and_the_wrong_key(cli: Any, gguf_file: Path, tmp_path
     from cryptography.hazmat.primitives.asymmetric import ec
 
     other = tmp_path / "other.pub.pem"
-    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     wrong = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(other))
     assert wrong.code == 4 and "signature verification failed" in wrong.stderr, wrong.stderr
 
 
-def test_required_by_settings_an_earlier_unsigned_copy_is_not_served(cli: Any, gguf_file: Path, tmp_path: Path,
-                                                                     keys: tuple[Path, Path]) -> None:
+def test_required_by_settings_an_earlier_unsigned_copy_is_not_served(
+    cli: Any, gguf_file: Path, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
     _, public = keys
     assert cli("ensure", str(gguf_file)).code == 0  # provisioned before signatures were required
     settings = tmp_path / "signed.json"
@@ -67,8 +62,9 @@ def test_required_by_settings_an_earlier_unsigned_copy_is_not_served(cli: Any, g
     assert result.code == 4 and "unsigned" in result.stderr, result.stderr
 
 
-def test_signed_oci_artifact_and_a_forged_one(registry: Any, cli: Any, make_gguf: Any, tmp_path: Path,
-                                              keys: tuple[Path, Path], cache_dir: Path) -> None:
+def test_signed_oci_artifact_and_a_forged_one(
+    registry: Any, cli: Any, make_gguf: Any, tmp_path: Path, keys: tuple[Path, Path], cache_dir: Path
+) -> None:
     private, public = keys
     model_dir = tmp_path / "publish"
     model_dir.mkdir()
@@ -77,9 +73,11 @@ def test_signed_oci_artifact_and_a_forged_one(registry: Any, cli: Any, make_gguf
     (model_dir / "LICENSE").write_text("MIT")
     signature = sign(model_dir, private).read_bytes()
     raw = "application/vnd.cncf.model.weight.v1.raw"
-    layers = [(gguf, raw, {"org.cncf.model.filepath": "model.gguf"}),
-              (b"MIT", "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "LICENSE"}),
-              (signature, "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "model.sig"})]
+    layers = [
+        (gguf, raw, {"org.cncf.model.filepath": "model.gguf"}),
+        (b"MIT", "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "LICENSE"}),
+        (signature, "application/vnd.cncf.model.doc.v1.raw", {"org.cncf.model.filepath": "model.sig"}),
+    ]
     push_artifact(registry.url, "signed/tiny", "v1", layers)
     flags = ["--require-signature", "--signature-key", str(public)]
     ok = cli("ensure", f"oci://{registry.host}/signed/tiny:v1", *flags, "--json")

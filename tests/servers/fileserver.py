@@ -141,8 +141,15 @@ class FileServer:
         return Handler
 
     # ------------------------------------------------------------------------------------ serving
-    def serve_file(self, h: BaseHTTPRequestHandler, path: str, head: bool, file: Path | None = None,
-                   extra_headers: dict[str, str] | None = None, etag: str | None = None) -> None:
+    def serve_file(
+        self,
+        h: BaseHTTPRequestHandler,
+        path: str,
+        head: bool,
+        file: Path | None = None,
+        extra_headers: dict[str, str] | None = None,
+        etag: str | None = None,
+    ) -> None:
         fault = self.faults.get(path, Fault())
         fault.seen += 1
         if fault.statuses and fault.seen > fault.statuses_after:
@@ -246,8 +253,12 @@ class FileServer:
         if fault.clean_first > 0:
             fault.clean_first -= 1
             active = False
-        if active and fault.times is not None and fault.times > 0 and (fault.cut_after or fault.stall_after or
-                                                                       fault.corrupt_at is not None):
+        if (
+            active
+            and fault.times is not None
+            and fault.times > 0
+            and (fault.cut_after or fault.stall_after or fault.corrupt_at is not None)
+        ):
             fault.times -= 1
         length = end - start + 1
         if partial and fault.short_range_length is not None and fault.short_range_times > 0:
@@ -276,12 +287,17 @@ class FileServer:
         with open(file, "rb") as fh:
             fh.seek(start)
             while sent < length:
-                data = bytearray(fh.read(min(CHUNK, length - sent)))
+                data = bytes(fh.read(min(CHUNK, length - sent)))
                 if not data:
                     break
-                if active and fault.corrupt_at is not None and start + sent <= fault.corrupt_at < start + sent + len(
-                        data):
-                    data[fault.corrupt_at - start - sent] ^= 0xFF
+                if (
+                    active
+                    and fault.corrupt_at is not None
+                    and start + sent <= fault.corrupt_at < start + sent + len(data)
+                ):
+                    corrupted = bytearray(data)
+                    corrupted[fault.corrupt_at - start - sent] ^= 0xFF
+                    data = bytes(corrupted)
                 if active and fault.cut_after is not None and sent + len(data) > fault.cut_after:
                     data = data[: max(0, fault.cut_after - sent)]
                     self._write(h, path, bytes(data))

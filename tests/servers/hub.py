@@ -71,8 +71,16 @@ class FakeHub:
         self.cdn.close()
 
     # ------------------------------------------------------------------------------------- content
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", private: bool = False,
-                 gated: bool = False, tag: str | None = None) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        branch: str = "main",
+        private: bool = False,
+        gated: bool = False,
+        tag: str | None = None,
+    ) -> str:
         self.repos.setdefault(repo_id, Repo(repo_id, private=private, gated=gated))
         return self.commit(repo_id, files, branch=branch, tag=tag)
 
@@ -82,8 +90,11 @@ class FakeHub:
         entries: dict[str, HubFile] = {}
         for path, data in files.items():
             git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            lfs = hashlib.sha256(data).hexdigest() if len(data) >= self.lfs_threshold or path.endswith(
-                (".gguf", ".safetensors")) else None
+            lfs = (
+                hashlib.sha256(data).hexdigest()
+                if len(data) >= self.lfs_threshold or path.endswith((".gguf", ".safetensors"))
+                else None
+            )
             if lfs is not None:
                 stored = self.cdn.root / "lfs" / lfs
                 stored.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +166,19 @@ class FakeHub:
             return True
         files = repo.commits[commit]
         if kind == "tree":
-            self._json(h, [
-                {"type": "file", "oid": f.git_sha1, "size": f.size, "path": f.path,
-                 **({"lfs": {"oid": f.lfs_sha256, "size": f.size, "pointerSize": 134}} if f.lfs_sha256 else {})}
-                for f in sorted(files.values(), key=lambda f: f.path)
-            ])
+            self._json(
+                h,
+                [
+                    {
+                        "type": "file",
+                        "oid": f.git_sha1,
+                        "size": f.size,
+                        "path": f.path,
+                        **({"lfs": {"oid": f.lfs_sha256, "size": f.size, "pointerSize": 134}} if f.lfs_sha256 else {}),
+                    }
+                    for f in sorted(files.values(), key=lambda f: f.path)
+                ],
+            )
             return True
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
         siblings = []
@@ -170,9 +189,22 @@ class FakeHub:
                 if f.lfs_sha256:
                     sibling["lfs"] = {"sha256": f.lfs_sha256, "size": f.size, "pointerSize": 134}
             siblings.append(sibling)
-        self._json(h, {"_id": commit[:24], "id": repo.repo_id, "modelId": repo.repo_id, "sha": commit,
-                       "private": repo.private, "gated": repo.gated, "disabled": False, "siblings": siblings,
-                       "tags": [], "downloads": 0, "likes": 0})
+        self._json(
+            h,
+            {
+                "_id": commit[:24],
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "sha": commit,
+                "private": repo.private,
+                "gated": repo.gated,
+                "disabled": False,
+                "siblings": siblings,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+            },
+        )
         return True
 
     def _resolve(self, h: BaseHTTPRequestHandler, head: bool) -> bool:
@@ -203,6 +235,7 @@ class FakeHub:
             h.send_header("Content-Length", "0")
             h.end_headers()
             return True
-        self.server.serve_file(h, parts.path, head, file=f.stored, etag=f'"{f.git_sha1}"',
-                               extra_headers={"X-Repo-Commit": commit})
+        self.server.serve_file(
+            h, parts.path, head, file=f.stored, etag=f'"{f.git_sha1}"', extra_headers={"X-Repo-Commit": commit}
+        )
         return True

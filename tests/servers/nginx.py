@@ -70,8 +70,11 @@ http {{
 """
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(conf)
-        self.proc = subprocess.Popen([exe, "-e", str(workdir / "error.log"), "-c", str(self.conf), "-p", str(workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [exe, "-e", str(workdir / "error.log"), "-c", str(self.conf), "-p", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -20,8 +20,12 @@ def upload(base: str, repo: str, data: bytes, auth: Any = None) -> dict[str, Any
     started = httpx.post(f"{base}/v2/{repo}/blobs/uploads/", auth=auth)
     assert started.status_code == 202, started.text
     location = httpx.URL(base).join(started.headers["Location"])
-    done = httpx.put(location.copy_merge_params({"digest": sha(data)}), content=data, auth=auth,
-                     headers={"Content-Type": "application/octet-stream"})
+    done = httpx.put(
+        location.copy_merge_params({"digest": sha(data)}),
+        content=data,
+        auth=auth,
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert done.status_code == 201, done.text
     return {"digest": sha(data), "size": len(data)}
 
@@ -46,21 +50,31 @@ def push_artifact(
         if layer_annotations:
             desc["annotations"] = layer_annotations
         layer_descs.append(desc)
-    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type, "config": config_desc,
-                                "layers": layer_descs}
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": config_desc,
+        "layers": layer_descs,
+    }
     if artifact_type:
         manifest["artifactType"] = artifact_type
     if annotations:
         manifest["annotations"] = annotations
     raw = json.dumps(manifest).encode()
-    response = httpx.put(f"{base}/v2/{repo}/manifests/{tag}", content=raw, auth=auth,
-                         headers={"Content-Type": media_type})
+    response = httpx.put(
+        f"{base}/v2/{repo}/manifests/{tag}", content=raw, auth=auth, headers={"Content-Type": media_type}
+    )
     assert response.status_code == 201, response.text
     return sha(raw)
 
 
-def tar_bytes(files: dict[str, bytes], *, compression: str = "tar", links: dict[str, tuple[str, bool]] | None = None,
-               raw_names: bool = False) -> bytes:
+def tar_bytes(
+    files: dict[str, bytes],
+    *,
+    compression: str = "tar",
+    links: dict[str, tuple[str, bool]] | None = None,
+    raw_names: bool = False,
+) -> bytes:
     """A tar (optionally gzip/zstd) of ``files``; ``links`` maps name -> (target, symbolic)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:

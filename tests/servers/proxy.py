@@ -53,8 +53,9 @@ class Squid:
             passwords = self.dir / "passwords"
             entries = []
             for name, password in users.items():
-                hashed = subprocess.run(["openssl", "passwd", "-apr1", password], capture_output=True, text=True,
-                                        check=True).stdout.strip()
+                hashed = subprocess.run(
+                    ["openssl", "passwd", "-apr1", password], capture_output=True, text=True, check=True
+                ).stdout.strip()
                 entries.append(f"{name}:{hashed}\n")
             passwords.write_text("".join(entries))
             os.chmod(passwords, 0o644)
@@ -70,8 +71,9 @@ class Squid:
         conf = self.dir / "squid.conf"
         conf.write_text("\n".join(lines) + "\n")
         os.chmod(conf, 0o644)
-        self.proc = subprocess.Popen(["squid", "-N", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            ["squid", "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -54,7 +54,7 @@ log:
     disabled: false
 storage:
   filesystem:
-    rootdirectory: {workdir / 'data'}
+    rootdirectory: {workdir / "data"}
   delete:
     enabled: true
 http:

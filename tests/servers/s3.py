@@ -25,8 +25,7 @@ class S3Server:
         exe = shutil.which("moto_server")
         cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
         self.log = open(workdir / "moto.log", "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
-                                     stderr=self.log)
+        self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -50,8 +49,13 @@ class S3Server:
     def client(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/moto-api/reset")

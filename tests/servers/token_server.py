@@ -130,10 +130,19 @@ class TokenServer:
             granted = wanted if user else (["pull"] if repo.startswith("public/") and "pull" in wanted else [])
             access.append({"type": kind, "name": repo, "actions": granted})
         now = int(time.time())
-        claims = {"iss": ISSUER, "sub": user or "", "aud": SERVICE, "exp": now + self.ttl_s, "nbf": now - 120,
-                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
-        self.issued.append({"user": user, "access": access})
-        body = json.dumps({key: self._sign(claims), "expires_in": 300}).encode()
+        claims = {
+            "iss": ISSUER,
+            "sub": user or "",
+            "aud": SERVICE,
+            "exp": now + self.ttl_s,
+            "nbf": now - 120,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        token = self._sign(claims)
+        self.issued.append({"user": user, "access": access, "token": token})
+        body = json.dumps({key: token, "expires_in": 300}).encode()
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(body)))

@@ -80,7 +80,13 @@ class ModelProvisioner:
         self.ledger = Ledger(self.catalog, self.store, read_only=self.read_only)
         self._engine: TransferEngine | None = None
         self.workspace = Workspace(
-            self.settings, self.store, self.catalog, self.ledger, lambda: self.engine, self.read_only, schemes
+            settings=self.settings,
+            store=self.store,
+            catalog=self.catalog,
+            ledger=self.ledger,
+            transfers=lambda: self.engine,
+            read_only=self.read_only,
+            schemes=schemes,
         )
 
     @property
@@ -293,7 +299,7 @@ class ModelProvisioner:
     # ============================================================================== lifecycle
     def evict(self, pattern: RefLike, *, dry_run: bool = False, force: bool = False) -> list[str]:
         """Remove entries matching an id or a glob (``ops.gc.evict``); pinned and leased ones need ``force``."""
-        return gc_ops.evict(self, self.ledger, pattern, dry_run=dry_run, force=force)
+        return gc_ops.evict(self, pattern, dry_run=dry_run, force=force)
 
     def pin(self, ref: RefLike, pinned: bool = True) -> bool:
         return self.catalog.set_pinned(parse(ref).id, pinned)
@@ -302,8 +308,37 @@ class ModelProvisioner:
         """``with prov.lease("hf:org/repo/m.gguf"):`` eviction and ``rm`` leave the model alone meanwhile."""
         return leased(self, ref, holder)
 
-    def gc(self, **kwargs: Any) -> gc_ops.GcReport:
-        return gc_ops.gc(self, **kwargs)
+    def gc(
+        self,
+        *,
+        max_bytes: int | None = None,
+        dry_run: bool = False,
+        grace_s: float = 3600.0,
+        failed_retention_s: float = 7 * 86400.0,
+        wait_s: float = 600.0,
+    ) -> gc_ops.GcReport:
+        """Remove what nothing uses (``ops.gc.gc``): unreferenced blobs and views, Failed entries older than
+        ``failed_retention_s``, partial downloads untouched for ``grace_s``; then, with ``max_bytes``, least
+        recently used entries until the cache fits.
+
+        Args:
+            max_bytes: evict down to this many bytes (None: no budget).
+            dry_run: report what would go, remove nothing.
+            grace_s: partial downloads and interrupted entries younger than this are kept.
+            failed_retention_s: Failed entries younger than this are kept (their error is still shown).
+            wait_s: how long to wait for in-flight ensures before giving up.
+
+        Raises:
+            LockTimeout: ensures still ran after ``wait_s``.
+        """
+        return gc_ops.gc(
+            self,
+            max_bytes=max_bytes,
+            dry_run=dry_run,
+            grace_s=grace_s,
+            failed_retention_s=failed_retention_s,
+            wait_s=wait_s,
+        )
 
     def provisioning_now(self, entry: CatalogEntry) -> bool:
         """A process is provisioning ``entry`` right now (it holds its model lock); asked of Pending ones only."""

@@ -284,7 +284,10 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-strict", dest="strict", action="store_false", default=None)
     p.add_argument("--handoff-dir", metavar="DIR", help="write DIR/.runtime/engines/<engine>.json")
     p.add_argument(
-        "--flag", action="append", default=[], metavar="ARG",
+        "--flag",
+        action="append",
+        default=[],
+        metavar="ARG",
         help="an engine flag or value, repeatable: --flag=--threads --flag=2",
     )
     p.set_defaults(func=_engine_command("cmd_up"))

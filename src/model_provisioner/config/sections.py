@@ -33,12 +33,8 @@ def parse_mirrors(path: str, mirrors: Any) -> dict[str, Any]:
     if not isinstance(mirrors, dict) or set(mirrors) - {"hf", "https", "models"}:
         raise ConfigError(path, "mirrors", "expected a mapping with keys hf, https and/or models")
     roots = mirrors.get("models", [])
-    if not isinstance(roots, list) or not all(
-        isinstance(v, str) and v.startswith(("oci://", "s3://")) for v in roots
-    ):
-        raise ConfigError(
-            path, "mirrors.models", "expected a list of oci://registry/repo or s3://bucket/prefix/ roots"
-        )
+    if not isinstance(roots, list) or not all(isinstance(v, str) and v.startswith(("oci://", "s3://")) for v in roots):
+        raise ConfigError(path, "mirrors.models", "expected a list of oci://registry/repo or s3://bucket/prefix/ roots")
     out["model_mirrors"] = tuple(roots)
     hf = mirrors.get("hf", [])
     if not isinstance(hf, list) or not all(isinstance(v, str) and "://" in v for v in hf):

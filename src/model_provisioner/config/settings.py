@@ -358,6 +358,4 @@ def api_settings(settings: Settings) -> Settings:
             registry = root[len("oci://") :].split("/", 1)[0]
             allowed.append(registry if ":" in registry else f"{registry}:443")
     policy = replace(settings.policy, block_internal=True, internal_allow=tuple(allowed))
-    return replace(
-        settings, policy=policy, confine_files=True, allow_remote_code=settings.api_allow_remote_code
-    )
+    return replace(settings, policy=policy, confine_files=True, allow_remote_code=settings.api_allow_remote_code)

@@ -47,4 +47,3 @@ def check_no_file_dir_clash(paths: list[str], where: str) -> None:
             parent = "/".join(parts[:i])
             if parent in names:
                 raise CorruptModel(where, f"{parent[:200]!r} is both a file and the directory of {path[:200]!r}")
-

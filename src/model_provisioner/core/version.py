@@ -1,3 +1,3 @@
-"""The version of this package (pyproject.toml's ``version``; a test keeps the two equal)."""
+"""The version of this package, written here only: pyproject.toml reads it (``[tool.setuptools.dynamic]``)."""
 
 VERSION = "0.1.0"

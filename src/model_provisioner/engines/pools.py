@@ -216,9 +216,7 @@ def _choose_port(host: str, port: int) -> int:
     return chosen
 
 
-def _wait_for_supervisor(
-    rundir: RunDir, pool: str, timeout_s: float, launched: Launched, lock: FileLock
-) -> PoolState:
+def _wait_for_supervisor(rundir: RunDir, pool: str, timeout_s: float, launched: Launched, lock: FileLock) -> PoolState:
     """Until the pool is ready. The operation lock is let go once the supervisor has recorded itself: from
     then on ``down`` can prove it and stop it, also while the engine is still starting."""
     deadline = time.monotonic() + timeout_s

@@ -1,11 +1,13 @@
 """What operations over the whole cache need from the provisioner: its store, catalog and settings, and the
-few model-level actions they are built on. ``ModelProvisioner`` is one; ops never import it."""
+few model-level actions they are built on. ``ModelProvisioner`` is one; ops never import it (and never call
+back into it for what ops itself does: eviction is ``ops/gc.evict`` on the ledger)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 from model_provisioner.config.settings import Settings
+from model_provisioner.pipeline.ledger import Ledger
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogStore
 from model_provisioner.verify.results import ResolvedModel
@@ -15,8 +17,7 @@ class Cache(Protocol):
     settings: Settings
     store: BlobStore
     catalog: CatalogStore
-
-    def evict(self, pattern: Any, *, dry_run: bool = False, force: bool = False) -> list[str]: ...
+    ledger: Ledger
 
     def locate(self, ref: Any) -> ResolvedModel | None: ...
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import now_ms
+from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.ops.cache import Cache
 from model_provisioner.ops.leases import check_removable, live_leases
 from model_provisioner.ops.usage import usage
-from model_provisioner.pipeline.ledger import Ledger
 from model_provisioner.storage.locks import lock_is_free, model_lock, model_lock_is_free, store_exclusive
 
 log = logging.getLogger("model_provisioner")
@@ -52,7 +52,7 @@ def enforce_budget(
             if not r.pinned
             and r.id not in leased_ids
             and r.id not in protect
-            and r.lifecycle != "Pending"
+            and r.lifecycle is not Lifecycle.PENDING
             and r.scheme != "file"
         ),
         key=lambda r: (r.last_used_ms, r.id),
@@ -69,7 +69,7 @@ def enforce_budget(
             if not owners[blob]:
                 freed += use.blob_sizes.get(blob, 0)
         if not dry_run:
-            prov.evict(model_id, force=True)
+            evict(prov, model_id, force=True)
         disk -= freed
         evicted.append((model_id, freed))
         log.info("evicted %s (least recently used; %d bytes freed)", model_id, freed)
@@ -112,17 +112,18 @@ def gc(
         # 1. Failed entries past their retention (their store files go with them)
         for row in prov.catalog.rows_for_listing():
             expired = (
-                row.lifecycle == "Failed" and now - max(row.last_used_ms, row.created_ms) > failed_retention_s * 1000
+                row.lifecycle is Lifecycle.FAILED
+                and now - max(row.last_used_ms, row.created_ms) > failed_retention_s * 1000
             )
             # an interrupted ensure holds nothing (its partial download is kept below, within the grace
             # period); a Pending row nobody is provisioning is what a SIGKILL left
-            interrupted = (row.lifecycle == "Failed" and row.verification == "interrupted") or (
-                row.lifecycle == "Pending" and model_lock_is_free(prov.store.locks_dir, row.id)
+            interrupted = (row.lifecycle is Lifecycle.FAILED and row.verification == "interrupted") or (
+                row.lifecycle is Lifecycle.PENDING and model_lock_is_free(prov.store.locks_dir, row.id)
             )
             if expired or interrupted:
                 report.add("interrupted-entry" if interrupted and not expired else "failed-entry", row.id, 0)
                 if not dry_run:
-                    prov.evict(row.id, force=True)
+                    evict(prov, row.id, force=True)
         # 2. budget
         if max_bytes is not None:
             for model_id, freed in enforce_budget(prov, max_bytes, dry_run=dry_run):
@@ -219,7 +220,7 @@ def _gc_partials(prov: Cache, report: GcReport, dry_run: bool, grace_s: float) -
             os.unlink(item.path)
 
 
-def evict(prov: Cache, ledger: Ledger, pattern: Any, *, dry_run: bool = False, force: bool = False) -> list[str]:
+def evict(prov: Cache, pattern: Any, *, dry_run: bool = False, force: bool = False) -> list[str]:
     """Remove catalog entries matching an id or a glob, and the store files only they used.
 
     Files registered in place (``file:``) are never deleted: only forgotten. A pinned entry or one with a
@@ -244,7 +245,7 @@ def evict(prov: Cache, ledger: Ledger, pattern: Any, *, dry_run: bool = False, f
                 continue
             files = prov.catalog.files(model_id)
             prov.catalog.delete(model_id)
-            ledger.drop_store_files(entry, files=files)
+            prov.ledger.drop_store_files(entry, files=files)
             removed.append(model_id)
             log.info("evicted %s", model_id)
     return removed

@@ -24,7 +24,7 @@ class Usage:
 
 def usage(prov: Cache, rows: list[ListingRow] | None = None) -> Usage:
     rows = rows if rows is not None else prov.catalog.rows_for_listing()
-    sets = prov.catalog.blob_sizes_by_entry()
+    sets = prov.catalog.blobs_by_entry()
     owners: dict[str, set[str]] = {}
     sizes: dict[str, int] = {}
     logical = 0

@@ -61,8 +61,7 @@ def check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
         raise TransferFailed(f"{entry.id}: could not ask the source whether {who} may read {source}")
     if not granted:
         raise PolicyDenied(
-            f"{entry.id}: {source} is private and its source does not accept {who}; give credentials with "
-            "access to it"
+            f"{entry.id}: {source} is private and its source does not accept {who}; give credentials with access to it"
         )
     if not ws.read_only:
         check_plain_dir(record.parent)

@@ -26,7 +26,7 @@ class FetchOptions:
     progress: ProgressCallback | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Workspace:
     settings: Settings
     store: BlobStore

@@ -18,7 +18,7 @@ from model_provisioner.core.digest import Digest
 from model_provisioner.core.hashing import FileHash
 from model_provisioner.core.refs import ModelRef
 from model_provisioner.core.units import now_ms
-from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.core.vocab import CheckResult, Lifecycle
 from model_provisioner.formats import FormatInfo
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.storage.blobs import BlobStore
@@ -46,10 +46,12 @@ class Ledger:
 
     # ------------------------------------------------------------------------- the lifecycle
     def pending(
-        self, ref: ModelRef, entry: CatalogEntry | None, path: str, digest: Digest | None, strict: bool
+        self, ref: ModelRef, *, before: CatalogEntry | None, path: str, digest: Digest | None, strict: bool
     ) -> CatalogEntry:
-        """The entry as Pending while its bytes are fetched or hashed (what it had before is kept meanwhile)."""
+        """The entry as Pending while its bytes are fetched or hashed: what it had ``before`` is kept meanwhile;
+        ``path`` is where a new entry's bytes will be (empty while unknown: a remote model before its plan)."""
         now = now_ms()
+        entry = before
         pending = CatalogEntry(
             id=ref.id,
             ref=ref.id,
@@ -87,7 +89,7 @@ class Ledger:
             VerificationRecord(
                 active.id,
                 active.last_verified_ms or now_ms(),
-                str(check.result),
+                check.result,
                 check.reason,
                 active.digest,
                 bytes_hashed,
@@ -101,13 +103,15 @@ class Ledger:
         self,
         base: CatalogEntry,
         check: Check,
-        known: FileHash | None,
-        bytes_hashed: int,
+        *,
+        known: FileHash | None = None,
+        bytes_hashed: int = 0,
         fmt: FormatInfo | None = None,
         new_blob: str | None = None,
     ) -> None:
-        """Record a Failed entry; nothing of ours stays at a final path (views removed, blob kept only
-        while another entry uses it)."""
+        """Record ``base`` as Failed for ``check``; nothing of ours stays at a final path (views removed, blob
+        kept only while another entry uses it). ``known``: the bytes' hash when they were hashed; ``new_blob``:
+        the blob this attempt stored (removed unless another entry uses it)."""
         now = now_ms()
         if base.blob:
             self.drop_store_files(base)
@@ -127,10 +131,10 @@ class Ledger:
         self.catalog.put(failed)
         if new_blob is not None:
             self.drop_blob_if_unused(new_blob, base.id)
-        self.record(VerificationRecord(base.id, now, "fail", check.reason, failed.digest, bytes_hashed))
+        self.record(VerificationRecord(base.id, now, CheckResult.FAIL, check.reason, failed.digest, bytes_hashed))
 
     def mark_failed(
-        self, entry: CatalogEntry, reason: str, message: str, bytes_hashed: int, actual: FileHash | None
+        self, entry: CatalogEntry, *, reason: str, message: str, bytes_hashed: int, actual: FileHash | None
     ) -> None:
         """An Active entry whose bytes no longer verify: Failed, its views gone (its blob kept for the caller
         to quarantine), the message logged."""
@@ -149,7 +153,9 @@ class Ledger:
             )
         )
         self.record(
-            VerificationRecord(entry.id, now, "fail", reason, str(actual.sha256) if actual else None, bytes_hashed)
+            VerificationRecord(
+                entry.id, now, CheckResult.FAIL, reason, str(actual.sha256) if actual else None, bytes_hashed
+            )
         )
         log.error(message)
 
@@ -157,7 +163,13 @@ class Ledger:
         """The outcome of re-hashing an entry: Active again with its new fingerprint, or Failed with every blob
         that no longer matches its name quarantined."""
         if not rehash.ok:
-            self.mark_failed(entry, rehash.outcome, rehash.message, rehash.bytes_hashed, rehash.actual_hash)
+            self.mark_failed(
+                entry,
+                reason=rehash.outcome,
+                message=rehash.message,
+                bytes_hashed=rehash.bytes_hashed,
+                actual=rehash.actual_hash,
+            )
             for blob in dict.fromkeys(rehash.corrupt_blobs):
                 self.quarantine_blob(blob, rehash.message)
             return rehash.report(entry.id)
@@ -165,7 +177,7 @@ class Ledger:
         self.catalog.put(
             replace(entry, lifecycle=Lifecycle.ACTIVE, last_verified_ms=now, fingerprint=rehash.fingerprint, error=None)
         )
-        self.record(VerificationRecord(entry.id, now, "pass", "verified", rehash.actual, rehash.bytes_hashed))
+        self.record(VerificationRecord(entry.id, now, CheckResult.PASS, "verified", rehash.actual, rehash.bytes_hashed))
         return rehash.report(entry.id)
 
     def interrupted(self, model_id: str, before: CatalogEntry | None) -> None:
@@ -194,7 +206,7 @@ class Ledger:
         reason = "verified" if entry.verification in ("recorded", "source_verified", "verified") else entry.verification
         pinned = replace(entry, expected_digest=str(digest), strict=strict, verification=reason, last_verified_ms=now)
         self.catalog.put(pinned)
-        self.record(VerificationRecord(entry.id, now, "pass", reason or "verified", entry.digest, 0))
+        self.record(VerificationRecord(entry.id, now, CheckResult.PASS, reason or "verified", entry.digest, 0))
         log.info("%s: %s is now pinned for this id", entry.id, digest)
         return pinned
 
@@ -221,13 +233,17 @@ class Ledger:
     def quarantine_blob(self, blob: str, message: str) -> None:
         """A blob whose bytes no longer match its name is removed, and every other entry using it fails too:
         the engine trusts blob names, so a corrupt blob must never be found again."""
-        sets = self.catalog.blob_sizes_by_entry()
+        sets = self.catalog.blobs_by_entry()
         for row in self.catalog.rows_for_listing():
-            if row.lifecycle == "Active" and (row.blob == blob or blob in sets.get(row.id, ())):
+            if row.lifecycle is Lifecycle.ACTIVE and (row.blob == blob or blob in sets.get(row.id, ())):
                 entry = self.catalog.get(row.id)
                 if entry is not None:
                     self.mark_failed(
-                        entry, "mismatch", f"{row.id}: shares corrupted blob sha256:{blob} ({message})", 0, None
+                        entry,
+                        reason="mismatch",
+                        message=f"{row.id}: shares corrupted blob sha256:{blob} ({message})",
+                        bytes_hashed=0,
+                        actual=None,
                     )
         self.store.remove_blob(blob)
 

@@ -64,7 +64,7 @@ def provision_local(
         ):
             # unchanged bytes, only the question changed (e.g. a digest now given): no need to re-hash
             known = FileHash(Digest.parse(entry.digest), entry.size_bytes, {})
-        base = ws.ledger.pending(ref, entry, str(path), digest, strict)
+        base = ws.ledger.pending(ref, before=entry, path=str(path), digest=digest, strict=strict)
         return verify_and_commit(ws, ref, base, path, st, digest, strict, known, blob=None, pin_before=pinned_before)
 
 
@@ -87,12 +87,12 @@ def import_into_store(
     while hashing, then verified and viewed like a download (the model and store locks are held)."""
     st = stat_model_file(source, str(source))
     entry = ws.catalog.get(ref.id)
-    base = ws.ledger.pending(ref, entry, str(source), digest, strict)
+    base = ws.ledger.pending(ref, before=entry, path=str(source), digest=digest, strict=strict)
     try:
         # strict: a mismatch is refused before anything reaches the store
         blob, sha_hex, size = ws.store.import_file(source, digest if strict else None, ref.id, link=link)
     except DigestMismatch as exc:
-        ws.ledger.fail(base, Check(CheckResult.FAIL, "mismatch", exc), None, st.st_size)
+        ws.ledger.fail(base, Check(CheckResult.FAIL, "mismatch", exc), bytes_hashed=st.st_size)
         raise
     known = FileHash(Digest.sha256(sha_hex), size, {})
     if digest is not None and digest.algo != "sha256":
@@ -124,7 +124,7 @@ def verify_and_commit(
             f"{subject}: the file is empty (0 bytes), so it cannot be a model; re-download or re-export it",
             reason="empty",
         )
-        ledger.fail(base, Check(CheckResult.FAIL, "empty", err), None, 0, new_blob=blob)
+        ledger.fail(base, Check(CheckResult.FAIL, "empty", err), new_blob=blob)
         raise err
     if known is None:
         known = hash_file(path, [digest.algo] if digest is not None else [])
@@ -136,19 +136,30 @@ def verify_and_commit(
                 "and run ensure again",
                 reason="changed",
             )
-            ledger.fail(base, Check(CheckResult.FAIL, "changed", changed), None, bytes_hashed, new_blob=blob)
+            ledger.fail(base, Check(CheckResult.FAIL, "changed", changed), bytes_hashed=bytes_hashed, new_blob=blob)
             raise changed
     try:
         fmt = inspect_file(path, subject)
     except UnsupportedFormat as exc:
-        ledger.fail(base, Check(CheckResult.FAIL, "unsupported", exc), known, bytes_hashed, new_blob=blob)
+        ledger.fail(
+            base, Check(CheckResult.FAIL, "unsupported", exc), known=known, bytes_hashed=bytes_hashed, new_blob=blob
+        )
         raise
     except CorruptModel as exc:
-        ledger.fail(base, Check(CheckResult.FAIL, "corrupt", exc), known, bytes_hashed, new_blob=blob)
+        ledger.fail(
+            base, Check(CheckResult.FAIL, "corrupt", exc), known=known, bytes_hashed=bytes_hashed, new_blob=blob
+        )
         raise
-    check = compare(subject, known, digest, strict, owned=blob is not None)
+    check = compare(subject, known, digest, strict=strict, owned=blob is not None)
     if check.result is CheckResult.FAIL:
-        ledger.fail(replace(base, expected_digest=pin_before), check, known, bytes_hashed, fmt=fmt, new_blob=blob)
+        ledger.fail(
+            replace(base, expected_digest=pin_before),
+            check,
+            known=known,
+            bytes_hashed=bytes_hashed,
+            fmt=fmt,
+            new_blob=blob,
+        )
         assert check.error is not None
         raise check.error
     for message in check.warnings:
@@ -162,7 +173,14 @@ def verify_and_commit(
     try:
         signed = _signature(ws, path, subject, blob)
     except VerificationFailed as exc:
-        ledger.fail(base, Check(CheckResult.FAIL, exc.reason, exc), known, bytes_hashed, fmt=fmt, new_blob=blob)
+        ledger.fail(
+            base,
+            Check(CheckResult.FAIL, exc.reason, exc),
+            known=known,
+            bytes_hashed=bytes_hashed,
+            fmt=fmt,
+            new_blob=blob,
+        )
         raise
     local_path = path
     if blob is not None:

@@ -60,7 +60,7 @@ def provision_directory(
             f"{root} is a directory; give the model file inside it (e.g. {root}/{paths[0]}), or a Triton or "
             "transformers repository directory"
         )
-    base = ws.ledger.pending(ref, entry, str(root), digest, strict)
+    base = ws.ledger.pending(ref, before=entry, path=str(root), digest=digest, strict=strict)
     start = time.monotonic()
     try:
         hashed = [(rel, hash_file(path, [])) for rel, path in files]
@@ -70,7 +70,7 @@ def provision_directory(
             )
         entry_digest = repo_digest([(rel, h.sha256.hex, h.size_bytes) for rel, h in hashed])
         total = sum(h.size_bytes for _, h in hashed)
-        check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict, owned=False)
+        check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict=strict, owned=False)
         if check.result is CheckResult.FAIL:
             assert check.error is not None
             base = replace(base, expected_digest=pinned_before)  # a digest that failed never becomes the pin
@@ -88,7 +88,7 @@ def provision_directory(
         if ws.settings.require_signature:
             meta = {**meta, "signature": verify_signature(ws.settings, root, ref.id)}
     except ProvisionerError as exc:
-        ws.ledger.fail(base, Check.failed(exc), None, 0)
+        ws.ledger.fail(base, Check.failed(exc))
         raise
     for message in check.warnings:
         log.warning(message)

@@ -21,7 +21,6 @@ from model_provisioner.core import failpoints
 from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import (
     CorruptModel,
-    DigestMismatch,
     NotModified,
     ProvisionerError,
     VerificationFailed,
@@ -43,7 +42,7 @@ from model_provisioner.storage.locks import fetch_slot
 from model_provisioner.storage.othercaches import find_adoptable
 from model_provisioner.storage.unpack import unpack_into_store
 from model_provisioner.transfer.types import TransferOutcome, TransferSpec
-from model_provisioner.verify.compare import Check
+from model_provisioner.verify.compare import Check, strict_mismatch
 from model_provisioner.verify.rehash import fingerprint_of
 from model_provisioner.verify.results import ResolvedModel, resolved_from
 
@@ -96,17 +95,17 @@ def provision_remote(
         previous_metadata=previous_active.metadata if previous_active else None,
     )
     try:
-        # what the caller asked for is what the entry records; a mirror's digest is only checked against
-        user_digest, user_strict = digest, strict
-        plan, digest, strict = _plan(ws, ref, digest, strict, request)
-        base = ws.ledger.pending(ref, entry, "", user_digest, user_strict)
+        # the entry records what the caller pinned; the bytes are checked against ``enforced``: the same pin, or,
+        # when the caller gave none, the digest a team mirror's copy was pushed with
+        plan, enforced, enforced_strict = _plan(ws, ref, digest, strict, request)
+        base = ws.ledger.pending(ref, before=entry, path="", digest=digest, strict=strict)
         try:
             with fetch_slot(ws.store.locks_dir, ws.settings.max_parallel_fetches, ws.settings.lock_timeout_s):
                 failpoints.failpoint("fetch.slot")
                 fetched = _fetch_all(ws, ref, plan, options.progress)
             failpoints.failpoint("remote.fetched")
             _check_git_ids(ws, ref, plan, fetched)
-            laid = lay_out(ws, ref, plan, _materialise(ws, ref, plan, fetched), digest, strict)
+            laid = lay_out(ws, ref, plan, _materialise(ws, ref, plan, fetched), enforced, enforced_strict)
             if ws.settings.require_signature:
                 laid.extra["signature"] = check_signature(ws, ref, laid)
         except NotModified:
@@ -120,7 +119,7 @@ def provision_remote(
             if previous_active is not None and options.refresh:
                 ws.catalog.put(previous_active)  # a failed refresh never loses a good copy
                 raise
-            ws.ledger.fail(base, Check.failed(exc), None, 0)
+            ws.ledger.fail(base, Check.failed(exc))
             raise
     finally:
         for closer in request.closers:
@@ -160,19 +159,20 @@ def _plan(
     ws: Workspace, ref: RemoteRef, digest: Digest | None, strict: bool, request: PlanRequest
 ) -> tuple[FetchPlan, Digest | None, bool]:
     """The plan from a team mirror (its copy must be the bytes the origin was verified to have when it was
-    pushed: that digest becomes the one enforced) or from the origin; and the digest to enforce."""
+    pushed: that digest is enforced when the caller pinned none) or from the origin; and the digest to
+    enforce, with whether it is strict."""
+    enforced, enforced_strict = digest, strict
     plan = None if request.refresh else plan_from_mirrors(ws.settings, ref, request.closers)
     if plan is None:
         plan = plan_origin(ref, ws.settings, request)
     else:
         mirrored = Digest.parse(plan.annotations[ANN_DIGEST])
+        consequence = "the mirror holds another version; nothing was downloaded"
+        if mismatch := strict_mismatch(ref.id, digest, str(mirrored), strict=strict, consequence=consequence):
+            raise mismatch
         if digest is None:
-            digest, strict = mirrored, True
-        elif strict and digest != mirrored:
-            raise DigestMismatch(
-                ref.id, str(digest), str(mirrored), "the mirror holds another version; nothing was downloaded"
-            )
-    return _check_user_digest_against_source(ref, plan, digest, strict), digest, strict
+            enforced, enforced_strict = mirrored, True
+    return _check_user_digest_against_source(ref, plan, enforced, enforced_strict), enforced, enforced_strict
 
 
 def _metadata(
@@ -206,13 +206,10 @@ def _check_user_digest_against_source(
     if digest is None or digest.algo != "sha256" or plan.layout != "file" or len(plan.files) != 1:
         return plan
     file = plan.files[0]
-    if file.sha256 is not None and file.sha256 != digest.hex and strict:
-        raise DigestMismatch(
-            ref.id,
-            str(digest),
-            f"sha256:{file.sha256}",
-            "the source publishes a different digest, so nothing was downloaded; check the digest or the revision",
-        )
+    published = f"sha256:{file.sha256}" if file.sha256 is not None else None
+    consequence = "the source publishes a different digest, so nothing was downloaded; check the digest or the revision"
+    if mismatch := strict_mismatch(ref.id, digest, published, strict=strict, consequence=consequence):
+        raise mismatch
     if file.sha256 is None and strict:
         return replace(plan, files=(replace(file, sha256=digest.hex),))
     return plan

@@ -67,7 +67,7 @@ def _one_file(ws: Workspace, ref: ModelRef, file: EntryFile, digest: Digest | No
     known = (
         hash_file(blob_path, extra_algos) if extra_algos else FileHash(Digest.parse(entry_digest), file.size_bytes, {})
     )
-    check = compare(ref.id, known, digest, strict, owned=True)
+    check = compare(ref.id, known, digest, strict=strict, owned=True)
     _raise_or_drop(ws, check, [file.blob])
     local = ws.ledger.link_blob_view(ref, name, file.blob, fmt)
     return LaidOut(local, entry_digest, file.size_bytes, fmt, file.blob, None, check)
@@ -80,7 +80,7 @@ def _gguf_set(ws: Workspace, ref: ModelRef, files: list[EntryFile], digest: Dige
     by_name = isinstance(ref, HfRef | UrlRef)
     names = [(f.path.rsplit("/", 1)[-1] if by_name else f.path, f.blob, f.size_bytes) for f in files]
     entry_digest = repo_digest(names)
-    check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict, owned=True)
+    check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict=strict, owned=True)
     _raise_or_drop(ws, check, [f.blob for f in files])
     ggufs = sorted((n for n in names if n[0].endswith(".gguf") and "mmproj" not in n[0].lower()), key=lambda n: n[0])
     main_name, main_blob, _ = (ggufs or [n for n in names if n[0].endswith(".gguf")])[0]
@@ -111,7 +111,7 @@ def _repository(
     namespace = ref_namespace(ref)
     total = sum(f.size_bytes for f in files)
     entry_digest = repo_digest([(f.path, f.blob, f.size_bytes) for f in files])
-    check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict, owned=True)
+    check = compare(ref.id, FileHash(Digest.parse(entry_digest), total, {}), digest, strict=strict, owned=True)
     _raise_or_drop(ws, check, [f.blob for f in files])
     revision = plan.revision or entry_digest.split(":")[1][:16]
     extra: dict[str, Any] = {"repo_digest": entry_digest}

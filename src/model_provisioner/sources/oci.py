@@ -196,8 +196,9 @@ def registry_grants_access(
     resolved (a credential helper runs once)."""
     with client or RegistryClient(registry, settings, anonymous=anonymous) as client:
         try:
-            response = client.request("HEAD", f"/v2/{repository}/manifests/{reference}", repository,
-                                      headers={"Accept": MANIFEST_ACCEPT})
+            response = client.request(
+                "HEAD", f"/v2/{repository}/manifests/{reference}", repository, headers={"Accept": MANIFEST_ACCEPT}
+            )
         except PolicyDenied:
             return False
         except ProvisionerError:

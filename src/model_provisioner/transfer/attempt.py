@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from model_provisioner.core import failpoints
@@ -15,12 +15,15 @@ from model_provisioner.core.errors import DigestMismatch, NotFound, NotModified,
 from model_provisioner.core.redact import redact_url
 from model_provisioner.net.ranges import body_cap, range_end, total_and_start, unsatisfied_length
 from model_provisioner.net.retry import is_retryable_status, retry_after_of
-from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.guard import SlowStreamWatch
-from model_provisioner.transfer.parallel import AttemptState, ParallelDownload
-from model_provisioner.transfer.partial import Chunks, discard, drop_maps, kept_prefix, rehash_prefix, write_meta
+from model_provisioner.transfer.parallel import ParallelDownload
+from model_provisioner.transfer.partial import ChunkMap, discard, drop_maps, kept_prefix, rehash_prefix, write_meta
+from model_provisioner.transfer.services import EngineServices
 from model_provisioner.transfer.stream import stream_into, stream_rest
 from model_provisioner.transfer.types import (
+    AttemptState,
+    FileDeadline,
+    Hasher,
     MirrorFilling,
     Progress,
     ProgressCallback,
@@ -38,12 +41,13 @@ log = logging.getLogger("model_provisioner")
 
 
 def run_attempt(
-    conn: Connection,
+    engine: EngineServices,
     source: Source,
     spec: TransferSpec,
     partial: Path,
     progress_cb: ProgressCallback | None,
     *,
+    deadline: FileDeadline | None,
     wait_for_fill: bool = False,
 ) -> TransferOutcome:
     """Ask (``_first_request``), take the answer apart (``_without_body``, ``_placed``), receive, commit."""
@@ -51,20 +55,20 @@ def run_attempt(
 
     meta_path = partial.with_suffix(".json")
     kept, etag_kept, chunks = kept_prefix(partial, meta_path, spec, source)
-    headers, open_ended = _first_request(conn, source, spec, kept, etag_kept, chunks)
+    headers, open_ended = _first_request(engine, source, spec, kept, etag_kept, chunks)
     try:
-        response, final_url, final_headers = conn.open(source, headers)
+        response, final_url, final_headers = engine.open(source, headers)
     except httpx.HTTPError as exc:
         raise Retryable.of(exc) from None
     try:
-        done = _without_body(conn, source, spec, partial, response, kept, etag_kept, wait_for_fill)
+        done = _without_body(engine, source, spec, partial, response, kept, etag_kept, deadline, wait_for_fill)
         if done is not None:
             return done
         raise_for_status(response, spec)
-        total, kept, chunks = _placed(conn, source, spec, partial, response, kept, chunks)
+        total, kept, chunks = _placed(engine, source, spec, partial, response, kept, chunks)
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
-        if chunks is not None and (total is None or chunks[-1][1] != total or (etag_kept and etag != etag_kept)):
+        if chunks is not None and (total is None or chunks[-1].end != total or (etag_kept and etag != etag_kept)):
             raise Restart("the resource changed since the interrupted download")
         if chunks is None:
             write_meta(meta_path, spec, source, etag, parallel=False, prefix=kept)
@@ -72,25 +76,40 @@ def run_attempt(
         hasher = rehash_prefix(partial, kept)
         if kept:
             progress.add(kept, fetched=False)
-        att = AttemptState(spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress)
-        _receive(conn, att, response, kept, total, chunks, open_ended)
+        att = AttemptState(spec, source, partial, meta_path, final_url, final_headers, etag, hasher, progress, deadline)
+        _receive(engine, att, response, kept, total, chunks, open_ended)
     finally:
         response.close()
     return commit(
-        conn, spec, source, partial, hasher, total, etag, last_modified, fetched=progress.fetched, resumed_from=kept
+        engine,
+        spec,
+        source,
+        partial,
+        hasher,
+        total,
+        etag,
+        last_modified,
+        deadline=deadline,
+        fetched=progress.fetched,
+        resumed_from=kept,
     )
 
 
 def _first_request(
-    conn: Connection, source: Source, spec: TransferSpec, kept: int, etag_kept: str | None, chunks: Chunks | None
+    engine: EngineServices,
+    source: Source,
+    spec: TransferSpec,
+    kept: int,
+    etag_kept: str | None,
+    chunks: ChunkMap | None,
 ) -> tuple[dict[str, str], bool]:
     """(the first request's headers, whether it asks for the whole rest). The first request is a bounded range
     (exactly the first chunk of a parallel download), so that no byte a server pushes is ever thrown away; a
     server without ranges answers 200 with everything."""
     headers = dict(spec.conditional)
-    first_end = kept + conn.settings.parallel_chunk_min_bytes
+    first_end = kept + engine.settings.parallel_chunk_min_bytes
     if chunks is not None:
-        first_end = next((c[1] for c in chunks if c[0] + c[2] == kept), first_end)
+        first_end = next((c.end for c in chunks if c.reached == kept), first_end)
     open_ended = not source.bounded_first and chunks is None
     if not open_ended:
         headers["Range"] = f"bytes={kept}-{first_end - 1}"
@@ -102,13 +121,14 @@ def _first_request(
 
 
 def _without_body(
-    conn: Connection,
+    engine: EngineServices,
     source: Source,
     spec: TransferSpec,
     partial: Path,
     response: httpx.Response,
     kept: int,
     etag_kept: str | None,
+    deadline: FileDeadline | None,
     wait_for_fill: bool,
 ) -> TransferOutcome | None:
     """The answers that end the attempt before any body: 304, an empty resource, a partial already complete
@@ -117,28 +137,40 @@ def _without_body(
     if status == 304 and spec.conditional:
         raise NotModified(f"{spec.name}: not modified")
     if status == 416 and kept == 0 and response.headers.get("Content-Range", "").endswith("/0"):
-        return conn.empty(spec)  # an empty resource: no byte range can be satisfied
+        return engine.empty(spec)  # an empty resource: no byte range can be satisfied
     if status == 416 and kept and unsatisfied_length(response.headers) == kept:
         # the partial already holds every byte (an interruption after the last range landed, or a crash before
         # the commit): verify and commit it without fetching anything again
         etag = response.headers.get("ETag") or etag_kept
         hasher = rehash_prefix(partial, kept)
         last_modified = response.headers.get("Last-Modified")
-        return commit(conn, spec, source, partial, hasher, kept, etag, last_modified, fetched=0, resumed_from=kept)
-    if status == 200 and wait_for_fill and (spec.expected_size or 0) >= conn.settings.parallel_chunk_min_bytes:
+        return commit(
+            engine,
+            spec,
+            source,
+            partial,
+            hasher,
+            kept,
+            etag,
+            last_modified,
+            deadline=deadline,
+            fetched=0,
+            resumed_from=kept,
+        )
+    if status == 200 and wait_for_fill and (spec.expected_size or 0) >= engine.settings.parallel_chunk_min_bytes:
         raise MirrorFilling(f"{source.label} does not hold the blob yet (it answered a Range request with 200)")
     return None
 
 
 def _placed(
-    conn: Connection,
+    engine: EngineServices,
     source: Source,
     spec: TransferSpec,
     partial: Path,
     response: httpx.Response,
     kept: int,
-    chunks: Chunks | None,
-) -> tuple[int | None, int, Chunks | None]:
+    chunks: ChunkMap | None,
+) -> tuple[int | None, int, ChunkMap | None]:
     """Where the body lands: (the total length if known, the offset it starts at, the chunk map still valid).
     A 206 elsewhere than asked (or contradicting itself) starts over from zero; a 200 to a Range request
     restarts the partial; a size other than the one expected is refused; the rest must fit on the disk."""
@@ -162,23 +194,23 @@ def _placed(
         )
     total = total if total is not None else spec.expected_size
     if total is not None:
-        conn.store.check_free_space(total - kept)
+        engine.store.check_free_space(total - kept)
     return total, kept, chunks
 
 
 def _receive(
-    conn: Connection,
+    engine: EngineServices,
     att: AttemptState,
     response: httpx.Response,
     kept: int,
     total: int | None,
-    chunks: Chunks | None,
+    chunks: ChunkMap | None,
     open_ended: bool,
 ) -> None:
     """The body of the first answer, then what is left: one stream while it is fast enough, else parallel ranges
     (a per-connection cap, a long fat pipe); a resumed parallel download resumes as one. An ``open_ended`` first
     answer (the whole rest) is watched like the rest of a bounded one, and cut where it turns slow."""
-    settings = conn.settings
+    settings = engine.settings
     status = response.status_code
     accepts_ranges = status == 206 or response.headers.get("Accept-Ranges", "").lower() == "bytes"
     parallel = (
@@ -189,18 +221,18 @@ def _receive(
     )
     if parallel and chunks is not None:  # resuming an interrupted parallel download
         assert total is not None
-        ParallelDownload(conn, att, kept, total, chunks).run(response)
+        ParallelDownload(engine, att, kept, total, chunks).run(response)
         return
     # never more than the range asked for or the size expected: an endless body is cut at once
     cap = body_cap(status, response.headers, kept, total)
     enough = settings.single_stream_enough_bytes_per_s
     first_watch = SlowStreamWatch(enough) if parallel and open_ended else None
-    end, rate = stream_into(conn, response, att.partial, kept, att.hasher, att.progress, first_watch, cap=cap)
+    end, rate = stream_into(engine, att, response, kept, first_watch, cap=cap)
     if first_watch is not None and total is not None and end < total:
         response.close()
         slow = first_watch.last_rate or rate
         log.info("%s: one connection is slow (%.0f MB/s); fanning out the rest", att.spec.name, slow / 1e6)
-        ParallelDownload(conn, att, end, total, None, single_rate=slow).run(None)
+        ParallelDownload(engine, att, end, total, None, single_rate=slow).run(None)
         return
     served_to = range_end(status, response.headers)
     if served_to is not None and end != served_to + 1:
@@ -213,31 +245,32 @@ def _receive(
     if not parallel or rate >= enough:
         # keep watching: servers often let a first burst through at full speed
         watch = SlowStreamWatch(enough) if parallel else None
-        offset = stream_rest(conn, att.source, att.etag, att.partial, offset, att.hasher, att.progress, watch)
+        offset = stream_rest(engine, att, offset, watch)
         if watch is not None and watch.last_rate is not None:
             rate = watch.last_rate  # what the one stream did when it turned slow: the fan-out's baseline
     if offset < total:
         log.info("%s: one connection is slow (%.0f MB/s); fanning out the rest", att.spec.name, rate / 1e6)
-        ParallelDownload(conn, att, offset, total, None, single_rate=rate).run(None)
+        ParallelDownload(engine, att, offset, total, None, single_rate=rate).run(None)
 
 
 def commit(
-    conn: Connection,
+    engine: EngineServices,
     spec: TransferSpec,
     source: Source,
     partial: Path,
-    hasher: Any,
+    hasher: Hasher,
     total: int | None,
     etag: str | None,
     last_modified: str | None,
     *,
+    deadline: FileDeadline | None,
     fetched: int,
     resumed_from: int,
 ) -> TransferOutcome:
     """The partial file is complete: check its size and digest, then move it into the blob store."""
     # a cancellation shuts sockets down, which ends a body without a length like a clean EOF: never
     # take that for the end of the file
-    conn.check_deadline()
+    engine.check_deadline(deadline)
     failpoints.failpoint("transfer.complete")
     size = os.lstat(partial).st_size
     if total is not None and size != total:
@@ -251,7 +284,7 @@ def commit(
             f"sha256:{sha_hex}",
             f"deleted the download from {source.label} {redact_url(source.url)}",
         )
-    blob = conn.store.commit_blob(partial, sha_hex)
+    blob = engine.store.commit_blob(partial, sha_hex)
     drop_maps(partial)
     shown = f"{source.label} {redact_url(source.url)}"
     return TransferOutcome(sha_hex, size, blob, fetched, resumed_from, etag, last_modified, source=shown)

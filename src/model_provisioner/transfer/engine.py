@@ -50,6 +50,7 @@ from model_provisioner.transfer.attempt import run_attempt
 from model_provisioner.transfer.guard import ChunkGuard
 from model_provisioner.transfer.partial import discard
 from model_provisioner.transfer.types import (
+    FileDeadline,
     MirrorFilling,
     ProgressCallback,
     Restart,
@@ -112,8 +113,6 @@ class TransferEngine:
         self.policy = policy
         self._client = client
         self._client_lock = threading.Lock()
-        #: (monotonic deadline, file name) of the file this thread is fetching (range workers inherit it)
-        self._deadline = threading.local()
         self._cancelled = threading.Event()
         self._transport: Any = None
         self._check_host = host_checker(policy)
@@ -133,22 +132,12 @@ class TransferEngine:
         """Accept transfers again (a library caller that caught the interruption goes on)."""
         self._cancelled.clear()
 
-    @property
-    def deadline(self) -> tuple[float, str] | None:
-        """(monotonic deadline, file name) of the file this thread is fetching."""
-        value: tuple[float, str] | None = getattr(self._deadline, "value", None)
-        return value
+    def chunk_guard(self, deadline: FileDeadline | None) -> ChunkGuard:
+        return ChunkGuard(self.settings, self._cancelled, deadline)
 
-    @deadline.setter
-    def deadline(self, value: tuple[float, str] | None) -> None:
-        self._deadline.value = value
-
-    def chunk_guard(self) -> ChunkGuard:
-        return ChunkGuard(self.settings, self._cancelled, self.deadline)
-
-    def check_deadline(self) -> None:
+    def check_deadline(self, deadline: FileDeadline | None) -> None:
         """Between requests: stop when cancelled or past the file's deadline (per chunk: ``ChunkGuard``)."""
-        self.chunk_guard().check(time.monotonic())
+        self.chunk_guard(deadline).check(time.monotonic())
 
     # ----------------------------------------------------------------------------- client
     @property
@@ -246,25 +235,30 @@ class TransferEngine:
         shown = redact_url(source.url)
         backoff = Backoff.of(self.settings)
         attempt = 0
-        deadline_s = self.settings.file_deadline_s
-        self.deadline = (time.monotonic() + deadline_s, spec.name) if deadline_s else None
+        deadline = FileDeadline.starting_now(spec.name, self.settings.file_deadline_s)
         fill = MirrorFillWait(self.settings.mirror_fill_wait_s if source.pull_through else 0.0)
         while True:
             attempt += 1
-            self.check_deadline()
+            self.check_deadline(deadline)
             try:
                 try:
-                    return run_attempt(self, source, spec, partial, progress_cb, wait_for_fill=fill.waiting)
+                    return run_attempt(
+                        self, source, spec, partial, progress_cb, deadline=deadline, wait_for_fill=fill.waiting
+                    )
                 except Restart as restart:
                     discard(partial)
                     raise Retryable(f"{restart}; starting over") from None
             except MirrorFilling as filling:
                 attempt -= 1  # not a failure: the mirror is fetching the blob from its upstream
-                self.check_deadline()
+                self.check_deadline(deadline)
                 delay = fill.next_delay()
                 if delay is None:
-                    log.warning("%s: %s is still filling after %.0fs; reading the blob through it", spec.name,
-                                source.label, fill.budget_s)
+                    log.warning(
+                        "%s: %s is still filling after %.0fs; reading the blob through it",
+                        spec.name,
+                        source.label,
+                        fill.budget_s,
+                    )
                 else:
                     log.info("%s: %s; polling again in %.2fs", spec.name, filling, delay)
                     time.sleep(delay)
@@ -279,7 +273,7 @@ class TransferEngine:
                     raise TransferFailed(
                         f"{spec.name}: giving up on {shown} after {attempt} attempts; last error: {exc}"
                     ) from None
-                self.check_deadline()
+                self.check_deadline(deadline)
                 delay = backoff.delay(attempt, exc.retry_after)
                 log.info("%s: %s (attempt %d/%d); retrying in %.1fs", spec.name, exc, attempt, attempts, delay)
                 time.sleep(delay)

@@ -9,7 +9,7 @@ import time
 
 from model_provisioner.config.settings import TransferSettings
 from model_provisioner.core.errors import Cancelled, TransferFailed
-from model_provisioner.transfer.types import Retryable
+from model_provisioner.transfer.types import FileDeadline, Retryable
 
 
 class SlowStreamWatch:
@@ -39,12 +39,9 @@ class ChunkGuard:
     each window of ``min_rate_window_s`` a connection must deliver ``min_rate_bytes_per_s`` on average (a
     read timeout alone never fires when a byte arrives every few seconds; a rate of 0 turns it off)."""
 
-    def __init__(
-        self, settings: TransferSettings, cancelled: threading.Event, deadline: tuple[float, str] | None
-    ) -> None:
+    def __init__(self, settings: TransferSettings, cancelled: threading.Event, deadline: FileDeadline | None) -> None:
         self.cancelled = cancelled
         self.deadline = deadline
-        self.deadline_s = settings.file_deadline_s
         self.min_rate = settings.min_rate_bytes_per_s
         self.window_s = settings.min_rate_window_s
         self.start = time.monotonic()
@@ -53,9 +50,9 @@ class ChunkGuard:
     def check(self, now: float) -> None:
         if self.cancelled.is_set():
             raise Cancelled("interrupted; the partial download is kept and the next run resumes it")
-        if self.deadline is not None and now > self.deadline[0]:
+        if self.deadline is not None and now > self.deadline.at:
             raise TransferFailed(
-                f"{self.deadline[1]}: not complete within transfer.file_deadline_s ({self.deadline_s:.0f}s); "
+                f"{self.deadline.name}: not complete within transfer.file_deadline_s ({self.deadline.limit_s:.0f}s); "
                 "the partial download is kept and the next run resumes it"
             )
 

@@ -11,29 +11,29 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model_provisioner.net.ranges import content_range
 from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
-from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.fanout import FanoutController
 from model_provisioner.transfer.guard import ChunkGuard, fill_from_socket
 from model_provisioner.transfer.partial import (
     READ_CHUNK,
-    Chunks,
+    Chunk,
+    ChunkMap,
     contiguous,
     discard,
     open_progress,
+    plan_chunks,
     progress_path,
     pwritev_all,
     record_progress,
     write_meta,
 )
-from model_provisioner.transfer.types import Progress, Restart, Retryable, Source, TransferSpec, describe
+from model_provisioner.transfer.services import EngineServices
+from model_provisioner.transfer.types import AttemptState, Restart, Retryable, describe
 
 if TYPE_CHECKING:
     import httpx
@@ -45,62 +45,44 @@ log = logging.getLogger("model_provisioner")
 RANGE_BUFFER = 256 << 10
 
 
-@dataclass
-class AttemptState:
-    """What one attempt at one file works with (so the range machinery takes one argument, not nine)."""
-
-    spec: TransferSpec
-    source: Source
-    partial: Path
-    meta_path: Path
-    url: str  # after redirects
-    headers: dict[str, str]  # for ``url``: credentials already dropped if it is on another host
-    etag: str | None
-    hasher: Any
-    progress: Progress
-
-
 class ParallelDownload:
     """Fetch [kept, total) of one file as ranges on up to ``transfer.connections`` workers, as many at a time as
     the fan-out controller finds worth it (``transfer/fanout.py``)."""
 
     def __init__(
         self,
-        conn: Connection,
+        engine: EngineServices,
         att: AttemptState,
         kept: int,
         total: int,
-        chunks: Chunks | None,
+        chunks: ChunkMap | None,
         single_rate: float | None = None,
     ) -> None:
-        self.conn = conn
-        enough = conn.settings.single_stream_enough_bytes_per_s
-        self.fanout = FanoutController(conn.settings.connections, single_rate, enough)
-        if not conn.settings.adaptive_connections:
-            self.fanout.target, self.fanout.settled = conn.settings.connections, True
+        self.engine = engine
+        settings = engine.settings
+        self.fanout = FanoutController(settings.connections, single_rate, settings.single_stream_enough_bytes_per_s)
+        if not settings.adaptive_connections:
+            self.fanout.target, self.fanout.settled = settings.connections, True
         self.active = 0
         #: bytes received by each worker (one slot each, written only by its worker): the controller's measure,
         #: finer than ``written`` on the httpx path, which moves 1 MiB at a time
         self.arrived: list[int] = []
-        self.local = threading.local()
         self.att = att
         self.total = total
-        self.backoff = Backoff.of(conn.settings)
+        self.backoff = Backoff.of(settings)
         self.fd = open_in_cache(att.partial, os.O_RDWR | os.O_CREAT)  # the umask decides (shared caches: g+w)
         if chunks is None:
-            connections = conn.settings.connections
-            remaining = total - kept
-            size = max(conn.settings.parallel_chunk_min_bytes, min(64 << 20, -(-remaining // (connections * 4))))
-            chunks = [[s, min(s + size, total), 0] for s in range(kept, total, size)]
+            per_connection = -(-(total - kept) // (settings.connections * 4))  # four ranges a connection
+            size = max(settings.parallel_chunk_min_bytes, min(64 << 20, per_connection))
+            chunks = plan_chunks(kept, total, size)
             os.ftruncate(self.fd, kept)
-        self.starts = [c[0] for c in chunks]
-        self.ends = [c[1] for c in chunks]
-        self.written = [c[2] for c in chunks]
+        #: the ranges; a range's ``written`` changes under ``cond``, only by the worker that holds the range
+        self.chunks = chunks
         self.hashed = kept
         self.saved_at = 0.0  # when the chunk map was last saved
         self.progress_fd = -1  # the progress counters, open while workers run (-1: closed, record nothing)
-        att.progress.add(sum(self.written) - (kept - self.starts[0]), fetched=False)
-        self.pending = [i for i in range(len(chunks)) if self.starts[i] + self.written[i] < self.ends[i]]
+        att.progress.add(sum(c.written for c in chunks) - (kept - chunks[0].start), fetched=False)
+        self.pending = [i for i, chunk in enumerate(chunks) if not chunk.complete]
         self.cond = threading.Condition()
         self.errors: list[BaseException] = []
         self.next_index = 0
@@ -112,21 +94,20 @@ class ParallelDownload:
     def run(self, first: httpx.Response | None) -> None:
         """``first`` (the response that showed the server's range support) serves the first pending range."""
         self.next_index = 1 if first is not None else 0
-        self.deadline = self.conn.deadline
         threads: list[threading.Thread] = []
         try:
             # counters are read against the layout the map names: old ones go before a map with a new layout is
             # saved, and new ones are written after it (what ``kept_prefix`` merged is in this map already)
             progress_path(self.att.partial).unlink(missing_ok=True)
             self._save()
-            self.progress_fd = open_progress(self.att.partial, self.written)
+            self.progress_fd = open_progress(self.att.partial, [c.written for c in self.chunks])
             self._spawn(threads, first)
             self._follow_with_hash(threads)
         finally:
             with self.cond:
                 self.next_index = len(self.pending)  # stop handing out ranges
             for t in threads:
-                t.join(timeout=self.conn.settings.stall_timeout_s + 5)
+                t.join(timeout=self.engine.settings.stall_timeout_s + 5)
             self._save()
             with self.cond:  # a worker still stuck after the join records nothing more
                 progress_fd, self.progress_fd = self.progress_fd, -1
@@ -147,9 +128,7 @@ class ParallelDownload:
             slots = list(range(len(self.arrived), len(self.arrived) + max(want, 0)))
             self.arrived.extend(0 for _ in slots)
         for i, slot in enumerate(slots):
-            thread = threading.Thread(
-                target=self._worker, args=(slot, first if i == 0 else None, self.deadline), daemon=True
-            )
+            thread = threading.Thread(target=self._worker, args=(slot, first if i == 0 else None), daemon=True)
             threads.append(thread)
             thread.start()
 
@@ -168,11 +147,11 @@ class ParallelDownload:
                 # liveness first, then the prefix: a worker updates ``written`` before it exits, so a worker seen
                 # dead has nothing more to add to the prefix computed after it
                 workers_alive = any(t.is_alive() for t in threads)
-                prefix = contiguous(self.starts, self.ends, self.written)
+                prefix = contiguous(self.chunks)
                 if prefix <= self.hashed and not self.errors and workers_alive:
                     self.cond.wait(0.25)  # at most this long: the controller and the chunk map need a turn
                     workers_alive = any(t.is_alive() for t in threads)
-                    prefix = contiguous(self.starts, self.ends, self.written)
+                    prefix = contiguous(self.chunks)
                 if self.errors:
                     raise self.errors[0]
             if prefix <= self.hashed and not workers_alive:
@@ -193,19 +172,20 @@ class ParallelDownload:
     def _save(self) -> None:
         """The chunk map (only this thread writes it); the counters carry what was written since."""
         with self.cond:
-            snapshot = [[a, b, w] for a, b, w in zip(self.starts, self.ends, self.written, strict=True)]
+            snapshot = [Chunk(c.start, c.end, c.written) for c in self.chunks]
         self.saved_at = time.monotonic()
         att = self.att
         write_meta(att.meta_path, att.spec, att.source, att.etag, parallel=True, prefix=self.hashed, chunks=snapshot)
 
     # --------------------------------------------------------------------------- workers
-    def _worker(self, slot: int, first_response: httpx.Response | None, deadline: tuple[float, str] | None) -> None:
-        self.conn.deadline = deadline  # the file's deadline holds in every range worker
-        self.local.slot = slot
+    def _worker(self, slot: int, first_response: httpx.Response | None) -> None:
+        """Ranges one after another until none is left, an error stops all, or the controller wants fewer
+        workers. ``slot``: this worker's counter in ``arrived``."""
         counted = True  # this worker is still in ``active``
         try:
             if first_response is not None:
-                self._run_range(self.pending[0], first_response)  # it starts at ``kept``: the first incomplete range
+                # it starts at ``kept``: the first incomplete range
+                self._run_range(slot, self.pending[0], first_response)
             while True:
                 with self.cond:
                     if self.active > self.fanout.target:  # one more connection than the controller wants
@@ -216,7 +196,7 @@ class ParallelDownload:
                         return
                     index = self.pending[self.next_index]
                     self.next_index += 1
-                self._run_range(index, None)
+                self._run_range(slot, index, None)
         except BaseException as exc:
             with self.cond:
                 self.errors.append(exc)
@@ -227,52 +207,54 @@ class ParallelDownload:
                     self.active -= 1
                 self.cond.notify_all()
 
-    def _run_range(self, index: int, response: httpx.Response | None) -> None:
+    def _run_range(self, slot: int, index: int, response: httpx.Response | None) -> None:
         """One range to its end, retried (backoff with jitter, ``Retry-After`` honoured) up to ``attempts``."""
         import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
-        client = self.conn.client
+        client = self.engine.client
+        chunk = self.chunks[index]
         failures = 0
-        while self.starts[index] + self.written[index] < self.ends[index]:
-            self.conn.check_deadline()
+        while not chunk.complete:
+            self.engine.check_deadline(self.att.deadline)
             try:
                 if response is None:
-                    lo = self.starts[index] + self.written[index]
-                    headers = {**self.base_headers, "Range": f"bytes={lo}-{self.ends[index] - 1}"}
+                    lo = chunk.reached
+                    headers = {**self.base_headers, "Range": f"bytes={lo}-{chunk.end - 1}"}
                     response = client.send(client.build_request("GET", self.att.url, headers=headers), stream=True)
                     if is_retryable_status(response.status_code):
                         raise Retryable(f"HTTP {response.status_code}", retry_after_of(response.headers))
                     served = content_range(response.headers)
                     if response.status_code != 206 or served is None or served.start != lo:
                         raise Restart(f"range request answered with HTTP {response.status_code}")
-                self._pump(index, response)
+                self._pump(slot, index, response)
             except (httpx.HTTPError, Retryable) as exc:
                 failures += 1
-                if failures >= self.conn.settings.attempts:
-                    raise Retryable(f"range {self.starts[index]}-{self.ends[index] - 1}: {describe(exc)}") from None
+                if failures >= self.engine.settings.attempts:
+                    raise Retryable(f"range {chunk.start}-{chunk.end - 1}: {describe(exc)}") from None
                 self.backoff.sleep(failures, exc.retry_after if isinstance(exc, Retryable) else None)
             finally:
                 if response is not None:
                     response.close()
                 response = None
 
-    def _pump(self, index: int, response: httpx.Response) -> None:
+    def _pump(self, slot: int, index: int, response: httpx.Response) -> None:
         """Gather ~1 MiB of received pieces, then one pwritev at the right offset (no join copy); a body of known
         length is read off the socket into one reused buffer after its first chunk (``net/rawbody.py``). What
         was received is kept, even when the connection broke."""
-        offset = self.starts[index] + self.written[index]
+        chunk = self.chunks[index]
+        offset = chunk.reached
         gathered: list[bytes] = []
         gathered_bytes = 0
-        guard = self.conn.chunk_guard()
+        guard = self.engine.chunk_guard(self.att.deadline)
         direct = body_socket(response)
-        chunks = response.iter_raw()  # held: a generator dropped at ``break`` would close the response
+        pieces = response.iter_raw()  # held: a generator dropped at ``break`` would close the response
         received = 0
         try:
-            for data in chunks:
+            for data in pieces:
                 guard.add(len(data))
                 received += len(data)
-                self.arrived[self.local.slot] += len(data)
-                limit = self.ends[index] - offset - gathered_bytes
+                self.arrived[slot] += len(data)
+                limit = chunk.end - offset - gathered_bytes
                 if limit <= 0:
                     return
                 if len(data) > limit:
@@ -287,19 +269,21 @@ class ParallelDownload:
             if direct is not None:
                 offset = self._flush(index, gathered, gathered_bytes, offset)
                 gathered, gathered_bytes = [], 0
-                left = min(direct[1] - received, self.ends[index] - offset)
-                self._pump_socket(index, direct[0], left, offset, guard)
+                left = min(direct[1] - received, chunk.end - offset)
+                self._pump_socket(slot, index, direct[0], left, offset, guard)
         finally:
             self._flush(index, gathered, gathered_bytes, offset)
 
-    def _pump_socket(self, index: int, sock: socket.socket, left: int, offset: int, guard: ChunkGuard) -> None:
+    def _pump_socket(
+        self, slot: int, index: int, sock: socket.socket, left: int, offset: int, guard: ChunkGuard
+    ) -> None:
         buf = bytearray(min(RANGE_BUFFER, max(left, 0)) or 1)
         view = memoryview(buf)
-        sock.settimeout(self.conn.settings.stall_timeout_s)
-        stall_s = self.conn.settings.stall_timeout_s
+        stall_s = self.engine.settings.stall_timeout_s
+        sock.settimeout(stall_s)
         while left > 0:
             filled, error = fill_from_socket(sock, view, min(len(buf), left), guard, stall_s)
-            self.arrived[self.local.slot] += filled  # the controller's measure, a buffer (256 KiB) at a time
+            self.arrived[slot] += filled  # the controller's measure, a buffer (256 KiB) at a time
             offset = self._flush(index, [view[:filled]], filled, offset)
             left -= filled
             if error is not None:
@@ -308,12 +292,13 @@ class ParallelDownload:
     def _flush(self, index: int, gathered: Sequence[bytes | memoryview], gathered_bytes: int, offset: int) -> int:
         if not gathered_bytes:
             return offset
-        pwritev_all(self.fd, gathered, offset, self.conn.store)
+        pwritev_all(self.fd, gathered, offset, self.engine.store)
         self.att.progress.add(gathered_bytes)
         with self.cond:
-            self.written[index] += gathered_bytes
+            chunk = self.chunks[index]
+            chunk.written += gathered_bytes
             if self.progress_fd >= 0:
-                record_progress(self.progress_fd, index, self.written[index])
+                record_progress(self.progress_fd, index, chunk.written)
             self.cond.notify_all()
         return offset + gathered_bytes
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +29,57 @@ from model_provisioner.core.errors import InsufficientSpace, UnsafeCachePath
 from model_provisioner.core.redact import redact_url
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.safefs import open_in_cache, read_small, write_atomic
-from model_provisioner.transfer.types import Retryable, Source, TransferSpec
+from model_provisioner.transfer.types import Hasher, Retryable, Source, TransferSpec
 
 READ_CHUNK = 1 << 20
 WRITEBACK_BYTES = 32 << 20
 
 
-def contiguous(starts: list[int], ends: list[int], written: list[int]) -> int:
-    prefix = starts[0]
-    for start, end, done in zip(starts, ends, written, strict=True):
-        if start != prefix:
+@dataclass(slots=True)
+class Chunk:
+    """One range of a parallel download: ``[start, end)`` of the file, of which the first ``written`` bytes are
+    on disk. Saved in the chunk map as ``[start, end, written]``."""
+
+    start: int
+    end: int
+    written: int = 0
+
+    @property
+    def reached(self) -> int:
+        """The offset this range's next byte goes to."""
+        return self.start + self.written
+
+    @property
+    def complete(self) -> bool:
+        return self.reached >= self.end
+
+    def saved(self) -> list[int]:
+        return [self.start, self.end, self.written]
+
+
+ChunkMap = list[Chunk]  # in file order, each range starting where the one before ends
+
+
+def contiguous(chunks: Sequence[Chunk]) -> int:
+    """The end of the completed prefix: every byte before it is on disk."""
+    prefix = chunks[0].start
+    for chunk in chunks:
+        if chunk.start != prefix:
             break
-        prefix = start + done
-        if start + done < end:
+        prefix = chunk.reached
+        if not chunk.complete:
             break
     return prefix
 
 
-Chunks = list[list[int]]  # [[start, end, bytes written], ...] of a parallel download
+def plan_chunks(kept: int, total: int, chunk_bytes: int) -> ChunkMap:
+    """``[kept, total)`` as ranges of ``chunk_bytes`` (the last one shorter)."""
+    return [Chunk(start, min(start + chunk_bytes, total)) for start in range(kept, total, chunk_bytes)]
 
 
 def kept_prefix(
     partial: Path, meta_path: Path, spec: TransferSpec, source: Source
-) -> tuple[int, str | None, Chunks | None]:
+) -> tuple[int, str | None, ChunkMap | None]:
     """What an earlier partial download left: the contiguous prefix to keep, its ETag, and (for a parallel
     download) the chunk map, so every range resumes where it stopped. Nothing when it is for something else."""
     try:
@@ -82,7 +112,7 @@ def kept_prefix(
         return 0, None, None
     if chunks is not None:
         merge_progress(progress_path(partial), chunks, size)
-        kept = contiguous([c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks])
+        kept = contiguous(chunks)
     else:
         kept = size
     if spec.expected_size is not None and kept > spec.expected_size:
@@ -91,20 +121,22 @@ def kept_prefix(
     return kept, meta.get("etag"), chunks
 
 
-def valid_chunks(raw: Any, file_size: int) -> Chunks | None:
+def valid_chunks(raw: Any, file_size: int) -> ChunkMap | None:
+    """The chunk map saved as JSON, when it is one: ranges in order, none overlapping, none claiming more
+    bytes than it spans or than the partial file holds. None for anything else."""
     if not isinstance(raw, list) or not raw:
         return None
-    chunks: Chunks = []
+    chunks: ChunkMap = []
     previous_end = None
     for item in raw:
-        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) and v >= 0 for v in item)):
+        if not (isinstance(item, list) and len(item) == 3 and all(type(v) is int and v >= 0 for v in item)):
             return None
         start, end, done = item
         if end <= start or done > end - start or (previous_end is not None and start != previous_end):
             return None
         if done and start + done > file_size:
             return None
-        chunks.append([start, end, done])
+        chunks.append(Chunk(start, end, done))
         previous_end = end
     return chunks
 
@@ -117,7 +149,7 @@ def write_meta(
     *,
     parallel: bool,
     prefix: int,
-    chunks: Chunks | None = None,
+    chunks: ChunkMap | None = None,
 ) -> None:
     write_atomic(
         meta_path,
@@ -131,7 +163,7 @@ def write_meta(
                 "etag": etag,
                 "parallel": parallel,
                 "prefix": prefix,
-                "chunks": chunks,
+                "chunks": None if chunks is None else [chunk.saved() for chunk in chunks],
             }
         ).encode(),
         fixed_tmp=True,  # the download's lock is held: one writer
@@ -159,7 +191,7 @@ def record_progress(fd: int, index: int, written: int) -> None:
     os.pwrite(fd, written.to_bytes(8, "little"), 8 * index)
 
 
-def merge_progress(path: Path, chunks: Chunks, file_size: int) -> None:
+def merge_progress(path: Path, chunks: ChunkMap, file_size: int) -> None:
     """Raise each range's count to what its counter says, where the counter is plausible: counters only ever
     grow, and one that claims more than its range or than the file holds is ignored (the final hash would
     catch bytes that are not there, but a counter we cannot believe is not worth a failed download)."""
@@ -170,13 +202,13 @@ def merge_progress(path: Path, chunks: Chunks, file_size: int) -> None:
     if len(raw) != 8 * len(chunks):
         return  # from another chunk layout, or cut short: the map alone decides
     for index, chunk in enumerate(chunks):
-        start, end, done = chunk
         counted = int.from_bytes(raw[8 * index : 8 * index + 8], "little")
-        if done < counted <= end - start and start + counted <= file_size:
-            chunk[2] = counted
+        if chunk.written < counted <= chunk.end - chunk.start and chunk.start + counted <= file_size:
+            chunk.written = counted
 
 
-def rehash_prefix(partial: Path, kept: int) -> Any:
+def rehash_prefix(partial: Path, kept: int) -> Hasher:
+    """A digest that covers the kept prefix, read back from the partial file (never trusted from a map)."""
     hasher = hashlib.sha256()
     if kept:
         with os.fdopen(open_in_cache(partial, os.O_RDONLY), "rb") as fh:
@@ -207,7 +239,7 @@ def enospc(store: BlobStore, exc: OSError) -> InsufficientSpace | OSError:
     return exc
 
 
-def write_chunk(fh: Any, data: bytes | memoryview, store: BlobStore) -> None:
+def write_chunk(fh: io.FileIO, data: bytes | memoryview, store: BlobStore) -> None:
     failpoints.failpoint("transfer.write")
     try:
         fh.write(data)

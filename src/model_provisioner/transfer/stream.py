@@ -9,8 +9,7 @@ import queue
 import socket
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model_provisioner.core.errors import TransferFailed
 from model_provisioner.core.redact import redact_url
@@ -18,10 +17,10 @@ from model_provisioner.net.ranges import body_cap, total_and_start
 from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
-from model_provisioner.transfer.connection import Connection
 from model_provisioner.transfer.guard import SlowStreamWatch, fill_from_socket
 from model_provisioner.transfer.partial import READ_CHUNK, WRITEBACK_BYTES, discard, write_chunk
-from model_provisioner.transfer.types import Progress, Restart, Retryable, Source
+from model_provisioner.transfer.services import EngineServices
+from model_provisioner.transfer.types import AttemptState, Hasher, Progress, Restart, Retryable
 
 #: buffers queued for the sink at most (backpressure: about this many MiB in memory)
 SINK_DEPTH = 8
@@ -31,12 +30,10 @@ if TYPE_CHECKING:
 
 
 def stream_into(
-    conn: Connection,
+    engine: EngineServices,
+    att: AttemptState,
     response: httpx.Response,
-    partial: Path,
     kept: int,
-    hasher: Any,
-    progress: Progress,
     watch: SlowStreamWatch | None = None,
     *,
     cap: int | None = None,
@@ -47,7 +44,7 @@ def stream_into(
     off the socket into reused buffers after its first chunk (``net/rawbody.py``)."""
     import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
-    receiver = _Receiver(conn, partial, kept, hasher, progress, watch)
+    receiver = _Receiver(engine, att, kept, watch)
     network_error: BaseException | None = None
     oversize = False
     direct = body_socket(response)
@@ -67,10 +64,10 @@ def stream_into(
         network_error = exc
     finally:
         receiver.finish()
-    if receiver.failure:
-        raise receiver.failure[0]
+    if receiver.hashing.error is not None:
+        raise receiver.hashing.error
     if oversize:
-        discard(partial)
+        discard(att.partial)
         raise TransferFailed(
             f"{redact_url(str(response.request.url))} sent more than the {kept + (cap or 0)} bytes expected "
             "(the declared size or the range asked for); stopped reading and kept nothing: the source is "
@@ -91,33 +88,27 @@ class _Receiver:
 
     def __init__(
         self,
-        conn: Connection,
-        partial: Path,
+        engine: EngineServices,
+        att: AttemptState,
         kept: int,
-        hasher: Any,
-        progress: Progress,
         watch: SlowStreamWatch | None,
     ) -> None:
-        self.conn = conn
+        self.engine = engine
         self.watch = watch
-        self.guard = conn.chunk_guard()
-        fd = open_in_cache(partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
+        self.guard = engine.chunk_guard(att.deadline)
+        fd = open_in_cache(att.partial, os.O_RDWR | os.O_CREAT)  # never a link someone planted
         self.file = os.fdopen(fd, "r+b", buffering=0)
         self.file.seek(kept)
         self.file.truncate()
         self.position = self.flushed = kept
-        self.buffers: queue.Queue[tuple[memoryview, bytearray | None] | None] = queue.Queue(maxsize=SINK_DEPTH)
-        self.free: queue.Queue[bytearray] = queue.Queue()
         self.pooled = 0
-        self.failure: list[BaseException] = []
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.received = 0
         self.blocked = 0.0  # time spent writing or waiting for the hash: local slowness, not the network's
         self.stopped = False
         self.loop_start = time.monotonic()
-        hash_args = (self.buffers, self.free, self.failure, hasher, progress)
-        self.hashing = threading.Thread(target=_hash_in_order, args=hash_args, name="mprov-hash", daemon=True)
+        self.hashing = _HashInOrder(att.hasher, att.progress)
         self.hashing.start()
 
     def take(self, chunk: bytes) -> bool:
@@ -134,8 +125,8 @@ class _Receiver:
     def off_socket(self, sock: socket.socket, left: int) -> None:
         """The next ``left`` bytes of the body, read off ``sock`` into pooled buffers."""
         self._flush()
-        sock.settimeout(self.conn.settings.stall_timeout_s)
-        stall_s = self.conn.settings.stall_timeout_s
+        stall_s = self.engine.settings.stall_timeout_s
+        sock.settimeout(stall_s)
         while left > 0 and not self._should_stop():
             buf = self._free_buffer()
             view = memoryview(buf)
@@ -157,19 +148,19 @@ class _Receiver:
         local_start = time.monotonic()
         try:
             if view:
-                write_chunk(self.file, view, self.conn.store)
+                write_chunk(self.file, view, self.engine.store)
                 self.position += len(view)
                 if self.position - self.flushed >= WRITEBACK_BYTES:
                     start_writeback(self.file.fileno(), self.flushed, self.position - self.flushed)
                     self.flushed = self.position
         except BaseException:
             if pooled is not None:
-                self.free.put(pooled)
+                self.hashing.free.put(pooled)
             raise
         finally:
             self.blocked += time.monotonic() - local_start
         local_start = time.monotonic()
-        self.buffers.put((view, pooled))
+        self.hashing.buffers.put((view, pooled))
         self.blocked += time.monotonic() - local_start
 
     def _free_buffer(self) -> bytearray:
@@ -177,20 +168,21 @@ class _Receiver:
             self.pooled += 1
             return bytearray(READ_CHUNK)
         wait_start = time.monotonic()
-        buf = self.free.get()
+        buf = self.hashing.free.get()
         self.blocked += time.monotonic() - wait_start
         return buf
 
     def _should_stop(self) -> bool:
         network_s = time.monotonic() - self.loop_start - self.blocked
-        self.stopped = bool(self.failure) or (self.watch is not None and self.watch.too_slow(self.received, network_s))
+        too_slow = self.watch is not None and self.watch.too_slow(self.received, network_s)
+        self.stopped = self.hashing.error is not None or too_slow
         return self.stopped
 
     def finish(self) -> None:
         try:
             self._flush()
         finally:
-            self.buffers.put(None)
+            self.hashing.buffers.put(None)
             self.hashing.join()
             self.file.close()
 
@@ -198,48 +190,46 @@ class _Receiver:
         return self.received / max(time.monotonic() - self.loop_start - self.blocked, 1e-6)
 
 
-def _hash_in_order(
-    buffers: queue.Queue[tuple[memoryview, bytearray | None] | None],
-    free: queue.Queue[bytearray],
-    failure: list[BaseException],
-    hasher: Any,
-    progress: Progress,
-) -> None:
-    """The hashing half of ``stream_into``: hash each written buffer in order and give pooled buffers back;
-    after a failure only drain (so the receiver never blocks) and leave the error in ``failure``."""
-    while (item := buffers.get()) is not None:
-        view, pooled = item
-        try:
-            if not failure:
-                hasher.update(view)
-                progress.add(len(view))
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            view.release()
-            if pooled is not None:
-                free.put(pooled)
+class _HashInOrder(threading.Thread):
+    """The hashing half of ``stream_into``: hashes each written buffer in order and gives pooled buffers back.
+    After a failure it only drains (so the receiver never blocks); the failure is its ``error``, read by the
+    receiver (set once, by this thread)."""
+
+    def __init__(self, hasher: Hasher, progress: Progress) -> None:
+        super().__init__(name="mprov-hash", daemon=True)
+        self.hasher = hasher
+        self.progress = progress
+        #: written buffers, in file order; None ends the thread (bounded: backpressure of about SINK_DEPTH MiB)
+        self.buffers: queue.Queue[tuple[memoryview, bytearray | None] | None] = queue.Queue(maxsize=SINK_DEPTH)
+        #: pooled buffers hashed and free for the receiver again
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self.buffers.get()) is not None:
+            view, pooled = item
+            try:
+                if self.error is None:
+                    self.hasher.update(view)
+                    self.progress.add(len(view))
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                view.release()
+                if pooled is not None:
+                    self.free.put(pooled)
 
 
-def stream_rest(
-    conn: Connection,
-    source: Source,
-    etag: str | None,
-    partial: Path,
-    offset: int,
-    hasher: Any,
-    progress: Progress,
-    watch: SlowStreamWatch | None = None,
-) -> int:
+def stream_rest(engine: EngineServices, att: AttemptState, offset: int, watch: SlowStreamWatch | None = None) -> int:
     """After a bounded first range: the rest of the file in one stream. Returns where it stopped: the end,
     or earlier when ``watch`` found the connection too slow (the caller fans out the remainder)."""
     import httpx  # noqa: PLC0415  # heavy: only network transfers get here
 
     headers = {"Range": f"bytes={offset}-"}
-    if etag and not etag.startswith("W/"):
-        headers["If-Range"] = etag
+    if att.etag and not att.etag.startswith("W/"):
+        headers["If-Range"] = att.etag
     try:
-        response, _, _ = conn.open(source, headers)
+        response, _, _ = engine.open(att.source, headers)
     except httpx.HTTPError as exc:
         raise Retryable.of(exc) from None
     try:
@@ -249,7 +239,7 @@ def stream_rest(
         if response.status_code != 206 or start != offset:
             raise Restart(f"continuation range answered with HTTP {response.status_code} at {start}")
         cap = body_cap(response.status_code, response.headers, offset, None)
-        end, _ = stream_into(conn, response, partial, offset, hasher, progress, watch, cap=cap)
+        end, _ = stream_into(engine, att, response, offset, watch, cap=cap)
         return end
     finally:
         response.close()

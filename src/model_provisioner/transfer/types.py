@@ -1,6 +1,6 @@
 """The transfer engine's vocabulary: what to fetch (``TransferSpec`` from ``Source``s), what came of it
-(``TransferOutcome``), progress, the three internal signals (retry, restart from zero, a mirror still
-filling)."""
+(``TransferOutcome``), progress, the file's deadline, the running digest (``Hasher``), the three internal
+signals (retry, restart from zero, a mirror still filling)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,34 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from model_provisioner.core.redact import redact_text
 
 ProgressCallback = Callable[[int, int | None], None]
+
+
+class Hasher(Protocol):
+    """The running digest of a download (``hashlib.sha256()`` is one): fed in order, read once at the end."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FileDeadline:
+    """When one file must be complete, retries and every range worker included (``transfer.file_deadline_s``).
+    Passed to whatever works on the file; ``ChunkGuard`` checks it on every chunk."""
+
+    at: float  # time.monotonic() value
+    name: str  # the file, for the message
+    limit_s: float
+
+    @classmethod
+    def starting_now(cls, name: str, limit_s: float | None) -> FileDeadline | None:
+        """The deadline of a file whose fetch starts now; None when ``limit_s`` is None or 0 (no deadline)."""
+        return cls(time.monotonic() + limit_s, name, limit_s) if limit_s else None
 
 
 @dataclass(frozen=True)
@@ -123,3 +147,19 @@ def describe(exc: BaseException) -> str:
     if "Timeout" in name:
         return f"timed out ({text}): no bytes within the stall timeout"
     return f"{name}: {text}" if name not in text else text
+
+
+@dataclass
+class AttemptState:
+    """What one attempt at one file works with (so the range machinery takes one argument, not nine)."""
+
+    spec: TransferSpec
+    source: Source
+    partial: Path
+    meta_path: Path
+    url: str  # after redirects
+    headers: dict[str, str]  # for ``url``: credentials already dropped if it is on another host
+    etag: str | None
+    hasher: Hasher
+    progress: Progress
+    deadline: FileDeadline | None  # the file's: it holds in every range worker

@@ -28,7 +28,18 @@ class Check:
         return cls(CheckResult.FAIL, reason, error)
 
 
-def compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool, *, owned: bool) -> Check:
+def strict_mismatch(
+    subject: str, expected: Digest | None, got: str | None, *, strict: bool, consequence: str
+) -> DigestMismatch | None:
+    """The one decision "these bytes are not the ones pinned, and the pin is strict": the error to raise (its
+    message says ``consequence``), or None when they agree, when either digest is unknown, or when the pin is
+    advisory (the caller warns instead). ``got`` is ``algo:hex`` in ``expected``'s algorithm."""
+    if expected is None or got is None or got == str(expected) or not strict:
+        return None
+    return DigestMismatch(subject, str(expected), got, consequence)
+
+
+def compare(subject: str, actual: FileHash, digest: Digest | None, *, strict: bool, owned: bool) -> Check:
     """No digest: recorded (a warning says how to pin it). Equal: verified. Different: strict fails (``owned``
     says whether the bytes are ours to remove), advisory warns and stays Active."""
     if digest is None:
@@ -43,10 +54,11 @@ def compare(subject: str, actual: FileHash, digest: Digest | None, strict: bool,
     got = actual.get(digest.algo)
     if got == digest:
         return Check(CheckResult.PASS, "verified")
-    if strict:
-        action = "removed it from the cache" if owned else "marked the entry Failed (your file was left untouched)"
-        hint = "; check the digest or the file, or pass --no-strict"
-        return Check(CheckResult.FAIL, "mismatch", DigestMismatch(subject, str(digest), str(got), action + hint))
+    action = "removed it from the cache" if owned else "marked the entry Failed (your file was left untouched)"
+    consequence = action + "; check the digest or the file, or pass --no-strict"
+    mismatch = strict_mismatch(subject, digest, str(got), strict=strict, consequence=consequence)
+    if mismatch is not None:
+        return Check(CheckResult.FAIL, "mismatch", mismatch)
     return Check(
         CheckResult.WARN,
         "mismatch_advisory",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.core.vocab import CheckResult, Lifecycle
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): decides whether a file must be re-hashed. ctime is
 #: in it because it cannot be set back: an edit with the mtime restored still shows (a row written before
@@ -60,7 +60,7 @@ class Lease:
 class VerificationRecord:
     model_id: str
     ts_ms: int
-    result: str  # pass | warn | fail
+    result: CheckResult
     reason: str
     digest: str | None
     bytes_hashed: int
@@ -79,7 +79,7 @@ class ListingRow:
     stay fast). ``metadata_json`` is the stored JSON text, parsed only by whoever needs it."""
 
     id: str
-    lifecycle: str
+    lifecycle: Lifecycle
     size_bytes: int
     format: str
     verification: str | None
@@ -110,5 +110,5 @@ class CatalogStore(Protocol):
     def leases(self, model_id: str | None = None) -> list[Lease]: ...
     def referenced_blobs(self) -> set[str]: ...
     def rows_for_listing(self) -> list[ListingRow]: ...
-    def blob_sizes_by_entry(self) -> dict[str, list[str]]: ...
+    def blobs_by_entry(self) -> dict[str, list[str]]: ...
     def close(self) -> None: ...

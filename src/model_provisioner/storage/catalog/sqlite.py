@@ -21,7 +21,7 @@ from typing import Any
 
 from model_provisioner.core import failpoints
 from model_provisioner.core.errors import InsufficientSpace, ReadOnlyCache, UnsafeCachePath
-from model_provisioner.core.vocab import Lifecycle
+from model_provisioner.core.vocab import CheckResult, Lifecycle
 from model_provisioner.storage.catalog.rows import (
     CatalogEntry,
     EntryFile,
@@ -258,7 +258,7 @@ class SqliteCatalog:
                 "WHERE model_id = ? ORDER BY ts_ms, rowid",
                 (model_id,),
             ).fetchall()
-        return [VerificationRecord(*r) for r in rows]
+        return [VerificationRecord(r[0], r[1], CheckResult(r[2]), *r[3:]) for r in rows]
 
     # --------------------------------------------------------------------------------------- writes
     def put(self, entry: CatalogEntry, files: Sequence[EntryFile] | None = None) -> None:
@@ -360,7 +360,7 @@ class SqliteCatalog:
         return [
             ListingRow(
                 r[0],
-                r[1],
+                Lifecycle(r[1]),
                 r[2],
                 r[3],
                 r[4],
@@ -383,7 +383,7 @@ class SqliteCatalog:
         metadata = json.loads(self._moved(row[15]))
         return replace(entry, local_path=self._moved(entry.local_path), metadata=metadata)
 
-    def blob_sizes_by_entry(self) -> dict[str, list[str]]:
+    def blobs_by_entry(self) -> dict[str, list[str]]:
         """model id -> the blobs of its file set (multi-file entries only)."""
         out: dict[str, list[str]] = {}
         with self._lock:

@@ -1,4 +1,7 @@
-"""What an attempt, a stream and the range workers use of the engine (``TransferEngine`` is one)."""
+"""``EngineServices``: what one attempt, its stream and its range workers use of the transfer engine
+(``TransferEngine`` provides it): the settings, the blob store, the HTTP client, requests with redirects
+followed by hand, the per-chunk guard and the between-requests check. The file's deadline is passed to the
+guard and the check explicitly: nothing about one file is kept in the engine."""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ from typing import TYPE_CHECKING, Protocol
 from model_provisioner.config.settings import TransferSettings
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.transfer.guard import ChunkGuard
-from model_provisioner.transfer.types import Source, TransferOutcome, TransferSpec
+from model_provisioner.transfer.types import FileDeadline, Source, TransferOutcome, TransferSpec
 
 if TYPE_CHECKING:
     import httpx
 
 
-class Connection(Protocol):
+class EngineServices(Protocol):
     """What an attempt, a stream and the range workers use of the engine."""
 
     settings: TransferSettings
@@ -25,14 +28,8 @@ class Connection(Protocol):
 
     def open(self, source: Source, headers: Mapping[str, str]) -> tuple[httpx.Response, str, dict[str, str]]: ...
 
-    def chunk_guard(self) -> ChunkGuard: ...
+    def chunk_guard(self, deadline: FileDeadline | None) -> ChunkGuard: ...
 
-    def check_deadline(self) -> None: ...
+    def check_deadline(self, deadline: FileDeadline | None) -> None: ...
 
     def empty(self, spec: TransferSpec) -> TransferOutcome: ...
-
-    @property
-    def deadline(self) -> tuple[float, str] | None: ...
-
-    @deadline.setter
-    def deadline(self, value: tuple[float, str] | None) -> None: ...
