@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +32,50 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("default", derandomize=True)
 _hypothesis_settings.register_profile("explore", derandomize=False)
 _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# ------------------------------------------------------------------------------------------- the fast tier
+#: fixtures that start a server installed from Debian (nginx, docker-registry, squid), moto's S3 server, the
+#: API server, llama-server or tritonserver, or that need root: a test using one is ``slow``
+SLOW_FIXTURES = frozenset(
+    {
+        "nginx",
+        "registry",
+        "registry_auth",
+        "registry_token",
+        "s3_server",
+        "s3",
+        "squid",
+        "squid_auth",
+        "api_factory",
+        "llama_server",
+        "llamacpp_sdist",
+        "tiny_model",
+        "engines",
+        "triton",
+        "small_fs",
+    }
+)
+#: what a test body starts itself that puts it in the slow tier (the same servers, root-only tools)
+SLOW_BODY = re.compile(
+    r"servers\.(nginx|registry|squid|s3|token_server)|capped_nginx|Registry\(|Squid\(|setpriv|useradd|mount"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what the fast tier (``./scripts/test.sh --fast``, docs/development.md) leaves out: tests
+    that need a server from Debian or PyPI's heavier ones, an engine, or root, besides those marked by hand
+    (more than a few seconds each)."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None or not isinstance(item, pytest.Function):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        try:
+            body = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            body = ""
+        if fixtures & SLOW_FIXTURES or SLOW_BODY.search(body):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,18 @@ MiB = 1 << 20
 MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 
 
+def payload(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that differ by ``seed`` (fast to make: a repeated SHA-256 block)."""
+    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+
+
+def partial_key(url: str) -> str:
+    """The name (without suffix) of the partial download of ``url`` in ``<cache>/partial``."""
+    from model_provisioner.core.redact import redact_url
+
+    return hashlib.sha256(redact_url(url).encode()).hexdigest()
+
+
 def partial_bytes_held(cache: Path) -> int:
     """What the partial downloads of ``cache`` hold on disk (allocated blocks: ranges land sparse, so the
     apparent size runs ahead)."""

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about two minutes: every peer (nginx, aria2c, the Hub, S3, a registry) once
 def test_bench_run_quick_produces_a_report(tmp_path: Path) -> None:
     out = tmp_path / "not" / "yet"  # an output directory that does not exist yet is made before the first scenario
     result = subprocess.run(

@@ -236,3 +236,10 @@ def test_the_version_is_written_once_and_is_what_every_front_end_reports() -> No
     assert importlib.metadata.version("model-provisioner") == VERSION  # what the installed metadata says
     shown = run_cli("--version")
     assert shown.code == 0 and shown.stdout.strip().endswith(VERSION), shown.stdout
+
+
+def test_version_flag(cli: Any) -> None:
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.code == 0 and version("model-provisioner") in result.stdout

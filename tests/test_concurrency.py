@@ -152,3 +152,20 @@ def test_two_writers_of_the_same_bytes_committing_at_once_both_succeed(
     assert a.wait(timeout=30) == 0, a.stderr.read() if a.stderr else ""
     blob = cache_dir / "blobs" / "sha256" / digest.split(":")[1]
     assert blob.read_bytes() == data
+
+
+def test_a_lock_wait_that_times_out_is_exit_8(cache_dir: Path, gguf_file: Path, tmp_path: Path) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("lock_timeout_s: 0.5\n")
+    marker = tmp_path / "locked.paused"
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    paused = {**env, "MODEL_PROVISIONER_FAILPOINTS": f"ensure.locked=pause:{marker}"}
+    holder = spawn_ensure(cache_dir, str(gguf_file), paused)
+    try:
+        wait_for_path(marker)  # the holder has the model's lock and waits there
+        blocked = run_cli("ensure", str(gguf_file), cache_dir=cache_dir, env=env)
+    finally:
+        marker.unlink(missing_ok=True)
+        holder.wait(timeout=60)
+    assert blocked.code == 8 and "gave up after" in blocked.stderr, (blocked.code, blocked.stderr)
+    assert holder.returncode == 0

@@ -18,6 +18,9 @@ from model_provisioner import (
     provision_from_config_to_default_handoff,
 )
 
+from .conftest import run_cli
+from .helpers import cdn_bytes, transformers_repo
+
 
 def digest_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -136,3 +139,44 @@ def test_handoff_refuses_an_engine_that_cannot_load_the_format(cli: Any, tmp_pat
     result = cli("ensure", str(onnx), "--handoff-dir", str(tmp_path / "o"), "--engine", "llamacpp")
     assert result.code == 2 and "cannot load" in result.stderr
     assert not (tmp_path / "o/.runtime/engines/llamacpp.json").exists()
+
+
+# ------------------------------------------------- 4. allow_remote_code is the setting in force, every time
+def test_trust_remote_code_follows_the_settings_in_force_when_the_handoff_is_written(
+    hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
+
+    hub.add_repo(
+        "org/custom",
+        transformers_repo(
+            extra={"modeling_custom.py": b"print('hi')"},
+            config={"model_type": "custom", "auto_map": {"AutoModel": "modeling_custom.Model"}},
+        ),
+    )
+
+    def handoff(allow: bool, out: str) -> tuple[bool, dict[str, Any]]:
+        settings = settings_file(allow_remote_code=allow)
+        env = {"MODEL_PROVISIONER_SETTINGS": str(settings), "HF_ENDPOINT": hub.url}
+        result = run_cli(
+            "ensure",
+            "hf:org/custom",
+            "--engine",
+            "vllm",
+            "--handoff-dir",
+            str(tmp_path / out),
+            cache_dir=cache_dir,
+            env=env,
+        )
+        assert result.code == 0, result.stderr
+        written = json.loads((tmp_path / out / ".runtime" / "engines" / "vllm.json").read_text())
+        line = (tmp_path / out / ".runtime" / "provenance" / "models.jsonl").read_text().splitlines()[-1]
+        return written["model"]["trust_remote_code"], json.loads(line)
+
+    trusted, record = handoff(True, "a")  # downloaded while allowed
+    assert trusted is True and record["trust_remote_code"] is True
+    served = cdn_bytes(hub)
+    trusted, record = handoff(False, "b")  # the operator revoked it: the cached repo is no longer trusted
+    assert trusted is False and record["trust_remote_code"] is False and record["from_cache"] is True
+    trusted, record = handoff(True, "c")  # and allowing it later needs no new download
+    assert trusted is True and record["from_cache"] is True
+    assert cdn_bytes(hub) == served

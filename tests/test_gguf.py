@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -17,7 +18,8 @@ from model_provisioner import CorruptModel, UnsupportedFormat
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.gguf import FILE_TYPES, GGML_TYPES, read_gguf
 
-from .conftest import EXAMPLE_GGUF
+from .conftest import EXAMPLE_GGUF, run_cli
+from .helpers import digest_of
 
 
 def test_shipped_example_is_a_real_gguf_with_its_metadata() -> None:
@@ -126,3 +128,93 @@ def test_cli_inspect_reads_a_file_without_registering_it(cli: Any, make_gguf: An
     payload = result.json()
     assert payload["metadata"]["ctx_max"] == 2048 and payload["lifecycle"] is None
     assert cli("ls", "--json").json()["models"] == []
+
+
+# ------------------------------------------- 4. every GGUF llama.cpp ships is accepted and read correctly
+def _reference_readings(files: list[Path], cache: Path) -> dict[str, dict[str, Any]]:
+    """What gguf.GGUFReader reads from each file (architecture, context length, tokenizer model). The reader
+    takes ~6 s per vocab file, so its readings are cached beside the sdist, keyed by each file's sha256."""
+    from gguf import GGUFReader
+
+    cache_file = cache / "gguf-reference-readings.json"
+    known: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    out: dict[str, dict[str, Any]] = {}
+    for path in files:
+        key = digest_of(path.read_bytes())
+        if key not in known:
+            reader = GGUFReader(path)
+
+            def field(name: str, reader: Any = reader) -> Any:
+                item = reader.fields.get(name)
+                return None if item is None else item.contents()
+
+            arch = field("general.architecture")
+            known[key] = {
+                "architecture": arch,
+                "ctx_max": field(f"{arch}.context_length"),
+                "tokenizer_model": field("tokenizer.ggml.model"),
+            }
+            cache_file.write_text(json.dumps(known, indent=1, sort_keys=True))
+        out[path.name] = known[key]
+    return out
+
+
+def test_every_vocab_gguf_in_the_llama_cpp_sources_is_accepted(
+    llamacpp_sdist: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    import tarfile
+
+    from model_provisioner import ModelProvisioner
+
+    files = []
+    with tarfile.open(llamacpp_sdist) as sdist:
+        for member in sdist:
+            base = member.name.rsplit("/", 1)[-1]
+            if (
+                member.isfile()
+                and "/vendor/llama.cpp/models/" in member.name
+                and base.startswith("ggml-vocab-")
+                and base.endswith(".gguf")
+            ):
+                source = sdist.extractfile(member)
+                assert source is not None
+                (tmp_path / base).write_bytes(source.read())
+                files.append(tmp_path / base)
+    assert len(files) >= 15, files
+    reference = _reference_readings(files, llamacpp_sdist.parent)
+    with ModelProvisioner.file_only(cache_dir) as prov:
+        for path in files:
+            resolved = prov.ensure_present(path)  # was: "truncated GGUF: tensor data ends at byte N+3"
+            assert resolved.format == "gguf", path.name
+            for key, expected in reference[path.name].items():
+                assert resolved.metadata.get(key) == expected, (path.name, key)
+    inspected = run_cli("inspect", str(files[0]), "--json", cache_dir=tmp_path / "other")
+    assert inspected.code == 0, inspected.stderr
+
+
+# ------------------------------------------------------------------ 16. what the catalog keeps is bounded
+def _gguf_string(text: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(text)) + text
+
+
+def test_a_gguf_with_a_hundred_thousand_tensor_types_makes_a_small_catalog_row(tmp_path: Path, cache_dir: Path) -> None:
+    import struct
+
+    tensors = 100_000
+    kv = [(b"general.architecture", _gguf_string(b"llama")), (b"general.name", _gguf_string(b"n" * 1_000_000))]
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, tensors, len(kv)))
+    for key, value in kv:
+        out += _gguf_string(key) + struct.pack("<I", 8) + value
+    for i in range(tensors):
+        out += _gguf_string(b"t%d" % i) + struct.pack("<IQIQ", 1, 1, 1000 + i, 0)
+    out += b"\x00" * (-len(out) % 32) + b"\x00" * 32
+    path = tmp_path / "types.gguf"
+    path.write_bytes(bytes(out))
+    result = run_cli("ensure", str(path), "--json", cache_dir=cache_dir)
+    assert result.code == 0, result.stderr
+    assert len(result.stdout) < 4000
+    metadata = result.json()["metadata"]
+    assert metadata["tensor_types"] == {"unknown": tensors} and len(metadata["name"]) <= 257
+    assert (cache_dir / "catalog.db").stat().st_size < 1 << 20

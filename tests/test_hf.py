@@ -25,7 +25,7 @@ from model_provisioner import (
 )
 from model_provisioner.api.handoff import write_engine_handoff
 
-from .conftest import run_cli, wait_for
+from .conftest import EXAMPLE_GGUF, run_cli, wait_for
 from .helpers import (
     MiB,
     cdn_bytes,
@@ -376,22 +376,27 @@ def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def test_kill_9_mid_lfs_download_resumes(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
+    """Killed while the CDN holds the LFS download still at half (the client waits the stall out, so what it
+    received is on disk), the rerun fetches only the rest."""
     data = gguf_bytes(tmp_path, extra_tensor_bytes=12 * MiB)
     hub.add_repo("org/resume", {"m.gguf": data})
-    hub.cdn.faults[f"/lfs/{sha256_hex(data)}"] = Fault(stall_after=len(data) // 2, stall_s=30, times=1)
-    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    half = len(data) // 2
+    hub.cdn.faults[f"/lfs/{sha256_hex(data)}"] = Fault(stall_after=half, stall_s=30, times=1)
+    settings = settings_file(transfer={"stall_timeout_s": 30})  # nothing moves while the CDN stalls
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings), "HF_ENDPOINT": hub.url}
     proc = _spawn(cache_dir, "hf:org/resume/m.gguf", env)
-    wait_for(lambda: cdn_bytes(hub) >= len(data) // 2 or proc.poll() is not None, 30, "half the file served")
-    assert proc.poll() is None
-    # what arrived is on disk (at most one 1 MiB buffer of a stalled stream is still in memory)
-    wait_for(lambda: partial_bytes_held(cache_dir) >= cdn_bytes(hub) - MiB, 30, "the received bytes on disk")
+    wait_for(lambda: cdn_bytes(hub) >= half or proc.poll() is not None, 30, "half the file served")
+    assert proc.poll() is None and cdn_bytes(hub) == half
+    # what arrived is on disk (at most one 1 MiB buffer of the stalled stream is still in memory)
+    wait_for(lambda: partial_bytes_held(cache_dir) >= half - MiB, 30, "the received bytes on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    held = partial_bytes_held(cache_dir)
     hub.cdn.faults.clear()
     result = run_cli("ensure", "hf:org/resume/m.gguf", "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert Path(result.json()["local_path"]).read_bytes() == data
-    assert cdn_bytes(hub) <= 1.1 * len(data)
+    assert cdn_bytes(hub) - half == result.json()["bytes_fetched"] <= len(data) - held + MiB
 
 
 def test_eight_processes_one_lfs_transfer(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
@@ -537,3 +542,40 @@ def test_new_revision_frees_blobs_only_the_old_one_used(net: Any, hub: Any, cach
     assert not (blobs / sha256_hex(files["model-00002-of-00002.safetensors"])).exists()  # only the old revision used it
     assert (blobs / sha256_hex(files["model-00001-of-00002.safetensors"])).exists()  # shared by both revisions
     assert not first.local_path.exists() and second.local_path.is_dir()
+
+
+# -------------------------------------------------------- 15. a repo is laid out by the weights it holds
+def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_error(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    gguf = EXAMPLE_GGUF.read_bytes()
+    hub.add_repo(
+        "org/gguf-and-config",
+        {"config.json": b'{"model_type": "llama"}', "m-Q4_K_M.gguf": gguf, "README.md": b"readme"},
+    )
+    hub.add_repo("org/no-weights", {"config.json": b'{"model_type": "llama"}', "README.md": b"readme"})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    result = run_cli("ensure", "hf:org/gguf-and-config", "--json", cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    assert result.json()["metadata"]["format"] == "gguf" and Path(result.json()["local_path"]).read_bytes() == gguf
+    empty = run_cli("ensure", "hf:org/no-weights", cache_dir=cache_dir, env=env)
+    assert empty.code == 4 and "no loadable weights" in empty.stderr and "safetensors" in empty.stderr, empty.stderr
+    assert run_cli("locate", "hf:org/no-weights", cache_dir=cache_dir, env=env).code == 3
+
+
+def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    from .conftest import EXAMPLE_GGUF
+
+    gguf = EXAMPLE_GGUF.read_bytes()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    hub.add_repo("org/longname", {"n" * 300 + ".gguf": gguf})
+    hub.add_repo("org/deep", {"config.json": b'{"a": ' + deep + b"}", "model.safetensors": safetensors_bytes(100)})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    for ref in ("hf:org/longname", "hf:org/deep"):
+        result = run_cli("ensure", ref, cache_dir=cache_dir, env=env)
+        assert result.code == 4, (ref, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    models = run_cli("ls", "--json", cache_dir=cache_dir, env=env).json()["models"]
+    assert all(m["lifecycle"] == "Failed" for m in models), models

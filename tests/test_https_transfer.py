@@ -3,7 +3,6 @@ mirrors, offline, secrets. Faults are injected in the server; bytes are counted 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -26,12 +25,8 @@ from model_provisioner import (
 )
 
 from .conftest import run_cli, wait_for
-from .helpers import MiB, digest_of, partial_bytes_held
+from .helpers import MiB, digest_of, partial_bytes_held, partial_key, payload
 from .servers.fileserver import Fault
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
 
 
 def no_partials(cache: Path) -> bool:
@@ -320,46 +315,81 @@ def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
 def test_kill_9_at_half_then_rerun_resumes(
     fileserver: Any, cache_dir: Path, settings_file: Any, parallel: bool
 ) -> None:
+    """Killed while the server holds the download still (a stall the client waits out: the bytes it received
+    are on disk), the rerun fetches only what the partial file does not hold: from where the one stream
+    stopped, or every range from where it stopped."""
     data = payload(16 * MiB, seed=11)
     url = fileserver.put("k.bin", data)
-    transfer = (
-        {
+    transfer: dict[str, Any] = {"stall_timeout_s": 30}  # the client waits the stall out: nothing moves meanwhile
+    if parallel:
+        transfer |= {
             "parallel_threshold_bytes": MiB,
             "parallel_chunk_min_bytes": MiB,
             "connections": 4,
             "single_stream_enough_bytes_per_s": 1e15,
         }
-        if parallel
-        else {}
-    )
-    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
-    if parallel:  # three ranges stall half-way; the others complete: the chunk map must keep all of them
-        fileserver.faults["/k.bin"] = Fault(stall_after=MiB // 2, stall_s=30, times=3)
+        # after the first range, three ranges send half a MiB and stall; the others complete
+        fileserver.faults["/k.bin"] = Fault(stall_after=MiB // 2, stall_s=30, times=3, clean_first=1)
+        served_at_stall = len(data) - 3 * (MiB // 2)
+        in_memory = 3 * (MiB // 4)  # what a stalled range worker may hold unwritten: one 256 KiB buffer each
     else:
-        fileserver.faults["/k.bin"] = Fault(stall_after=len(data) // 2, stall_s=30, times=1)
+        # the first range (8 MiB, parallel_chunk_min_bytes) is clean; the rest stalls 4 MiB in
+        fileserver.faults["/k.bin"] = Fault(stall_after=4 * MiB, stall_s=30, times=1, clean_first=1)
+        served_at_stall = 12 * MiB
+        in_memory = MiB  # one 1 MiB buffer of the stream
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
     proc = _spawn(cache_dir, url, env)
-    deadline = time.monotonic() + 30
-    while fileserver.served("k.bin") < len(data) // 2 - MiB:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.02)
-    # what arrived is on disk (a stalled stream may still hold up to one 1 MiB buffer, a stalled range worker
-    # one 256 KiB buffer, in memory): waited for, never a fixed sleep
-    in_memory = 3 * (MiB // 4) if parallel else MiB
-    wait_for(
-        lambda: partial_bytes_held(cache_dir) >= fileserver.served("k.bin") - in_memory,
-        30,
-        "the received bytes on disk",
-    )
+    reached = lambda: fileserver.served("k.bin") >= served_at_stall or proc.poll() is not None  # noqa: E731
+    wait_for(reached, 30, "the server to reach the stall")
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    assert fileserver.served("k.bin") == served_at_stall  # held still: nothing more is sent meanwhile
+    wait_for(lambda: partial_bytes_held(cache_dir) >= served_at_stall - in_memory, 30, "what arrived on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    first = fileserver.served("k.bin")
+    held = partial_bytes_held(cache_dir)
     fileserver.faults.clear()
     result = run_cli("ensure", url, "--digest", digest_of(data), "--json", cache_dir=cache_dir, env=env)
     assert result.code == 0, result.stderr
     assert Path(result.json()["local_path"]).read_bytes() == data
-    total = fileserver.served("k.bin")
-    assert total <= 1.1 * len(data), (first, total)
-    assert result.json()["bytes_fetched"] < len(data)
+    refetched = fileserver.served("k.bin") - served_at_stall
+    # only what the partial file did not hold (counted server-side and by the client)
+    assert refetched == result.json()["bytes_fetched"] <= len(data) - held + in_memory, (held, refetched)
+
+
+def test_a_resume_whose_kept_prefix_ends_at_a_range_boundary_fetches_only_the_rest(
+    fileserver: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    """A parallel download killed when its completed ranges ended exactly where the next one starts: the rerun
+    asks for the next range, never ``bytes=N-(N-1)`` (answered 416, which made it start over: found when a
+    fixed sleep before the kill was replaced by waiting for the bytes on disk)."""
+    import json
+
+    data = payload(8 * MiB, seed=21)
+    url = fileserver.put("b.bin", data)
+    transfer = {"parallel_threshold_bytes": MiB, "parallel_chunk_min_bytes": MiB, "connections": 2}
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(transfer=transfer))}
+    # what a killed parallel download leaves: the first two ranges complete, nothing of the rest
+    partial = cache_dir / "partial" / f"{partial_key(url)}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[: 2 * MiB])
+    chunks = [[start, start + MiB, MiB if start < 2 * MiB else 0] for start in range(0, 8 * MiB, MiB)]
+    meta = {
+        "name": url,
+        "source": url,
+        "origin": url,
+        "expected_sha256": None,
+        "expected_size": None,
+        "etag": None,
+        "parallel": True,
+        "prefix": 2 * MiB,
+        "chunks": chunks,
+    }
+    partial.with_suffix(".json").write_text(json.dumps(meta))
+    result = run_cli("ensure", url, "--digest", digest_of(data), "--json", cache_dir=cache_dir, env=env)
+    assert result.code == 0, result.stderr
+    assert result.json()["bytes_fetched"] == 6 * MiB  # the rest, once
+    assert fileserver.served("b.bin") == 6 * MiB
+    assert all("bytes=2097152-2097151" not in (r.headers.get("Range") or "") for r in fileserver.requests)
 
 
 @pytest.mark.parametrize("planted", [None, "symlink"], ids=["plain", "planted-symlink-counters"])

@@ -19,7 +19,7 @@ from model_provisioner import DigestMismatch, Lifecycle, ModelProvisioner, Setti
 from model_provisioner.core.errors import LeaseHeld
 from model_provisioner.core.units import parse_duration, parse_size
 
-from .conftest import run_cli
+from .conftest import EXAMPLE_GGUF, run_cli
 from .helpers import MiB
 
 
@@ -329,3 +329,27 @@ def test_verify_all_parallel_fails_every_entry_of_a_corrupted_blob_and_repairs(
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# --------------------------------------------------------------------- 9. leases can be seen and named
+def test_leases_are_listed_and_named_where_they_block(
+    cli: Any, api_factory: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    model = tmp_path / "api" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(EXAMPLE_GGUF.read_bytes())
+    assert cli("ensure", str(model)).code == 0
+    both = cli("lease", str(model), "--ttl", "1h", "--pid", "1", "--holder", "job42", "--json").json()
+    assert both["pid"] == 1 and both["expires_ms"] - both["created_ms"] == 3600 * 1000  # TTL and pid, both kept
+    ttl_only = cli("lease", str(model), "--ttl", "10m", "--holder", "job43").stdout.strip()
+    listed = cli("leases", "--json").json()["leases"]
+    assert {entry["lease_id"] for entry in listed} == {both["lease_id"], ttl_only}
+    text = cli("leases").stdout
+    assert "None" not in text and "job42" in text and "pid 1 on" in text and "expires in" in text
+    refused = cli("rm", str(model))
+    assert refused.code == 5 and both["lease_id"] in refused.stderr and ttl_only in refused.stderr
+    assert "None" not in refused.stderr and "release" in refused.stderr
+    c = api_factory(settings={"api_file_roots": [str(model.parent)]}).client
+    assert {entry["lease_id"] for entry in c.get("/v1/leases").json()["leases"]} == {both["lease_id"], ttl_only}
+    assert cli("release", both["lease_id"]).code == 0 and cli("release", ttl_only).code == 0
+    assert cli("leases", "--json").json()["leases"] == []

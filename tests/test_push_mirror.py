@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import run_cli
-from .helpers import gguf_bytes, hub_origin_bytes, transformers_repo
+from .helpers import digest_of, gguf_bytes, hub_origin_bytes, s3_bucket, transformers_repo
 
 
 def test_hf_repo_pushed_to_a_registry_mirror_is_pulled_with_zero_origin_bytes(
@@ -98,7 +98,7 @@ def test_a_tampered_mirror_copy_is_refused_and_the_origin_is_used(
 def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(
     registry: Any, cli: Any, gguf_file: Path, tmp_path: Path
 ) -> None:
-    # a local file registered in place is pushed from where it is (issue 13; tests/test_defects.py)
+    # a local file registered in place is pushed from where it is
     local = cli("ensure", str(gguf_file), "--json")
     assert local.code == 0
     assert cli("push", str(gguf_file), f"oci://{registry.host}/team/local:v1").code == 0
@@ -136,3 +136,54 @@ def test_push_to_an_explicit_tag_then_ensure_the_oci_ref(
     fresh = run_cli("ensure", f"oci://{registry.host}/team/release:2024.1", "--json", cache_dir=tmp_path / "c3")
     assert fresh.code == 0, fresh.stderr
     assert fresh.json()["digest"] == sha(url_data)
+
+
+# ---------------------------------------------------------- 5. push local files and directories directly
+def test_a_local_file_and_directory_are_pushed_and_pulled_back(
+    registry: Any, s3: Any, cli: Any, tmp_path: Path, make_gguf: Any
+) -> None:
+
+    model = make_gguf("my-finetune.gguf", context_length=2048)
+    assert cli("ensure", str(model)).code == 0
+    pushed = cli("push", str(model), f"oci://{registry.host}/team/finetune:v1", "--json")
+    assert pushed.code == 0, pushed.stderr
+    assert pushed.json()["digest"] == digest_of(model.read_bytes())
+    assert pushed.json()["bytes_uploaded"] == model.stat().st_size
+    pulled = run_cli(
+        "ensure",
+        f"oci://{registry.host}/team/finetune:v1",
+        "--digest",
+        digest_of(model.read_bytes()),
+        "--json",
+        cache_dir=tmp_path / "other",
+    )
+    assert pulled.code == 0, pulled.stderr
+    assert Path(pulled.json()["local_path"]).read_bytes() == model.read_bytes()
+
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    (tree / "config.json").write_text('{"model_type": "llama"}')
+    from .helpers import safetensors_bytes
+
+    (tree / "model.safetensors").write_bytes(safetensors_bytes(2000))
+    ensured = cli("ensure", str(tree), "--json")
+    assert ensured.code == 0, ensured.stderr
+    s3_bucket(s3, "team")
+    to_s3 = cli("push", str(tree), "s3://team/mirror/", "--json")
+    assert to_s3.code == 0, to_s3.stderr
+    assert to_s3.json()["digest"] == ensured.json()["digest"] and to_s3.json()["files"] == 2
+    to_oci = cli("push", f"file:{tree}", f"oci://{registry.host}/team/repo:v1", "--json")
+    assert to_oci.code == 0, to_oci.stderr
+
+
+def test_a_local_file_changed_since_it_was_verified_is_not_pushed(registry: Any, cli: Any, make_gguf: Any) -> None:
+    model = make_gguf("changed.gguf")
+    assert cli("ensure", str(model)).code == 0
+    with open(model, "ab") as fh:
+        fh.write(b"X")
+    result = cli("push", str(model), f"oci://{registry.host}/team/changed:v1")
+    assert result.code == 4 and "changed.gguf" in result.stderr, result.stderr
+    manifest = __import__("httpx").get(
+        f"{registry.url}/v2/team/changed/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
+    assert manifest.status_code == 404  # nothing was published under the tag

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from model_provisioner import FileRef, HfRef, InvalidModelRef, OciRef, S3Ref, UrlRef, parse
 
+from .conftest import run_cli
+
 
 def test_local_forms_give_one_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "m.gguf"
@@ -148,7 +150,7 @@ def test_garbage_is_refused_with_invalid_model_ref(text: str) -> None:
 def test_refs_are_frozen_and_validate_themselves() -> None:
     ref = parse("hf:org/repo/m.gguf")
     with pytest.raises(AttributeError):
-        ref.id = "x/y"  # type: ignore[misc]
+        ref.repo_id = "x/y"  # type: ignore[attr-defined]
     with pytest.raises(InvalidModelRef):
         HfRef("not-a-repo-id")
     with pytest.raises(InvalidModelRef):
@@ -239,3 +241,11 @@ def test_a_local_path_ending_in_a_space_round_trips() -> None:
     with its trailing space stripped."""
     ref = parse("h\ufffdoci:: //", cwd="/tmp")
     assert ref.id == "file:/tmp/h\ufffdoci:: " and parse(ref.id, cwd="/tmp").id == ref.id
+
+
+# ----------------------------------------------- 14. odd and hostile input: exit 2 or 4, never 1 or Pending
+def test_odd_hosts_are_invalid_refs(cache_dir: Path) -> None:
+    for host in ("0177.0.0.1", "256.1.1.1", "a..b", "x" * 300 + ".example", ".lead.example", "127.1", "2130706433"):
+        result = run_cli("ensure", f"https://{host}/m.gguf", cache_dir=cache_dir)
+        assert result.code == 2 and "host" in result.stderr, (host, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import run_cli
 from .helpers import s3_bucket, safetensors_bytes, triton_repo, write_tree
 from .servers.s3 import SECRET_KEY
 
@@ -214,3 +215,27 @@ def test_policy_denies_the_s3_endpoint_before_any_request(s3: Any, cli: Any, set
     assert result.code == 5 and "no-loopback" in result.stderr, result.stderr
     pushed = cli("push", "s3://models/any/m.gguf", "s3://models/mirror/", env={"MODEL_PROVISIONER_SETTINGS": str(path)})
     assert pushed.code in (3, 5), pushed.stderr  # not provisioned (3) or denied (5), never a request
+
+
+def test_a_file_beside_a_directory_of_the_same_name_is_exit_4(s3: Any, cache_dir: Path) -> None:
+
+    client = s3_bucket(s3, "clash")
+    objects = {"m/config.json": b"{}", "m/config.json/x": b"1", "m/model.safetensors": safetensors_bytes(100)}
+    for key, body in objects.items():
+        client.put_object(Bucket="clash", Key=key, Body=body)
+    result = run_cli("ensure", "s3://clash/m/", cache_dir=cache_dir)
+    assert result.code == 4 and "both a file and the directory" in result.stderr, result.stderr
+    assert run_cli("ls", "--json", cache_dir=cache_dir).json()["models"][0]["lifecycle"] == "Failed"
+
+
+def test_a_triton_version_directory_named_with_a_superscript_is_not_a_crash(tmp_path: Path, cache_dir: Path) -> None:
+
+    repo = tmp_path / "triton"
+    for name, data in triton_repo().items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    (repo / "encoder" / "²").mkdir()
+    (repo / "encoder" / "²" / "model.onnx").write_bytes(b"x")
+    result = run_cli("ensure", str(repo), "--engine", "triton", "--json", cache_dir=cache_dir)
+    assert result.code in (0, 4), result.stderr
+    assert "Traceback" not in result.stderr

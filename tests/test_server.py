@@ -333,3 +333,59 @@ def test_push_through_the_api(api_factory: Any, registry: Any, make_gguf: Any) -
     assert body["digest"] == sha(data) and body["destination"].startswith(f"oci://{registry.host}/api/mirror/")
     missing = c.post("/v1/models/hf:org/none/x.gguf/push", json={"destination": f"oci://{registry.host}/x:v1"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+# ------------------------------------------------------------------- 7. the server says what it does
+def test_serve_announces_itself_logs_every_request_and_names_a_busy_port(
+    api_factory: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    import socket
+
+    from .conftest import TOKEN
+
+    api = api_factory()
+    assert api.client.get("/healthz").status_code == 200
+    denied = api.client.get("/v1/models", headers={"Authorization": "Bearer wrong-token-value"})
+    assert denied.status_code == 401
+    outside = api.client.post("/v1/models/ensure", json={"ref": "/etc/passwd"})
+    assert outside.status_code == 403
+    logs = api.logs()
+    port = api.url.rsplit(":", 1)[1]
+    assert f"http://127.0.0.1:{port}" in logs.splitlines()[0] or any(
+        f"http://127.0.0.1:{port}" in line and "serving" in line for line in logs.splitlines()
+    )
+    requests = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"request"' in line]
+    seen = {(r["method"], r["path"], r["status"]) for r in requests}
+    assert ("GET", "/v1/models", 401) in seen and ("POST", "/v1/models/ensure", 403) in seen, requests
+    assert all("duration_ms" in r and r.get("correlation_id") for r in requests)
+    assert TOKEN not in logs and "wrong-token-value" not in logs
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = run_cli(
+            "serve", "--port", str(taken), cache_dir=cache_dir, timeout=30, env={"MODEL_PROVISIONER_API_TOKEN": TOKEN}
+        )
+    assert result.code == 2 and str(taken) in result.stderr and "in use" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------ 8. request bodies are checked like the CLI
+def test_api_bodies_refuse_unknown_fields_and_speak_in_fields(api_factory: Any, tmp_path: Path) -> None:
+    model = tmp_path / "api" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(EXAMPLE_GGUF.read_bytes())
+    c = api_factory(settings={"api_file_roots": [str(model.parent)]}).client
+    assert c.post("/v1/gc").status_code == 200  # no body: the defaults
+    assert c.post("/v1/models/ensure", json={"ref": str(model)}).status_code == 200
+    unknown = c.post(f"/v1/models/file:{model}/leases", json={"holder": "x", "ttl": "10m", "tll_s": 5})
+    assert unknown.status_code == 400 and "tll_s" in unknown.json()["error"]["message"], unknown.text
+    lease = c.post(f"/v1/models/file:{model}/leases", json={"holder": "x", "ttl": "10m"})
+    assert lease.status_code == 201, lease.text
+    expires_in = (lease.json()["expires_ms"] - __import__("time").time() * 1000) / 1000
+    assert 500 < expires_in <= 600
+    mismatch = c.post("/v1/models/ensure", json={"ref": str(model), "expected_digest": "sha256:" + "0" * 64})
+    message = mismatch.json()["error"]["message"]
+    assert mismatch.status_code == 422 and "--no-strict" not in message and '"strict": false' in message, message
+    removal = c.delete(f"/v1/models/file:{model}")
+    assert removal.status_code == 409 and "?force=true" in removal.json()["error"]["message"], removal.text

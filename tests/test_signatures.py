@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .helpers import sign, triton_repo, write_tree
+from .helpers import digest_of, sign, triton_repo, write_tree
 from .servers.oci_push import push_artifact
 
 
@@ -89,3 +89,50 @@ def test_signed_oci_artifact_and_a_forged_one(
     refused = cli("ensure", f"oci://{registry.host}/signed/forged:v1", *flags)
     assert refused.code == 4 and "signature verification failed" in refused.stderr, refused.stderr
     assert not any("forged" in str(p) for p in (cache_dir / "gguf").rglob("*"))
+
+
+# ------------------------------------------------------------- 11. signature set-up errors are exit 2
+def test_signature_setup_errors_are_exit_2_and_change_nothing(
+    cli: Any, gguf_file: Path, tmp_path: Path, cache_dir: Path, keys: tuple[Path, Path]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    assert cli("ensure", str(gguf_file)).code == 0  # Active, recorded
+    missing = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(tmp_path / "nope.pem"))
+    assert missing.code == 2 and "--signature-key" in missing.stderr and "Errno" not in missing.stderr
+    no_key = cli("ensure", str(gguf_file), "--require-signature")
+    assert no_key.code == 2 and "--signature-key" in no_key.stderr, no_key.stderr
+    without_extra = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['model_signing'] = None; "
+            "from model_provisioner.cli import main; sys.exit(main(sys.argv[1:]))",
+            "--cache-dir",
+            str(cache_dir),
+            "ensure",
+            str(gguf_file),
+            "--require-signature",
+            "--signature-key",
+            str(gguf_file),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=60,
+    )
+    assert without_extra.returncode in (2,), without_extra.stderr
+    assert "model-provisioner[signing]" in without_extra.stderr
+    assert [m["lifecycle"] for m in cli("ls", "--json").json()["models"]] == ["Active"]  # nothing changed
+    # a file changed under a valid signature: exit 4 naming it, both digests in hex
+    private, public = keys
+    signed = digest_of(gguf_file.read_bytes())
+    sign(gguf_file, private)
+    with open(gguf_file, "ab") as fh:
+        fh.write(b"X")
+    changed = cli("ensure", str(gguf_file), "--require-signature", "--signature-key", str(public))
+    assert changed.code == 4 and str(gguf_file) in changed.stderr, changed.stderr
+    assert signed in changed.stderr and digest_of(gguf_file.read_bytes()) in changed.stderr
+    assert "digest_value=b" not in changed.stderr

@@ -176,7 +176,7 @@ def provision_and_handoff(
 ) -> tuple[ResolvedModel, Path]:
     """ensure + handoff + provenance: what ``ensure --handoff-dir`` and ``provision`` do."""
     start = time.monotonic()
-    resolved = provisioner.ensure_present(ref, expected_digest, strict, **ensure_options)
+    resolved = provisioner.ensure_present(ref, expected_digest, strict=strict, **ensure_options)
     chosen = choose_engine(resolved, engine)
     took = int((time.monotonic() - start) * 1000)
     return resolved, _hand_off(provisioner, out_dir, chosen, resolved, took, correlation_id)
@@ -226,7 +226,7 @@ def provision_config(
             resolved = prov.ensure_present(
                 config.model_ref.id,
                 str(config.expected_digest) if config.expected_digest else None,
-                config.strict,
+                strict=config.strict,
             )
             took = int((time.monotonic() - start) * 1000)
             ensured.append((resolved, choose_engine(resolved, config.engine), took))

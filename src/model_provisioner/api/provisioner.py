@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from model_provisioner.config.settings import Settings
 from model_provisioner.core.digest import Digest
-from model_provisioner.core.errors import InvalidInput, NotFound, ProvisionerError
+from model_provisioner.core.errors import InvalidInput, ProvisionerError
 from model_provisioner.core.refs import FileRef, ModelRef, parse
 from model_provisioner.core.vocab import Lifecycle
-from model_provisioner.obs.audit import audit
+from model_provisioner.obs.audit import record_ensure
 from model_provisioner.obs.logs import install_redaction
-from model_provisioner.obs.metrics import METRICS
 from model_provisioner.ops import gc as gc_ops
+from model_provisioner.ops import verifying
 from model_provisioner.ops.leases import leased
 from model_provisioner.pipeline import ensure as ensure_flow
 from model_provisioner.pipeline.context import FetchOptions, Workspace
@@ -33,9 +32,9 @@ from model_provisioner.pipeline.ledger import Ledger
 from model_provisioner.pipeline.localfile import import_into_store
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogEntry, CatalogStore, Lease, SqliteCatalog
-from model_provisioner.storage.locks import model_lock, model_lock_is_free, store_in_use
+from model_provisioner.storage.locks import model_lock_is_free
 from model_provisioner.storage.safefs import share_with_group_if_shared
-from model_provisioner.verify.rehash import rehash_entry, unchanged_since_verified
+from model_provisioner.verify.rehash import unchanged_since_verified
 from model_provisioner.verify.results import ResolvedModel, VerificationReport, resolved_from
 
 if TYPE_CHECKING:
@@ -110,6 +109,7 @@ class ModelProvisioner:
             self._engine.cancel()
 
     def close(self) -> None:
+        """Close the HTTP clients and the catalog (``with ModelProvisioner(...) as prov:`` does it)."""
         if self._engine is not None:
             self._engine.close()
         self.catalog.close()
@@ -125,8 +125,8 @@ class ModelProvisioner:
         self,
         ref: RefLike,
         expected_digest: DigestLike | None = None,
-        strict: bool | None = None,
         *,
+        strict: bool | None = None,
         refresh: bool = False,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
@@ -134,9 +134,32 @@ class ModelProvisioner:
     ) -> ResolvedModel:
         """Make ``ref`` present and verified locally; return where it is.
 
-        A digest given means strict unless ``strict=False`` (advisory: mismatch warns, stays Active).
-        An Active entry is answered from the catalog with no network; ``refresh=True`` re-checks the
-        source (a conditional request for https). ``include``/``exclude`` globs choose a Hub repo's files.
+        An Active entry is answered from the catalog with no network; otherwise the bytes are fetched once
+        into the blob store (hashing while streaming), verified, laid out and registered.
+
+        Args:
+            ref: ``./m.gguf``, ``hf:org/repo[:Q4_K_M]``, ``https://…``, ``s3://…``, ``oci://…`` (a string or a
+                parsed ``ModelRef``).
+            expected_digest: ``sha256:<hex>`` the bytes must have (a directory or repo: its repo digest).
+            strict: whether a mismatch fails (the default when a digest is given) or only warns and stays
+                Active (``False``: advisory).
+            refresh: re-check the source (a conditional request for https) even when a verified copy exists.
+            include: globs choosing a Hub repo's files (``exclude`` leaves some out).
+            exclude: globs of a Hub repo's files to leave out.
+            progress: called with (bytes done, total or None) while fetching.
+
+        Returns:
+            The ``ResolvedModel``: local path, digest, size, format, metadata, whether it came from the cache.
+
+        Raises:
+            InvalidModelRef: the ref cannot be parsed (exit 2).
+            DigestMismatch: the bytes are not the ones pinned, with ``strict`` (exit 4; nothing stays registered).
+            NotFound: the source has no such model (exit 3).
+            PolicyDenied: the policy, the settings or the source refused it (exit 5); ``OfflineError`` when
+                offline and not cached.
+            TransferFailed: the network failed past every retry (exit 6).
+            InsufficientSpace: the disk is full (exit 7).
+            LockTimeout: another process held the model's lock too long (exit 8).
         """
         model_ref = parse(ref)
         started = time.monotonic()
@@ -149,32 +172,27 @@ class ModelProvisioner:
             if self.settings.max_cache_bytes is not None and not resolved.from_cache:
                 gc_ops.enforce_budget(self, self.settings.max_cache_bytes, protect=frozenset({resolved.id}))
         except ProvisionerError as exc:
-            self._observe(model_ref, None, exc.code, started)
+            record_ensure(model_ref.scheme, model_ref.id, exc.code, started, self.settings.policy.label)
             raise
-        self._observe(model_ref, resolved, "cached" if resolved.from_cache else "fetched", started)
+        outcome = "cached" if resolved.from_cache else "fetched"
+        record_ensure(
+            model_ref.scheme,
+            model_ref.id,
+            outcome,
+            started,
+            self.settings.policy.label,
+            digest=resolved.digest,
+            fetched=resolved.bytes_fetched,
+            from_cache=resolved.from_cache,
+        )
         return resolved
 
-    def _observe(self, ref: ModelRef, resolved: ResolvedModel | None, outcome: str, started: float) -> None:
-        seconds = time.monotonic() - started
-        fetched = resolved.bytes_fetched if resolved is not None else 0
-        METRICS.ensured(ref.scheme, outcome, seconds, fetched)
-        audit(
-            "ensure",
-            model_id=ref.id,
-            model_ref=ref.id,
-            digest=resolved.digest if resolved is not None else None,
-            bytes=fetched,
-            duration_ms=int(seconds * 1000),
-            policy_label=self.settings.policy.label,
-            outcome=outcome,
-            from_cache=resolved.from_cache if resolved is not None else None,
-        )
-
-    def ensure_present_str(self, ref: str, expected_digest: str | None = None, strict: bool | None = None) -> str:
-        """``ensure_present`` for callers that only want the local path as a string."""
-        return str(self.ensure_present(ref, expected_digest, strict).local_path)
+    def ensure_present_str(self, ref: str, expected_digest: str | None = None, *, strict: bool | None = None) -> str:
+        """``ensure_present`` for callers that only want the local path as a string (same errors)."""
+        return str(self.ensure_present(ref, expected_digest, strict=strict).local_path)
 
     def exists(self, ref: RefLike) -> bool:
+        """Whether ``ref`` is Active and unchanged since it was verified (``locate`` is not None)."""
         return self.locate(ref) is not None
 
     def locate(self, ref: RefLike) -> ResolvedModel | None:
@@ -188,39 +206,32 @@ class ModelProvisioner:
         return resolved_from(entry, from_cache=True)
 
     def entry(self, ref: RefLike) -> CatalogEntry | None:
+        """The catalog's record of ``ref`` in any lifecycle (None when it has none); no file is checked."""
         return self.catalog.get(parse(ref).id)
 
     def list_models(self) -> list[CatalogEntry]:
+        """Every catalog entry, in id order."""
         return self.catalog.entries()
 
     # ================================================================================== verify
     def verify(self, ref: RefLike, expected_digest: str | Digest | None = None) -> VerificationReport:
-        """Re-hash a provisioned model and compare with what the catalog recorded (and the pinned digest)."""
-        model_id = parse(ref).id
+        """Re-hash a provisioned model and compare with what the catalog recorded (and the pinned digest).
+
+        Args:
+            ref: the model's ref or id.
+            expected_digest: a digest to check besides the recorded one.
+
+        Returns:
+            A ``VerificationReport`` (``ok``, ``outcome``, expected and actual digests, a message). A mismatch is
+            a report, not an exception: the entry becomes Failed and every blob that no longer matches its
+            name is quarantined.
+
+        Raises:
+            NotFound: ``ref`` is not in the catalog (exit 3).
+            LockTimeout: an ensure of the same model held its lock too long (exit 8).
+        """
         digest = Digest.parse(expected_digest) if expected_digest else None
-        if self.read_only:
-            entry = self.catalog.get(model_id)
-            if entry is None:
-                raise NotFound(f"{model_id} is not in the read-only cache at {self.store.root}")
-            rehash = rehash_entry(entry, self.catalog.files(model_id), digest)  # nothing can be recorded
-            return rehash.report(model_id, "ok (read-only cache: nothing recorded)" if rehash.ok else None)
-        with model_lock(self.store.locks_dir, model_id, self.settings.lock_timeout_s):
-            entry = self.catalog.get(model_id)
-            if entry is None:
-                raise NotFound(f"{model_id} is not in the catalog; run `model-provisioner ensure {model_id}` first")
-            if entry.lifecycle is not Lifecycle.ACTIVE:
-                # a Failed entry (empty, corrupt, unsupported, a mismatch) is not made ok by re-hashing it
-                why = entry.verification or str(entry.lifecycle).lower()
-                return VerificationReport(
-                    entry.id,
-                    False,
-                    why,
-                    entry.expected_digest,
-                    entry.digest,
-                    entry.local_path,
-                    f"{entry.id}: {entry.lifecycle} ({why}): {entry.error or 'not provisioned'}; run ensure on it",
-                )
-            return self.ledger.apply(entry, rehash_entry(entry, self.catalog.files(model_id), digest))
+        return verifying.verify_one(self, parse(ref).id, digest)
 
     def verify_many(
         self,
@@ -230,10 +241,22 @@ class ModelProvisioner:
         repair: bool = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[VerificationReport]:
-        """Re-hash many models in parallel (hashing releases the GIL: threads use every core); ``repair``
-        re-fetches the failed ones from their source."""
-        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
-            reports = list(pool.map(self.verify, ids))
+        """Re-hash many models in parallel (hashing releases the GIL: threads use every core).
+
+        Args:
+            ids: model ids (``list_models`` gives them all).
+            jobs: threads (default: one per core).
+            repair: re-fetch the ones that failed from their source (a failed repair is logged and its report
+                kept).
+            progress: called with (done, total) when all are hashed.
+
+        Returns:
+            One ``VerificationReport`` per id, in order.
+
+        Raises:
+            NotFound: an id is not in the catalog (exit 3).
+        """
+        reports = verifying.verify_all(self, ids, jobs)
         if progress is not None:
             progress(len(reports), len(ids))
         if repair:
@@ -242,7 +265,9 @@ class ModelProvisioner:
                 if report.ok or entry is None or entry.scheme == "file":
                     continue
                 try:
-                    repaired = self.ensure_present(report.id, entry.expected_digest, entry.strict or None, refresh=True)
+                    repaired = self.ensure_present(
+                        report.id, entry.expected_digest, strict=entry.strict or None, refresh=True
+                    )
                 except ProvisionerError as exc:
                     log.error("%s: repair failed: %s", report.id, exc)
                     continue
@@ -260,9 +285,9 @@ class ModelProvisioner:
         ref: RefLike,
         local_path: str | os.PathLike[str] | None = None,
         expected_digest: str | Digest | None = None,
+        *,
         strict: bool | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
         link: bool = False,
     ) -> ResolvedModel:
         """Register bytes you already have under a model ref.
@@ -270,6 +295,20 @@ class ModelProvisioner:
         For a ``file:`` ref this is ``ensure_present``. For any other ref (``hf:…``, ``https://…``) the
         file at ``local_path`` is copied into the blob store (hashing while copying), verified, viewed and
         recorded, so that later ``ensure`` calls of that ref are answered locally, offline included.
+
+        Args:
+            ref: the ref the bytes are of.
+            local_path: the file that holds them (omitted for a ``file:`` ref).
+            expected_digest: the digest they must have.
+            strict: as for ``ensure_present``.
+            metadata: merged into the entry's metadata.
+            link: hard-link the file into the store instead of copying it (same file system; its fingerprint
+                is recorded, so an edit through the other name is caught).
+
+        Raises:
+            InvalidInput: no ``local_path`` for a remote ref, or one for a ``file:`` ref (exit 2).
+            DigestMismatch: the bytes are not ``expected_digest`` with ``strict`` (exit 4).
+            LockTimeout: the model's lock was held too long (exit 8).
         """
         model_ref = parse(ref)
         digest = Digest.parse(expected_digest) if expected_digest is not None else None
@@ -277,17 +316,11 @@ class ModelProvisioner:
         if isinstance(model_ref, FileRef):
             if local_path is not None and os.path.realpath(local_path) != model_ref.path:
                 raise InvalidInput(f"{model_ref.id} is a local file; register it without a separate path")
-            resolved = self.ensure_present(model_ref, digest, strict_mode)
+            resolved = self.ensure_present(model_ref, digest, strict=strict_mode)
         else:
             if local_path is None:
                 raise InvalidInput(f"registering {model_ref.id} needs the local file that holds its bytes")
-            with (
-                model_lock(self.store.locks_dir, model_ref.id, self.settings.lock_timeout_s),
-                store_in_use(self.store.locks_dir, self.settings.lock_timeout_s),
-            ):
-                resolved = import_into_store(
-                    self.workspace, model_ref, Path(local_path), digest, strict_mode, link=link
-                )
+            resolved = import_into_store(self.workspace, model_ref, Path(local_path), digest, strict_mode, link=link)
         if metadata:
             entry = self.catalog.get(resolved.id)
             if entry is not None:
@@ -298,10 +331,24 @@ class ModelProvisioner:
 
     # ============================================================================== lifecycle
     def evict(self, pattern: RefLike, *, dry_run: bool = False, force: bool = False) -> list[str]:
-        """Remove entries matching an id or a glob (``ops.gc.evict``); pinned and leased ones need ``force``."""
+        """Remove entries matching an id or a glob (``ops.gc.evict``), and the store files only they used; files
+        registered in place are forgotten, never deleted.
+
+        Args:
+            pattern: a ref, an id or a glob of ids.
+            dry_run: return what would be removed, remove nothing.
+            force: remove pinned and leased entries too.
+
+        Returns:
+            The ids removed (or that would be).
+
+        Raises:
+            LeaseHeld: a match is pinned or leased and ``force`` is not given (exit 5, naming the holder).
+        """
         return gc_ops.evict(self, pattern, dry_run=dry_run, force=force)
 
     def pin(self, ref: RefLike, pinned: bool = True) -> bool:
+        """Protect ``ref`` from eviction and gc (``pinned=False`` lifts it); False when it is not in the catalog."""
         return self.catalog.set_pinned(parse(ref).id, pinned)
 
     def lease(self, ref: RefLike, holder: str | None = None) -> AbstractContextManager[Lease]:

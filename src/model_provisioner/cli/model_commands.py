@@ -39,7 +39,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
             )
             engine = handoff.stem
         else:
-            resolved = prov.ensure_present(args.ref, args.digest, args.strict, **options)
+            resolved = prov.ensure_present(args.ref, args.digest, strict=args.strict, **options)
         took = int((time.monotonic() - start) * 1000)
     if not args.quiet and not args.json:
         how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"

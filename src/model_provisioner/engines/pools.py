@@ -127,7 +127,7 @@ def _ensure_leased(host: EngineHost, request: UpRequest, pool: str) -> tuple[Res
     """Ensure, then lease at once: an ``rm`` between the two makes us ensure again (never a failed ``up``).
     ``up`` holds this lease until its supervisor holds its own."""
     for attempt in range(3):
-        resolved = host.ensure_present(request.ref, request.digest, request.strict)
+        resolved = host.ensure_present(request.ref, request.digest, strict=request.strict)
         try:
             failpoints.failpoint("up.ensured")
             return resolved, acquire_lease(host, resolved.id, holder=f"engine pool {pool} (starting)")

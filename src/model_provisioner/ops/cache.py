@@ -18,6 +18,8 @@ class Cache(Protocol):
     store: BlobStore
     catalog: CatalogStore
     ledger: Ledger
+    #: a cache on a read-only file system or directory: it serves what it holds and records nothing
+    read_only: bool
 
     def locate(self, ref: Any) -> ResolvedModel | None: ...
 
@@ -26,8 +28,8 @@ class Cache(Protocol):
         ref: Any,
         local_path: Any = None,
         expected_digest: Any = None,
+        *,
         strict: bool | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
         link: bool = False,
     ) -> ResolvedModel: ...

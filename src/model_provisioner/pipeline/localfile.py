@@ -28,7 +28,7 @@ from model_provisioner.formats import inspect_file
 from model_provisioner.pipeline.context import Workspace
 from model_provisioner.pipeline.localtree import provision_directory
 from model_provisioner.storage.catalog import CatalogEntry
-from model_provisioner.storage.locks import fetch_slot
+from model_provisioner.storage.locks import fetch_slot, model_lock, store_in_use
 from model_provisioner.storage.safefs import confined_stat
 from model_provisioner.verify.compare import Check, carried_pin, compare, prior_pin
 from model_provisioner.verify.rehash import fingerprint_of
@@ -84,7 +84,17 @@ def import_into_store(
     ws: Workspace, ref: ModelRef, source: Path, digest: Digest | None, strict: bool, *, link: bool = False
 ) -> ResolvedModel:
     """Bytes the caller already has, registered under a remote ref: copied (or linked) into the blob store
-    while hashing, then verified and viewed like a download (the model and store locks are held)."""
+    while hashing, then verified and viewed like a download, under the model's lock and the store's."""
+    with (
+        model_lock(ws.store.locks_dir, ref.id, ws.settings.lock_timeout_s),
+        store_in_use(ws.store.locks_dir, ws.settings.lock_timeout_s),
+    ):
+        return _import_locked(ws, ref, source, digest, strict, link=link)
+
+
+def _import_locked(
+    ws: Workspace, ref: ModelRef, source: Path, digest: Digest | None, strict: bool, *, link: bool
+) -> ResolvedModel:
     st = stat_model_file(source, str(source))
     entry = ws.catalog.get(ref.id)
     base = ws.ledger.pending(ref, before=entry, path=str(source), digest=digest, strict=strict)

@@ -61,7 +61,7 @@ class ApiContext:
             )
             return resolved.as_json(handoff.stem)
         resolved = self.prov.ensure_present(
-            body.ref, body.expected_digest, body.strict, refresh=body.refresh, progress=progress
+            body.ref, body.expected_digest, strict=body.strict, refresh=body.refresh, progress=progress
         )
         return resolved.as_json(choose_engine(resolved, body.engine) if body.engine else None)
 

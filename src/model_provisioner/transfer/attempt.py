@@ -109,7 +109,9 @@ def _first_request(
     headers = dict(spec.conditional)
     first_end = kept + engine.settings.parallel_chunk_min_bytes
     if chunks is not None:
-        first_end = next((c.end for c in chunks if c.reached == kept), first_end)
+        # the range the kept prefix stops in (a complete range ending at ``kept`` is not it: it would ask for
+        # ``bytes=kept-(kept-1)``, which a server answers 416, and the download would start over)
+        first_end = next((c.end for c in chunks if not c.complete and c.reached == kept), first_end)
     open_ended = not source.bounded_first and chunks is None
     if not open_ended:
         headers["Range"] = f"bytes={kept}-{first_end - 1}"
