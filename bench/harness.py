@@ -3,15 +3,22 @@ one line per scenario: ``name: ours X, peer Y, ratio R (goal G)``."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+MiB = 1 << 20
+#: the Python that runs our CLI and the in-process peers
+PY = sys.executable
 
 
 @dataclass
@@ -108,3 +115,39 @@ def random_file(path: Path, size: int) -> Path:
 def drop_page_cache_hint() -> None:
     """Write back dirty pages so one run's writeback does not land in the next run's timing."""
     os.sync()
+
+
+def sha_stream(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def link_lfs(www: Path, path: Path) -> str:
+    digest = sha_stream(path)
+    target = www / "lfs" / digest
+    if not target.exists():
+        os.link(path, target)
+    return digest
+
+
+def largest_file_held(root: Path) -> int:
+    """The most bytes any file under ``root`` holds (allocated blocks, capped at its size)."""
+    best = 0
+    if root.exists():
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    st = os.stat(os.path.join(dirpath, name))
+                    best = max(best, min(st.st_size, st.st_blocks * 512))
+    return best
+
+
+def rate_of(cmd: list[str], env: dict[str, str]) -> float:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **env})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def ratio(name: str, ours: list[float], peer: list[float], peer_name: str, goal: str, unit: str = "s") -> Result:
+    result = Result(name, ours, peer, peer_name, goal, statistics.median(peer) / statistics.median(ours))
+    result.unit = unit
+    return result

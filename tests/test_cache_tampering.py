@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from model_provisioner import Lifecycle, ModelProvisioner, Settings
 
 from .conftest import run_cli
@@ -18,6 +20,7 @@ from .helpers import MiB, partial_key, payload, sha256_hex
 
 
 # ----------------------------------------------------------------------------- 1. planted symlinks
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_partial_planted_as_a_symlink_is_refused_and_its_target_untouched(
     fileserver: Any, cache_dir: Path, tmp_path: Path, settings_file: Any
 ) -> None:
@@ -76,6 +79,7 @@ def test_a_symlinked_store_lock_never_truncates_its_target(cache_dir: Path, tmp_
 
 
 # --------------------------------------------------------------------------- 2. a blob's name is not trust
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_blob_edited_through_an_imported_hard_link_is_rehashed_and_never_served(
     tmp_path: Path, cache_dir: Path, fileserver: Any, settings_file: Any
 ) -> None:
@@ -148,6 +152,7 @@ def test_a_pinned_local_file_edited_with_its_mtime_restored_is_caught(cache_dir:
 
 
 # ------------------------------------------------------- 12. two ids for one file share a view safely
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_removing_one_of_two_ids_for_one_file_keeps_the_others_view(
     hub: Any, cache_dir: Path, settings_file: Any
 ) -> None:

@@ -51,6 +51,7 @@ def test_pull_alias_and_human_output(cli: Any, gguf_file: Path) -> None:
     assert quiet.code == 0 and quiet.stderr == ""
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_relative_tilde_file_and_local_forms_give_one_id(cli: Any, tmp_path: Path) -> None:
     home = tmp_path / "home"
     shutil.copy(EXAMPLE_GGUF, home / "m.gguf")
@@ -178,6 +179,7 @@ def test_unreadable_file_is_exit_2(tmp_path: Path, cache_dir: Path) -> None:
     assert_one_line_error(stderr, "permission denied", str(model))
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_verify_ls_rm_round_trip(cli: Any, make_gguf: Any) -> None:
     a = make_gguf("a.gguf")
     b = make_gguf("b.gguf", seed=3)

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import EXAMPLE_GGUF, ROOT
 from .helpers import digest_of, safetensors_bytes
 
 
 # ------------------------------------------------------ 6. verify, rm and ensure say what really happened
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_verify_rm_and_ensure_say_what_happened(cli: Any, tmp_path: Path, make_gguf: Any) -> None:
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
@@ -125,6 +128,7 @@ def test_a_model_config_with_a_list_and_cli_spellings(cli: Any, tmp_path: Path, 
 
 
 # ------------------------------------------------------------------ 14. output that says what happened
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_refresh_mirror_inspect_and_durations_say_what_happened(
     cli: Any, fileserver: Any, tmp_path: Path, settings_file: Any, gguf_file: Path
 ) -> None:

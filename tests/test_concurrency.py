@@ -87,6 +87,7 @@ def test_sigkilled_holder_does_not_block_the_next_ensure(
     assert time.monotonic() - start < 30  # no stale lock to wait out
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_global_fetch_limit_across_processes(cache_dir: Path, make_gguf: Any, tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text("max_parallel_fetches: 1\nlock_timeout_s: 1.5\n")

@@ -142,6 +142,7 @@ def test_handoff_refuses_an_engine_that_cannot_load_the_format(cli: Any, tmp_pat
 
 
 # ------------------------------------------------- 4. allow_remote_code is the setting in force, every time
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_trust_remote_code_follows_the_settings_in_force_when_the_handoff_is_written(
     hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
 ) -> None:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import run_cli
 from .helpers import MiB
 
@@ -59,6 +61,7 @@ def test_a_per_connection_cap_makes_it_climb(tmp_path: Path) -> None:
         capped.close()
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_one_shared_bottleneck_keeps_it_at_one_or_two(tmp_path: Path, fileserver: Any) -> None:
     data = os.urandom(24 * MiB)
     url = fileserver.put("m.bin", data)

@@ -21,6 +21,9 @@ from model_provisioner.core.errors import ProvisionerError
 
 from .helpers import gguf_bytes
 
+#: the whole module is in the slow tier: fuzzing and property runs of thousands of inputs
+pytestmark = pytest.mark.slow
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),

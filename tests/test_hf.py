@@ -272,6 +272,7 @@ def test_cross_repo_dedup_downloads_nothing_twice(net: Any, hub: Any, tmp_path: 
     assert len(list((cache_dir / "blobs" / "sha256").iterdir())) == 1
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_private_repo_token_used_for_the_hub_never_for_the_cdn(
     hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
 ) -> None:
@@ -375,6 +376,7 @@ def _spawn(cache: Path, ref: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_kill_9_mid_lfs_download_resumes(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
     """Killed while the CDN holds the LFS download still at half (the client waits the stall out, so what it
     received is on disk), the rerun fetches only the rest."""
@@ -399,6 +401,7 @@ def test_kill_9_mid_lfs_download_resumes(hub: Any, tmp_path: Path, cache_dir: Pa
     assert cdn_bytes(hub) - half == result.json()["bytes_fetched"] <= len(data) - held + MiB
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_eight_processes_one_lfs_transfer(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
     data = gguf_bytes(tmp_path, extra_tensor_bytes=8 * MiB)
     hub.add_repo("org/crowd", {"m.gguf": data})
@@ -545,6 +548,7 @@ def test_new_revision_frees_blobs_only_the_old_one_used(net: Any, hub: Any, cach
 
 
 # -------------------------------------------------------- 15. a repo is laid out by the weights it holds
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_error(
     hub: Any, cache_dir: Path, settings_file: Any
 ) -> None:
@@ -563,6 +567,7 @@ def test_a_gguf_repo_with_a_config_json_means_its_gguf_and_no_weights_is_an_erro
     assert run_cli("locate", "hf:org/no-weights", cache_dir=cache_dir, env=env).code == 3
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(
     hub: Any, cache_dir: Path, settings_file: Any
 ) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from model_provisioner import Lifecycle
 
 from .conftest import run_cli
@@ -47,6 +49,7 @@ def test_the_api_refuses_to_fetch_internal_addresses_and_every_redirect_hop(
 
 
 # ------------------------------------------------------------------- 5. hosts matched as the network sees them
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_deny_hosts_holds_for_every_spelling_of_an_address(
     fileserver: Any, cache_dir: Path, settings_file: Any
 ) -> None:
@@ -160,6 +163,7 @@ def test_a_registry_named_like_loopback_is_not_reached_over_plain_http() -> None
 
 
 # ------------------------------------------------------------ 6. a body is never longer than declared
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_an_endless_body_for_a_declared_size_is_cut_at_once(
     net: Any, hub: Any, cache_dir: Path, tmp_path: Path
 ) -> None:
@@ -189,6 +193,7 @@ def test_an_endless_body_for_a_declared_size_is_cut_at_once(
 
 
 # --------------------------------------------------------------------------- 7. slow-loris and deadlines
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_slow_loris_body_is_a_stall_then_exit_6(fileserver: Any, cache_dir: Path, settings_file: Any) -> None:
     import time
 

@@ -83,6 +83,7 @@ def test_refresh_is_a_conditional_request(net: Any, fileserver: Any) -> None:
     assert changed.digest == digest_of(new) and changed.local_path.read_bytes() == new
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 @pytest.mark.parametrize(
     ("fault", "max_factor"),
     [

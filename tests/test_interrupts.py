@@ -12,6 +12,7 @@ from .conftest import run_cli, wait_for
 from .helpers import MiB, digest_of, partial_bytes_held
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("mode", ["stream", "parallel"])
 def test_an_interrupted_download_is_kept_shown_and_resumed(

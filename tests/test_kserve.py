@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .helpers import gguf_bytes, hub_origin_bytes, transformers_repo
 
 
@@ -27,6 +29,7 @@ def initializer(*pairs: str, node_cache: Path, env: dict[str, str] | None = None
     )
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_two_pods_on_one_node_and_two_pairs_in_one_call(hub: Any, fileserver: Any, tmp_path: Path) -> None:
     hub.add_repo("org/served", transformers_repo(n_shards=2))
     gguf = gguf_bytes(tmp_path)
@@ -81,6 +84,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_private_repo_in_the_node_cache_goes_only_to_pods_the_hub_accepts(hub: Any, tmp_path: Path) -> None:
     """Before: once a pod with a token had fetched a private repo into the node cache, pods with no token or
     a wrong one got its files (exit 0) and the Hub saw no request at all."""

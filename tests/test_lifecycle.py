@@ -188,6 +188,7 @@ def test_rm_of_a_leased_model_names_the_holder_and_dead_holders_expire(
             engine.kill()
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_rm_force_pin_unpin_release(cache_dir: Path, tmp_path: Path, cli: Any) -> None:
     with ModelProvisioner(Settings.from_env(cache_dir=cache_dir)) as p:
         model = p.register_model("https://h.example/p.bin", blob_file(tmp_path, "p.bin"))
@@ -229,6 +230,7 @@ def test_ls_counts_shared_blobs_once_and_sorts_filters(prov: Any, tmp_path: Path
     assert cli("ls", "--filter", "size~3").code == 2
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_import_a_cache_huggingface_hub_wrote(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:
     from huggingface_hub import hf_hub_download
     from make_tiny_gguf import write_tiny_gguf

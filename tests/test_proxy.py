@@ -258,6 +258,7 @@ def test_no_proxy_matching(no_proxy: str, url: str, proxied: bool) -> None:
     assert (routes.proxy_for(parts.scheme, parts.hostname or "", parts.port) is not None) is proxied
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_proxy_variables_lower_case_wins_and_all_proxy_fills_in() -> None:
     routes = ProxySettings.from_environ(
         {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2", "ALL_PROXY": "http://every:3"}

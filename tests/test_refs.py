@@ -171,6 +171,7 @@ _rev = st.one_of(
 )
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 @settings(max_examples=300, deadline=None)
 @given(
     org=_name,
@@ -188,6 +189,7 @@ def test_hf_round_trip(org: str, name: str, rev: str | None, path: list[str], qu
     assert isinstance(ref, HfRef) and ref.repo_id == f"{org}/{name}"
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 @settings(max_examples=200, deadline=None)
 @given(
     host=st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5}){1,2}", fullmatch=True),
@@ -202,6 +204,7 @@ def test_url_round_trip_and_query_never_in_id(host: str, port: int | None, path:
     assert "?" not in ref.id and (not query or query not in ref.id.split("/", 3)[-1] or query in "/".join(path))
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 @settings(max_examples=200, deadline=None)
 @given(
     registry=st.from_regex(r"[a-z][a-z0-9]{0,8}\.(io|com)(:[1-9][0-9]{1,3})?", fullmatch=True),

@@ -25,6 +25,9 @@ from .conftest import run_cli
 from .helpers import MiB, safetensors_bytes, sha256_file, transformers_repo
 from .servers.oci_push import push_artifact, tar_bytes
 
+#: the whole module is in the slow tier: crash-consistency and soak runs: many processes, kills at every failpoint
+pytestmark = pytest.mark.slow
+
 VIEW_TOPS = ("gguf", "files", "transformers", "triton")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from model_provisioner import Settings
 from model_provisioner.net.registry.client import RegistryClient
@@ -17,6 +18,7 @@ from tests.servers.fileserver import Fault
 from .helpers import MiB
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_range_workers_honour_retry_after(net: Any, fileserver: Any) -> None:
     data = np.random.default_rng(3).integers(0, 256, 8 * MiB, dtype=np.uint8).tobytes()
     url = fileserver.put("big.bin", data)
@@ -40,6 +42,7 @@ def test_range_workers_honour_retry_after(net: Any, fileserver: Any) -> None:
     assert again.at - refused.at >= 0.9, (again.at - refused.at, refused.headers.get("Range"))
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_the_registry_client_honours_retry_after(
     fileserver: Any, cache_dir: Path, settings_file: Any, monkeypatch: Any
 ) -> None:

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .helpers import digest_of, sign, triton_repo, write_tree
 from .servers.oci_push import push_artifact
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(
     cli: Any, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
@@ -30,6 +33,7 @@ def test_signed_directory_is_active_tampered_or_unsigned_is_exit_4(
     assert [e["lifecycle"] for e in listing["models"]] == ["Failed"]
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_signed_local_file_and_the_wrong_key(
     cli: Any, gguf_file: Path, tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
@@ -92,6 +96,7 @@ def test_signed_oci_artifact_and_a_forged_one(
 
 
 # ------------------------------------------------------------- 11. signature set-up errors are exit 2
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_signature_setup_errors_are_exit_2_and_change_nothing(
     cli: Any, gguf_file: Path, tmp_path: Path, cache_dir: Path, keys: tuple[Path, Path]
 ) -> None:
