@@ -14,6 +14,7 @@ import os
 from enum import IntEnum
 
 from model_provisioner.core.redact import redact_text
+from model_provisioner.core.vocab import ErrorCode, VerificationOutcome
 
 #: the most characters of user input quoted in a message (then an ellipsis)
 QUOTE_LIMIT = 200
@@ -46,20 +47,20 @@ class ProvisionerError(Exception):
 
     exit_code: ExitCode = ExitCode.UNEXPECTED
     #: short machine-readable code, used by the JSON error output and (later) the HTTP API
-    code: str = "unexpected"
+    code: ErrorCode = "unexpected"
 
 
 class InvalidInput(ProvisionerError, ValueError):
     """The user gave us something malformed: a ref, a digest, a config file, a flag."""
 
     exit_code = ExitCode.INVALID_INPUT
-    code = "invalid_input"
+    code: ErrorCode = "invalid_input"
 
 
 class InvalidModelRef(InvalidInput):
     """A model reference that cannot be parsed. ``.ref`` keeps the offending input (redacted)."""
 
-    code = "invalid_ref"
+    code: ErrorCode = "invalid_ref"
 
     def __init__(self, ref: str, problem: str) -> None:
 
@@ -69,7 +70,7 @@ class InvalidModelRef(InvalidInput):
 
 
 class InvalidDigest(InvalidInput):
-    code = "invalid_digest"
+    code: ErrorCode = "invalid_digest"
 
     def __init__(self, value: object, problem: str) -> None:
         self.value = value
@@ -80,7 +81,7 @@ class InvalidDigest(InvalidInput):
 class ConfigError(InvalidInput):
     """A config file that cannot be used; names the file and the field."""
 
-    code = "invalid_config"
+    code: ErrorCode = "invalid_config"
 
     def __init__(self, path: str, field: str | None, problem: str) -> None:
         self.path = path
@@ -93,27 +94,27 @@ class ConfigError(InvalidInput):
 class UnsupportedScheme(InvalidInput):
     """The ref parses, but this build cannot fetch its scheme yet."""
 
-    code = "unsupported_scheme"
+    code: ErrorCode = "unsupported_scheme"
 
 
 class UnsupportedFormat(InvalidInput):
     """A model file in a format we refuse on purpose (e.g. legacy GGML)."""
 
-    code = "unsupported_format"
+    code: ErrorCode = "unsupported_format"
 
 
 class NotFound(ProvisionerError):
     exit_code = ExitCode.NOT_FOUND
-    code = "not_found"
+    code: ErrorCode = "not_found"
 
 
 class VerificationFailed(ProvisionerError):
     """The bytes are not what they should be (digest mismatch, empty, corrupt model)."""
 
     exit_code = ExitCode.VERIFICATION_FAILED
-    code = "verification_failed"
+    code: ErrorCode = "verification_failed"
 
-    def __init__(self, message: str, *, reason: str = "mismatch") -> None:
+    def __init__(self, message: str, *, reason: VerificationOutcome = "mismatch") -> None:
         self.reason = reason
         super().__init__(message)
 
@@ -137,27 +138,27 @@ class CorruptModel(VerificationFailed):
 
 class PolicyDenied(ProvisionerError):
     exit_code = ExitCode.DENIED
-    code = "denied"
+    code: ErrorCode = "denied"
 
 
 class OfflineError(PolicyDenied):
-    code = "offline"
+    code: ErrorCode = "offline"
 
 
 class ReadOnlyCache(PolicyDenied):
     """The cache is read-only (an image layer, a read-only mount): it serves what it holds, nothing more."""
 
-    code = "read_only_cache"
+    code: ErrorCode = "read_only_cache"
 
 
 class TransferFailed(ProvisionerError):
     exit_code = ExitCode.TRANSFER_FAILED
-    code = "transfer_failed"
+    code: ErrorCode = "transfer_failed"
 
 
 class InsufficientSpace(ProvisionerError):
     exit_code = ExitCode.NO_SPACE
-    code = "no_space"
+    code: ErrorCode = "no_space"
 
     def __init__(self, where: str, needed: int, available: int) -> None:
         self.needed = needed
@@ -171,7 +172,7 @@ class InsufficientSpace(ProvisionerError):
 class UnsafeCachePath(VerificationFailed):
     """A path inside the cache is not what we create there (a symlink, a FIFO, a file with other links)."""
 
-    code = "unsafe_cache_path"
+    code: ErrorCode = "unsafe_cache_path"
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         self.path = str(path)
@@ -186,64 +187,64 @@ class LockTimeout(ProvisionerError):
     """Waiting for a lock (another process provisioning the same model, a fetch slot, gc) took too long."""
 
     exit_code = ExitCode.TIMED_OUT
-    code = "lock_timeout"
+    code: ErrorCode = "lock_timeout"
 
 
 class LeaseHeld(PolicyDenied):
     """A pinned model, or one an engine holds a live lease on, cannot be removed without force."""
 
-    code = "leased"
+    code: ErrorCode = "leased"
 
 
 class ServerBusy(ProvisionerError):
     """The API's bound on concurrent synchronous downloads is reached (HTTP 503 with Retry-After)."""
 
-    code = "busy"
+    code: ErrorCode = "busy"
 
 
 class Cancelled(TransferFailed):
     """The transfer was stopped (Ctrl-C, SIGTERM, a server shutting down); its partial file is kept."""
 
-    code = "cancelled"
+    code: ErrorCode = "cancelled"
 
 
 class NotModified(ProvisionerError):
     """A conditional refresh found the source unchanged (HTTP 304): the cached copy stands."""
 
-    code = "not_modified"
+    code: ErrorCode = "not_modified"
 
 
 class MissingExtra(InvalidInput):
     """An optional dependency group (an ``extra``) this feature needs is not installed."""
 
-    code = "missing_extra"
+    code: ErrorCode = "missing_extra"
 
 
 class MissingTool(InvalidInput):
     """A program a feature needs (an engine binary, cmake, a compiler) is not installed or not executable."""
 
-    code = "missing_tool"
+    code: ErrorCode = "missing_tool"
 
 
 class EngineFailed(ProvisionerError):
     """An engine exited during start-up, refused the model, or could not be built."""
 
     exit_code = ExitCode.ENGINE_FAILED
-    code = "engine_failed"
+    code: ErrorCode = "engine_failed"
 
 
 class EngineNotReady(ProvisionerError):
     """An engine kept running but never became ready within its timeout (it was stopped)."""
 
     exit_code = ExitCode.TIMED_OUT
-    code = "engine_not_ready"
+    code: ErrorCode = "engine_not_ready"
 
 
 class ModelChanged(VerificationFailed):
     """The model an engine pool serves no longer answers to the digest the pool was started on (checked
     before every start and restart): the pool stops (``failed``), it never serves other bytes."""
 
-    code = "model_changed"
+    code: ErrorCode = "model_changed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="changed")
@@ -252,7 +253,7 @@ class ModelChanged(VerificationFailed):
 class EngineBinaryChanged(VerificationFailed):
     """An engine binary is not what was trusted (built by us: its bytes; given by path: its fingerprint)."""
 
-    code = "engine_changed"
+    code: ErrorCode = "engine_changed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="changed")

@@ -1,4 +1,4 @@
-"""The small shared vocabulary: lifecycle states, engines, layouts and verification outcomes.
+"""The small shared vocabulary: lifecycle states, engines, layouts, verification outcomes and check results.
 
 Every layer speaks these words; they are defined once, here (docs/architecture.md, "core").
 """
@@ -38,6 +38,60 @@ ENGINES: tuple[Engine, ...] = ("llamacpp", "vllm", "tgi", "triton")
 
 #: how a model's files are laid out for its engine
 Layout = Literal["file", "gguf-split", "gguf-set", "transformers", "triton", "auto"]
+
+
+#: how a verification ended (the catalog's ``verification``, the history's and the metric's ``reason``); a check
+#: that failed on an error (a transfer, a policy) carries the error's code instead (``VerificationReason``)
+VerificationOutcome = Literal[
+    "verified",  # the bytes are the ones pinned
+    "recorded",  # no digest given: the digest seen is recorded
+    "source_verified",  # no digest given, every byte matched the source's own digest
+    "mismatch_advisory",  # not the pinned bytes, the pin advisory: kept Active with a warning
+    "mismatch",
+    "corrupt",
+    "empty",
+    "changed",  # changed while or since it was hashed
+    "unsupported",
+    "unsigned",
+    "signature",
+    "unsafe_path",
+    "missing",  # gone from where it was verified
+    "interrupted",  # Ctrl-C or SIGTERM before it was complete
+]
+
+
+#: every error's machine-readable ``code`` (JSON errors, the HTTP API, a failed check's reason)
+ErrorCode = Literal[
+    "unexpected",
+    "invalid_input",
+    "invalid_ref",
+    "invalid_digest",
+    "invalid_config",
+    "unsupported_scheme",
+    "unsupported_format",
+    "not_found",
+    "verification_failed",
+    "denied",
+    "offline",
+    "read_only_cache",
+    "transfer_failed",
+    "no_space",
+    "unsafe_cache_path",
+    "lock_timeout",
+    "leased",
+    "busy",
+    "cancelled",
+    "not_modified",
+    "missing_extra",
+    "missing_tool",
+    "engine_failed",
+    "engine_not_ready",
+    "model_changed",
+    "engine_changed",
+]
+
+#: the reason a check records: how it ended, or the code of the error that ended it
+VerificationReason = VerificationOutcome | ErrorCode
 
 
 class CheckResult(StrEnum):

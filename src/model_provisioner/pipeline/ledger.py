@@ -18,7 +18,7 @@ from model_provisioner.core.digest import Digest
 from model_provisioner.core.hashing import FileHash
 from model_provisioner.core.refs import ModelRef
 from model_provisioner.core.units import now_ms
-from model_provisioner.core.vocab import CheckResult, Lifecycle
+from model_provisioner.core.vocab import CheckResult, Lifecycle, VerificationReason
 from model_provisioner.formats import FormatInfo
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.storage.blobs import BlobStore
@@ -134,7 +134,13 @@ class Ledger:
         self.record(VerificationRecord(base.id, now, CheckResult.FAIL, check.reason, failed.digest, bytes_hashed))
 
     def mark_failed(
-        self, entry: CatalogEntry, *, reason: str, message: str, bytes_hashed: int, actual: FileHash | None
+        self,
+        entry: CatalogEntry,
+        *,
+        reason: VerificationReason,
+        message: str,
+        bytes_hashed: int,
+        actual: FileHash | None,
     ) -> None:
         """An Active entry whose bytes no longer verify: Failed, its views gone (its blob kept for the caller
         to quarantine), the message logged."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import DigestMismatch, ProvisionerError, VerificationFailed
 from model_provisioner.core.hashing import FileHash
-from model_provisioner.core.vocab import CheckResult, Lifecycle
+from model_provisioner.core.vocab import CheckResult, Lifecycle, VerificationReason
 from model_provisioner.storage.catalog import CatalogEntry
 
 
@@ -17,12 +17,12 @@ class Check:
     """The outcome of comparing bytes with what was expected (docs/verification.md)."""
 
     result: CheckResult
-    reason: str  # verified | recorded | source_verified | mismatch_advisory | mismatch | corrupt | empty | ...
+    reason: VerificationReason
     error: ProvisionerError | None = None
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def failed(cls, error: ProvisionerError, reason: str | None = None) -> Check:
+    def failed(cls, error: ProvisionerError, reason: VerificationReason | None = None) -> Check:
         if reason is None:
             reason = error.reason if isinstance(error, VerificationFailed) else error.code
         return cls(CheckResult.FAIL, reason, error)

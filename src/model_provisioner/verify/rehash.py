@@ -14,6 +14,7 @@ from pathlib import Path
 from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import ProvisionerError
 from model_provisioner.core.hashing import FileHash, hash_file, repo_digest
+from model_provisioner.core.vocab import VerificationOutcome
 from model_provisioner.storage.catalog import CatalogEntry, EntryFile, Fingerprint
 from model_provisioner.verify.results import VerificationReport
 from model_provisioner.verify.trees import scan_tree, tree_fingerprint
@@ -24,7 +25,7 @@ class Rehash:
     """What re-hashing found. ``fingerprint`` is the files' identity now (set when ``ok``)."""
 
     ok: bool
-    outcome: str  # verified | missing | mismatch
+    outcome: VerificationOutcome  # verified, missing or mismatch
     expected: str | None
     actual: str | None
     path: str
