@@ -2,8 +2,8 @@
 
     python3 scripts/api_reference.py
 
-The page documents ``ModelProvisioner`` and the types it takes and returns (``model_provisioner.api.provisioner``
-and the package's exports). tests/test_cli_messages.py fails when a public method or its summary line is not
+The page documents ``model_provisioner.api.provisioner``: ``ModelProvisioner`` and the types it takes and
+returns. tests/test_cli_messages.py fails when a public method or its summary line is not
 in the committed page: run this after changing either.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference"
-MODULES = ["model_provisioner", "model_provisioner.api.provisioner"]
+MODULES = ["model_provisioner.api.provisioner"]
 
 
 def main() -> int:
