@@ -4,7 +4,6 @@ KServe's storage-initializer (``kserve.py``)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -14,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from model_provisioner.api.shapes import lease_json
-from model_provisioner.cli.kserve import cmd_storage_initializer
-from model_provisioner.cli.output import PROG, ago, emit, human_size, provisioner
-from model_provisioner.config.settings import Settings
+from model_provisioner.cli.context import provisioner
+from model_provisioner.cli.output import PROG, ago, emit, human_size
 from model_provisioner.core.errors import InvalidInput, NotFound
-from model_provisioner.core.extras import require_extra
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import parse_duration, parse_size
 from model_provisioner.core.vocab import Lifecycle, shown_lifecycle
@@ -145,19 +142,6 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    with provisioner(args) as prov:
-        from model_provisioner.ops.push import push  # noqa: PLC0415  # heavy: the registry and S3 clients (~5 ms of start-up), only for push
-
-        result = push(prov, args.ref, args.destination, as_image=args.as_image)
-    human = (
-        f"pushed {result.files} file(s) to {result.destination} "
-        f"({result.bytes_uploaded} bytes uploaded, {result.bytes_skipped} already there); digest {result.digest}"
-    )
-    emit(args, result.as_dict(), human)
-    return 0
-
-
 def cmd_lease(args: argparse.Namespace) -> int:
 
     ttl = parse_duration(args.ttl) if args.ttl else None
@@ -183,18 +167,6 @@ def cmd_release(args: argparse.Namespace) -> int:
         if not prov.catalog.remove_lease(args.lease_id):
             raise NotFound(f"no lease {args.lease_id!r}; it was released or expired")
     emit(args, {"released": args.lease_id}, f"released {args.lease_id}")
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(cache_dir=args.cache_dir, offline=args.offline or None)
-    require_extra("server", "the HTTP API (serve)")
-    from model_provisioner.server.app import create_app, serve  # noqa: PLC0415  # heavy: fastapi, uvicorn
-
-    if args.openapi:
-        sys.stdout.write(json.dumps(create_app(settings).openapi(), indent=2, sort_keys=True) + "\n")
-        return 0
-    serve(args.host, args.port, settings)
     return 0
 
 
@@ -230,8 +202,5 @@ __all__ = [
     "cmd_leases",
     "cmd_ls",
     "cmd_pin",
-    "cmd_push",
     "cmd_release",
-    "cmd_serve",
-    "cmd_storage_initializer",
 ]

@@ -9,7 +9,8 @@ import time
 
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
-from model_provisioner.cli.output import PROG, emit, provisioner, provisioner_settings
+from model_provisioner.cli.context import provisioner, provisioner_settings
+from model_provisioner.cli.output import PROG, emit
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
 from model_provisioner.core.errors import InvalidInput, ProvisionerError

@@ -11,7 +11,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from model_provisioner.cli.output import PROG, emit, provisioner, setup_logging
+from model_provisioner.cli.context import provisioner, setup_logging
+from model_provisioner.cli.output import PROG, emit
 from model_provisioner.cli.parser import build_engine_parser, build_parser
 from model_provisioner.cli.startup import trim_unused_imports
 from model_provisioner.config.settings import Settings

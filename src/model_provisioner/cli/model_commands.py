@@ -11,7 +11,8 @@ from typing import Any
 
 from model_provisioner.api.handoff import provision_and_handoff, provision_config
 from model_provisioner.api.shapes import entry_json
-from model_provisioner.cli.output import PROG, ago, emit, human_size, progress_bar, provisioner
+from model_provisioner.cli.context import provisioner
+from model_provisioner.cli.output import PROG, ago, emit, human_size, progress_bar
 from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
 from model_provisioner.core.refs import FileRef, parse
 from model_provisioner.formats import inspect_file

@@ -6,33 +6,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from model_provisioner.api.provisioner import ModelProvisioner
-from model_provisioner.config.settings import Settings
-from model_provisioner.obs.logs import configure_logging
-
 PROG = "model-provisioner"
-
-
-def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
-    configure_logging(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING, log_format, PROG)
-
-
-def provisioner_settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        cache_dir=args.cache_dir,
-        offline=args.offline or None,
-        require_signature=getattr(args, "require_signature", None),
-        signature_public_key=getattr(args, "signature_key", None),
-    )
-
-
-def provisioner(args: argparse.Namespace) -> ModelProvisioner:
-    return ModelProvisioner(provisioner_settings(args))
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:

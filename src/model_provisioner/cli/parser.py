@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +126,7 @@ def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--exclude", action="append", default=[], metavar="GLOB", help="Hub repo files to leave out (repeatable)"
         )
-        p.set_defaults(func=_model_command("cmd_ensure"))
+        p.set_defaults(func=_lazy("model_commands", "cmd_ensure"))
 
 
 def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -144,26 +145,26 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="EXPR",
         help="size>1GB, size<500MB, unused>7d, used<1h, lifecycle=Failed, format=gguf (repeatable)",
     )
-    p.set_defaults(func=_cache_command("cmd_ls"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_ls"))
 
     p = sub.add_parser("gc", parents=[common], help="remove unreferenced blobs, stale views and partials")
     p.add_argument("--max-size", metavar="SIZE", help="also evict least recently used entries down to SIZE")
     p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
     p.add_argument("--grace", default="1h", metavar="DURATION", help="keep partial downloads younger than this")
     p.add_argument("--failed-retention", default="7d", metavar="DURATION", help="keep Failed entries this long")
-    p.set_defaults(func=_cache_command("cmd_gc"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_gc"))
 
     for name, helptext in (("pin", "protect a model from eviction and gc"), ("unpin", "remove the protection")):
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("ref", metavar="ID")
-        p.set_defaults(func=_cache_command("cmd_pin"), pinned=name == "pin")
+        p.set_defaults(func=_lazy("cache_commands", "cmd_pin"), pinned=name == "pin")
 
     p = sub.add_parser("lease", parents=[common], help="mark a model in use by a process; prints the lease id")
     p.add_argument("ref", metavar="ID")
     p.add_argument("--holder", help="who holds it (shown by rm)")
     p.add_argument("--pid", type=int, help="the process using it (default: the caller of this command)")
     p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
-    p.set_defaults(func=_cache_command("cmd_lease"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_lease"))
 
     p = sub.add_parser(
         "push",
@@ -180,14 +181,14 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as-image", action="store_true", help="an OCI image (files under /models/): mountable as an image volume"
     )
-    p.set_defaults(func=_cache_command("cmd_push"))
+    p.set_defaults(func=_lazy("share_commands", "cmd_push"))
 
     p = sub.add_parser("release", parents=[common], help="end a lease")
     p.add_argument("lease_id", metavar="LEASE_ID")
-    p.set_defaults(func=_cache_command("cmd_release"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_release"))
 
     p = sub.add_parser("leases", parents=[common], help="list the live leases (expired and dead ones are dropped)")
-    p.set_defaults(func=_cache_command("cmd_leases"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_leases"))
 
     p = sub.add_parser(
         "import",
@@ -197,42 +198,42 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
     p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
     p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
-    p.set_defaults(func=_cache_command("cmd_import"))
+    p.set_defaults(func=_lazy("cache_commands", "cmd_import"))
 
 
 def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Commands about one model or the service: inspect, locate, verify, rm, serve, provision."""
     p = sub.add_parser("inspect", parents=[common], help="show a model's catalog entry and metadata")
     p.add_argument("ref", help="model id or reference (a local file is read without registering it)")
-    p.set_defaults(func=_model_command("cmd_inspect"))
+    p.set_defaults(func=_lazy("model_commands", "cmd_inspect"))
 
     p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")
     p.add_argument("ref")
-    p.set_defaults(func=_model_command("cmd_locate"))
+    p.set_defaults(func=_lazy("model_commands", "cmd_locate"))
 
     p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="verify every catalog entry")
     p.add_argument("--repair", action="store_true", help="re-fetch models that fail from their source")
     p.add_argument("--jobs", type=int, help="parallel hashing threads (default: number of cores)")
-    p.set_defaults(func=_model_command("cmd_verify"))
+    p.set_defaults(func=_lazy("model_commands", "cmd_verify"))
 
     p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
     p.add_argument("pattern", metavar="ID|GLOB")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
-    p.set_defaults(func=_model_command("cmd_rm"))
+    p.set_defaults(func=_lazy("model_commands", "cmd_rm"))
 
     p = sub.add_parser("serve", parents=[common], help="run the HTTP control plane (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs a token)")
     p.add_argument("--port", type=int, default=8077)
     p.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
-    p.set_defaults(func=_cache_command("cmd_serve"))
+    p.set_defaults(func=_lazy("share_commands", "cmd_serve"))
 
     p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
     p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
-    p.set_defaults(func=_model_command("cmd_provision"))
+    p.set_defaults(func=_lazy("model_commands", "cmd_provision"))
 
 
 # Each command's module is imported when that command runs, so a command's start-up pays for itself only
@@ -240,31 +241,12 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 Command = Callable[[argparse.Namespace], int]
 
 
-def _model_command(name: str) -> Command:
+def _lazy(module: str, name: str) -> Command:
+    """``name`` of ``cli/<module>.py``, imported only when its command runs (see the note above)."""
+
     def run(args: argparse.Namespace) -> int:
-        from model_provisioner.cli import model_commands  # noqa: PLC0415  # heavy: see the note above
-
-        command: Command = getattr(model_commands, name)
-        return command(args)
-
-    return run
-
-
-def _cache_command(name: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        from model_provisioner.cli import cache_commands  # noqa: PLC0415  # heavy: see the note above
-
-        command: Command = getattr(cache_commands, name)
-        return command(args)
-
-    return run
-
-
-def _engine_command(name: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        from model_provisioner.cli import engine_commands  # noqa: PLC0415  # heavy: the engines layer, ~12 ms
-
-        command: Command = getattr(engine_commands, name)
+        commands = importlib.import_module(f"model_provisioner.cli.{module}")
+        command: Command = getattr(commands, name)
         return command(args)
 
     return run
@@ -290,15 +272,15 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="ARG",
         help="an engine flag or value, repeatable: --flag=--threads --flag=2",
     )
-    p.set_defaults(func=_engine_command("cmd_up"))
+    p.set_defaults(func=_lazy("engine_commands", "cmd_up"))
 
     p = sub.add_parser("engines", parents=[common], help="list engine pools and their state")
-    p.set_defaults(func=_engine_command("cmd_engines"))
+    p.set_defaults(func=_lazy("engine_commands", "cmd_engines"))
 
     p = sub.add_parser("down", parents=[common], help="stop an engine pool (SIGTERM, 5 s, SIGKILL)")
     p.add_argument("--pool", help="the pool to stop")
     p.add_argument("--all", action="store_true", help="stop every pool")
-    p.set_defaults(func=_engine_command("cmd_down"))
+    p.set_defaults(func=_lazy("engine_commands", "cmd_down"))
 
     p = sub.add_parser(
         "storage-initializer",
@@ -306,12 +288,12 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="KServe's storage initializer: SRC DEST pairs (hf://, s3://, https://, oci://); files land in DEST",
     )
     p.add_argument("pairs", nargs="+", metavar="SRC DEST", help="a storage URI and the directory it goes to")
-    p.set_defaults(func=_cache_command("cmd_storage_initializer"))
+    p.set_defaults(func=_lazy("kserve", "cmd_storage_initializer"))
 
     p = sub.add_parser("engine-supervise", parents=[common], help=argparse.SUPPRESS)
     p.add_argument("--api", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("pool")
-    p.set_defaults(func=_engine_command("cmd_engine_supervise"))
+    p.set_defaults(func=_lazy("engine_commands", "cmd_engine_supervise"))
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -325,5 +307,5 @@ def build_engine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, metavar="FILE", help="model config + engine: section (YAML/JSON)")
     parser.add_argument("--pool", help="pool id (overrides engine.pool)")
     parser.add_argument("--handoff-dir", metavar="DIR", help="write DIR/.runtime/engines/<engine>.json")
-    parser.set_defaults(func=_engine_command("cmd_engine_config"))
+    parser.set_defaults(func=_lazy("engine_commands", "cmd_engine_config"))
     return parser

@@ -1,5 +1,5 @@
 """The one way we make an HTTP client: httpx (a maintained, typed HTTP/1.1 client with streaming, per-phase
-timeouts and pooling) on a transport whose every connection is checked by the policy (``net/guard.py``),
+timeouts and pooling) on a transport whose every connection is checked by the policy (``net/socket_policy.py``),
 no netrc, the forward proxy of the settings (``HTTPS_PROXY``/``NO_PROXY``, ``net/proxy.py``), our User-Agent,
 and redirects followed by hand (``open_following``) so that credentials never cross to another origin."""
 
@@ -14,9 +14,9 @@ from model_provisioner.config.settings import TransferSettings
 from model_provisioner.core.errors import TransferFailed, quote
 from model_provisioner.core.redact import redact_url
 from model_provisioner.core.version import VERSION
-from model_provisioner.net.guard import guarded_transport
 from model_provisioner.net.proxy import proxy_router
 from model_provisioner.net.redirects import origin_of, redirect_headers
+from model_provisioner.net.socket_policy import guarded_transport
 from model_provisioner.net.tls import client_context
 
 if TYPE_CHECKING:

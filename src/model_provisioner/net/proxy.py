@@ -23,7 +23,7 @@ from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.core.errors import PolicyDenied
 from model_provisioner.core.hosts import parse_ip, resolve
 from model_provisioner.core.redact import redact_url
-from model_provisioner.net.guard import guarded_transport
+from model_provisioner.net.socket_policy import guarded_transport
 
 if TYPE_CHECKING:
     import httpx

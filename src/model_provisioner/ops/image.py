@@ -17,7 +17,7 @@ from typing import BinaryIO
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.ops.cache import Cache
-from model_provisioner.sources.mirrors import ANN_DIGEST, ANN_SOURCE
+from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_SOURCE
 from model_provisioner.storage.catalog import CatalogEntry
 
 IMAGE_ROOT = "models"

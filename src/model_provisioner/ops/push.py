@@ -35,8 +35,8 @@ from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.ops.cache import Cache
 from model_provisioner.ops.image import push_image
-from model_provisioner.sources.mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
+from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.storage.catalog import CatalogEntry
 from model_provisioner.verify.trees import scan_tree
 

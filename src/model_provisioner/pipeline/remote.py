@@ -34,9 +34,9 @@ from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.formats.transformers import check_complete, shards_from_index
 from model_provisioner.pipeline.context import FetchOptions, Workspace
 from model_provisioner.pipeline.remote_layout import LaidOut, check_signature, lay_out
-from model_provisioner.sources.mirrors import ANN_DIGEST, plan_from_mirrors
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.sources.table import PlanRequest, plan_origin
+from model_provisioner.sources.team_mirrors import ANN_DIGEST, plan_from_mirrors
 from model_provisioner.storage.catalog import CatalogEntry, EntryFile
 from model_provisioner.storage.locks import fetch_slot
 from model_provisioner.storage.othercaches import find_adoptable

@@ -15,7 +15,7 @@ from model_provisioner.core.errors import DigestMismatch, NotFound, NotModified,
 from model_provisioner.core.redact import redact_url
 from model_provisioner.net.ranges import body_cap, range_end, total_and_start, unsatisfied_length
 from model_provisioner.net.retry import is_retryable_status, retry_after_of
-from model_provisioner.transfer.guard import SlowStreamWatch
+from model_provisioner.transfer.body_checks import SlowStreamWatch
 from model_provisioner.transfer.parallel import ParallelDownload
 from model_provisioner.transfer.partial import ChunkMap, discard, drop_maps, kept_prefix, rehash_prefix, write_meta
 from model_provisioner.transfer.services import EngineServices

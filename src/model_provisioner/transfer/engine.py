@@ -41,13 +41,13 @@ from model_provisioner.core.errors import (
     TransferFailed,
 )
 from model_provisioner.core.redact import redact_url
-from model_provisioner.net.guard import abort_connections
 from model_provisioner.net.http import host_checker, new_client, open_following
 from model_provisioner.net.retry import Backoff
+from model_provisioner.net.socket_policy import abort_connections
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.locks import FileLock
 from model_provisioner.transfer.attempt import run_attempt
-from model_provisioner.transfer.guard import ChunkGuard
+from model_provisioner.transfer.body_checks import ChunkGuard
 from model_provisioner.transfer.partial import discard
 from model_provisioner.transfer.types import (
     FileDeadline,

@@ -17,8 +17,8 @@ from model_provisioner.net.ranges import content_range
 from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
+from model_provisioner.transfer.body_checks import ChunkGuard, fill_from_socket
 from model_provisioner.transfer.fanout import FanoutController
-from model_provisioner.transfer.guard import ChunkGuard, fill_from_socket
 from model_provisioner.transfer.partial import (
     READ_CHUNK,
     Chunk,

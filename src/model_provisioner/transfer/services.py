@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from model_provisioner.config.settings import TransferSettings
 from model_provisioner.storage.blobs import BlobStore
-from model_provisioner.transfer.guard import ChunkGuard
+from model_provisioner.transfer.body_checks import ChunkGuard
 from model_provisioner.transfer.types import FileDeadline, Source, TransferOutcome, TransferSpec
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from model_provisioner.net.ranges import body_cap, total_and_start
 from model_provisioner.net.rawbody import body_socket
 from model_provisioner.net.retry import is_retryable_status, retry_after_of
 from model_provisioner.storage.safefs import open_in_cache, start_writeback
-from model_provisioner.transfer.guard import SlowStreamWatch, fill_from_socket
+from model_provisioner.transfer.body_checks import SlowStreamWatch, fill_from_socket
 from model_provisioner.transfer.partial import READ_CHUNK, WRITEBACK_BYTES, discard, write_chunk
 from model_provisioner.transfer.services import EngineServices
 from model_provisioner.transfer.types import AttemptState, Hasher, Progress, Restart, Retryable

@@ -44,7 +44,7 @@ from model_provisioner.net.registry.manifests import (
     parse_manifest,
     read_manifest,
 )
-from model_provisioner.net.registry.mirrors import manifest_from_mirrors, read_from_mirrors
+from model_provisioner.net.registry.mirror_reads import manifest_from_mirrors, read_from_mirrors
 from model_provisioner.net.retry import Backoff, is_retryable_status, retry_after_of
 
 if TYPE_CHECKING:

@@ -1,0 +1,29 @@
+"""What every command starts from: logging as its flags ask, and the provisioner (settings from the
+environment, the cache and the flags) it works on."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from model_provisioner.api.provisioner import ModelProvisioner
+from model_provisioner.cli.output import PROG
+from model_provisioner.config.settings import Settings
+from model_provisioner.obs.logs import configure_logging
+
+
+def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
+    configure_logging(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING, log_format, PROG)
+
+
+def provisioner_settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        cache_dir=args.cache_dir,
+        offline=args.offline or None,
+        require_signature=getattr(args, "require_signature", None),
+        signature_public_key=getattr(args, "signature_key", None),
+    )
+
+
+def provisioner(args: argparse.Namespace) -> ModelProvisioner:
+    return ModelProvisioner(provisioner_settings(args))
