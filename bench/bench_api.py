@@ -61,7 +61,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mprov-apibench-"))
     model = work / "models" / "m.gguf"
     model.parent.mkdir()
-    shutil.copy(ROOT / "examples" / "tiny-llama.gguf", model)
+    shutil.copy(ROOT / "examples" / "header-only-llama.gguf", model)
     settings = work / "settings.json"
     settings.write_text(json.dumps({"api_file_roots": [str(model.parent)]}))
     port = free_port()

@@ -2,7 +2,9 @@
 """Write a tiny llama GGUF that llama.cpp really loads and runs: random weights (2 layers, width 64) and a
 real tokenizer vocabulary copied from one of llama.cpp's ``ggml-vocab-*.gguf`` files.
 
-    python examples/make_runnable_gguf.py VOCAB.gguf OUT.gguf
+    python examples/make_runnable_gguf.py VOCAB.gguf OUT.gguf [--tied]
+
+``examples/tiny-runnable-llama.gguf`` is ``--tied`` with the sdist's ``ggml-vocab-llama-spm.gguf``.
 
 The vocabulary files ship in the llama-cpp-python sdist (``vendor/llama.cpp/models/``); the test suite
 takes one from there. The text it generates is noise, but every token is a real token of the vocabulary.
@@ -45,8 +47,16 @@ def _field_value(field: Any) -> Any:
 
 
 def write_runnable_gguf(
-    vocab: str | Path, path: str | Path, *, width: int = 64, layers: int = 2, seed: int = 0
+    vocab: str | Path,
+    path: str | Path,
+    *,
+    width: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    tied: bool = False,
 ) -> Path:
+    """``tied``: no ``output.weight``; llama.cpp projects onto the vocabulary with the token embeddings (half
+    the size: what the shipped example uses)."""
     import gguf
     import numpy as np
 
@@ -92,7 +102,8 @@ def write_runnable_gguf(
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(ff, width))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(width, ff))
     writer.add_tensor("output_norm.weight", np.ones(width, dtype=np.float32))
-    writer.add_tensor("output.weight", weights(n_vocab, width))
+    if not tied:
+        writer.add_tensor("output.weight", weights(n_vocab, width))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -104,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("vocab", help="a ggml-vocab-*.gguf file (llama.cpp's models/ directory)")
     parser.add_argument("out")
+    parser.add_argument("--tied", action="store_true", help="no output.weight: the token embeddings project back")
     args = parser.parse_args()
-    print(write_runnable_gguf(args.vocab, args.out))
+    print(write_runnable_gguf(args.vocab, args.out, tied=args.tied))
 
 
 if __name__ == "__main__":

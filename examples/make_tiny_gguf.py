@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a tiny but real GGUF model with the ``gguf`` package's writer.
 
-    python examples/make_tiny_gguf.py examples/tiny-llama.gguf
+    python examples/make_tiny_gguf.py examples/header-only-llama.gguf
 
 It has an architecture, a context length, a tokenizer model with a vocabulary, a file type and real
 tensors, so every metadata path of the provisioner (ctx_max, quantization, tokenizer) is exercised.
@@ -62,7 +62,7 @@ def write_tiny_gguf(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", default=str(Path(__file__).with_name("tiny-llama.gguf")))
+    parser.add_argument("out", nargs="?", default=str(Path(__file__).with_name("header-only-llama.gguf")))
     args = parser.parse_args()
     print(write_tiny_gguf(args.out))
 

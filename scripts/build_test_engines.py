@@ -28,8 +28,20 @@ SOURCE_SUBDIR = "vendor/llama.cpp"
 VOCAB = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf"
 
 
+#: the shipped example llama-server runs (examples/make_runnable_gguf.py, tied embeddings, the vocabulary below)
+RUNNABLE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny-runnable-llama.gguf"
+
+
 def runnable_model(directory: Path) -> Path:
-    """A tiny llama GGUF llama-server loads: random weights, the sdist's real llama-spm vocabulary."""
+    """A copy of the shipped runnable example in ``directory`` (tests change their copy, never the example)."""
+    copy = directory / RUNNABLE_EXAMPLE.name
+    shutil.copyfile(RUNNABLE_EXAMPLE, copy)
+    return copy
+
+
+def regenerate_runnable_example(directory: Path) -> Path:
+    """The shipped runnable example written again from its recipe: random weights (seed 0) and the sdist's real
+    llama-spm vocabulary. The test suite checks it is byte for byte the shipped file."""
     from make_runnable_gguf import write_runnable_gguf
 
     sdist = fetch_test_assets.CACHE / fetch_test_assets.SDIST
@@ -39,7 +51,7 @@ def runnable_model(directory: Path) -> Path:
         assert source is not None
         vocab = directory / "vocab.gguf"
         vocab.write_bytes(source.read())
-    return write_runnable_gguf(vocab, directory / "tiny-runnable.gguf")
+    return write_runnable_gguf(vocab, directory / RUNNABLE_EXAMPLE.name, tied=True)
 
 
 TRITON = fetch_test_assets.CACHE / "triton"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from make_tiny_gguf import write_tiny_gguf  # noqa: E402
 
-EXAMPLE_GGUF = ROOT / "examples" / "tiny-llama.gguf"
+EXAMPLE_GGUF = ROOT / "examples" / "header-only-llama.gguf"
 
 # The suite is reproducible: hypothesis draws the same examples every run (a CI run is never red because a
 # new random example turned up). Explore with HYPOTHESIS_PROFILE=explore (fresh random examples), and
@@ -473,7 +473,8 @@ def llama_server(llamacpp_sdist: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, llamacpp_sdist: Path) -> Path:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped runnable example (examples/tiny-runnable-llama.gguf)."""
     model: Path = build_test_engines.runnable_model(tmp_path_factory.mktemp("runnable"))
     return model
 

@@ -35,6 +35,77 @@ def stream_completion(url: str, n: int = 8) -> list[str]:
     return pieces
 
 
+def test_the_readmes_offline_run_serves_the_shipped_example_as_printed(
+    engines: Any, llama_server: str, llamacpp_sdist: Path, tmp_path: Path
+) -> None:
+    """The README's "Run a model" block, offline half, run as printed from the repository root (llama-server on
+    PATH, as a user who installed it has it): the shipped example is verified against the digest the README
+    gives, served, and streams tokens; ``down`` stops it. The example is its recipe, byte for byte."""
+    import re
+    import shlex
+
+    from .conftest import ROOT
+    from .servers.nginx import free_port
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Run a model", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    up = next(line for line in lines if line.startswith("model-provisioner up examples/"))
+    down = next(line for line in lines if line.startswith("model-provisioner down"))
+    example = ROOT / "examples" / "tiny-runnable-llama.gguf"
+    digest = re.search(r"--digest (sha256:[0-9a-f]{64})", up)
+    assert digest and digest.group(1) == digest_of_file(example), "the README's digest is not the example's"
+    regenerated = build_test_engines.regenerate_runnable_example(tmp_path)
+    assert regenerated.read_bytes() == example.read_bytes(), "examples/make_runnable_gguf.py no longer writes it"
+    port = free_port()
+    env = {"PATH": f"{Path(llama_server).parent}{os.pathsep}{os.environ['PATH']}"}
+    argv = [a if a != "8080" else str(port) for a in shlex.split(up, comments=True)[1:]]
+    started = engines(*argv, env=env, cwd=ROOT)
+    assert started.code == 0, started.stderr
+    assert len(stream_completion(f"http://127.0.0.1:{port}", 8)) == 8
+    stopped = engines(*shlex.split(down, comments=True)[1:], env=env, cwd=ROOT)
+    assert stopped.code == 0, stopped.stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_the_demo_provisions_the_example_and_what_it_prints_next_runs_as_printed(
+    llama_server: str, tmp_path: Path
+) -> None:
+    """The README's first command: the demo provisions the shipped example offline, writes its handoff and
+    prints the commands to serve it; those run as printed (llama-server on PATH) and stream tokens."""
+    import shlex
+
+    from .conftest import ROOT
+    from .servers.nginx import free_port
+
+    demo_dir = tmp_path / "demo"
+    env = {
+        **os.environ,
+        "DEMO_DIR": str(demo_dir),
+        "PATH": f"{Path(llama_server).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    demo = subprocess.run([str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    handoff = json.loads((demo_dir / "out" / ".runtime" / "engines" / "llamacpp.json").read_text())
+    assert handoff["model"]["path"] == str(ROOT / "examples" / "tiny-runnable-llama.gguf")
+    suggested = demo.stdout.split("--- next:", 1)[1].splitlines()[1:]
+    up, curl, down = (shlex.split(line, comments=True) for line in suggested[:3])
+    port = str(free_port())
+    started = subprocess.run(
+        [a if a != "8080" else port for a in up], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        streamed = subprocess.run(
+            [a.replace("localhost:8080", f"127.0.0.1:{port}") for a in curl], capture_output=True, text=True, timeout=60
+        )
+        assert streamed.returncode == 0 and streamed.stdout.count("data: ") >= 8, streamed.stdout[-500:]
+    finally:
+        stopped = subprocess.run(down, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+
+
 def test_up_serves_a_streamed_completion_then_down_frees_the_port(
     engines: Any, llama_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:

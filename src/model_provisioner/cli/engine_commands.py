@@ -95,8 +95,6 @@ def cmd_engines(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    if not args.all and not args.pool:
-        raise InvalidInput("down needs --pool ID or --all")
     with provisioner(args) as prov:
         if not args.all:
             stopped = [engine_api.down(prov, args.pool)]

@@ -278,7 +278,7 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_lazy("engine_commands", "cmd_engines"))
 
     p = sub.add_parser("down", parents=[common], help="stop an engine pool (SIGTERM, 5 s, SIGKILL)")
-    p.add_argument("--pool", help="the pool to stop")
+    p.add_argument("--pool", default="default", help="the pool to stop (default: the pool up starts by default)")
     p.add_argument("--all", action="store_true", help="stop every pool")
     p.set_defaults(func=_lazy("engine_commands", "cmd_down"))
 
