@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,13 @@ sys.path.insert(0, str(ROOT / "examples"))
 from make_tiny_gguf import write_tiny_gguf  # noqa: E402
 
 EXAMPLE_GGUF = ROOT / "examples" / "header-only-llama.gguf"
+
+# Tests interrupt the CLI with SIGINT as a user's Ctrl-C does. A shell starts background jobs with SIGINT
+# ignored, and an ignored signal stays ignored across exec (Python then installs no KeyboardInterrupt
+# handler): a suite launched in the background would see every such test fail. A handler set here is reset to
+# the default in every child at exec, so the programs under test get SIGINT as a user's terminal delivers it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The suite is reproducible: hypothesis draws the same examples every run (a CI run is never red because a
 # new random example turned up). Explore with HYPOTHESIS_PROFILE=explore (fresh random examples), and
