@@ -125,6 +125,9 @@ def test_up_serves_a_streamed_completion_then_down_frees_the_port(
     assert pool["state"] == "ready" and pool["pool_id"] == "default" and pool["engine_version"]
     assert httpx.get(f"{pool['url']}/health", timeout=5).status_code == 200
     assert len(stream_completion(pool["url"], 8)) == 8  # eight tokens, streamed one event each
+    # OpenAI clients see the model's id (its ref), never a path in the cache
+    models = httpx.get(f"{pool['url']}/v1/models", timeout=5).json()
+    assert [m["id"] for m in models["data"]] == [f"file:{tiny_model}"], models
     handoff = json.loads((tmp_path / ".runtime" / "engines" / "llamacpp.json").read_text())
     assert handoff["model"]["path"] == str(tiny_model) and handoff["metadata"]["digest"] == digest_of_file(tiny_model)
     assert handoff["url"] == pool["url"] and handoff["pid"] == pool["pid"] and handoff["pool_id"] == "default"

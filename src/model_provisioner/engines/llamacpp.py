@@ -79,6 +79,7 @@ _SPELLINGS = {
     "-np": "--parallel",
     "-t": "--threads",
     "-m": "--model",
+    "-a": "--alias",
     "-nocb": "--no-cont-batching",
     "--no-ui": "--no-webui",
     "-hft": "--hf-token",
@@ -140,8 +141,11 @@ def options(flags: Sequence[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def server_flags(user_flags: Sequence[str], ctx_max: int | None, settings: LlamaCppSettings) -> list[str]:
-    """The defaults, then the user's flags (each replacing the default of its option), then ``--ctx-size``."""
+def server_flags(
+    user_flags: Sequence[str], ctx_max: int | None, settings: LlamaCppSettings, alias: str | None = None
+) -> list[str]:
+    """The defaults, then the user's flags (each replacing the default of its option), then ``--ctx-size`` and
+    ``--alias`` (the model's id: what OpenAI clients see as ``model``, never a cache path) unless given."""
     merged: dict[str, str | None] = dict(options(DEFAULT_FLAGS))
     for name, value in options(user_flags):
         if name in _OURS:
@@ -149,6 +153,8 @@ def server_flags(user_flags: Sequence[str], ctx_max: int | None, settings: Llama
         merged[name] = value
     if "--ctx-size" not in merged:
         merged["--ctx-size"] = str(min(ctx_max or settings.max_ctx_size, settings.max_ctx_size))
+    if alias is not None and "--alias" not in merged:
+        merged["--alias"] = alias
     out: list[str] = []
     for name, value in merged.items():
         out.append(name)
@@ -239,7 +245,7 @@ class LlamaCpp:
         identity = binary_of(host, run)
         ctx_max = resolved.metadata.get("ctx_max")
         known_ctx = ctx_max if isinstance(ctx_max, int) and ctx_max > 0 else None
-        merged = server_flags(run.flags, known_ctx, settings.llamacpp)
+        merged = server_flags(run.flags, known_ctx, settings.llamacpp, alias=resolved.id)
         given, shown, secret_env = split_secrets(merged)
         return EngineLaunch(
             identity=identity,
