@@ -280,6 +280,44 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
     assert again.code == 0, again.stderr
 
 
+def test_up_interrupted_before_it_knows_its_supervisors_pid_leaves_nothing_running(
+    engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C in the instant after the supervisor got its state and before ``up`` recorded its pid (found under
+    load: the supervisor had recorded itself, ``up`` had not, and cleanup left it running): cleanup stops the
+    supervisor that recorded itself under this ``up``'s run token and is proven the pool's."""
+    up_paused, supervisor_paused = tmp_path / "up-paused", tmp_path / "supervisor-paused"
+    failpoints = f"up.supervisor_started=pause:{up_paused},supervisor.recorded=pause:{supervisor_paused}"
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "model_provisioner",
+            "--cache-dir",
+            str(cache_dir),
+            "up",
+            str(model_copy),
+            "--binary",
+            llama_server,
+            "--pool",
+            "p",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MODEL_PROVISIONER_FAILPOINTS": failpoints},
+    )
+    wait_for(lambda: up_paused.exists() and supervisor_paused.exists(), what="both paused")
+    supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
+    assert supervisor and alive(supervisor)
+    up.send_signal(signal.SIGINT)  # up is in its pause: it has no record of the supervisor's pid
+    assert up.wait(timeout=60) == 130, up.stderr.read() if up.stderr else ""
+    supervisor_paused.unlink(missing_ok=True)
+    wait_for(lambda: not alive(supervisor), 30, "the supervisor to stop")
+    assert pool_json(cache_dir, "p")["state"] == "stopped"
+    assert processes_with(str(model_copy)) == []
+
+
 # ------------------------------------------------------------------------------ 9, 10: the run directory
 def test_engine_logs_never_follow_planted_links_and_never_collide(
     engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+from model_provisioner.core import failpoints
 from model_provisioner.core.errors import EngineFailed
 from model_provisioner.core.processes import start_time
 from model_provisioner.engines.host import EngineHost
@@ -48,16 +49,19 @@ def start_supervisor(
     out = open_log(rundir.supervisor_log_path(pool))
     try:
         if host_factory is not None and threading.active_count() == 1:
-            return fork_supervisor(state, out, host_factory, engine_env, lock)
-        cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise"]
-        cmd += ["--api", pool] if api else [pool]
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"state": asdict(state), "engine_env": dict(engine_env)}).encode())
-        proc.stdin.close()
-        return Launched(proc.pid, start_time(proc.pid))
+            launched = fork_supervisor(state, out, host_factory, engine_env, lock)
+        else:
+            cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(host.store.root), "engine-supervise"]
+            cmd += ["--api", pool] if api else [pool]
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"state": asdict(state), "engine_env": dict(engine_env)}).encode())
+            proc.stdin.close()
+            launched = Launched(proc.pid, start_time(proc.pid))
+        failpoints.failpoint("up.supervisor_started")  # it runs; the caller holds no record of it yet
+        return launched
     finally:
         os.close(out)
 

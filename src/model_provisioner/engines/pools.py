@@ -244,10 +244,20 @@ def _wait_for_supervisor(rundir: RunDir, pool: str, timeout_s: float, launched: 
 def _cleanup(
     host: EngineHost, rundir: RunDir, state: PoolState, launched: Launched | None, *, interrupted: bool
 ) -> None:
-    """Nothing of a failed or interrupted ``up`` stays running."""
+    """Nothing of a failed or interrupted ``up`` stays running: the supervisor we started (or, when we were
+    interrupted before we knew its pid, the one that recorded itself under our run token and is proven ours),
+    then its engine."""
     if launched is not None:
         stop(launched.pid, launched.start, grace_s=8)
     final = rundir.recorded(state.pool_id) or state
+    if (
+        launched is None
+        and final.run_token == state.run_token
+        and final.supervisor_pid is not None
+        and supervisor_is_ours(final, host.store.locks_dir)
+    ):
+        stop(final.supervisor_pid, final.supervisor_start, grace_s=8)
+        final = rundir.recorded(state.pool_id) or final
     if final.run_token == state.run_token:
         if final.pid is not None and engine_is_ours(final):
             stop(final.pid, final.pid_start, grace_s=5)
