@@ -270,7 +270,8 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
     else:
         up.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         marker.unlink(missing_ok=True)
-        assert up.wait(timeout=60) == 130
+        code, err = up.wait(timeout=60), up.stderr.read() if up.stderr else ""
+        assert code == 130, (code, err)  # what up said, should it ever end otherwise
     supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
     assert supervisor and not alive(supervisor)
     assert pool_json(cache_dir, "p")["state"] == "stopped"
