@@ -284,9 +284,9 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
 def test_up_interrupted_before_it_knows_its_supervisors_pid_leaves_nothing_running(
     engines: Any, llama_server: str, model_copy: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """Ctrl-C in the instant after the supervisor got its state and before ``up`` recorded its pid (found under
-    load: the supervisor had recorded itself, ``up`` had not, and cleanup left it running): cleanup stops the
-    supervisor that recorded itself under this ``up``'s run token and is proven the pool's."""
+    """Ctrl-C in the instant after the supervisor got its state and before ``up`` recorded its pid (the
+    supervisor had recorded itself, ``up`` had not, and cleanup left it running): cleanup stops the supervisor
+    that recorded itself under this ``up``'s run token and is proven the pool's."""
     up_paused, supervisor_paused = tmp_path / "up-paused", tmp_path / "supervisor-paused"
     failpoints = f"up.supervisor_started=pause:{up_paused},supervisor.recorded=pause:{supervisor_paused}"
     up = subprocess.Popen(
