@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from make_tiny_gguf import write_tiny_gguf  # noqa: E402
+
+from .helpers import wait_for  # noqa: E402
 
 EXAMPLE_GGUF = ROOT / "examples" / "header-only-llama.gguf"
 
@@ -382,15 +383,15 @@ def api_factory(tmp_path: Path, cache_dir: Path) -> Iterator[Any]:
                 text=True,
             )
         api = Api(proc, f"http://127.0.0.1:{port}", stderr_path, token)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
+            assert proc.poll() is None, api.logs()
             try:
-                if api.client.get("/healthz").status_code == 200:
-                    break
+                return bool(api.client.get("/healthz").status_code == 200)
             except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, api.logs()
-            time.sleep(0.05)
+                return False
+
+        wait_for(healthy, 30, "the API server to answer /healthz")
         started.append(api)
         return api
 
@@ -504,15 +505,3 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def wait_for(condition: Any, timeout_s: float = 60, what: str = "") -> Any:
-    """Poll the condition itself (bounded) and return its value: never a fixed sleep that races on a busy
-    machine."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.01)

@@ -189,8 +189,18 @@ def spawn_ensure(cache: Path, ref: str, env: dict[str, str] | None = None) -> su
     )
 
 
-def wait_for_path(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
+def wait_for(condition: Any, timeout_s: float = 60, what: str = "") -> Any:
+    """Poll the condition itself (bounded) and return its value: never a fixed sleep that races on a busy
+    machine."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.01)
+
+
+def wait_for_path(path: Path, timeout: float = 30) -> None:
+    """Wait (bounded) until ``path`` exists: a failpoint's pause marker, a file a process writes."""
+    wait_for(path.exists, timeout, f"{path} to appear")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .conftest import run_cli, wait_for
-from .helpers import payload
+from .conftest import run_cli
+from .helpers import payload, wait_for
 
 
 # ------------------------------------------------------ 13. bounded request bodies and bounded quoting
@@ -60,11 +60,9 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(
     c = api.client
     for url in slow[:4]:
         assert c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": url}).status_code == 202
-    started = time.monotonic()
     local = c.post("/v1/models/ensure", params={"wait": "false"}, json={"ref": str(gguf_file)}).json()
-    while c.get(f"/v1/jobs/{local['id']}").json()["state"] in ("queued", "running"):
-        assert time.monotonic() - started < 10, "the local job waited behind slow downloads"
-        time.sleep(0.05)
+    finished = lambda: c.get(f"/v1/jobs/{local['id']}").json()["state"] not in ("queued", "running")  # noqa: E731
+    wait_for(finished, 10, "the local job (it must not wait behind slow downloads)")  # the bound is the feature
     assert c.get(f"/v1/jobs/{local['id']}").json()["state"] == "succeeded"
     # more synchronous slow ensures than the bound: the rest are told to come back, probes still answer
     answers: list[int] = []
@@ -87,10 +85,7 @@ def test_slow_jobs_never_block_local_work_probes_or_shutdown(
         t.join(timeout=10)
     assert answers.count(503) >= 8, answers
     # SIGTERM with slow transfers running: the server is gone within seconds, partials kept
-    deadline = time.monotonic() + 10
-    while not (partials := sorted((cache_dir / "partial").glob("*.part"))) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert partials, "no download was running"
+    partials = wait_for(lambda: sorted((cache_dir / "partial").glob("*.part")), 10, "a running download")
     stopped = time.monotonic()
     api.proc.send_signal(signal.SIGTERM)
     api.proc.wait(timeout=15)

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import alive, run_cli, wait_for
+from .conftest import alive, run_cli
+from .helpers import wait_for
 
 API_TOKEN_ENV = "MODEL_PROVISIONER_API_TOKEN"
 
@@ -36,6 +37,18 @@ def processes_with(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def spawn_up(cache_dir: Path, model: Path, binary: str, pool: str, *extra: str, env: dict[str, str]) -> Any:
+    """``up`` of ``model`` as its own process (a test pauses it at failpoints, signals it, reads its output)."""
+    cmd = [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "up", str(model)]
+    return subprocess.Popen(
+        [*cmd, "--binary", binary, "--pool", pool, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def pool_json(cache_dir: Path, pool: str) -> dict[str, Any]:
@@ -235,25 +248,7 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
 ) -> None:
     marker = tmp_path / "supervisor-paused"
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "model_provisioner",
-            "--cache-dir",
-            str(cache_dir),
-            "up",
-            str(model_copy),
-            "--binary",
-            llama_server,
-            "--pool",
-            "p",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    up = spawn_up(cache_dir, model_copy, llama_server, "p", env=env)
     wait_for(marker.exists, what="the supervisor to record itself")
     if how == "down":
         down = subprocess.Popen(
@@ -289,24 +284,8 @@ def test_up_interrupted_before_it_knows_its_supervisors_pid_leaves_nothing_runni
     that recorded itself under this ``up``'s run token and is proven the pool's."""
     up_paused, supervisor_paused = tmp_path / "up-paused", tmp_path / "supervisor-paused"
     failpoints = f"up.supervisor_started=pause:{up_paused},supervisor.recorded=pause:{supervisor_paused}"
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "model_provisioner",
-            "--cache-dir",
-            str(cache_dir),
-            "up",
-            str(model_copy),
-            "--binary",
-            llama_server,
-            "--pool",
-            "p",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MODEL_PROVISIONER_FAILPOINTS": failpoints},
+    up = spawn_up(
+        cache_dir, model_copy, llama_server, "p", env={**os.environ, "MODEL_PROVISIONER_FAILPOINTS": failpoints}
     )
     wait_for(lambda: up_paused.exists() and supervisor_paused.exists(), what="both paused")
     supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
@@ -574,26 +553,7 @@ def test_rm_between_the_ensure_and_the_lease_of_up_is_harmless(
     """Before, ``rm`` in that window made ``up`` fail after ~32 s with a traceback in its message."""
     marker = tmp_path / "ensured"
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"up.ensured=pause:{marker}"}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "model_provisioner",
-            "--cache-dir",
-            str(cache_dir),
-            "up",
-            str(model_copy),
-            "--binary",
-            llama_server,
-            "--pool",
-            "w",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    up = spawn_up(cache_dir, model_copy, llama_server, "w", "--json", env=env)
     wait_for(marker.exists, what="up to have ensured the model")
     removed = run_cli("rm", f"file:{model_copy}", cache_dir=cache_dir)
     assert removed.code == 0, removed.stderr

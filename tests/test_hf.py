@@ -25,7 +25,7 @@ from model_provisioner import (
 )
 from model_provisioner.api.handoff import write_engine_handoff
 
-from .conftest import EXAMPLE_GGUF, run_cli, wait_for
+from .conftest import EXAMPLE_GGUF, run_cli
 from .helpers import (
     MiB,
     cdn_bytes,
@@ -34,6 +34,7 @@ from .helpers import (
     safetensors_bytes,
     sha256_hex,
     transformers_repo,
+    wait_for,
 )
 from .servers.fileserver import Fault
 

@@ -24,8 +24,8 @@ from model_provisioner import (
     TransferFailed,
 )
 
-from .conftest import run_cli, wait_for
-from .helpers import MiB, digest_of, partial_bytes_held, partial_key, payload
+from .conftest import run_cli
+from .helpers import MiB, digest_of, partial_bytes_held, partial_key, payload, wait_for
 from .servers.fileserver import Fault
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import run_cli, wait_for
-from .helpers import MiB, digest_of, partial_bytes_held
+from .conftest import run_cli
+from .helpers import MiB, digest_of, partial_bytes_held, wait_for
 
 
 @pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import REGISTRY_PASSWORD, REGISTRY_USER, wait_for
-from .helpers import MODELPACK_CONFIG, safetensors_bytes
+from .conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from .helpers import MODELPACK_CONFIG, safetensors_bytes, wait_for
 from .servers.oci_push import push_artifact, sha, tar_bytes
 
 MP_RAW = "application/vnd.cncf.model.weight.v1.raw"
