@@ -6,6 +6,10 @@
 1. warm `up` (the model already verified) to the first streamed token, against starting `llama-server -m
    <file>` by hand and waiting for its first token; A B A B. Goal: ours <= 1.2x the bare start + 100 ms.
 2. `up` when the model must first be fetched (from a plain HTTP server on loopback): reported.
+3. `run MODEL "Hello" --max-tokens 1`, warm, to its first streamed byte on stdout, against the same bare
+   `llama-server -m` start; A B A B. Goal: ours <= the bare start + 150 ms.
+4. `engines install llamacpp --from oci://…` of the suite's engine pushed to a local registry, into an empty
+   cache: seconds (goal: not minutes).
 
 It uses the llama-server and the tiny model of the test suite (scripts/build_test_engines.py builds both).
 """
@@ -91,6 +95,64 @@ def bare(model: Path, binary: str) -> float:
         proc.wait(timeout=10)
 
 
+def run_first_byte(cache: Path, model: str, binary: str) -> float:
+    """``run`` from its start to the first byte of the answer on stdout (the engine is stopped after)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*CLI, "--cache-dir", str(cache), "-q", "run", model, "Hello", "--max-tokens", "1", "--binary", binary],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)
+    took = time.perf_counter() - start
+    proc.stdout.read()
+    if proc.wait(timeout=60) != 0 or not first:
+        raise RuntimeError("run failed")
+    return took
+
+
+def install_from_registry(rounds: int, work: Path) -> list[float]:
+    """The suite's engine, recorded and pushed to a local docker-registry, installed into fresh caches."""
+    sys.path.insert(0, str(ROOT))
+    from tests.servers.registry import Registry
+
+    sdist = build_test_engines.fetch_test_assets.CACHE / build_test_engines.fetch_test_assets.SDIST
+    team = ["--cache-dir", str(build_test_engines.ENGINE_CACHE), "-q"]
+    digest = f"sha256:{build_test_engines.fetch_test_assets.SDIST_SHA256}"
+    source = ["--source", f"file:{sdist}", "--digest", digest, "--subdir", build_test_engines.SOURCE_SUBDIR]
+    subprocess.run([*CLI, *team, "engines", "install", "llamacpp", *source], check=True, capture_output=True)
+    registry = Registry(work / "registry")
+    try:
+        target = f"oci://{registry.host}/team/llama-server:bench"
+        pushed = subprocess.run(
+            [*CLI, *team, "engines", "push", "llamacpp", target], check=True, capture_output=True, text=True
+        )
+        ref = pushed.stdout.strip()
+        took = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    *CLI,
+                    "--cache-dir",
+                    str(work / f"install-{i}"),
+                    "-q",
+                    "engines",
+                    "install",
+                    "llamacpp",
+                    "--from",
+                    ref,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            took.append(time.perf_counter() - start)
+        return took
+    finally:
+        registry.close()
+
+
 def fmt(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:.0f}ms [{min(xs) * 1000:.0f}-{max(xs) * 1000:.0f}]"
 
@@ -128,6 +190,18 @@ def main() -> None:
         server.shutdown()
         size = model.stat().st_size / 1e6
         print(f"cold_up_to_first_token ({size:.1f} MB fetched over loopback, verified, then served): ours {fmt(cold)}")
+        r: list[float] = []
+        b = []
+        for _ in range(args.rounds):
+            r.append(run_first_byte(cache, str(model), binary))
+            b.append(bare(model, binary))
+        goal = statistics.median(b) + 0.15
+        print(
+            f"warm_run_to_first_streamed_byte: ours {fmt(r)}, bare llama-server {fmt(b)}, "
+            f"ratio {statistics.median(r) / statistics.median(b):.2f} (goal: ours <= {goal * 1000:.0f}ms)"
+        )
+        installs = install_from_registry(args.rounds, work)
+        print(f"engines_install_from_local_registry (empty cache, verified, no compiler): ours {fmt(installs)}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ model-provisioner --cache-dir "$demo/cache" ensure "$model" --digest "$digest"
 model-provisioner --cache-dir "$demo/cache" ls
 echo "--- $demo/out/.runtime/engines/llamacpp.json"
 cat "$demo/out/.runtime/engines/llamacpp.json"
-cat <<NEXT
---- next: serve it (needs llama-server on PATH, or --binary PATH; docs/engines.md)
-model-provisioner --cache-dir $demo/cache up $model --digest $digest --port 8080
-curl -N localhost:8080/completion -d '{"prompt": "Hello", "n_predict": 8, "stream": true}'
-model-provisioner --cache-dir $demo/cache down
-NEXT
+echo "--- next: chat with it (docs/engines.md)"
+if ! command -v llama-server >/dev/null; then
+  echo "model-provisioner --cache-dir $demo/cache engines install llamacpp   # once; about 8 minutes on 2 cores"
+fi
+echo "model-provisioner --cache-dir $demo/cache run $model \"Hello\" --max-tokens 16 --digest $digest"

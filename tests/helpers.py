@@ -204,3 +204,19 @@ def wait_for(condition: Any, timeout_s: float = 60, what: str = "") -> Any:
 def wait_for_path(path: Path, timeout: float = 30) -> None:
     """Wait (bounded) until ``path`` exists: a failpoint's pause marker, a file a process writes."""
     wait_for(path.exists, timeout, f"{path} to appear")
+
+
+def processes_running(fragment: str) -> list[int]:
+    """Pids of this user's processes whose command line contains ``fragment`` (a cache or model path): what a
+    failed or stopped command must not leave behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if fragment in cmdline and "pytest" not in cmdline:
+            found.append(int(entry.name))
+    return found

@@ -250,6 +250,7 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
     env = {**os.environ, "MODEL_PROVISIONER_FAILPOINTS": f"supervisor.recorded=pause:{marker}"}
     up = spawn_up(cache_dir, model_copy, llama_server, "p", env=env)
     wait_for(marker.exists, what="the supervisor to record itself")
+    supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
     if how == "down":
         down = subprocess.Popen(
             [sys.executable, "-m", "model_provisioner", "--cache-dir", str(cache_dir), "down", "--pool", "p"],
@@ -267,9 +268,14 @@ def test_nothing_of_a_pool_runs_once_down_returns_or_up_is_interrupted(
         marker.unlink(missing_ok=True)
         code, err = up.wait(timeout=60), up.stderr.read() if up.stderr else ""
         assert code == 130, (code, err)  # what up said, should it ever end otherwise
-    supervisor = pool_json(cache_dir, "p")["supervisor_pid"]
     assert supervisor and not alive(supervisor)
-    assert pool_json(cache_dir, "p")["state"] == "stopped"
+    # down leaves the pool listed as stopped (until its next up); an up that failed or was interrupted leaves
+    # no pool behind (docs/engines.md, "Pools")
+    state = cache_dir / "run" / "p.json"
+    if how == "down":
+        assert not state.exists() or pool_json(cache_dir, "p")["state"] == "stopped"
+    else:
+        assert not state.exists()
     assert processes_with(str(model_copy)) == []
     # and the pool can be started again at once
     again = engines("up", str(model_copy), "--binary", llama_server, "--pool", "p", "--json")
@@ -294,7 +300,7 @@ def test_up_interrupted_before_it_knows_its_supervisors_pid_leaves_nothing_runni
     assert up.wait(timeout=60) == 130, up.stderr.read() if up.stderr else ""
     supervisor_paused.unlink(missing_ok=True)
     wait_for(lambda: not alive(supervisor), 30, "the supervisor to stop")
-    assert pool_json(cache_dir, "p")["state"] == "stopped"
+    assert not (cache_dir / "run" / "p.json").exists(), "an interrupted up leaves no pool behind"
     assert processes_with(str(model_copy)) == []
 
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from .conftest import alive, build_test_engines
-from .helpers import digest_of_file
+from .helpers import digest_of_file, processes_running
 
 
 def stream_completion(url: str, n: int = 8) -> list[str]:
@@ -73,11 +73,12 @@ def test_the_demo_provisions_the_example_and_what_it_prints_next_runs_as_printed
     llama_server: str, tmp_path: Path
 ) -> None:
     """The README's first command: the demo provisions the shipped example offline, writes its handoff and
-    prints the commands to serve it; those run as printed (llama-server on PATH) and stream tokens."""
+    prints what to run next; with llama-server on PATH that is one ``run``, which streams an answer as printed;
+    without one, ``engines install llamacpp`` comes first (run as printed in test_engine_install.py's
+    newcomer test, from a registry instead of a build)."""
     import shlex
 
     from .conftest import ROOT
-    from .servers.nginx import free_port
 
     demo_dir = tmp_path / "demo"
     env = {
@@ -90,20 +91,16 @@ def test_the_demo_provisions_the_example_and_what_it_prints_next_runs_as_printed
     handoff = json.loads((demo_dir / "out" / ".runtime" / "engines" / "llamacpp.json").read_text())
     assert handoff["model"]["path"] == str(ROOT / "examples" / "tiny-runnable-llama.gguf")
     suggested = demo.stdout.split("--- next:", 1)[1].splitlines()[1:]
-    up, curl, down = (shlex.split(line, comments=True) for line in suggested[:3])
-    port = str(free_port())
-    started = subprocess.run(
-        [a if a != "8080" else port for a in up], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    assert len(suggested) == 1, "with llama-server on PATH there is nothing to install first"
+    chat = subprocess.run(shlex.split(suggested[0]), capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip() and "stopped pool" in chat.stderr
+    without_engine = {**env, "PATH": os.environ["PATH"]}
+    listed = subprocess.run(
+        [str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, env=without_engine, timeout=600
     )
-    try:
-        assert started.returncode == 0, started.stderr
-        streamed = subprocess.run(
-            [a.replace("localhost:8080", f"127.0.0.1:{port}") for a in curl], capture_output=True, text=True, timeout=60
-        )
-        assert streamed.returncode == 0 and streamed.stdout.count("data: ") >= 8, streamed.stdout[-500:]
-    finally:
-        stopped = subprocess.run(down, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
-    assert stopped.returncode == 0, stopped.stderr
+    install, _ = listed.stdout.split("--- next:", 1)[1].splitlines()[1:3]
+    assert shlex.split(install, comments=True)[-3:] == ["engines", "install", "llamacpp"]
 
 
 def test_up_serves_a_streamed_completion_then_down_frees_the_port(
@@ -388,4 +385,8 @@ def test_triton_serves_a_python_backend_repository_and_its_ensemble(
         timeout=180,
     )
     assert broken.code == 9 and "add (" in broken.stderr and "this model cannot load" in broken.stderr, broken.stderr
-    assert not alive(json.loads((repo.parent / "cache" / "run" / "tr2.json").read_text())["pid"] or 0)
+    # a failed up leaves no pool behind (docs/engines.md, "Pools"): no state, no process; its log stays
+    assert not (repo.parent / "cache" / "run" / "tr2.json").exists()
+    assert "tr2" not in engines("engines", "--json", env=env).stdout
+    assert (repo.parent / "cache" / "run" / "tr2.engine.log").exists()
+    assert processes_running(str(repo)) == []

@@ -61,8 +61,10 @@ def up(
     return state, resolved
 
 
-def down(prov: ModelProvisioner, pool: str) -> PoolState:
-    state = pools.down(prov, pool)
+def down(prov: ModelProvisioner, pool: str, *, forget: bool = False) -> PoolState:
+    """``forget``: the pool is not shown afterwards (``run``'s own pool); else it stays listed as stopped until
+    the next ``up`` of that pool."""
+    state = pools.down(prov, pool, forget=forget)
     update_handoff(state, {"state": "stopped", "pid": None})
     return state
 

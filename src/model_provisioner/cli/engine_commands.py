@@ -10,10 +10,11 @@ import time
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner, provisioner_settings
+from model_provisioner.cli.install_commands import offer_install
 from model_provisioner.cli.output import PROG, emit
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
-from model_provisioner.core.errors import InvalidInput, ProvisionerError
+from model_provisioner.core.errors import EngineNotInstalled, InvalidInput, ProvisionerError
 from model_provisioner.core.redact import redact_text
 from model_provisioner.engines.state import PoolState, state_from_json
 from model_provisioner.engines.supervisor import supervise
@@ -41,11 +42,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     with provisioner(args) as prov:
-        state, _ = engine_api.up(
-            prov, args.ref, run, digest=args.digest, strict=args.strict, handoff_dir=args.handoff_dir
-        )
+        state = up_installing(args, prov, run)
     _announce(args, state, int((time.monotonic() - started) * 1000))
     return 0
+
+
+def up_installing(args: argparse.Namespace, prov: ModelProvisioner, run: EngineRun) -> PoolState:
+    """``up``; with no engine found, the install ``engines.auto_install`` allows, then ``up`` again."""
+    strict = getattr(args, "strict", None)
+    handoff_dir = getattr(args, "handoff_dir", None)
+    try:
+        state, _ = engine_api.up(prov, args.ref, run, digest=args.digest, strict=strict, handoff_dir=handoff_dir)
+    except EngineNotInstalled as missing:
+        offer_install(args, prov, missing)
+        state, _ = engine_api.up(prov, args.ref, run, digest=args.digest, strict=strict, handoff_dir=handoff_dir)
+    return state
 
 
 def cmd_engine_config(args: argparse.Namespace) -> int:

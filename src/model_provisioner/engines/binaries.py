@@ -63,12 +63,10 @@ def sha256_of_fd(fd: int) -> str:
     return digest.hexdigest()
 
 
-def built(home: Path, target: str) -> BinaryIdentity | None:
-    """The built binary in ``home``, checked; None when nothing was built there yet."""
-    record_path = home / "build.json"
-    if not os.path.lexists(record_path):
-        return None
-    check_private_dir(home)
+def read_record(home: Path | str) -> dict[str, object]:
+    """``build.json`` of an engine directory, read only if the directory and the file are ours alone."""
+    record_path = Path(home) / "build.json"
+    check_private_dir(Path(home))
     fd = open_in_cache(record_path, os.O_RDONLY)
     try:
         check_ours(record_path, os.fstat(fd))
@@ -79,6 +77,14 @@ def built(home: Path, target: str) -> BinaryIdentity | None:
         os.close(fd)
     if not isinstance(record, dict):
         raise UnsafeCachePath(record_path, "is not a build record")
+    return record
+
+
+def built(home: Path, target: str) -> BinaryIdentity | None:
+    """The built binary in ``home``, checked; None when nothing was built there yet."""
+    if not os.path.lexists(home / "build.json"):
+        return None
+    record = read_record(home)
     sha256 = record.get("binary_sha256")
     if not isinstance(sha256, str):
         return _adopt(home, target, record)

@@ -13,18 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.config.engines import EngineKind, LlamaCppSettings
-from model_provisioner.core.errors import InvalidInput, UnsafeCachePath
+from model_provisioner.core.errors import EngineNotInstalled, InvalidInput, UnsafeCachePath
 from model_provisioner.core.redact import REDACTED, register_secret
 from model_provisioner.engines import binaries
 from model_provisioner.engines.binaries import BinaryIdentity
-from model_provisioner.engines.build import SourceSpec, built_binary
+from model_provisioner.engines.build import BuildOptions, SourceSpec, built_binary
 from model_provisioner.engines.host import EngineHost
+from model_provisioner.engines.installed import find_installed
 from model_provisioner.engines.kinds import EngineLaunch
 from model_provisioner.engines.process import check_binary, http_status
 from model_provisioner.engines.state import PoolState
@@ -34,10 +36,8 @@ from model_provisioner.verify.results import ResolvedModel
 log = logging.getLogger("model_provisioner")
 
 DEFAULT_FLAGS = ("--parallel", "1", "--no-cont-batching", "--no-webui", "--metrics")
-HOW_TO_GET = (
-    "build it (https://github.com/ggml-org/llama.cpp: cmake --build build --target llama-server), put it on PATH, "
-    "set engines.llamacpp.binary, or use provisioning_mode: source"
-)
+PROG = "model-provisioner"
+HOW_TO_GET = f"install one with `{PROG} engines install llamacpp`, or give the path of a llama-server binary"
 #: options that take a value (so the value is kept with its option when flags are merged)
 _VALUED = {
     "--parallel",
@@ -267,16 +267,30 @@ class LlamaCpp:
 
 
 def binary_of(host: EngineHost, run: EngineRun) -> BinaryIdentity:
-    """``--binary``, the settings, ``llama-server`` on PATH, or a build from a verified source archive."""
+    """``--binary``, the settings, ``llama-server`` on PATH, the installed engine (``engines install``), in
+    that order; or a build from a verified source archive (``provisioning_mode: source``)."""
     settings = host.settings.engines
     if run.provisioning_mode == "source":
         assert run.source is not None
         spec = SourceSpec(run.source, run.source_digest, run.source_subdir)
-        return built_binary(
-            host, spec, jobs=settings.llamacpp.build_jobs, allow_package_installs=settings.allow_package_installs
+        options = BuildOptions(
+            jobs=settings.llamacpp.build_jobs, allow_package_installs=settings.allow_package_installs
         )
-    path = check_binary(run.binary or settings.llamacpp.binary or "llama-server", "llama-server", HOW_TO_GET)
-    return binaries.given(path)
+        return built_binary(host, spec, options)
+    chosen = run.binary or settings.llamacpp.binary
+    if chosen:
+        return binaries.given(check_binary(chosen, "llama-server", HOW_TO_GET))
+    on_path = shutil.which("llama-server")
+    if on_path is not None and os.access(on_path, os.X_OK):
+        return binaries.given(os.path.abspath(on_path))
+    found = find_installed(host, "llamacpp")
+    if found is None:
+        raise EngineNotInstalled(
+            "no llama-server: none installed, none on PATH, none set (--binary, engines.llamacpp.binary); install "
+            f"it with `{PROG} engines install llamacpp` (builds llama.cpp from its pinned sources, minutes; or "
+            "--from oci://… for a prebuilt one)"
+        )
+    return found
 
 
 KIND = LlamaCpp()

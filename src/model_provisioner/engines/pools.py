@@ -261,12 +261,17 @@ def _cleanup(
     if final.run_token == state.run_token:
         if final.pid is not None and engine_is_ours(final):
             stop(final.pid, final.pid_start, grace_s=5)
-        if final.state not in ENDED or interrupted:
+        last = rundir.recorded(state.pool_id) or final
+        if last.run_token == state.run_token and not (
+            is_alive(last.supervisor_pid, last.supervisor_start) or is_alive(last.pid, last.pid_start)
+        ):
+            rundir.forget(state.pool_id)  # a failed up leaves no pool behind (docs/engines.md, "Pools")
+        elif final.state not in ENDED or interrupted:
             ended: PoolPhase = "stopped" if interrupted else "crashed"
             rundir.write(replace(final, state=ended, stopped_ms=now_ms(), pid=None, pid_start=None))
 
 
-def down(host: EngineHost, pool: str) -> PoolState:
+def down(host: EngineHost, pool: str, *, forget: bool = False) -> PoolState:
     """SIGTERM to the supervisor (it stops the engine: SIGTERM, 5 s, SIGKILL); an engine left without its
     supervisor is stopped directly. Only processes proven to be the pool's are signalled; a pid the state
     file names that is not is left alone (a warning). Returns when the port is free."""
@@ -296,7 +301,10 @@ def down(host: EngineHost, pool: str) -> PoolState:
             time.sleep(0.05)
         ended: PoolPhase = state.state if state.state in ("crashed", "failed") and not signalled else "stopped"
         stopped = replace(state, state=ended, stopped_ms=state.stopped_ms or now_ms(), pid=None, pid_start=None)
-        rundir.write(stopped)
+        if forget:
+            rundir.forget(pool)  # ``run``'s own pool: nothing to show once it is stopped
+        else:
+            rundir.write(stopped)
         return stopped
     finally:
         lock.release()

@@ -10,8 +10,10 @@ like every other cache file: ``O_NOFOLLOW``, checked after open (docs/engines.md
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -135,6 +137,12 @@ class RunDir:
     def write(self, state: PoolState) -> None:
         self.make()
         write_atomic(self.state_path(state.pool_id), json.dumps(asdict(state), sort_keys=True).encode())
+
+    def forget(self, pool: str) -> None:
+        """Drop a pool whose processes are gone: its state and pid file (its logs stay, for the error)."""
+        for path in (self.state_path(pool), self.root / f"{check_pool_id(pool)}.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a planted link is removed, never followed
 
     def write_pid_file(self, pool: str, pid: int) -> None:
         """``<pool>.pid``: the supervisor, for operators (we never trust it: ``ownership.py``)."""

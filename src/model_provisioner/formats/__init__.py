@@ -17,6 +17,16 @@ __all__ = ["FormatInfo", "inspect_file"]
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 
+#: gzip, xz, zstd and bzip2 streams (a compressed tarball: a source archive, never a model weight format)
+ARCHIVE_MAGIC = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"BZh")
+
+
+def _is_tar(path: str | os.PathLike[str]) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(257)
+        return fh.read(5) == b"ustar"
+
+
 @dataclass(frozen=True, slots=True)
 class FormatInfo:
     format: str
@@ -39,6 +49,8 @@ def inspect_file(path: str | os.PathLike[str], subject: str | None = None, name:
         return FormatInfo("gguf", info.summary(name))
     if name.endswith(".safetensors"):
         return FormatInfo("safetensors", _safetensors_summary(path, subject))
+    if head.startswith(ARCHIVE_MAGIC) or _is_tar(path):
+        return FormatInfo("archive", {})  # not a model: a source archive (engines install), recognised as such
     return FormatInfo("file", {})  # no model format recognised: any file is accepted, and says so
 
 

@@ -27,7 +27,7 @@ from model_provisioner.storage.locks import lock_is_free, model_lock, model_lock
 
 log = logging.getLogger("model_provisioner")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-VIEW_ROOTS = ("gguf", "files", "transformers", "triton")
+VIEW_ROOTS = ("gguf", "files", "transformers", "triton", "engine")
 
 
 def enforce_budget(

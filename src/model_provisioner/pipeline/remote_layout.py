@@ -128,6 +128,10 @@ def _repository(
         extra["view_dir"] = str(tree)
         local = tree / root if root else tree
         return LaidOut(local, entry_digest, total, FormatInfo("triton", meta), None, files, check, extra)
+    if layout == "engine":  # an engine pushed by `engines push`: installed by engines/artifacts.py, never served
+        tree = ws.store.link_tree([(f.path, f.blob) for f in files], f"engine/{namespace}@{revision}")
+        extra["view_dir"] = str(tree)
+        return LaidOut(tree, entry_digest, total, FormatInfo("engine", {}), None, files, check, extra)
     for f in files:
         if f.path.endswith(".safetensors"):
             _inspect(ws, ws.store.blob_path(f.blob), f"{ref.id} [{f.path}]", f.path, f.blob)

@@ -52,6 +52,8 @@ DOCKER_AI_DEFAULT_NAMES = {
     "application/vnd.ollama.image.system": "system",
     "application/vnd.ollama.image.params": "params.json",
 }
+#: an engine pushed by ``engines push`` (engines/artifacts.py): fetched like a model, laid out as an engine
+ENGINE_ARTIFACT = "application/vnd.model-provisioner.engine.v1"
 CONFIG_TYPES = {
     "application/vnd.cncf.model.config.v1+json": "modelpack",
     "application/vnd.cnai.model.config.v1+json": "modelpack",
@@ -174,7 +176,7 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
     }
     revision = manifest.annotations.get("org.model-provisioner.revision") or manifest.digest.split(":", 1)[1][:12]
     return FetchPlan(
-        layout="auto",
+        layout="engine" if manifest.artifact_type == ENGINE_ARTIFACT else "auto",
         files=tuple(files),
         revision=revision,
         metadata=metadata,

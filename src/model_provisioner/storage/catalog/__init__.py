@@ -1,6 +1,7 @@
 """The catalog: what is provisioned, where, verified how. ``CatalogStore`` is the protocol (rows); SQLite
 (WAL, many processes at once) is the implementation (sqlite); the schema only ever grows (schema)."""
 
+from model_provisioner.storage.catalog.engines import EngineRecord
 from model_provisioner.storage.catalog.rows import (
     CatalogEntry,
     CatalogStore,
@@ -17,6 +18,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CatalogEntry",
     "CatalogStore",
+    "EngineRecord",
     "EntryFile",
     "Fingerprint",
     "Lease",

@@ -75,6 +75,25 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 5: installed engines (``engines install``): one row per engine artifact in ``engines/<kind>/<key>/``
+    """
+    CREATE TABLE engines (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        target TEXT NOT NULL,
+        binary_sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        version TEXT,
+        source TEXT NOT NULL,
+        source_digest TEXT NOT NULL,
+        subdir TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        build_seconds REAL,
+        installed_ms INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

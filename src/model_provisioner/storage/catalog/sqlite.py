@@ -22,13 +22,8 @@ from typing import Any
 from model_provisioner.core import failpoints
 from model_provisioner.core.errors import InsufficientSpace, ReadOnlyCache, UnsafeCachePath
 from model_provisioner.core.vocab import CheckResult, Lifecycle
-from model_provisioner.storage.catalog.rows import (
-    CatalogEntry,
-    EntryFile,
-    Lease,
-    ListingRow,
-    VerificationRecord,
-)
+from model_provisioner.storage.catalog.engines import EngineRecords
+from model_provisioner.storage.catalog.rows import CatalogEntry, EntryFile, Lease, ListingRow, VerificationRecord
 from model_provisioner.storage.catalog.schema import (
     COLUMNS,
     MIGRATIONS,
@@ -51,7 +46,7 @@ def _disk_full(catalog: SqliteCatalog) -> InsufficientSpace:
     return InsufficientSpace(str(catalog.path.parent), 64 * 1024, free)
 
 
-class SqliteCatalog:
+class SqliteCatalog(EngineRecords):
     """SQLite catalog. One connection per instance guarded by a lock (safe across threads); WAL and a
     busy timeout make many processes at once safe; writes use ``BEGIN IMMEDIATE``."""
 
