@@ -124,3 +124,59 @@ def test_up_in_a_terminal_with_no_engine_asks_once_and_a_no_is_exit_2(tmp_path: 
     assert b"engines install llamacpp" in rest, rest
     listed = run_cli("engines", "--json", cache_dir=tmp_path / "c")
     assert '"engines": []' in listed.stdout
+
+
+def test_a_planted_engine_row_never_becomes_a_path(tmp_path: Path) -> None:
+    """A catalog row naming ``../..`` (a shared cache's catalog is writable by the group) is skipped: never
+    listed, never run, never removed by ``uninstall``."""
+    from model_provisioner.storage.catalog import EngineRecord, SqliteCatalog
+
+    cache = tmp_path / "c"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    assert run_cli("ls", cache_dir=cache).code == 0  # makes the catalog
+    catalog = SqliteCatalog(cache / "catalog.db")
+    row = dict(
+        target="llama-server",
+        binary_sha256="0" * 64,
+        size_bytes=1,
+        version="1",
+        source="x",
+        source_digest="sha256:" + "0" * 64,
+        subdir="",
+        flags=(),
+        origin="built",
+        build_seconds=None,
+        installed_ms=1,
+    )
+    catalog.put_engine(EngineRecord(kind="llamacpp", key="../../../victim", **row))  # type: ignore[arg-type]
+    catalog.close()
+    listed = run_cli("engines", "installed", "--json", cache_dir=cache)
+    assert listed.code == 0 and '"engines": []' in listed.stdout
+    shown = run_cli("engines", "installed", cache_dir=cache)
+    assert shown.code == 0 and "not one we write" in shown.stderr and "victim" not in shown.stdout
+    removed = run_cli("engines", "uninstall", "llamacpp", cache_dir=cache)
+    assert removed.code == 3 and (victim / "keep").read_text() == "mine"
+
+
+def test_an_index_pointing_the_sources_at_a_local_file_is_refused(
+    fileserver: Any, settings_file: Any, tmp_path: Path
+) -> None:
+    from model_provisioner.engines.package_index import LLAMACPP_SDIST
+
+    page = f'<a href="file:///etc/hostname">{LLAMACPP_SDIST.filename}</a>'.encode()
+
+    def index(handler: Any, head: bool) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(b"" if head else page)
+        return True
+
+    fileserver.routes["/simple/"] = index
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(engines={"package_index": f"{fileserver.url}/simple"}))}
+    refused = run_cli("engines", "install", "llamacpp", cache_dir=tmp_path / "c", env=env)
+    assert refused.code == 2 and "only http(s) URLs" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "c").glob("engines/llamacpp/*"))

@@ -25,7 +25,7 @@ from model_provisioner.core.refs import OciRef, parse
 from model_provisioner.engines.binaries import BinaryIdentity, built, record_binary, write_record
 from model_provisioner.engines.build import engine_home, key_of, verified_copy_from
 from model_provisioner.engines.host import EngineHost
-from model_provisioner.engines.installed import InstalledEngine
+from model_provisioner.engines.installed import TARGET_NAME, InstalledEngine
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.sources.oci import ENGINE_ARTIFACT
 from model_provisioner.storage.locks import FileLock
@@ -40,7 +40,6 @@ MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
 RECORD_NAME = "engine.json"
 ANN = "org.model-provisioner.engine."
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FIELDS = ("kind", "target", "binary_sha256", "source", "source_digest", "subdir", "flags", "version")
 
 
@@ -173,7 +172,7 @@ def _engine_record(path: Path, subject: str) -> dict[str, Any]:
         and all(k in record for k in _FIELDS)
         and record["kind"] == "llamacpp"
         and isinstance(record["target"], str)
-        and _TARGET.fullmatch(record["target"]) is not None
+        and TARGET_NAME.fullmatch(record["target"]) is not None
         and record["target"] != RECORD_NAME
         and isinstance(record["binary_sha256"], str)
         and _HEX64.fullmatch(record["binary_sha256"]) is not None

@@ -25,12 +25,10 @@ from model_provisioner.engines import artifacts
 from model_provisioner.engines.binaries import BinaryIdentity, read_record
 from model_provisioner.engines.build import BuildOptions, SourceSpec, built_binary
 from model_provisioner.engines.host import EngineHost
-from model_provisioner.engines.installed import InstalledEngine, engine_home
+from model_provisioner.engines.installed import KINDS, InstalledEngine, engine_home
 from model_provisioner.engines.llamacpp import version
 from model_provisioner.engines.package_index import LLAMACPP_SDIST, sdist_url
 from model_provisioner.storage.catalog import EngineRecord
-
-KINDS = ("llamacpp",)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from model_provisioner.engines.state import ENDED, RunDir
 from model_provisioner.storage.catalog import EngineRecord
 
 log = logging.getLogger("model_provisioner")
+
+KINDS = ("llamacpp",)
+_KEY = re.compile(r"[0-9a-f]{32}")
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,19 @@ def engine_home(host: EngineHost, kind: str, key: str) -> Path:
 
 
 def installed(host: EngineHost, kind: str | None = None) -> list[InstalledEngine]:
-    """Newest first."""
-    return [InstalledEngine(r, engine_home(host, r.kind, r.key)) for r in host.catalog.engine_records(kind)]
+    """Newest first. A row whose kind or key could not have been written by us (a key is 32 hex: it names a
+    directory we remove on uninstall) is skipped with a warning, never turned into a path."""
+    found = []
+    for record in host.catalog.engine_records(kind):
+        if (
+            record.kind not in KINDS
+            or _KEY.fullmatch(record.key) is None
+            or TARGET_NAME.fullmatch(record.target) is None
+        ):
+            log.warning("the catalog's engine row %r is not one we write; skipped", record.key[:64])
+            continue
+        found.append(InstalledEngine(record, engine_home(host, record.kind, record.key)))
+    return found
 
 
 def find_installed(host: EngineHost, kind: str) -> BinaryIdentity | None:

@@ -10,10 +10,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from model_provisioner.config.settings import Settings
-from model_provisioner.core.errors import NotFound, TransferFailed, quote
+from model_provisioner.core.errors import InvalidInput, NotFound, TransferFailed, quote
 from model_provisioner.core.redact import redact_url
 from model_provisioner.net.http import host_checker, new_client, open_following, read_at_most
 
@@ -77,6 +77,11 @@ def sdist_url(settings: Settings, pinned: PinnedSdist) -> str:
         client.close()
     for name, url in _files(body, kind, final):
         if name == pinned.filename:
+            if urlsplit(url).scheme not in ("https", "http"):
+                raise InvalidInput(
+                    f"package index page {quote(shown)} points {pinned.filename} at {quote(redact_url(url)[:200])}; "
+                    "only http(s) URLs are followed from an index"
+                )
             return url
     raise NotFound(
         f"{pinned.filename} is not on the package index page {quote(shown)}; set engines.package_index to an "
