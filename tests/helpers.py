@@ -220,3 +220,18 @@ def processes_running(fragment: str) -> list[int]:
         if fragment in cmdline and "pytest" not in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def serve_page(server: Any, prefix: str, body: bytes, content_type: str = "text/html") -> None:
+    """``server`` (a FileServer) answers every path under ``prefix`` with ``body``: an index page, a listing."""
+
+    def route(handler: Any, head: bool) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if not head:
+            handler.wfile.write(body)
+        return True
+
+    server.routes[prefix] = route

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from .conftest import ROOT, build_test_engines, run_cli
-from .helpers import digest_of_file, processes_running, sha256_file, wait_for
+from .helpers import digest_of_file, processes_running, serve_page, sha256_file, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -158,20 +158,16 @@ def test_an_interrupted_install_keeps_its_build_tree_and_the_same_command_contin
     assert gone.code == 0 and installed(cache_dir) == [] and not Path(engine["binary"]).exists()
 
 
+def install_source(cache_dir: Path, archive: Path, digest: str, env: dict[str, str] | None = None) -> Any:
+    """``engines install llamacpp --source`` of the test's cmake project, its gate open."""
+    source = ["--source", f"file:{archive}", "--digest", digest, "--flag=-DGATE=/dev/null"]
+    return run_cli("engines", "install", "llamacpp", *source, cache_dir=cache_dir, env=env)
+
+
 def test_install_error_paths_build_nothing(cache_dir: Path, tmp_path: Path) -> None:
     archive, digest = fake_source(tmp_path)
     wrong = "sha256:" + "0" * 64
-    bad = run_cli(
-        "engines",
-        "install",
-        "llamacpp",
-        "--source",
-        f"file:{archive}",
-        "--digest",
-        wrong,
-        "--flag=-DGATE=/dev/null",
-        cache_dir=cache_dir,
-    )
+    bad = install_source(cache_dir, archive, wrong)
     assert bad.code == 4 and wrong in bad.stderr, bad.stderr
     assert not list(cache_dir.glob("engines/llamacpp/*")), "nothing built from an archive with another digest"
     no_digest = run_cli("engines", "install", "llamacpp", "--source", f"file:{archive}", cache_dir=cache_dir)
@@ -179,18 +175,7 @@ def test_install_error_paths_build_nothing(cache_dir: Path, tmp_path: Path) -> N
     # no compiler: one line listing what to install, and nothing built
     empty_bin = tmp_path / "empty-bin"
     empty_bin.mkdir()
-    bare = run_cli(
-        "engines",
-        "install",
-        "llamacpp",
-        "--source",
-        f"file:{archive}",
-        "--digest",
-        digest,
-        "--flag=-DGATE=/dev/null",
-        cache_dir=cache_dir,
-        env={"PATH": str(empty_bin)},
-    )
+    bare = install_source(cache_dir, archive, digest, env={"PATH": str(empty_bin)})
     lines = bare.stderr.strip().splitlines()
     assert bare.code == 2 and len(lines) == 1, bare.stderr
     assert (
@@ -207,18 +192,7 @@ def test_the_default_source_is_the_pinned_sdist_found_on_the_package_index(
     name = llamacpp_sdist.name
     fileserver.put(name, llamacpp_sdist.read_bytes())
     page = f'<html><body><a href="/{name}#sha256=x">{name}</a><a href="/other.tar.gz">other.tar.gz</a></body></html>'
-
-    def index(handler: Any, head: bool) -> bool:
-        body = page.encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/html")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        if not head:
-            handler.wfile.write(body)
-        return True
-
-    fileserver.routes["/simple/llama-cpp-python/"] = index
+    serve_page(fileserver, "/simple/llama-cpp-python/", page.encode())
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(engines={"package_index": f"{fileserver.url}/simple"}))}
     err_path = tmp_path / "install.err"
     with open(err_path, "w") as err:

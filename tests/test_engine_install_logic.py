@@ -21,6 +21,7 @@ from model_provisioner.engines.build import BuildProgress, _Reporter
 from model_provisioner.engines.package_index import _files
 
 from .conftest import ROOT, run_cli
+from .helpers import serve_page
 
 
 def test_index_pages_name_their_files_in_json_and_html() -> None:
@@ -167,15 +168,7 @@ def test_an_index_pointing_the_sources_at_a_local_file_is_refused(
 
     page = f'<a href="file:///etc/hostname">{LLAMACPP_SDIST.filename}</a>'.encode()
 
-    def index(handler: Any, head: bool) -> bool:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/html")
-        handler.send_header("Content-Length", str(len(page)))
-        handler.end_headers()
-        handler.wfile.write(b"" if head else page)
-        return True
-
-    fileserver.routes["/simple/"] = index
+    serve_page(fileserver, "/simple/", page)
     env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(engines={"package_index": f"{fileserver.url}/simple"}))}
     refused = run_cli("engines", "install", "llamacpp", cache_dir=tmp_path / "c", env=env)
     assert refused.code == 2 and "only http(s) URLs" in refused.stderr, refused.stderr

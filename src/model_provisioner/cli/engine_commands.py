@@ -10,7 +10,6 @@ import time
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner, provisioner_settings
-from model_provisioner.cli.install_commands import offer_install
 from model_provisioner.cli.output import PROG, emit
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
@@ -54,6 +53,8 @@ def up_installing(args: argparse.Namespace, prov: ModelProvisioner, run: EngineR
     try:
         state, _ = engine_api.up(prov, args.ref, run, digest=args.digest, strict=strict, handoff_dir=handoff_dir)
     except EngineNotInstalled as missing:
+        from model_provisioner.cli.install_commands import offer_install  # noqa: PLC0415  # ~30 ms: only with no engine
+
         offer_install(args, prov, missing)
         state, _ = engine_api.up(prov, args.ref, run, digest=args.digest, strict=strict, handoff_dir=handoff_dir)
     return state
