@@ -301,6 +301,10 @@ def test_a_newcomer_goes_from_an_empty_cache_to_streamed_tokens_and_nothing_runs
     assert "ready at" in answer.stderr and "stopped pool" in answer.stderr and "ready at" not in answer.stdout
     assert pools(cache_dir, env) == [] and processes_running(str(cache_dir)) == [], "the engine is gone afterwards"
 
+    # text piped to run is the prompt, as ollama reads it
+    piped = run_cli("run", str(EXAMPLE), "--max-tokens", "4", cache_dir=cache_dir, env=env, input="Hello\n")
+    assert piped.code == 0 and piped.stdout.strip(), piped.stderr
+
     # a pool already serving the same verified model is reused, and left running
     served = run_cli("up", str(EXAMPLE), "--pool", "mine", "--json", cache_dir=cache_dir, env=env)
     assert served.code == 0, served.stderr

@@ -173,3 +173,11 @@ def test_an_index_pointing_the_sources_at_a_local_file_is_refused(
     refused = run_cli("engines", "install", "llamacpp", cache_dir=tmp_path / "c", env=env)
     assert refused.code == 2 and "only http(s) URLs" in refused.stderr, refused.stderr
     assert not list((tmp_path / "c").glob("engines/llamacpp/*"))
+
+
+def test_run_with_nothing_to_ask_says_so_before_anything_starts(tmp_path: Path) -> None:
+    example = str(ROOT / "examples" / "tiny-runnable-llama.gguf")
+    for asked in ({"args": ("   ",)}, {"args": (), "input": ""}):
+        done = run_cli("run", example, *asked["args"], cache_dir=tmp_path / "c", input=asked.get("input"))
+        assert done.code == 2 and "nothing to ask" in done.stderr, done.stderr
+    assert not (tmp_path / "c" / "run").exists()

@@ -38,6 +38,11 @@ class BuildDisplay:
         self.last_line = 0.0
         self.announced = False
 
+    def end_line(self) -> None:
+        """A bar line left open (an error, Ctrl-C) is ended before anything else is written."""
+        if self.tty and self.announced and not self.quiet:
+            sys.stderr.write("\n")
+
     def __call__(self, p: BuildProgress) -> None:
         if self.quiet:
             return
@@ -53,14 +58,17 @@ class BuildDisplay:
             filled = (p.percent or 0) * 30 // 100
             bar = "#" * filled + "-" * (30 - filled)
             sys.stderr.write(f"\r{p.step:<9} [{bar}] {percent} {_clock(p.elapsed_s)}{left}   ")
-            if p.percent == 100:
-                sys.stderr.write("\n")
             sys.stderr.flush()
             return
         now = time.monotonic()
         if p.percent is None or now - self.last_line >= LINE_EVERY_S or p.percent == 100:
             self.last_line = now
             sys.stderr.write(f"{PROG}: {p.step} {percent.strip() or 'started'} after {_clock(p.elapsed_s)}{left}\n")
+
+
+def _end_line(build: BuildOptions) -> None:
+    if isinstance(build.progress, BuildDisplay):
+        build.progress.end_line()
 
 
 def _request(args: argparse.Namespace, prov: ModelProvisioner) -> InstallRequest:
@@ -100,7 +108,11 @@ def _said(args: argparse.Namespace, engine: InstalledEngine, took_s: float) -> N
 def cmd_install(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with provisioner(args) as prov:
-        engine = install(prov, _request(args, prov))
+        request = _request(args, prov)
+        try:
+            engine = install(prov, request)
+        finally:
+            _end_line(request.build)
     _said(args, engine, time.monotonic() - started)
     return 0
 
@@ -173,7 +185,10 @@ def offer_install(args: argparse.Namespace, prov: ModelProvisioner, missing: Eng
         progress=BuildDisplay(args.quiet or args.json),
     )
     started = time.monotonic()
-    engine = install(prov, InstallRequest(build=build))
+    try:
+        engine = install(prov, InstallRequest(build=build))
+    finally:
+        _end_line(build)
     if not args.quiet and not args.json:
         sys.stderr.write(
             f"{PROG}: installed llama-server {engine.record.version} in {time.monotonic() - started:.0f} s\n"

@@ -57,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read(1 << 20)  # piped input is one prompt, as ollama reads it
+    if prompt is not None and not prompt.strip():
+        raise InvalidInput('nothing to ask: give a PROMPT (run REF "Hello") or pipe text to run REF')
     with provisioner(args) as prov:
         resolved = prov.ensure_present(args.ref, args.digest)
         state = _reusable(prov, resolved.id, resolved.digest)

@@ -36,8 +36,7 @@ from model_provisioner.verify.results import ResolvedModel
 log = logging.getLogger("model_provisioner")
 
 DEFAULT_FLAGS = ("--parallel", "1", "--no-cont-batching", "--no-webui", "--metrics")
-PROG = "model-provisioner"
-HOW_TO_GET = f"install one with `{PROG} engines install llamacpp`, or give the path of a llama-server binary"
+HOW_TO_GET = "install one with `model-provisioner engines install llamacpp`, or give the path of a llama-server binary"
 #: options that take a value (so the value is kept with its option when flags are merged)
 _VALUED = {
     "--parallel",
@@ -286,9 +285,9 @@ def binary_of(host: EngineHost, run: EngineRun) -> BinaryIdentity:
     found = find_installed(host, "llamacpp")
     if found is None:
         raise EngineNotInstalled(
-            "no llama-server: none installed, none on PATH, none set (--binary, engines.llamacpp.binary); install "
-            f"it with `{PROG} engines install llamacpp` (builds llama.cpp from its pinned sources, minutes; or "
-            "--from oci://… for a prebuilt one)"
+            "no llama-server: none installed, none on PATH, none set (--binary, engines.llamacpp.binary); "
+            "install it with `model-provisioner engines install llamacpp` (builds llama.cpp from its pinned "
+            "sources, minutes; or --from oci://… for a prebuilt one)"
         )
     return found
 
