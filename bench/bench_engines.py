@@ -68,6 +68,20 @@ def ours(cache: Path, model: str, binary: str) -> float:
     return took
 
 
+def wait_healthy(url: str, what: str) -> None:
+    """Poll ``GET /health`` every 10 ms until 200 (bounded: 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} never became ready")
+        time.sleep(0.01)
+
+
 def bare(model: Path, binary: str) -> float:
     port = free_port()
     start = time.perf_counter()
@@ -78,16 +92,7 @@ def bare(model: Path, binary: str) -> float:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("bare llama-server never became ready")
-            time.sleep(0.01)
+        wait_healthy(url, "bare llama-server")
         first_token(url)
         return time.perf_counter() - start
     finally:

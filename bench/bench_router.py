@@ -32,16 +32,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import build_test_engines  # noqa: E402
+from bench_engines import free_port, wait_healthy  # noqa: E402
 
 CLI = [sys.executable, "-m", "model_provisioner"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chat(url: str, model: str, n: int = 1) -> float:
@@ -100,16 +93,7 @@ class Router:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("router never became ready")
-            time.sleep(0.01)
+        wait_healthy(self.url, "the router")
 
     def close(self) -> None:
         self.proc.terminate()

@@ -22,8 +22,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import fetch_test_assets as fetch_test_assets  # noqa: E402  # re-exported for tests/conftest.py
 
+from model_provisioner.engines.package_index import LLAMACPP_SDIST  # noqa: E402
+
 ENGINE_CACHE = fetch_test_assets.CACHE / "engine-cache"
-SOURCE_SUBDIR = "vendor/llama.cpp"
+SOURCE_SUBDIR = LLAMACPP_SDIST.subdir
 VOCAB = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf"
 
 

@@ -12,8 +12,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
-SDIST = "llama_cpp_python-0.3.36.tar.gz"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+from model_provisioner.engines.package_index import LLAMACPP_SDIST  # the pin `engines install` uses, written once
+
+SDIST = LLAMACPP_SDIST.filename
+SDIST_SHA256 = LLAMACPP_SDIST.sha256
 CACHE = Path(os.environ.get("MODEL_PROVISIONER_TEST_ASSETS", Path.home() / ".cache" / "model-provisioner-tests"))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from model_provisioner.api.shapes import lease_json
 from model_provisioner.cli.context import provisioner
-from model_provisioner.cli.output import PROG, ago, emit, human_size
+from model_provisioner.cli.output import PROG, ago, emit, human_size, write_table
 from model_provisioner.core.errors import InvalidInput, NotFound
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import parse_duration, parse_size
@@ -79,9 +79,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                     m["local_path"] or "-",
                 )
             )
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
-        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in table]
-        sys.stdout.write("\n".join(out) + "\n")
+        write_table(table)
     sys.stderr.write(
         f"{PROG}: {len(models)} of {use.entries} entries; {human_size(use.logical_bytes)} listed, "
         f"{human_size(use.disk_bytes)} on disk (shared blobs counted once)\n"

@@ -10,7 +10,7 @@ import time
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner, provisioner_settings
-from model_provisioner.cli.output import PROG, emit
+from model_provisioner.cli.output import PROG, emit, write_table
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
 from model_provisioner.core.errors import EngineNotInstalled, InvalidInput, ProvisionerError
@@ -96,11 +96,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
             )
         )
     if len(rows) > 1:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        sys.stdout.write(
-            "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
-            + "\n"
-        )
+        write_table(rows)
     else:
         sys.stderr.write(f"{PROG}: no engine pools (start one with `{PROG} up REF`)\n")
     return 0

@@ -9,7 +9,7 @@ import time
 
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner
-from model_provisioner.cli.output import PROG, emit, human_size
+from model_provisioner.cli.output import PROG, emit, human_size, write_table
 from model_provisioner.core.errors import EngineNotInstalled, InvalidInput
 from model_provisioner.engines import artifacts, installed
 from model_provisioner.engines.build import BuildOptions, BuildProgress
@@ -138,10 +138,7 @@ def cmd_installed(args: argparse.Namespace) -> int:
         )
         for e in found
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    sys.stdout.write(
-        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows) + "\n"
-    )
+    write_table(rows)
     return 0
 
 

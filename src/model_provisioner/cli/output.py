@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 PROG = "model-provisioner"
@@ -18,6 +18,14 @@ def emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> No
         sys.stdout.write(json.dumps(payload, sort_keys=True, default=str) + "\n")
     elif human is not None:
         sys.stdout.write(human + "\n")
+
+
+def write_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows (the first is the header) in aligned columns on stdout; the last column is never padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    sys.stdout.write(
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows) + "\n"
+    )
 
 
 def human_size(n: int) -> str:
