@@ -54,25 +54,30 @@ def write_runnable_gguf(
     layers: int = 2,
     seed: int = 0,
     tied: bool = False,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    context: int = 512,
 ) -> Path:
     """``tied``: no ``output.weight``; llama.cpp projects onto the vocabulary with the token embeddings (half
-    the size: what the shipped example uses)."""
+    the size: what the shipped example uses). ``kv_heads`` below ``heads``: grouped-query attention."""
     import gguf
     import numpy as np
 
     reader = gguf.GGUFReader(str(vocab))
     fields = {name: reader.fields[name] for name in TOKENIZER_KEYS if name in reader.fields}
     tokens = _field_value(fields["tokenizer.ggml.tokens"])
-    n_vocab, heads, ff = len(tokens), 4, width * 2
+    n_vocab, ff = len(tokens), width * 2
+    kv_heads = heads if kv_heads is None else kv_heads
+    kv_width = width // heads * kv_heads
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-runnable-llama")
-    writer.add_context_length(512)
+    writer.add_context_length(context)
     writer.add_embedding_length(width)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ff)
     writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_rope_dimension_count(width // heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
@@ -95,8 +100,10 @@ def write_runnable_gguf(
     writer.add_tensor("token_embd.weight", weights(n_vocab, width))
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(width, dtype=np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weights(width, width))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weights(width, width))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weights(kv_width, width))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weights(kv_width, width))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weights(width, width))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(width, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(ff, width))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(ff, width))

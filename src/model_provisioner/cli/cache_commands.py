@@ -14,10 +14,10 @@ from typing import Any
 
 from model_provisioner.api.shapes import lease_json
 from model_provisioner.cli.context import provisioner
-from model_provisioner.cli.output import PROG, ago, emit, human_size, write_table
+from model_provisioner.cli.output import PROG, ago, emit, write_table
 from model_provisioner.core.errors import InvalidInput, NotFound
 from model_provisioner.core.refs import parse
-from model_provisioner.core.units import parse_duration, parse_size
+from model_provisioner.core.units import human_size, parse_duration, parse_size
 from model_provisioner.core.vocab import Lifecycle, shown_lifecycle
 from model_provisioner.ops.adopt import ImportReport, import_hf_cache, import_ollama
 from model_provisioner.ops.leases import acquire_lease, describe_lease, live_leases

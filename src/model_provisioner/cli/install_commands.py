@@ -9,8 +9,9 @@ import time
 
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner
-from model_provisioner.cli.output import PROG, emit, human_size, write_table
+from model_provisioner.cli.output import PROG, emit, write_table
 from model_provisioner.core.errors import EngineNotInstalled, InvalidInput
+from model_provisioner.core.units import human_size
 from model_provisioner.engines import artifacts, installed
 from model_provisioner.engines.build import BuildOptions, BuildProgress
 from model_provisioner.engines.install import InstallRequest, install

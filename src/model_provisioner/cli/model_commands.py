@@ -12,10 +12,14 @@ from typing import Any
 from model_provisioner.api.handoff import provision_and_handoff, provision_config
 from model_provisioner.api.shapes import entry_json
 from model_provisioner.cli.context import provisioner
-from model_provisioner.cli.output import PROG, ago, emit, human_size, progress_bar
-from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
+from model_provisioner.cli.output import PROG, ago, emit, progress_bar
+from model_provisioner.config.settings import Settings
+from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound, ProvisionerError
 from model_provisioner.core.refs import FileRef, parse
+from model_provisioner.core.units import human_size
+from model_provisioner.engines.admission import file_estimate
 from model_provisioner.formats import inspect_file
+from model_provisioner.formats.memory import MemoryEstimate
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
@@ -75,21 +79,43 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         }
     else:
         raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
+    memory = _memory(payload, prov.settings)
+    if memory is not None:
+        payload["memory"] = memory.as_json()
     if args.json:
         emit(args, payload)
     else:
-        for key, value in payload.items():
-            if value is None:
-                continue  # nothing to say (never a Python None on the screen)
-            if key == "metadata":
-                for mkey, mvalue in value.items():
-                    sys.stdout.write(f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n")
-            elif key.endswith("_ms") and isinstance(value, int):
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
-                sys.stdout.write(f"{key[:-3]}: {stamp} ({ago(time.time() * 1000 - value)})\n")
-            elif key != "verifications":
-                sys.stdout.write(f"{key}: {value}\n")
+        _write_inspection(payload, memory)
     return 0
+
+
+def _write_inspection(payload: dict[str, Any], memory: MemoryEstimate | None) -> None:
+    for key, value in payload.items():
+        if value is None:
+            continue  # nothing to say (never a Python None on the screen)
+        if key == "metadata":
+            for mkey, mvalue in value.items():
+                sys.stdout.write(f"  {mkey}: {json.dumps(mvalue) if not isinstance(mvalue, str) else mvalue}\n")
+        elif key.endswith("_ms") and isinstance(value, int):
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value / 1000))
+            sys.stdout.write(f"{key[:-3]}: {stamp} ({ago(time.time() * 1000 - value)})\n")
+        elif key == "memory" and memory is not None:
+            sys.stdout.write(f"memory: {memory.describe()} with llama-server's defaults\n")
+        elif key != "verifications":
+            sys.stdout.write(f"{key}: {value}\n")
+
+
+def _memory(payload: dict[str, Any], settings: Settings) -> MemoryEstimate | None:
+    """What llama-server would need for this GGUF at the context ``up`` gives it (docs/engines.md)."""
+    path = payload.get("local_path")
+    if payload.get("format") != "gguf" or not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        return file_estimate(
+            path, str(payload["id"]), int(payload.get("size_bytes") or 0), (), settings.engines.llamacpp
+        )
+    except ProvisionerError:
+        return None  # a header that cannot be read: inspect shows the rest
 
 
 def cmd_locate(args: argparse.Namespace) -> int:

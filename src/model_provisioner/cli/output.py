@@ -28,15 +28,6 @@ def write_table(rows: Sequence[Sequence[str]]) -> None:
     )
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def ago(ms: float) -> str:
     seconds = max(0.0, ms / 1000)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

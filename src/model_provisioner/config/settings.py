@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from model_provisioner.config.engines import EngineSettings, parse_engine_settings
+from model_provisioner.config.gateway import GatewaySettings, parse_gateway
 from model_provisioner.config.policy import Policy, policy_from
 from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
@@ -140,6 +141,8 @@ class Settings:
     confine_files: bool = False
     #: engines: binaries, readiness timeouts, supervision (docs/engines.md)
     engines: EngineSettings = field(default_factory=EngineSettings)
+    #: the OpenAI-compatible endpoint of ``serve`` and its ``models:`` list (docs/engines.md)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     #: OCI registry mirrors (containerd hosts.toml semantics), tried before the registry itself
     registry_mirrors: Mapping[str, tuple[RegistryMirror, ...]] = field(default_factory=dict)
 
@@ -284,7 +287,7 @@ def _from_variables(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = read_mapping(path)
-    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines", "registry_mirrors"}
+    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines", "registry_mirrors", "gateway", "models"}
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
         try:
@@ -297,6 +300,8 @@ def _load_settings_file(path: str) -> dict[str, Any]:
         out["registry_mirrors"] = parse_registry_mirrors(path, data["registry_mirrors"])
     if "engines" in data:
         out["engines"] = parse_engine_settings(path, data["engines"])
+    if "gateway" in data or "models" in data:
+        out["gateway"] = parse_gateway(path, data.get("gateway", {}), data.get("models"))
     if "policy" in data:
         out["policy"] = policy_from(path, _typed(path, "policy", data["policy"], _POLICY_TYPES))
     if "oci_credentials" in data:

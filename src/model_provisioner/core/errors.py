@@ -197,9 +197,21 @@ class LeaseHeld(PolicyDenied):
 
 
 class ServerBusy(ProvisionerError):
-    """The API's bound on concurrent synchronous downloads is reached (HTTP 503 with Retry-After)."""
+    """The API's bound on concurrent synchronous downloads (or a model's request queue) is reached (HTTP 503
+    with Retry-After)."""
 
     code: ErrorCode = "busy"
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InsufficientMemory(ProvisionerError):
+    """A model's estimated memory does not fit beside what is loaded and the reserve (HTTP 507)."""
+
+    exit_code = ExitCode.NO_SPACE
+    code: ErrorCode = "insufficient_memory"
 
 
 class Cancelled(TransferFailed):

@@ -32,3 +32,13 @@ def parse_duration(text: str) -> float:
     if m is None:
         raise InvalidInput(f"invalid duration {text!r}: give a number with a unit, e.g. 45s, 30m, 12h, 7d, 2w")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2).lower()]
+
+
+def human_size(n: int) -> str:
+    """Binary units (KiB, MiB, GiB) with one decimal: every size the program prints."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -76,6 +76,7 @@ ErrorCode = Literal[
     "read_only_cache",
     "transfer_failed",
     "no_space",
+    "insufficient_memory",
     "unsafe_cache_path",
     "lock_timeout",
     "leased",

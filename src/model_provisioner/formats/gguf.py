@@ -283,6 +283,17 @@ def read_gguf(path: str | os.PathLike[str], subject: str | None = None) -> GGUFI
             return _parse(buf, subject, size)
 
 
+def read_gguf_fd(fd: int, subject: str) -> GGUFInfo:
+    """``read_gguf`` of a file its caller opened (inside the cache: by ``storage/safefs.open_in_cache``)."""
+    size = os.fstat(fd).st_size
+    if size < 8:
+        raise CorruptModel(subject, f"not a GGUF file: only {size} bytes")
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != GGUF_MAGIC:
+            raise CorruptModel(subject, f"not a GGUF file: magic is {bytes(buf[:4])!r}, expected b'GGUF'")
+        return _parse(buf, subject, size)
+
+
 def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
     endian = "<"
     cur = _Cursor(buf, subject, endian)

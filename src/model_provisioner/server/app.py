@@ -9,16 +9,20 @@ The routes are in ``routes_models`` and ``routes_cache`` (docs/api.md).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,9 +34,10 @@ from model_provisioner.config.settings import Settings, api_settings
 from model_provisioner.core.errors import InvalidInput, ProvisionerError
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.version import VERSION
+from model_provisioner.engines.gateway import Gateway, target_of
 from model_provisioner.obs.audit import CORRELATION_ID, audit
 from model_provisioner.obs.metrics import METRICS
-from model_provisioner.server import routes_cache, routes_engines, routes_models
+from model_provisioner.server import routes_cache, routes_engines, routes_models, routes_openai
 from model_provisioner.server.bodylimit import BodyLimit
 from model_provisioner.server.context import error_body, make_context
 
@@ -42,11 +47,32 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     prov = provisioner or ModelProvisioner(settings)
     METRICS.enable()
     ctx = make_context(settings, prov)
+    gateway = Gateway(prov, settings.gateway, lambda name: target_of(name, settings.gateway, ctx.check_ref_allowed))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import httpx  # noqa: PLC0415  # heavy: httpx, only to serve
+
+        # the engines are ours, on loopback: no proxy, no environment; a token may take long to come
+        app.state.upstream = httpx.AsyncClient(
+            trust_env=False, timeout=httpx.Timeout(10.0, read=600.0), limits=httpx.Limits(max_connections=None)
+        )
+        sweep = asyncio.get_running_loop().create_task(gateway.sweep())
+        try:
+            yield
+        finally:
+            sweep.cancel()
+            await gateway.close()  # the engines the gateway started stop with the server
+            await app.state.upstream.aclose()
+
     app = FastAPI(
         title="model-provisioner",
         version=VERSION,
-        description="Ensure, verify and manage models on this machine. Errors: {error: {code, message}}.",
+        description="Ensure, verify and manage models on this machine; one OpenAI-compatible endpoint for every "
+        "verified model. Errors: {error: {code, message}}.",
+        lifespan=lifespan,
     )
+    app.state.gateway = gateway
     app.state.ctx = ctx
     app.state.provisioner = prov
     app.state.jobs = ctx.jobs
@@ -55,6 +81,7 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     app.include_router(routes_models.router)
     app.include_router(routes_cache.router)
     app.include_router(routes_engines.router)
+    app.include_router(routes_openai.router)
     return app
 
 
@@ -103,7 +130,9 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(ProvisionerError)
     async def provisioner_error(request: Request, exc: ProvisionerError) -> JSONResponse:
         status, body = error_body(exc)
-        return JSONResponse(body, status_code=status, headers={"Retry-After": "5"} if status == 503 else None)
+        retry_after = getattr(exc, "retry_after_s", 5.0 if status == 503 else None)
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -64,7 +64,19 @@ class EntryOut(BaseModel):
     verifications: list[VerificationOut] | None = Field(default=None, description="one entry: its history")
 
 
+class OpenAIModel(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+    #: the gateway's view: loaded, loading, unloaded
+    status: str
+
+
 class ModelsOut(BaseModel):
+    #: OpenAI's list shape: what ``model`` in a request may name (aliases, loaded and catalog GGUF models)
+    object: str = "list"
+    data: list[OpenAIModel]
     models: list[EntryOut]
     disk_bytes: int
 
@@ -160,5 +172,24 @@ class EngineOut(BaseModel):
     error: str | None = None
 
 
+class GatewayModelOut(BaseModel):
+    """One model of the gateway (docs/engines.md, "One endpoint for every model")."""
+
+    model: str
+    model_id: str
+    pool_id: str
+    #: unloaded, loading, ready, draining
+    state: str
+    in_flight: int
+    queue_depth: int
+    last_used_ms: int | None
+    keep_alive_s: float
+    url: str | None = None
+    memory: dict[str, int] | None = None
+    #: why it has no engine: {reason: idle|evicted|crashed|failed|requested, at_ms, error}
+    unloaded: dict[str, Any] | None = None
+
+
 class EnginesOut(BaseModel):
     engines: list[EngineOut]
+    gateway: list[GatewayModelOut]

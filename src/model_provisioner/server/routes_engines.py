@@ -6,10 +6,11 @@ or open other ports would let a caller reach what the API otherwise refuses."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
@@ -130,8 +131,16 @@ def start_engine(
     summary="Every engine pool",
     responses=documented(EnginesOut, {"engines": [ENGINE_EXAMPLE]}, errors=()),
 )
-def list_engines(ctx: Ctx) -> Any:
-    return {"engines": engine_api.engines_json(ctx.prov)}
+async def list_engines(request: Request, ctx: Ctx) -> Any:
+    """The pools (the gateway's among them, each with its ``gateway`` view: last use, queue, why it was
+    unloaded), and the gateway's models with or without an engine."""
+    pools = await asyncio.to_thread(engine_api.engines_json, ctx.prov)
+    slots = request.app.state.gateway.listing()
+    by_pool = {slot["pool_id"]: slot for slot in slots}
+    for pool in pools:
+        if pool["pool_id"] in by_pool:
+            pool["gateway"] = by_pool[pool["pool_id"]]
+    return {"engines": pools, "gateway": slots}
 
 
 @router.get(

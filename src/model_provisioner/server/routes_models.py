@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from model_provisioner.api.shapes import entry_json
@@ -17,6 +18,7 @@ from model_provisioner.ops.usage import usage
 from model_provisioner.server.context import ApiContext, context, documented, error_body
 from model_provisioner.server.jobs import Job, origin_of_ref
 from model_provisioner.server.responses import EntryOut, JobOut, ModelsOut, PushOut, RemovedOut, ReportOut, ResolvedOut
+from model_provisioner.server.routes_openai import openai_models
 from model_provisioner.server.schemas import DIGEST_EXAMPLE, MODEL_EXAMPLE, EnsureRequest, PushRequest
 
 router = APIRouter()
@@ -122,13 +124,32 @@ def get_job(ctx: Ctx, job_id: str) -> Any:
 @router.get(
     "/v1/models",
     tags=["models"],
-    summary="List the catalog",
-    responses=documented(ModelsOut, {"models": [ENTRY_EXAMPLE], "disk_bytes": 896}, errors=()),
+    summary="List the catalog; in OpenAI's shape (object, data) what the gateway serves",
+    responses=documented(
+        ModelsOut,
+        {
+            "object": "list",
+            "data": [
+                {"id": "tiny", "object": "model", "created": 0, "owned_by": "model-provisioner", "status": "loaded"}
+            ],
+            "models": [ENTRY_EXAMPLE],
+            "disk_bytes": 896,
+        },
+        errors=(),
+    ),
 )
-def list_models(ctx: Ctx) -> Any:
+async def list_models(request: Request, ctx: Ctx) -> Any:
     prov = ctx.prov
-    models = [entry_json(e, provisioning_now=prov.provisioning_now(e)) for e in prov.list_models()]
-    return {"models": models, "disk_bytes": usage(prov).disk_bytes}
+
+    def catalog() -> tuple[list[dict[str, Any]], int]:
+        entries = [entry_json(e, provisioning_now=prov.provisioning_now(e)) for e in prov.list_models()]
+        return entries, usage(prov).disk_bytes
+
+    models, disk_bytes = await asyncio.to_thread(catalog)
+    servable = [m["id"] for m in models if m["format"] == "gguf" and m["lifecycle"] == "Active"]
+    created = {m["id"]: m["created_ms"] or 0 for m in models}
+    data = openai_models(request.app.state.gateway, servable, created)
+    return {"object": "list", "data": data, "models": models, "disk_bytes": disk_bytes}
 
 
 @router.post(
