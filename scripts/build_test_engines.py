@@ -45,6 +45,11 @@ def regenerate_runnable_example(directory: Path) -> Path:
     llama-spm vocabulary. The test suite checks it is byte for byte the shipped file."""
     from make_runnable_gguf import write_runnable_gguf
 
+    return write_runnable_gguf(test_vocab(directory), directory / RUNNABLE_EXAMPLE.name, tied=True)
+
+
+def test_vocab(directory: Path) -> Path:
+    """The sdist's llama-spm vocabulary as ``directory/vocab.gguf`` (the runnable models' tokenizer)."""
     sdist = fetch_test_assets.CACHE / fetch_test_assets.SDIST
     with tarfile.open(sdist) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(VOCAB))
@@ -52,7 +57,7 @@ def regenerate_runnable_example(directory: Path) -> Path:
         assert source is not None
         vocab = directory / "vocab.gguf"
         vocab.write_bytes(source.read())
-    return write_runnable_gguf(vocab, directory / RUNNABLE_EXAMPLE.name, tied=True)
+    return vocab
 
 
 TRITON = fetch_test_assets.CACHE / "triton"

@@ -10,14 +10,12 @@ import time
 from typing import Any
 
 from model_provisioner.api.handoff import provision_and_handoff, provision_config
-from model_provisioner.api.shapes import entry_json
+from model_provisioner.api.shapes import entry_json, with_memory
 from model_provisioner.cli.context import provisioner
 from model_provisioner.cli.output import PROG, ago, emit, progress_bar
-from model_provisioner.config.settings import Settings
-from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound, ProvisionerError
+from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
 from model_provisioner.core.refs import FileRef, parse
 from model_provisioner.core.units import human_size
-from model_provisioner.engines.admission import file_estimate
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.memory import MemoryEstimate
 
@@ -79,9 +77,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         }
     else:
         raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
-    memory = _memory(payload, prov.settings)
-    if memory is not None:
-        payload["memory"] = memory.as_json()
+    memory = with_memory(payload, prov.settings.engines.llamacpp)
     if args.json:
         emit(args, payload)
     else:
@@ -103,19 +99,6 @@ def _write_inspection(payload: dict[str, Any], memory: MemoryEstimate | None) ->
             sys.stdout.write(f"memory: {memory.describe()} with llama-server's defaults\n")
         elif key != "verifications":
             sys.stdout.write(f"{key}: {value}\n")
-
-
-def _memory(payload: dict[str, Any], settings: Settings) -> MemoryEstimate | None:
-    """What llama-server would need for this GGUF at the context ``up`` gives it (docs/engines.md)."""
-    path = payload.get("local_path")
-    if payload.get("format") != "gguf" or not isinstance(path, str) or not os.path.isfile(path):
-        return None
-    try:
-        return file_estimate(
-            path, str(payload["id"]), int(payload.get("size_bytes") or 0), (), settings.engines.llamacpp
-        )
-    except ProvisionerError:
-        return None  # a header that cannot be read: inspect shows the rest
 
 
 def cmd_locate(args: argparse.Namespace) -> int:

@@ -148,6 +148,10 @@ class Gateway:
     async def acquire(self, name: str, keep_alive_s: float | None = None) -> Ticket:
         target = self.resolve(name)
         slot = self.slots.get(target.pool)
+        if (slot is None or not slot.holds_engine) and target.name == target.model_id:
+            # a model named by its id, with no flags of its own: whichever engine already serves it
+            serving = (s for s in self.slots.values() if s.target.model_id == target.model_id and s.holds_engine)
+            slot = next(serving, slot)
         if slot is None:
             slot = self.slots[target.pool] = Slot(target, keep_alive_s=self._keep_alive(target, None))
         if slot.in_flight + slot.waiting >= self.settings.max_queue:

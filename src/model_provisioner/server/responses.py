@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -193,3 +193,12 @@ class GatewayModelOut(BaseModel):
 class EnginesOut(BaseModel):
     engines: list[EngineOut]
     gateway: list[GatewayModelOut]
+
+
+class OpenAIAnswer(BaseModel):
+    """What the model's engine answered, passed on as it is (OpenAI's shape; llama-server adds ``timings``)."""
+
+    model_config = ConfigDict(extra="allow")
+    object: str
+    model: str | None = None
+    usage: dict[str, Any] | None = None

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from model_provisioner.api.shapes import entry_json
+from model_provisioner.api.shapes import entry_json, with_memory
 from model_provisioner.core.errors import NotFound, ProvisionerError, ServerBusy
 from model_provisioner.core.refs import parse
 from model_provisioner.obs.audit import CORRELATION_ID, audit
@@ -219,7 +219,9 @@ def get_model(ctx: Ctx, model_id: str) -> Any:
     if entry is None:
         raise NotFound(f"{parse(model_id).id} is not in the catalog")
     history = ctx.prov.catalog.verifications(entry.id)
-    return entry_json(entry, history, provisioning_now=ctx.prov.provisioning_now(entry))
+    payload = entry_json(entry, history, provisioning_now=ctx.prov.provisioning_now(entry))
+    with_memory(payload, ctx.settings.engines.llamacpp)
+    return payload
 
 
 @router.delete(

@@ -27,6 +27,7 @@ from model_provisioner.core.errors import ConfigError, EngineFailed, InvalidInpu
 from model_provisioner.engines.gateway import Gateway, Ticket
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.server.context import documented
+from model_provisioner.server.responses import GatewayModelOut, OpenAIAnswer
 from model_provisioner.server.schemas import StrictBody
 
 router = APIRouter()
@@ -171,17 +172,71 @@ async def proxy(request: Request, path: str) -> Response:
     return Passthrough(upstream, ticket, gw, started)
 
 
-@router.post("/v1/chat/completions", tags=["openai"], summary="OpenAI chat completions, through the gateway")
+CHAT_EXAMPLE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1764720000,
+    "model": "hf:TheOrg/Tiny-GGUF:Q4_K_M",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+}
+COMPLETION_EXAMPLE = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1764720000,
+    "model": "hf:TheOrg/Tiny-GGUF:Q4_K_M",
+    "choices": [{"index": 0, "text": " a time", "finish_reason": "length"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
+EMBEDDING_EXAMPLE = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.012, -0.034]}],
+    "model": "hf:TheOrg/Tiny-GGUF:Q4_K_M",
+    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+}
+#: every error of a request through the gateway: its model unknown (404), refused by policy (403), failing
+#: verification (422), its queue full (503), no memory for it (507), its engine failing (502)
+GATEWAY_ERRORS = (400, 403, 404, 422, 502, 503, 507)
+
+
+def _body(example: dict[str, Any]) -> dict[str, Any]:
+    """The request body as OpenAPI shows it (the gateway passes it on as it is, adding nothing)."""
+    schema = {"type": "object", "required": ["model"], "additionalProperties": True}
+    examples = {"default": {"summary": "an alias of the models: list", "value": example}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}}
+    }
+
+
+@router.post(
+    "/v1/chat/completions",
+    tags=["openai"],
+    summary="OpenAI chat completions through the gateway (stream: true for SSE); keep_alive as Ollama's",
+    responses=documented(OpenAIAnswer, CHAT_EXAMPLE, errors=GATEWAY_ERRORS),
+    openapi_extra=_body({"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "stream": True}),
+)
 async def chat_completions(request: Request) -> Response:
     return await proxy(request, "/v1/chat/completions")
 
 
-@router.post("/v1/completions", tags=["openai"], summary="OpenAI completions, through the gateway")
+@router.post(
+    "/v1/completions",
+    tags=["openai"],
+    summary="OpenAI completions through the gateway",
+    responses=documented(OpenAIAnswer, COMPLETION_EXAMPLE, errors=GATEWAY_ERRORS),
+    openapi_extra=_body({"model": "tiny", "prompt": "Once upon", "max_tokens": 2}),
+)
 async def completions(request: Request) -> Response:
     return await proxy(request, "/v1/completions")
 
 
-@router.post("/v1/embeddings", tags=["openai"], summary="OpenAI embeddings (an engine started with --embeddings)")
+@router.post(
+    "/v1/embeddings",
+    tags=["openai"],
+    summary="OpenAI embeddings through the gateway (a model whose flags include --embeddings)",
+    responses=documented(OpenAIAnswer, EMBEDDING_EXAMPLE, errors=GATEWAY_ERRORS),
+    openapi_extra=_body({"model": "tiny-embed", "input": "Hello"}),
+)
 async def embeddings(request: Request) -> Response:
     return await proxy(request, "/v1/embeddings")
 
@@ -191,6 +246,7 @@ class ModelName(StrictBody):
     keep_alive: float | str | None = None
 
 
+NAME_EXAMPLES: dict[str, Any] = {"alias": {"summary": "an alias of the models: list", "value": {"model": "tiny"}}}
 SLOT_EXAMPLE = {
     "model": "tiny",
     "model_id": "hf:TheOrg/Tiny-GGUF:Q4_K_M",
@@ -208,9 +264,9 @@ SLOT_EXAMPLE = {
     "/v1/models/load",
     tags=["openai"],
     summary="Load a model now (as its first request would); answers when its engine is ready",
-    responses=documented(None, SLOT_EXAMPLE, errors=(400, 403, 404, 422, 502, 503, 507)),
+    responses=documented(GatewayModelOut, SLOT_EXAMPLE, errors=(400, 403, 404, 422, 502, 503, 507)),
 )
-async def load_model(request: Request, body: Annotated[ModelName, Body()]) -> Any:
+async def load_model(request: Request, body: Annotated[ModelName, Body(openapi_examples=NAME_EXAMPLES)]) -> Any:
     gw = gateway(request)
     ticket = await until_disconnect(request, gw.acquire(body.model, keep_alive_of(body.keep_alive)))
     gw.release(ticket)
@@ -221,9 +277,9 @@ async def load_model(request: Request, body: Annotated[ModelName, Body()]) -> An
     "/v1/models/unload",
     tags=["openai"],
     summary="Unload a model (after its running requests); answers when its engine is stopped",
-    responses=documented(None, {**SLOT_EXAMPLE, "state": "unloaded"}, errors=(400, 404)),
+    responses=documented(GatewayModelOut, {**SLOT_EXAMPLE, "state": "unloaded"}, errors=(400, 404)),
 )
-async def unload_model(request: Request, body: Annotated[ModelName, Body()]) -> Any:
+async def unload_model(request: Request, body: Annotated[ModelName, Body(openapi_examples=NAME_EXAMPLES)]) -> Any:
     return await gateway(request).unload(body.model)
 
 
