@@ -197,7 +197,7 @@ def test_concurrent_first_requests_start_one_engine(
 
 
 def test_idle_unload_lru_eviction_and_explicit_unload(
-    api_factory: Any, llama_server: str, models: dict[str, Path]
+    api_factory: Any, llama_server: str, models: dict[str, Path], cache_dir: Path
 ) -> None:
     api = gateway_api(api_factory, llama_server, models, max_loaded=2)
     oai = client(api)
@@ -214,6 +214,12 @@ def test_idle_unload_lru_eviction_and_explicit_unload(
     assert seen["a"]["unloaded"]["reason"] == "evicted"
     assert seen["b"]["state"] == seen["c"]["state"] == "ready"
     assert EngineCounter(llama_server, models).now() == {"b": 1, "c": 1}
+    # the CLI sees what the gateway decided, from its record
+    listed = {e["pool_id"]: e for e in run_cli("engines", "--json", cache_dir=cache_dir).json()["engines"]}
+    assert listed[seen["a"]["pool_id"]]["gateway"]["unloaded"]["reason"] == "evicted"
+    assert listed[seen["b"]["pool_id"]]["gateway"]["state"] == "ready"
+    table = run_cli("engines", cache_dir=cache_dir).stdout
+    assert "a: unloaded (evicted)" in table and "b: ready, used " in table
     # by hand
     answer = api.client.post("/v1/models/unload", json={"model": "b"}, timeout=60)
     assert answer.status_code == 200 and answer.json()["unloaded"]["reason"] == "requested"
@@ -356,3 +362,22 @@ def test_the_memory_estimate_is_within_15_percent_of_what_llama_server_reports(
         reported = {kind: float(mib) for kind, mib in found}
         total = sum(reported.values()) * 2**20
         assert abs(expected - total) <= 0.15 * total, (name, ctx, expected, total, reported)
+
+
+def test_the_readme_client_streams_from_the_readme_gateway(api_factory: Any, llama_server: str, tmp_path: Path) -> None:
+    """The README's settings and its OpenAI client, as printed (the port is the test's, paths from the repository,
+    the engine the suite's)."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### One endpoint for every model") :]
+    settings = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    settings["api_file_roots"] = [str(ROOT / r) for r in settings["api_file_roots"]]
+    for model in settings["models"]:
+        model["ref"] = str(ROOT / model["ref"])
+    api = api_factory(settings={**settings, "engines": {"llamacpp": {"binary": llama_server}}}, token=None)
+    script = tmp_path / "client.py"
+    script.write_text(snippet.replace("http://127.0.0.1:8077", api.url))
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr

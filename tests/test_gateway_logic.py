@@ -13,7 +13,7 @@ from model_provisioner import Settings
 from model_provisioner.config.gateway import GatewaySettings, parse_gateway
 from model_provisioner.core.errors import ConfigError, InsufficientMemory, InvalidInput, NotFound, PolicyDenied
 from model_provisioner.engines.admission import Loaded, room, to_evict
-from model_provisioner.engines.gateway import target_of
+from model_provisioner.engines.targets import target_of
 from model_provisioner.formats.gguf import read_gguf
 from model_provisioner.formats.memory import MemoryEstimate, ModelShape, element_bytes, estimate
 from model_provisioner.server.routes_openai import keep_alive_of

@@ -10,6 +10,7 @@ from model_provisioner.api.handoff import write_engine_handoff
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.engines import pools
+from model_provisioner.engines.gateway_record import live_gateway_models
 from model_provisioner.engines.handoff import update_handoff
 from model_provisioner.engines.state import PoolState, check_engine_kind
 from model_provisioner.verify.results import ResolvedModel
@@ -70,4 +71,12 @@ def down(prov: ModelProvisioner, pool: str, *, forget: bool = False) -> PoolStat
 
 
 def engines_json(prov: ModelProvisioner) -> list[dict[str, Any]]:
-    return [state.as_json() for state in pools.pools(prov)]
+    """Every pool; a running gateway's pools carry its view under ``gateway`` (last use, queue, why unloaded)."""
+    by_pool = {model["pool_id"]: model for model in live_gateway_models(prov.store.root) if "pool_id" in model}
+    out = []
+    for state in pools.pools(prov):
+        shown = state.as_json()
+        if state.pool_id in by_pool:
+            shown["gateway"] = by_pool[state.pool_id]
+        out.append(shown)
+    return out

@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from model_provisioner.api import engines as engine_api
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.context import provisioner, provisioner_settings
-from model_provisioner.cli.output import PROG, emit, write_table
+from model_provisioner.cli.output import PROG, ago, emit, write_table
 from model_provisioner.config.engine_run import EngineRun, load_engine_config
 from model_provisioner.config.settings import api_settings
 from model_provisioner.core.errors import EngineNotInstalled, InvalidInput, ProvisionerError
@@ -81,7 +82,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
     if args.json:
         emit(args, {"engines": listed})
         return 0
-    rows = [("POOL", "ENGINE", "STATE", "URL", "PID", "RESTARTS", "UPTIME", "MODEL")]
+    rows = [("POOL", "ENGINE", "STATE", "URL", "PID", "RESTARTS", "UPTIME", "GATEWAY", "MODEL")]
     for e in listed:
         rows.append(
             (
@@ -92,6 +93,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
                 str(e["pid"] or "-"),
                 str(e["restarts"]),
                 f"{e['uptime_s']:.0f}s",
+                gateway_column(e.get("gateway")),
                 e["model_id"],
             )
         )
@@ -100,6 +102,19 @@ def cmd_engines(args: argparse.Namespace) -> int:
     else:
         sys.stderr.write(f"{PROG}: no engine pools (start one with `{PROG} up REF`)\n")
     return 0
+
+
+def gateway_column(model: dict[str, Any] | None) -> str:
+    """A gateway pool's model as ``engines`` shows it: its name, last use and queue, or why it was unloaded."""
+    if not isinstance(model, dict):
+        return "-"
+    name = str(model.get("model", "?"))[:40]
+    unloaded = model.get("unloaded")
+    if model.get("state") == "unloaded" and isinstance(unloaded, dict):
+        return f"{name}: unloaded ({unloaded.get('reason')})"
+    used = model.get("last_used_ms")
+    since = ago(time.time() * 1000 - used) if isinstance(used, int) else "never used"
+    return f"{name}: {model.get('state')}, used {since}, queue {model.get('queue_depth', 0)}"
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ the memory estimate, ``pools.up``/``down``) runs in worker threads.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,13 +23,14 @@ from typing import Any, Literal
 
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.config.gateway import GatewaySettings
-from model_provisioner.core.errors import EngineFailed, InvalidInput, NotFound, ProvisionerError, ServerBusy, quote
-from model_provisioner.core.refs import FileRef, parse
+from model_provisioner.core.errors import EngineFailed, InvalidInput, ProvisionerError, ServerBusy
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import pools
 from model_provisioner.engines.admission import Loaded, available_memory, model_estimate, to_evict
+from model_provisioner.engines.gateway_record import GatewayRecord
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.state import PoolState, truthful
+from model_provisioner.engines.targets import Target
 from model_provisioner.formats.memory import MemoryEstimate
 from model_provisioner.obs.metrics import METRICS
 
@@ -38,23 +38,8 @@ log = logging.getLogger("model_provisioner")
 UnloadReason = Literal["never", "idle", "evicted", "crashed", "failed", "requested"]
 #: how often idle and crashed engines are looked for
 SWEEP_S = 1.0
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a request's ``model`` names: the ref to ensure, with its digest, engine flags and keep_alive."""
-
-    name: str
-    ref: str
-    model_id: str
-    digest: str | None = None
-    flags: tuple[str, ...] = ()
-    keep_alive_s: float | None = None
-
-    @property
-    def pool(self) -> str:
-        key = hashlib.sha256("\n".join((self.model_id, *self.flags)).encode()).hexdigest()
-        return f"gw-{key[:12]}"
+#: models the gateway remembers (loaded or not); past it, unloaded ones are forgotten
+MAX_SLOTS = 1024
 
 
 @dataclass
@@ -135,8 +120,17 @@ class Ticket:
 
 
 class Gateway:
-    def __init__(self, host: EngineHost, settings: GatewaySettings, resolve: Callable[[str], Target]) -> None:
+    def __init__(
+        self,
+        host: EngineHost,
+        settings: GatewaySettings,
+        resolve: Callable[[str], Target],
+        record: GatewayRecord | None = None,
+    ) -> None:
         self.host = host
+        self.record = record
+        #: a model's last use changed since the record was written
+        self.dirty = False
         self.settings = settings
         self.resolve = resolve
         self.slots: dict[str, Slot] = {}
@@ -153,6 +147,7 @@ class Gateway:
             serving = (s for s in self.slots.values() if s.target.model_id == target.model_id and s.holds_engine)
             slot = next(serving, slot)
         if slot is None:
+            self._forget_unloaded()
             slot = self.slots[target.pool] = Slot(target, keep_alive_s=self._keep_alive(target, None))
         if slot.in_flight + slot.waiting >= self.settings.max_queue:
             raise ServerBusy(
@@ -199,6 +194,13 @@ class Gateway:
             if slot.keep_alive_s == 0 and isinstance(slot.phase, Ready):
                 self._spawn(self._unload(slot, "idle"))
 
+    def _forget_unloaded(self) -> None:
+        """Callers may name any ref: past ``MAX_SLOTS`` models, those without an engine or a request are
+        forgotten (oldest first; a failed one may then be tried again sooner than its back-off)."""
+        idle = [k for k, s in self.slots.items() if isinstance(s.phase, Unloaded) and not s.waiting and not s.in_flight]
+        for key in idle[: max(0, len(self.slots) - MAX_SLOTS + 1)]:
+            del self.slots[key]
+
     def _keep_alive(self, target: Target, asked: float | None) -> float:
         if asked is not None:
             return asked
@@ -207,14 +209,9 @@ class Gateway:
     def _touch(self, slot: Slot) -> None:
         slot.last_used = time.monotonic()
         slot.last_used_ms = now_ms()
+        self.dirty = True
 
     # ------------------------------------------------------------------------------ load / unload
-    async def load(self, name: str) -> dict[str, Any]:
-        """Load without a request (``POST /v1/models/load``): returns when the model is ready."""
-        ticket = await self.acquire(name)
-        self.release(ticket)
-        return ticket.slot.as_json()
-
     async def unload(self, name: str) -> dict[str, Any]:
         target = self.resolve(name)
         slot = self.slots.get(target.pool)
@@ -311,6 +308,8 @@ class Gateway:
                     self._spawn(self._unload(slot, "idle"))
                 else:
                     await self._check_alive(slot, slot.phase)
+            if self.dirty:
+                self._write_record()
             await asyncio.sleep(SWEEP_S)
 
     async def _check_alive(self, slot: Slot, phase: Ready) -> None:
@@ -334,6 +333,8 @@ class Gateway:
             if isinstance(slot.phase, Loading):
                 await slot.phase.done.wait()
             await self._unload(slot, "requested")
+        if self.record is not None:
+            self.record.remove()
 
     def listing(self) -> list[dict[str, Any]]:
         return [slot.as_json() for slot in self.slots.values()]
@@ -349,27 +350,16 @@ class Gateway:
     def _notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+        self._write_record()
+
+    def _write_record(self) -> None:
+        self.dirty = False
+        if self.record is None:
+            return
+        try:
+            self.record.write(self.listing())
+        except (OSError, ProvisionerError) as exc:  # what `engines` shows is never worth a failed request
+            log.warning("gateway: cannot write %s: %s", self.record.path, exc)
 
     async def _wait_changed(self) -> None:
         await self.changed.wait()
-
-
-def target_of(name: str, settings: GatewaySettings, check_ref: Callable[[str], None]) -> Target:
-    """A request's ``model``: an alias of the ``models:`` list, else a catalog id or a ref (``check_ref``: the
-    API's rules for refs, e.g. file refs only under its roots). A bare word that is neither is not taken for a
-    file in the server's working directory."""
-    if not name or len(name) > 4096:
-        raise InvalidInput("model must be an alias, a model id or a ref of at most 4096 characters")
-    listed = settings.model(name)
-    if listed is not None:
-        model_id = parse(listed.ref).id
-        return Target(listed.alias, listed.ref, model_id, listed.digest, listed.flags, listed.keep_alive_s)
-    ref = parse(name)
-    if isinstance(ref, FileRef) and not name.startswith(("/", "./", "../", "~", "file:", "local:")):
-        aliases = ", ".join(m.alias for m in settings.models[:20]) or "none configured"
-        raise NotFound(
-            f"model {quote(name)} is not an alias of this gateway ({aliases}) nor a model id or ref; "
-            "GET /v1/models lists what it serves"
-        )
-    check_ref(name)
-    return Target(ref.id, ref.id, ref.id)

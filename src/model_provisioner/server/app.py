@@ -34,7 +34,9 @@ from model_provisioner.config.settings import Settings, api_settings
 from model_provisioner.core.errors import InvalidInput, ProvisionerError
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.version import VERSION
-from model_provisioner.engines.gateway import Gateway, target_of
+from model_provisioner.engines.gateway import Gateway
+from model_provisioner.engines.gateway_record import GatewayRecord
+from model_provisioner.engines.targets import target_of
 from model_provisioner.obs.audit import CORRELATION_ID, audit
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.server import routes_cache, routes_engines, routes_models, routes_openai
@@ -47,7 +49,12 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
     prov = provisioner or ModelProvisioner(settings)
     METRICS.enable()
     ctx = make_context(settings, prov)
-    gateway = Gateway(prov, settings.gateway, lambda name: target_of(name, settings.gateway, ctx.check_ref_allowed))
+    gateway = Gateway(
+        prov,
+        settings.gateway,
+        lambda name: target_of(name, settings.gateway, ctx.check_ref_allowed),
+        GatewayRecord(prov.store.root),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

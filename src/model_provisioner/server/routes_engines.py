@@ -137,7 +137,7 @@ async def list_engines(request: Request, ctx: Ctx) -> Any:
     pools = await asyncio.to_thread(engine_api.engines_json, ctx.prov)
     slots = request.app.state.gateway.listing()
     by_pool = {slot["pool_id"]: slot for slot in slots}
-    for pool in pools:
+    for pool in pools:  # this server's own view, newer than its record
         if pool["pool_id"] in by_pool:
             pool["gateway"] = by_pool[pool["pool_id"]]
     return {"engines": pools, "gateway": slots}
