@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "examples"))
 import build_test_engines  # noqa: E402
-from bench_engines import bare, free_port, wait_healthy  # noqa: E402
+from bench_engines import bare, free_port  # noqa: E402
 from bench_router import fmt, instances  # noqa: E402
 
 TOKEN = "bench-token"
@@ -74,7 +74,17 @@ class Serve:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_healthy(self.url, "serve")
+        deadline = time.monotonic() + 60
+        while not self.healthy():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("serve never became ready")
+            time.sleep(0.01)
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def engine_url(self, alias: str) -> str:
         slots = httpx.get(f"{self.url}/v1/engines", headers=AUTH, timeout=30).json()["gateway"]
