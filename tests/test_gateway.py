@@ -381,3 +381,49 @@ def test_the_readme_client_streams_from_the_readme_gateway(api_factory: Any, lla
     script.write_text(snippet.replace("http://127.0.0.1:8077", api.url))
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
+
+
+def test_a_full_queue_is_503_with_retry_after_and_bad_requests_are_400(
+    api_factory: Any, llama_server: str, models: dict[str, Path]
+) -> None:
+    api = gateway_api(api_factory, llama_server, models, max_queue=2)
+    oai = client(api)
+    oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+    pid = next(e["pid"] for e in api.client.get("/v1/engines").json()["engines"] if e["state"] == "ready")
+    os.kill(pid, signal.SIGSTOP)  # the engine holds every request it gets
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(lambda: oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2))]
+            held.append(pool.submit(lambda: oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2)))
+            wait_for(lambda: slots(api)["a"]["in_flight"] == 2, 30, "two requests at the engine")
+            full = api.client.post("/v1/chat/completions", json={"model": "a", "messages": HELLO})
+            os.kill(pid, signal.SIGCONT)
+            assert all(h.result().choices[0].message.content for h in held)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert full.status_code == 503 and "gateway.max_queue" in full.json()["error"]["message"], full.text
+    assert int(full.headers["Retry-After"]) >= 1
+    # what a caller sends is validated before anything is loaded
+    post = api.client.post
+    assert post("/v1/chat/completions", content=b"not json").status_code == 400
+    assert post("/v1/chat/completions", json=["a"]).status_code == 400
+    assert post("/v1/chat/completions", json={"model": 7, "messages": HELLO}).status_code == 400
+    huge = post("/v1/chat/completions", json={"model": "m" * 5000, "messages": HELLO})
+    assert huge.status_code == 400 and len(huge.json()["error"]["message"]) < 300
+    bad_keep = post("/v1/chat/completions", json={"model": "a", "messages": HELLO, "keep_alive": "soon"})
+    assert bad_keep.status_code == 400 and "keep_alive" in bad_keep.json()["error"]["message"]
+    assert post("/v1/models/load", json={"model": "a", "extra": 1}).status_code == 400
+
+
+def test_an_engine_stopped_behind_the_gateways_back_is_loaded_again(
+    api_factory: Any, llama_server: str, models: dict[str, Path], cache_dir: Path
+) -> None:
+    api = gateway_api(api_factory, llama_server, models)
+    oai = client(api)
+    oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+    pool = slots(api)["a"]["pool_id"]
+    run_cli("down", "--pool", pool, cache_dir=cache_dir)
+    gone = wait_for(lambda: slots(api)["a"].get("unloaded"), 30, "the gateway to notice")
+    assert gone["reason"] == "crashed"
+    answer = oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
+    assert answer.choices[0].message.content and EngineCounter(llama_server, models).now() == {"a": 1}
