@@ -427,3 +427,15 @@ def test_an_engine_stopped_behind_the_gateways_back_is_loaded_again(
     assert gone["reason"] == "crashed"
     answer = oai.chat.completions.create(model="a", messages=HELLO, max_tokens=2)
     assert answer.choices[0].message.content and EngineCounter(llama_server, models).now() == {"a": 1}
+
+
+def test_embeddings_from_a_model_started_for_them(api_factory: Any, llama_server: str, models: dict[str, Path]) -> None:
+    settings = {
+        "api_file_roots": [str(models["a"].parent)],
+        "engines": {"llamacpp": {"binary": llama_server}},
+        "gateway": {"memory_reserve": 0},
+        "models": [{"alias": "embed", "ref": str(models["a"]), "flags": ["--embeddings", "--pooling", "mean"]}],
+    }
+    api = api_factory(settings=settings)
+    vectors = client(api).embeddings.create(model="embed", input=["Hello", "Once upon a time"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64  # the model's width
