@@ -24,6 +24,7 @@ from typing import Any, Literal
 from model_provisioner.config.engine_run import EngineRun
 from model_provisioner.config.gateway import GatewaySettings
 from model_provisioner.core.errors import EngineFailed, InvalidInput, ProvisionerError, ServerBusy
+from model_provisioner.core.redact import redact_text
 from model_provisioner.core.units import now_ms
 from model_provisioner.engines import pools
 from model_provisioner.engines.admission import Loaded, available_memory, model_estimate, to_evict
@@ -106,7 +107,7 @@ class Slot:
         if isinstance(phase, Unloaded) and phase.reason != "never":
             out["unloaded"] = {"reason": phase.reason, "at_ms": phase.at_ms}
             if phase.error is not None:
-                out["unloaded"]["error"] = str(phase.error)
+                out["unloaded"]["error"] = redact_text(str(phase.error))[:500]
         return out
 
 

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -58,8 +59,6 @@ def create_app(settings: Settings | None = None, provisioner: ModelProvisioner |
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import httpx  # noqa: PLC0415  # heavy: httpx, only to serve
-
         # the engines are ours, on loopback: no proxy, no environment; a token may take long to come
         app.state.upstream = httpx.AsyncClient(
             trust_env=False, timeout=httpx.Timeout(10.0, read=600.0), limits=httpx.Limits(max_connections=None)
