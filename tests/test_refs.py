@@ -252,3 +252,39 @@ def test_odd_hosts_are_invalid_refs(cache_dir: Path) -> None:
         result = run_cli("ensure", f"https://{host}/m.gguf", cache_dir=cache_dir)
         assert result.code == 2 and "host" in result.stderr, (host, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("typed", "canonical"),
+    [
+        ("hf.co/TheOrg/Tiny-GGUF:Q4_K_M", "hf:TheOrg/Tiny-GGUF:Q4_K_M"),
+        ("hf.co/TheOrg/Tiny-GGUF:q4_k_m", "hf:TheOrg/Tiny-GGUF:Q4_K_M"),
+        ("HF.co/org/repo", "hf:org/repo"),
+        ("huggingface.co/org/repo/sub/m.gguf", "hf:org/repo/sub/m.gguf"),
+        ("huggingface.co/org/repo/blob/main/m.gguf", "hf:org/repo/m.gguf"),
+        ("www.huggingface.co/org/repo/resolve/v1.0/m.gguf", "hf:org/repo@v1.0/m.gguf"),
+    ],
+)
+def test_the_hub_as_ollama_ramalama_and_docker_model_spell_it(typed: str, canonical: str) -> None:
+    ref = parse(typed)
+    assert isinstance(ref, HfRef) and ref.id == canonical and parse(ref.id).id == canonical
+
+
+def test_a_local_path_that_starts_like_the_hub_is_written_with_dot_slash(tmp_path: Path) -> None:
+    assert isinstance(parse("./hf.co/org/m.gguf", cwd=tmp_path), FileRef)
+    with pytest.raises(InvalidModelRef, match=r"hf\.co/org"):
+        parse("hf.co/org")  # the Hub form needs a repo
+
+
+@pytest.mark.parametrize("typed", ["TheOrg/Tiny-GGUF", "TheOrg/Tiny-GGUF:Q4_K_M"])
+def test_a_bare_org_repo_that_is_no_file_suggests_its_hub_ref(typed: str, tmp_path: Path) -> None:
+    for command in (["ensure", typed], ["inspect", typed]):
+        failed = run_cli(*command, cache_dir=tmp_path / "cache", cwd=tmp_path)
+        assert failed.code == 3, failed.stderr
+        assert f"write hf:{typed}" in failed.stderr
+        suggested = failed.stderr.rsplit("write ", 1)[1].strip()
+        assert isinstance(parse(suggested), HfRef)  # the suggestion is a Hub ref as printed
+    (tmp_path / "TheOrg").mkdir()
+    (tmp_path / "TheOrg" / "Tiny-GGUF").write_bytes(b"not a model")
+    there = run_cli("inspect", "TheOrg/Tiny-GGUF", cache_dir=tmp_path / "cache", cwd=tmp_path)
+    assert "hf:" not in there.stderr  # a file that exists is that file

@@ -14,7 +14,7 @@ from model_provisioner.api.shapes import entry_json, with_memory
 from model_provisioner.cli.context import provisioner
 from model_provisioner.cli.output import PROG, ago, emit, progress_bar
 from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
-from model_provisioner.core.refs import FileRef, parse
+from model_provisioner.core.refs import FileRef, hub_hint, parse
 from model_provisioner.core.units import human_size
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.memory import MemoryEstimate
@@ -65,7 +65,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         payload = entry_json(entry, history, provisioning_now=provisioning_now)
     elif isinstance(ref, FileRef):
         if not os.path.isfile(ref.path):
-            raise NotFound(f"model file not found: {ref.path}; check the path")
+            raise NotFound(f"model file not found: {ref.path}; check the path{hub_hint(ref.path)}")
         info = inspect_file(ref.path, ref.id)
         payload = {
             "id": ref.id,

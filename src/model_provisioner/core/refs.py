@@ -69,6 +69,9 @@ def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str
         raise InvalidModelRef(original, f"empty reference; use one of: {SUPPORTED_FORMS}")
     if "\x00" in text:
         raise InvalidModelRef(original, "contains a NUL byte")
+    hub = _hub_host_form(text)
+    if hub is not None:
+        return _parse_remote(original, hub, "hf")
     match = _SCHEME_RE.match(text)
     if match is None or text.startswith(("./", "../", "/", "~")):
         return _parse_local(original, text, cwd)
@@ -76,6 +79,39 @@ def parse(text: str | os.PathLike[str] | ModelRef, *, cwd: str | os.PathLike[str
     if scheme not in ("file", "local"):
         return _parse_remote(original, text, scheme)  # a pure function of the text: memoized
     return _parse_scheme(original, text, scheme, cwd)
+
+
+#: the Hub's host names as ollama, ramalama and docker model let people write them (docs/refs-and-sources.md)
+_HUB_HOSTS = ("hf.co/", "huggingface.co/", "www.huggingface.co/")
+_HUB_FILE_RE = re.compile(r"^([^/]+)/([^/]+)/(?:resolve|blob)/([^/]+)/(.+)$")
+
+
+def _hub_host_form(text: str) -> str | None:
+    """``hf.co/org/repo[:QUANT]``, ``huggingface.co/org/repo[/FILE]`` and a file page
+    (``huggingface.co/org/repo/blob/REV/FILE``) as the ``hf:`` ref they mean; None for anything else (a local
+    file of that name is written ``./hf.co/…``)."""
+    lowered = text.lower()
+    host = next((h for h in _HUB_HOSTS if lowered.startswith(h)), None)
+    if host is None:
+        return None
+    rest = text[len(host) :]
+    page = _HUB_FILE_RE.match(rest)
+    if page is not None:
+        org, repo, revision, path = page.groups()
+        return f"hf:{org}/{repo}@{revision}/{path}"
+    return f"hf:{rest}"
+
+
+def hub_hint(path: str, cwd: str | None = None) -> str:
+    """For a local path that does not exist but reads like a Hub repo as typed (``org/repo``,
+    ``org/repo:Q4_K_M``): the ``hf:`` ref to write instead, as a message's tail; else ''."""
+    try:
+        typed = os.path.relpath(path, cwd or os.getcwd())
+    except ValueError:
+        return ""
+    if re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", typed) is None or typed.startswith("."):
+        return ""
+    return f"; for the Hugging Face repo {typed.split(':')[0]} write hf:{typed}"
 
 
 @functools.lru_cache(maxsize=4096)

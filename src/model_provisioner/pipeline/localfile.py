@@ -21,7 +21,7 @@ from model_provisioner.core.errors import (
     VerificationFailed,
 )
 from model_provisioner.core.hashing import FileHash, hash_file
-from model_provisioner.core.refs import FileRef, ModelRef
+from model_provisioner.core.refs import FileRef, ModelRef, hub_hint
 from model_provisioner.core.units import now_ms
 from model_provisioner.core.vocab import CheckResult
 from model_provisioner.formats import inspect_file
@@ -234,6 +234,7 @@ def stat_model_file(path: Path, subject: str) -> os.stat_result:
     except FileNotFoundError:
         raise NotFound(
             f"model file not found: {path} (from {subject}); check the path or the working directory"
+            f"{hub_hint(str(path))}"
         ) from None
     except PermissionError:
         raise InvalidInput(
