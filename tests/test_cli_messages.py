@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import EXAMPLE_GGUF, ROOT
+from .conftest import EXAMPLE_GGUF, ROOT, run_cli
 from .helpers import digest_of, safetensors_bytes
 
 
@@ -186,3 +186,33 @@ def test_the_api_reference_documents_every_public_method_as_its_docstring_says()
         assert words(doc.splitlines()[0]) in words(page), f"{name}'s summary is stale: run scripts/api_reference.py"
     for name in ("ensure_present", "verify", "register_model", "evict", "gc"):
         assert "Raises:" in (inspect.getdoc(getattr(ModelProvisioner, name)) or ""), name
+
+
+def test_help_groups_the_commands_and_every_option_says_what_it_does() -> None:
+    import argparse
+
+    from model_provisioner.cli.parser import COMMAND_GROUPS, build_parser
+
+    done = run_cli("--help")
+    assert done.code == 0
+    text = done.stdout
+    assert "==SUPPRESS==" not in text and "engine-supervise" not in text
+    for group, names in COMMAND_GROUPS.items():
+        assert f"\n{group}:\n" in text and all(f"\n  {name} " in text for name in names)
+    assert "9 engine failed" in text and "143 terminated (SIGTERM)" in text and "COMMAND ..." in text
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {name for names in COMMAND_GROUPS.values() for name in names}
+    assert set(commands.choices) - listed == {"engine-supervise"}  # every command is in a group
+
+    def undocumented(p: argparse.ArgumentParser, where: str) -> list[str]:
+        out = []
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    out += undocumented(child, f"{where} {name}")
+            elif not action.help:
+                out.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+        return out
+
+    assert undocumented(parser, "model-provisioner") == []

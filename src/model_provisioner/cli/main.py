@@ -24,8 +24,12 @@ from model_provisioner.ops.usage import publish_cache_metrics
 log = logging.getLogger("model_provisioner")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: ends a command like Ctrl-C (transfers stop, partials are kept), exit 143 (128 + 15)."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a command like Ctrl-C: transfers stop, partials are kept
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,9 +65,10 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         if getattr(args, "json", False):
             emit(args, {"error": {"code": exc.code, "exit_code": int(exc.exit_code), "message": message}})
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        sys.stderr.write(f"{PROG}: {how}; anything partly downloaded is kept: the same command resumes it\n")
+        return code
     except BrokenPipeError:
         return 0
     except Exception as exc:

@@ -49,30 +49,71 @@ def global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+#: ``--help`` lists the commands in these groups, in this order (a command in none is a test failure)
+COMMAND_GROUPS = {
+    "models": ("ensure", "pull", "inspect", "locate", "verify", "rm", "import", "provision", "push", "pin", "unpin"),
+    "cache": ("ls", "gc", "lease", "release", "leases"),
+    "engines": ("run", "up", "down", "engines", "storage-initializer"),
+    "server": ("serve",),
+}
+EXIT_CODES = (
+    "exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed,\n"
+    "  5 denied by policy or offline, 6 transfer failed, 7 out of disk space (or memory),\n"
+    "  8 timed out waiting, 9 engine failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)"
+)
+
+
+class _Commands:
+    """The command subparsers, keeping each command's one-line summary for the grouped ``--help``."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+        self.summaries: dict[str, str] = {}
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        summary = kwargs.pop("help", None)
+        if summary:
+            self.summaries[name] = summary
+        parser: argparse.ArgumentParser = self.sub.add_parser(name, description=summary, **kwargs)
+        return parser
+
+    def grouped(self) -> str:
+        width = max(len(name) for name in self.summaries) + 2
+        lines = []
+        for group, names in COMMAND_GROUPS.items():
+            lines.append(f"{group}:")
+            lines += [f"  {name.ljust(width)}{self.summaries[name]}" for name in names]
+        return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Provision models: this exact model, verified, on this machine, now.",
-        epilog="exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed, "
-        "5 denied by policy or offline, 6 transfer failed, 7 out of disk space, 8 timed out waiting, "
-        "9 engine failed, 130 interrupted",
+        usage="%(prog)s [-h] [--version] [--cache-dir DIR] [--offline] [-q] [-v] [--json] COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # the commands are listed by group in the description below, not one flat list
+    commands = _Commands(
+        parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help=argparse.SUPPRESS)
+    )
     common = argparse.ArgumentParser(add_help=False)
     global_options(common, suppress=True)
-    _add_ensure(sub, common)
-    _add_cache_commands(sub, common)
-    _add_model_commands(sub, common)
-    _add_engine_commands(sub, common)
+    _add_ensure(commands, common)
+    _add_cache_commands(commands, common)
+    _add_model_commands(commands, common)
+    _add_engine_commands(commands, common)
+    parser.description = "Provision models: this exact model, verified, on this machine, now.\n\n" + commands.grouped()
     return parser
 
 
 def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
     """``ensure`` (alias ``pull``): the main job."""
     for name in ("ensure", "pull"):
-        p = sub.add_parser(name, parents=[common], help="make a model present and verified; print its path")
+        summary = "make a model present and verified; print its path" if name == "ensure" else "the same as ensure"
+        p = sub.add_parser(name, parents=[common], help=summary)
         p.add_argument(
             "ref",
             help="model reference: ./m.gguf, ./model_repository/, file:/abs, hf:org/repo[/f.gguf], https://…, "
@@ -156,11 +197,11 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     for name, helptext in (("pin", "protect a model from eviction and gc"), ("unpin", "remove the protection")):
         p = sub.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("ref", metavar="ID")
+        p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
         p.set_defaults(func=_lazy("cache_commands", "cmd_pin"), pinned=name == "pin")
 
     p = sub.add_parser("lease", parents=[common], help="mark a model in use by a process; prints the lease id")
-    p.add_argument("ref", metavar="ID")
+    p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
     p.add_argument("--holder", help="who holds it (shown by rm)")
     p.add_argument("--pid", type=int, help="the process using it (default: the caller of this command)")
     p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
@@ -169,9 +210,9 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "push",
         parents=[common],
-        help="publish a provisioned model to a team mirror (OCI registry as ModelPack, or an S3 prefix)",
+        help="publish a model to a team mirror (an OCI registry as ModelPack, or S3)",
     )
-    p.add_argument("ref", metavar="ID")
+    p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
     p.add_argument(
         "destination",
         metavar="DEST",
@@ -184,7 +225,7 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_lazy("share_commands", "cmd_push"))
 
     p = sub.add_parser("release", parents=[common], help="end a lease")
-    p.add_argument("lease_id", metavar="LEASE_ID")
+    p.add_argument("lease_id", metavar="LEASE_ID", help="the id `lease` printed (see `leases`)")
     p.set_defaults(func=_lazy("cache_commands", "cmd_release"))
 
     p = sub.add_parser("leases", parents=[common], help="list the live leases (expired and dead ones are dropped)")
@@ -193,7 +234,7 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "import",
         parents=[common],
-        help="adopt verified blobs from huggingface_hub and Ollama caches (nothing downloaded twice)",
+        help="adopt verified blobs from huggingface_hub and Ollama caches",
     )
     p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
     p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
@@ -208,25 +249,27 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_lazy("model_commands", "cmd_inspect"))
 
     p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")
-    p.add_argument("ref")
+    p.add_argument("ref", help="the model's id or ref")
     p.set_defaults(func=_lazy("model_commands", "cmd_locate"))
 
     p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID", help="the models to re-hash (or --all)")
     p.add_argument("--all", action="store_true", help="verify every catalog entry")
     p.add_argument("--repair", action="store_true", help="re-fetch models that fail from their source")
     p.add_argument("--jobs", type=int, help="parallel hashing threads (default: number of cores)")
     p.set_defaults(func=_lazy("model_commands", "cmd_verify"))
 
     p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
-    p.add_argument("pattern", metavar="ID|GLOB")
+    p.add_argument("pattern", metavar="ID|GLOB", help="a model id, or a glob over ids (hf:org/*)")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
     p.set_defaults(func=_lazy("model_commands", "cmd_rm"))
 
-    p = sub.add_parser("serve", parents=[common], help="run the HTTP control plane (FastAPI + uvicorn)")
+    p = sub.add_parser(
+        "serve", parents=[common], help="the HTTP API and the OpenAI-compatible endpoint for every model"
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs a token)")
-    p.add_argument("--port", type=int, default=8077)
+    p.add_argument("--port", type=int, default=8077, help="port (default 8077)")
     p.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
     p.set_defaults(func=_lazy("share_commands", "cmd_serve"))
 
@@ -256,14 +299,22 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Engines on verified models: up, engines, down (docs/engines.md)."""
     p = sub.add_parser("up", parents=[common], help="ensure a model, start its engine, wait until it is ready")
     p.add_argument("ref", help="the model (every ensure rule applies: nothing unverified reaches an engine)")
-    p.add_argument("--engine", choices=list(ENGINE_KINDS), default="llamacpp")
+    p.add_argument(
+        "--engine", choices=list(ENGINE_KINDS), default="llamacpp", help="the engine to run (default llamacpp)"
+    )
     p.add_argument("--pool", default="default", help="pool id (default: default)")
     p.add_argument("--replica", default="0", help="replica id recorded in the handoff")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (0 or a taken port: a free one, said so)")
     p.add_argument("--binary", metavar="PATH", help="the engine binary (default: settings, then PATH)")
     p.add_argument("--digest", help="expected digest, sha256:<64 hex>")
-    p.add_argument("--no-strict", dest="strict", action="store_false", default=None)
+    p.add_argument(
+        "--no-strict",
+        dest="strict",
+        action="store_false",
+        default=None,
+        help="a digest mismatch warns instead of failing (the engine then runs on what was found)",
+    )
     p.add_argument("--handoff-dir", metavar="DIR", help="write DIR/.runtime/engines/<engine>.json")
     p.add_argument(
         "--flag",
@@ -287,14 +338,14 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "storage-initializer",
         parents=[common],
-        help="KServe's storage initializer: SRC DEST pairs (hf://, s3://, https://, oci://); files land in DEST",
+        help="KServe's storage initializer: SRC DEST pairs (hf://, s3://, https://, oci://)",
     )
     p.add_argument("pairs", nargs="+", metavar="SRC DEST", help="a storage URI and the directory it goes to")
     p.set_defaults(func=_lazy("kserve", "cmd_storage_initializer"))
 
-    p = sub.add_parser("engine-supervise", parents=[common], help=argparse.SUPPRESS)
-    p.add_argument("--api", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("pool")
+    p = sub.add_parser("engine-supervise", parents=[common])  # internal: started by `up`, never listed
+    p.add_argument("--api", action="store_true", help="the pool was started through the HTTP API")
+    p.add_argument("pool", help="the pool to supervise")
     p.set_defaults(func=_lazy("engine_commands", "cmd_engine_supervise"))
 
 
@@ -318,12 +369,12 @@ def _add_engine_install_commands(sub: Any, common: argparse.ArgumentParser) -> N
     p.set_defaults(func=_lazy("install_commands", "cmd_installed"))
 
     p = sub.add_parser("uninstall", parents=[common], help="remove an installed engine (not one a pool runs)")
-    p.add_argument("kind", choices=["llamacpp"])
+    p.add_argument("kind", choices=["llamacpp"], help="the engine (llamacpp: llama-server)")
     p.add_argument("id", nargs="?", help="its id from `engines installed` (default: every installed one)")
     p.set_defaults(func=_lazy("install_commands", "cmd_uninstall"))
 
     p = sub.add_parser("push", parents=[common], help="publish the installed engine to an OCI registry")
-    p.add_argument("kind", choices=["llamacpp"])
+    p.add_argument("kind", choices=["llamacpp"], help="the engine (llamacpp: llama-server)")
     p.add_argument("destination", help="oci://registry/team/llama-server:TAG")
     p.add_argument("--id", help="which installed engine (default: the newest)")
     p.set_defaults(func=_lazy("install_commands", "cmd_push"))
