@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -389,3 +390,17 @@ def test_api_bodies_refuse_unknown_fields_and_speak_in_fields(api_factory: Any, 
     assert mismatch.status_code == 422 and "--no-strict" not in message and '"strict": false' in message, message
     removal = c.delete(f"/v1/models/file:{model}")
     assert removal.status_code == 409 and "?force=true" in removal.json()["error"]["message"], removal.text
+
+
+def test_the_clis_digest_spelling_is_accepted_by_the_api(api_factory: Any, tmp_path: Path) -> None:
+    from make_tiny_gguf import write_tiny_gguf
+
+    root = tmp_path / "models"
+    root.mkdir()
+    model = write_tiny_gguf(root / "m.gguf")
+    right = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    api = api_factory(settings={"api_file_roots": [str(root)]})
+    wrong = api.client.post("/v1/models/ensure", json={"ref": f"file:{model}", "digest": "sha256:" + "0" * 64})
+    assert wrong.status_code == 422, wrong.text  # checked as expected_digest is, not refused as unknown
+    made = api.client.post("/v1/models/ensure", json={"ref": f"file:{model}", "digest": right})
+    assert made.status_code == 200 and made.json()["digest"] == right, made.text

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from model_provisioner.api import engines as engine_api
 from model_provisioner.config.engine_run import EngineRun
@@ -47,7 +47,9 @@ class EngineRequest(StrictBody):
     ref: str = Field(
         max_length=4096, description="the model; every ensure rule applies (file: refs only under api_file_roots)"
     )
-    expected_digest: str | None = Field(default=None, max_length=200)
+    expected_digest: str | None = Field(
+        default=None, max_length=200, validation_alias=AliasChoices("expected_digest", "digest")
+    )
     strict: bool | None = None
     engine: EngineKind = Field(default="llamacpp", description="llamacpp or triton")
     pool: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

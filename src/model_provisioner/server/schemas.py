@@ -7,7 +7,7 @@ which ``in_api_terms`` rewrites into the request fields an API caller sets.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from model_provisioner.core.errors import ExitCode, InvalidInput
 from model_provisioner.core.units import parse_duration
@@ -48,7 +48,11 @@ class StrictBody(BaseModel):
 
 class EnsureRequest(StrictBody):
     ref: str = Field(description="model reference: hf:org/repo/file.gguf, https://…, file:/abs (allowed roots)")
-    expected_digest: str | None = Field(default=None, description="sha256:<64 hex>; strict unless strict=false")
+    expected_digest: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("expected_digest", "digest"),
+        description="sha256:<64 hex>; strict unless strict=false (also accepted as `digest`, the CLI's spelling)",
+    )
     strict: bool | None = None
     engine: Engine | None = None
     refresh: bool = False
