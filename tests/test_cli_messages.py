@@ -3,6 +3,7 @@ CLI's spellings, the core install is small and names each missing extra, the lib
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,38 @@ def test_help_groups_the_commands_and_every_option_says_what_it_does() -> None:
         return out
 
     assert undocumented(parser, "model-provisioner") == []
+
+
+def test_a_refused_rm_suggests_commands_that_run_as_printed(tmp_path: Path, make_gguf: Any) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    from model_provisioner.ops.leases import ending_command
+    from model_provisioner.server.schemas import in_api_terms
+    from model_provisioner.storage.catalog import Lease
+
+    model = make_gguf("m.gguf")
+    cache = tmp_path / "my cache"  # a path that needs quoting
+    assert run_cli("-q", "ensure", str(model), cache_dir=cache).code == 0
+    leases = [run_cli("lease", str(model), "--holder", f"job{i}", cache_dir=cache).stdout.strip() for i in (1, 2)]
+    refused = run_cli("rm", f"file:{model}", cache_dir=cache)
+    assert refused.code == 5 and "pid None" not in refused.stderr
+    suggested = refused.stderr.split("end them (", 1)[1].rsplit(") or use --force", 1)[0]
+    assert suggested.count("release") == 2 and all(lease in suggested for lease in leases)
+    assert suggested.count(f"--cache-dir {shlex.quote(str(cache))}") == 2  # the cache this command used
+    env_bin = str(Path(sys.executable).parent)
+    shell = subprocess.run(
+        suggested.replace("model-provisioner", f"{sys.executable} -m model_provisioner"),
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": env_bin + os.pathsep + os.environ["PATH"]},
+    )
+    assert shell.returncode == 0, shell.stderr
+    assert run_cli("rm", f"file:{model}", cache_dir=cache).code == 0
+    # an engine's lease is ended by stopping its pool; through the API, by the API's own request
+    engine = Lease("abc123", "file:/m.gguf", "engine pool gw-1f2e3d4c5b6a", "host", 0, pid=1)
+    assert ending_command(engine) == "model-provisioner down --pool gw-1f2e3d4c5b6a"
+    assert in_api_terms("(model-provisioner down --pool p1) or") == "(DELETE /v1/engines/p1) or"
+    assert in_api_terms("end it (model-provisioner release abc123) or") == "end it (DELETE /v1/leases/abc123) or"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,6 +32,14 @@ class Terminated(KeyboardInterrupt):
 
 def _interrupt(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def with_cache_dir(message: str, cache_dir: str | None) -> str:
+    """The commands a message suggests, on the cache this command used: they run as printed."""
+    if not cache_dir:
+        return message
+    option = f"--cache-dir {shlex.quote(cache_dir)} "
+    return re.sub(rf"\b{re.escape(PROG)} (?!--cache-dir)", f"{PROG} {option}", message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +70,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             METRICS.enable()
         return int(args.func(args))
     except ProvisionerError as exc:
-        message = redact_text(str(exc))
+        message = with_cache_dir(redact_text(str(exc)), getattr(args, "cache_dir", None))
         sys.stderr.write(f"{PROG}: error: {message}\n")
         if getattr(args, "json", False):
             emit(args, {"error": {"code": exc.code, "exit_code": int(exc.exit_code), "message": message}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -86,10 +87,24 @@ def check_removable(prov: Cache, model_id: str, pinned: bool, force: bool) -> No
     holders = live_leases(prov, model_id)
     if holders:
         who = "; ".join(f"{h.holder} ({describe_lease(h)}, lease {h.lease_id})" for h in holders)
-        ids = " ".join(h.lease_id for h in holders)
+        ends = " && ".join(ending_command(h) for h in holders)
         raise LeaseHeld(
-            f"{model_id} is in use: leased by {who}; release it (model-provisioner release {ids}) or use --force"
+            f"{model_id} is in use: leased by {who}; end {'it' if len(holders) == 1 else 'them'} "
+            f"({ends}) or use --force"
         )
+
+
+#: the holder an engine's supervisor writes on its lease (``engines/supervisor.py``)
+ENGINE_HOLDER = re.compile(r"^engine pool ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?: \(starting\))?$")
+
+
+def ending_command(lease: Lease) -> str:
+    """The command that ends ``lease``: an engine's is stopped with its pool (releasing it would leave the
+    engine running on a model that may then be removed); any other is released."""
+    engine = ENGINE_HOLDER.match(lease.holder)
+    if engine is not None:
+        return f"model-provisioner down --pool {engine.group(1)}"
+    return f"model-provisioner release {lease.lease_id}"
 
 
 def describe_lease(lease: Lease, now: int | None = None) -> str:

@@ -7,6 +7,8 @@ which ``in_api_terms`` rewrites into the request fields an API caller sets.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import AliasChoices, BaseModel, Field
 
 from model_provisioner.core.errors import ExitCode, InvalidInput
@@ -107,7 +109,16 @@ _CLI_TO_API = (
 )
 
 
+#: commands a message suggests, as the HTTP API's own requests
+_COMMANDS_TO_API = (
+    (re.compile(r"model-provisioner release (\S+?)(?=[ );,]|$)"), r"DELETE /v1/leases/\1"),
+    (re.compile(r"model-provisioner down --pool (\S+?)(?=[ );,]|$)"), r"DELETE /v1/engines/\1"),
+)
+
+
 def in_api_terms(message: str) -> str:
     for flag, field_text in _CLI_TO_API:
         message = message.replace(flag, field_text)
+    for command, request in _COMMANDS_TO_API:
+        message = command.sub(request, message)
     return message
