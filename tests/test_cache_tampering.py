@@ -223,3 +223,25 @@ def test_a_symlinked_catalog_is_refused_and_its_target_untouched(
     result = run_cli("ensure", str(gguf_file), cache_dir=cache_dir)
     assert result.code == 4 and "catalog.db" in result.stderr and "symbolic link" in result.stderr, result.stderr
     assert victim.read_bytes() == b"not a database of ours\n"
+
+
+def test_a_repaired_bit_flip_is_a_warning_and_says_what_was_checked(
+    fileserver: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    """A corrupt blob found on a warm ensure is fetched again and the command succeeds: warnings, not errors;
+    without --digest the summary says nothing was checked against an expectation (issue 26 item 6)."""
+    data = payload(MiB, seed=5)
+    url = fileserver.put("flip.bin", data)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
+    first = run_cli("ensure", url, cache_dir=cache_dir, env=env)
+    assert first.code == 0 and "recorded, no expected digest given" in first.stderr, first.stderr
+    blob = cache_dir / "blobs" / "sha256" / sha256_hex(data)
+    blob.chmod(0o644)
+    with open(blob, "r+b") as fh:
+        fh.seek(100)
+        fh.write(bytes([data[100] ^ 0x01]))
+    again = run_cli("ensure", url, "--digest", f"sha256:{sha256_hex(data)}", cache_dir=cache_dir, env=env)
+    assert again.code == 0, again.stderr
+    assert "error:" not in again.stderr and "fetching it again" in again.stderr, again.stderr
+    assert "verified against the expected digest" in again.stderr
+    assert blob.read_bytes() == data and fileserver.served("flip.bin") == 2 * len(data)

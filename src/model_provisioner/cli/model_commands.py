@@ -45,7 +45,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
             resolved = prov.ensure_present(args.ref, args.digest, strict=args.strict, **options)
         took = int((time.monotonic() - start) * 1000)
     if not args.quiet and not args.json:
-        how = "cached" if resolved.from_cache else f"verified ({resolved.verification})"
+        how = "cached" if resolved.from_cache else OUTCOME_WORDS.get(str(resolved.verification), "provisioned")
         fetched = f", {human_size(resolved.bytes_fetched)} fetched" if resolved.bytes_fetched else ""
         fetched += f", {resolved.origin}" if resolved.origin else ""
         sys.stderr.write(
@@ -53,6 +53,15 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         )
     emit(args, resolved.as_json(engine), str(resolved.local_path))
     return 0
+
+
+#: what ``ensure`` says it checked (docs/verification.md): only "verified" means an expected digest matched
+OUTCOME_WORDS = {
+    "verified": "verified against the expected digest",
+    "recorded": "recorded, no expected digest given",
+    "source_verified": "matched the source's own digest (no expected digest given)",
+    "mismatch_advisory": "kept although not the expected digest (--no-strict)",
+}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ def reverify_in_place(
             return None  # not a changed identity: the warm path declined for another reason
     except OSError:
         return None
-    report = ws.ledger.apply(entry, rehash_entry(entry, ws.catalog.files(entry.id), None))
+    report = ws.ledger.apply(entry, rehash_entry(entry, ws.catalog.files(entry.id), None), repairing=True)
     if not report.ok:
         return None  # marked Failed (and a corrupt blob quarantined): the caller fetches it again
     _check_caller_access(ws, entry)

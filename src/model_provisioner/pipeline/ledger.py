@@ -141,9 +141,11 @@ class Ledger:
         message: str,
         bytes_hashed: int,
         actual: FileHash | None,
+        repairing: bool = False,
     ) -> None:
         """An Active entry whose bytes no longer verify: Failed, its views gone (its blob kept for the caller
-        to quarantine), the message logged."""
+        to quarantine), the message logged: an error, or a warning when the caller fetches it again now
+        (``repairing``: the command still succeeds)."""
         now = now_ms()
         if entry.blob:
             self.drop_store_files(entry, keep_blob=True)
@@ -163,11 +165,14 @@ class Ledger:
                 entry.id, now, CheckResult.FAIL, reason, str(actual.sha256) if actual else None, bytes_hashed
             )
         )
-        log.error(message)
+        if repairing:
+            log.warning("%s; fetching it again", message)
+        else:
+            log.error(message)
 
-    def apply(self, entry: CatalogEntry, rehash: Rehash) -> VerificationReport:
+    def apply(self, entry: CatalogEntry, rehash: Rehash, *, repairing: bool = False) -> VerificationReport:
         """The outcome of re-hashing an entry: Active again with its new fingerprint, or Failed with every blob
-        that no longer matches its name quarantined."""
+        that no longer matches its name quarantined (``repairing``: the caller fetches it again now)."""
         if not rehash.ok:
             self.mark_failed(
                 entry,
@@ -175,6 +180,7 @@ class Ledger:
                 message=rehash.message,
                 bytes_hashed=rehash.bytes_hashed,
                 actual=rehash.actual_hash,
+                repairing=repairing,
             )
             for blob in dict.fromkeys(rehash.corrupt_blobs):
                 self.quarantine_blob(blob, rehash.message)
