@@ -245,3 +245,34 @@ def test_a_repaired_bit_flip_is_a_warning_and_says_what_was_checked(
     assert "error:" not in again.stderr and "fetching it again" in again.stderr, again.stderr
     assert "verified against the expected digest" in again.stderr
     assert blob.read_bytes() == data and fileserver.served("flip.bin") == 2 * len(data)
+
+
+def test_a_source_never_reached_leaves_no_entry_and_verify_all_judges_models_with_bytes(
+    fileserver: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    """Issue 26 item 12: a typo'd ref (404, nothing listening) is not recorded; a digest mismatch is (bytes
+    arrived and were refused), and verify --all judges the models that have bytes here."""
+    from .servers.nginx import free_port
+
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file())}
+    good = fileserver.put("good.bin", payload(4096, seed=1))
+    wrong = fileserver.put("wrong.bin", payload(4096, seed=2))
+    assert run_cli("ensure", good, cache_dir=cache_dir, env=env).code == 0
+    missing = run_cli("ensure", f"{fileserver.url}/typo.bin", cache_dir=cache_dir, env=env)
+    assert missing.code == 3, missing.stderr
+    closed = run_cli("ensure", f"http://127.0.0.1:{free_port()}/m.gguf", cache_dir=cache_dir, env=env)
+    assert closed.code == 6, closed.stderr
+    refused = run_cli("ensure", wrong, "--digest", "sha256:" + "0" * 64, cache_dir=cache_dir, env=env)
+    assert refused.code == 4, refused.stderr
+    listed = {m["id"]: m["lifecycle"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"]}
+    assert listed == {good: "Active", wrong: "Failed"}
+    verified = run_cli("verify", "--all", cache_dir=cache_dir)
+    assert verified.code == 0 and verified.stdout.splitlines() == [
+        f"ok    {good}: ok ({listed_digest(cache_dir, good)})"
+    ]
+
+
+def listed_digest(cache_dir: Path, model_id: str) -> str:
+    return str(
+        next(m["digest"] for m in run_cli("ls", "--json", cache_dir=cache_dir).json()["models"] if m["id"] == model_id)
+    )

@@ -16,8 +16,10 @@ from model_provisioner.cli.output import PROG, ago, emit, progress_bar
 from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
 from model_provisioner.core.refs import FileRef, hub_hint, parse
 from model_provisioner.core.units import human_size
+from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.memory import MemoryEstimate
+from model_provisioner.storage.catalog import CatalogEntry
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
@@ -125,7 +127,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise InvalidInput("verify needs model ids or --all")
     with provisioner(args) as prov:
-        ids = [e.id for e in prov.list_models()] if args.all else args.ids
+        # --all judges the models that have bytes here: Active ones, and files registered in place
+        ids = [e.id for e in prov.list_models() if has_bytes(e)] if args.all else args.ids
         reports = prov.verify_many(ids, jobs=args.jobs, repair=args.repair)
     failed = [r for r in reports if not r.ok]
     if args.json:
@@ -138,6 +141,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{PROG}: error: {len(failed)} of {len(reports)} models failed verification\n")
         return int(ExitCode.VERIFICATION_FAILED)
     return 0
+
+
+def has_bytes(entry: CatalogEntry) -> bool:
+    if entry.lifecycle is Lifecycle.ACTIVE:
+        return True
+    return entry.scheme == "file" and bool(entry.local_path) and os.path.exists(entry.local_path)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 from model_provisioner.core import failpoints
 from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import (
+    Cancelled,
     CorruptModel,
+    NotFound,
     NotModified,
+    PolicyDenied,
     ProvisionerError,
+    TransferFailed,
     VerificationFailed,
 )
 from model_provisioner.core.hashing import git_blob_sha1
@@ -77,6 +81,15 @@ class _Aggregate:
         return update
 
 
+def never_reached(exc: ProvisionerError) -> bool:
+    """The source does not exist or was never reached (404, a name that does not resolve, a refused
+    connection, an address the policy refuses): no bytes of it here, nothing to record. Ctrl-C (``Cancelled``)
+    and anything after bytes arrived (a digest mismatch) are recorded."""
+    return isinstance(exc, (NotFound, PolicyDenied)) or (
+        isinstance(exc, TransferFailed) and not isinstance(exc, Cancelled)
+    )
+
+
 def provision_remote(
     ws: Workspace,
     ref: RemoteRef,
@@ -118,6 +131,9 @@ def provision_remote(
         except ProvisionerError as exc:
             if previous_active is not None and options.refresh:
                 ws.catalog.put(previous_active)  # a failed refresh never loses a good copy
+                raise
+            if entry is None and never_reached(exc):
+                ws.catalog.delete(base.id)  # a typo'd or unreachable source leaves no row (docs/cache-and-lifecycle.md)
                 raise
             ws.ledger.fail(base, Check.failed(exc))
             raise
