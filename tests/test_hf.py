@@ -585,3 +585,21 @@ def test_hostile_names_and_nesting_from_a_hub_are_exit_4_and_never_pending(
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     models = run_cli("ls", "--json", cache_dir=cache_dir, env=env).json()["models"]
     assert all(m["lifecycle"] == "Failed" for m in models), models
+
+
+def test_a_refused_token_is_told_from_a_missing_repo(
+    hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
+    """Issue 26 item 11: the Hub answers a private repo as not found; with a token set, a 401 means the token
+    was refused (exit 5 naming HF_TOKEN), and a real 404 still says the token may lack access."""
+    hub.tokens.add("hf_RightTokenValue1234567890abcdef")
+    hub.add_repo("org/private", {"m.gguf": gguf_bytes(tmp_path)}, private=True)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    wrong = {**env, "HF_TOKEN": "hf_WrongTokenValue1234567890abcdef"}
+    refused = run_cli("ensure", "hf:org/private/m.gguf", cache_dir=cache_dir, env=wrong)
+    assert refused.code == 5 and "refused the token (HTTP 401)" in refused.stderr, refused.stderr
+    assert "hf_WrongTokenValue" not in refused.stderr
+    missing = run_cli("ensure", "hf:org/nothing/m.gguf", cache_dir=cache_dir, env=wrong)
+    assert missing.code == 3 and "or the token set (HF_TOKEN) lacks access" in missing.stderr, missing.stderr
+    without = run_cli("ensure", "hf:org/private/m.gguf", cache_dir=cache_dir, env=env)
+    assert without.code == 3 and "set HF_TOKEN" in without.stderr

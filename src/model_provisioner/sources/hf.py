@@ -175,8 +175,9 @@ def _hub_failure(exc: Exception, ref: HfRef, endpoint: str, is_origin: bool, set
         return "gated"
     if isinstance(exc, RepositoryNotFoundError):
         if is_origin:
-            hint = "" if settings.hf_token else " (if it is private or gated, set HF_TOKEN)"
-            raise NotFound(f"{ref.id}: repository hf:{ref.repo_id} not found on {endpoint}{hint}") from None
+            _not_found_with_token(
+                ref, endpoint, settings, exc.response.status_code if exc.response is not None else None
+            )
         return "repository not found"
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
@@ -189,6 +190,22 @@ def _hub_failure(exc: Exception, ref: HfRef, endpoint: str, is_origin: bool, set
             raise PolicyDenied(f"{ref.id}: {endpoint} refused access (HTTP {status}); check HF_TOKEN") from None
         return f"HTTP {status}"
     return f"{type(exc).__name__}: {redact_text(str(exc))[:200]}"
+
+
+def _not_found_with_token(ref: HfRef, endpoint: str, settings: Settings, status: int | None) -> None:
+    """The Hub answers a private repo it will not show as "not found": what that means depends on whether a
+    token was sent, and the status tells a refused token (401) from one without access (403)."""
+    where = f"hf:{ref.repo_id} on {endpoint}"
+    if not settings.hf_token:
+        raise NotFound(f"{ref.id}: repository {where} not found (if it is private or gated, set HF_TOKEN)")
+    if status == 401:
+        raise PolicyDenied(
+            f"{ref.id}: the Hub refused the token (HTTP 401) for {where}; check HF_TOKEN (a new token: "
+            "huggingface.co/settings/tokens)"
+        )
+    if status == 403:
+        raise PolicyDenied(f"{ref.id}: the token lacks access to {where} (HTTP 403); ask for access or use another")
+    raise NotFound(f"{ref.id}: repository {where} not found, or the token set (HF_TOKEN) lacks access to it")
 
 
 def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> FetchPlan:
