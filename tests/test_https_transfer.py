@@ -560,3 +560,23 @@ def test_presigned_signature_never_leaks(fileserver: Any, cache_dir: Path, setti
             texts.append(path.read_bytes().decode("latin-1"))
     for text in texts:
         assert "deadbeefsecret" not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+
+
+def test_without_a_terminal_a_download_prints_progress_lines_with_its_total(
+    fileserver: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    """Issue 26 items 3 and 4: CI systems stop silent jobs; the total comes from the response (Content-Length)
+    although the URL's plan did not know it; -q keeps it quiet."""
+    data = payload(4 * MiB, seed=9)
+    url = fileserver.put("slow.bin", data)
+    # the body pauses once: more than one progress interval passes between two chunks, whatever the machine
+    fileserver.faults["/slow.bin"] = Fault(stall_after=MiB, stall_s=0.5, times=1)
+    settings = settings_file(progress_interval_s=0.1, transfer={"stall_timeout_s": 30})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+    loud = run_cli("ensure", url, cache_dir=cache_dir / "a", env=env)
+    assert loud.code == 0, loud.stderr
+    lines = [line for line in loud.stderr.splitlines() if " of 4.0 MiB (" in line]
+    assert lines and lines[0].startswith(f"model-provisioner: {url}: ") and "/s" in lines[0], loud.stderr
+    fileserver.faults["/slow.bin"] = Fault(stall_after=MiB, stall_s=0.5, times=1)
+    quiet = run_cli("-q", "ensure", url, cache_dir=cache_dir / "b", env=env)
+    assert quiet.code == 0 and quiet.stderr == "", quiet.stderr

@@ -23,7 +23,7 @@ from model_provisioner.storage.catalog import CatalogEntry
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
-    with provisioner(args) as prov, progress_bar(args) as progress:
+    with provisioner(args) as prov, progress_bar(args, prov.settings.progress_interval_s) as progress:
         start = time.monotonic()
         engine = args.engine
         options: dict[str, Any] = {

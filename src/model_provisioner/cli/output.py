@@ -7,8 +7,12 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from model_provisioner.core.units import human_size
 
 PROG = "model-provisioner"
 
@@ -37,32 +41,63 @@ def ago(ms: float) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(args: argparse.Namespace) -> Iterator[Callable[[int, int | None], None] | None]:
-    """A rich progress bar on stderr, only for an interactive terminal and never with --json/-q."""
-    if args.json or args.quiet or not sys.stderr.isatty():
+def progress_bar(
+    args: argparse.Namespace, interval_s: float = 10.0
+) -> Iterator[Callable[[int, int | None], None] | None]:
+    """Download progress on stderr, never with --json/-q: a bar on an interactive terminal (size, percent,
+    speed, time left, in binary units like every size printed), else a plain line every ``interval_s``
+    seconds (CI systems stop jobs that stay silent)."""
+    if args.json or args.quiet:
         yield None
+        return
+    if not sys.stderr.isatty():
+        yield PlainProgress(args.ref, interval_s) if interval_s > 0 else None
         return
     from rich.console import Console  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
     from rich.progress import (  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskProgressColumn,
+        TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
         transient=True,
         console=Console(stderr=True),
     ) as bar:
-        task = bar.add_task(args.ref if len(args.ref) < 48 else "…" + args.ref[-47:], total=None)
+        task = bar.add_task(args.ref if len(args.ref) < 48 else "…" + args.ref[-47:], total=None, speed="")
 
         def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
+            speed = bar.tasks[task].speed
+            bar.update(task, completed=done, total=total, speed=f"{human_size(int(speed))}/s" if speed else "")
 
         yield update
+
+
+class PlainProgress:
+    """One line per ``interval_s`` while bytes arrive: done, of the total and percent when known, speed."""
+
+    def __init__(self, ref: str, interval_s: float) -> None:
+        self.ref = ref if len(ref) < 120 else "…" + ref[-119:]
+        self.interval_s = interval_s
+        self.started = self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last < self.interval_s:
+                return
+            self.last = now
+        speed = done / max(now - self.started, 1e-9)
+        of = f" of {human_size(total)} ({done * 100 // total}%)" if total else ""
+        sys.stderr.write(f"{PROG}: {self.ref}: {human_size(done)}{of}, {human_size(int(speed))}/s\n")
+        sys.stderr.flush()

@@ -105,6 +105,8 @@ class Settings:
     log_format: str = "text"
     #: the CLI writes its Prometheus metrics here after each command (node_exporter textfile collector)
     metrics_textfile: str | None = None
+    #: without a terminal, a download prints a progress line this often (seconds; 0: never)
+    progress_interval_s: float = 10.0
     #: HTTP API: bearer token (env MODEL_PROVISIONER_API_TOKEN; never in the settings file's logs)
     api_token: str | None = field(default=None, repr=False)
     #: HTTP API: file: refs are accepted only under these directories
@@ -201,6 +203,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "adopt_caches": bool,
     "log_format": str,
     "metrics_textfile": str,
+    "progress_interval_s": (int, float),
     "api_token": str,
     "api_file_roots": list,
     "api_allow_networks": list,

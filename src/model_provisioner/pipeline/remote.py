@@ -59,24 +59,32 @@ INDEX = "model.safetensors.index.json"
 
 
 class _Aggregate:
-    """Sums per-file progress into one (done, total) callback for the whole plan."""
+    """Sums per-file progress into one (done, total) callback for the whole plan. A total the plan did not
+    know (a URL's size) is taken from the files as their responses say it (Content-Length, Content-Range)."""
 
-    def __init__(self, total: int | None, callback: ProgressCallback | None) -> None:
+    def __init__(self, total: int | None, files: int, callback: ProgressCallback | None) -> None:
         self.total = total
+        self.files = files
         self.callback = callback
         self.done: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def for_file(self, path: str) -> ProgressCallback | None:
         if self.callback is None:
             return None
 
-        def update(done: int, _total: int | None) -> None:
+        def update(done: int, total: int | None) -> None:
             with self.lock:
                 self.done[path] = done
+                if total is not None:
+                    self.totals[path] = total
                 overall = sum(self.done.values())
+                known = self.total
+                if known is None and len(self.totals) == self.files:
+                    known = sum(self.totals.values())
             assert self.callback is not None
-            self.callback(overall, self.total)
+            self.callback(overall, known)
 
         return update
 
@@ -238,7 +246,7 @@ def _is_weight(path: str) -> bool:
 def _fetch_all(
     ws: Workspace, ref: RemoteRef, plan: FetchPlan, progress: ProgressCallback | None
 ) -> dict[str, TransferOutcome]:
-    aggregate = _Aggregate(plan.total_size, progress)
+    aggregate = _Aggregate(plan.total_size, len(plan.files), progress)
 
     def one(file: RemoteFile) -> TransferOutcome:
         name = ref.id if plan.layout == "file" else f"{ref.id} [{file.path}]"
