@@ -245,3 +245,34 @@ def test_version_flag(cli: Any) -> None:
 
     result = cli("--version")
     assert result.code == 0 and version("model-provisioner") in result.stdout
+
+
+def test_xdg_cache_home_local_dir_and_max_workers(tmp_path: Path, make_gguf: Any) -> None:
+    """Issue 26 item 15: the cache follows XDG_CACHE_HOME (an absolute one, as the spec says); --local-dir lays
+    the verified files out as `hf download --local-dir` does; --max-workers is bounded."""
+    model = make_gguf("m.gguf")
+    xdg = tmp_path / "xdg"
+    env = {"XDG_CACHE_HOME": str(xdg)}
+    clean = {k: v for k, v in os.environ.items() if k != "MODEL_PROVISIONER_CACHE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "model_provisioner", "ensure", str(model), "--local-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (xdg / "models" / "catalog.db").exists()
+    laid = tmp_path / "out" / "m.gguf"
+    assert laid.read_bytes() == model.read_bytes() and "1 file(s) in" in done.stderr
+    relative = subprocess.run(
+        [sys.executable, "-m", "model_provisioner", "ls", "--json"],
+        capture_output=True,
+        text=True,
+        env={**clean, "XDG_CACHE_HOME": "relative/dir", "HOME": str(tmp_path / "home")},
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert relative.returncode == 0 and not (tmp_path / "relative").exists()  # ignored, as the spec says
+    bad = run_cli("ensure", str(model), "--max-workers", "0", cache_dir=tmp_path / "c")
+    assert bad.code == 2 and "--max-workers 0" in bad.stderr

@@ -603,3 +603,16 @@ def test_a_refused_token_is_told_from_a_missing_repo(
     assert missing.code == 3 and "or the token set (HF_TOKEN) lacks access" in missing.stderr, missing.stderr
     without = run_cli("ensure", "hf:org/private/m.gguf", cache_dir=cache_dir, env=env)
     assert without.code == 3 and "set HF_TOKEN" in without.stderr
+
+
+def test_token_on_the_command_line_as_hf_download_takes_it(
+    hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any
+) -> None:
+    token = "hf_CommandLineTokenValue1234567890ab"
+    hub.tokens.add(token)
+    hub.add_repo("org/private2", {"m.gguf": gguf_bytes(tmp_path)}, private=True)
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    done = run_cli("-v", "ensure", "hf:org/private2/m.gguf", "--token", token, cache_dir=cache_dir, env=env)
+    assert done.code == 0, done.stderr
+    assert token not in done.stderr + done.stdout
+    assert token.encode() not in (cache_dir / "catalog.db").read_bytes()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.cli.output import PROG
 from model_provisioner.config.settings import Settings
+from model_provisioner.core.errors import InvalidInput
 from model_provisioner.obs.logs import configure_logging
 
 
@@ -17,12 +19,19 @@ def setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
 
 
 def provisioner_settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
+    settings = Settings.from_env(
         cache_dir=args.cache_dir,
         offline=args.offline or None,
         require_signature=getattr(args, "require_signature", None),
         signature_public_key=getattr(args, "signature_key", None),
+        hf_token=(getattr(args, "token", None) or "").strip() or None,
     )
+    workers = getattr(args, "max_workers", None)
+    if workers is not None:
+        if not 1 <= workers <= 64:
+            raise InvalidInput(f"--max-workers {workers}: give 1 to 64 connections")
+        settings = replace(settings, transfer=replace(settings.transfer, connections=workers))
+    return settings
 
 
 def provisioner(args: argparse.Namespace) -> ModelProvisioner:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from model_provisioner.api.handoff import provision_and_handoff, provision_config
@@ -19,6 +20,7 @@ from model_provisioner.core.units import human_size
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.memory import MemoryEstimate
+from model_provisioner.ops.export import export
 from model_provisioner.storage.catalog import CatalogEntry
 
 
@@ -46,6 +48,12 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         else:
             resolved = prov.ensure_present(args.ref, args.digest, strict=args.strict, **options)
         took = int((time.monotonic() - start) * 1000)
+        laid_out = export(prov, resolved, Path(args.local_dir).absolute()) if args.local_dir else None
+    if laid_out is not None and not args.quiet and not args.json:
+        how = f"{laid_out.linked} linked" + (
+            f", {human_size(laid_out.copied_bytes)} copied" if laid_out.copied_bytes else ""
+        )
+        sys.stderr.write(f"{PROG}: {laid_out.files} file(s) in {args.local_dir} ({how})\n")
     if not args.quiet and not args.json:
         how = "cached" if resolved.from_cache else OUTCOME_WORDS.get(str(resolved.verification), "provisioned")
         fetched = f", {human_size(resolved.bytes_fetched)} fetched" if resolved.bytes_fetched else ""

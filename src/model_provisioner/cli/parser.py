@@ -19,7 +19,7 @@ def global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--cache-dir",
         default=default,
         metavar="DIR",
-        help="cache directory (env MODEL_PROVISIONER_CACHE, default ~/.cache/models)",
+        help="cache directory (env MODEL_PROVISIONER_CACHE; default $XDG_CACHE_HOME/models, ~/.cache/models)",
     )
     parser.add_argument(
         "--offline",
@@ -166,6 +166,22 @@ def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
         )
         p.add_argument(
             "--exclude", action="append", default=[], metavar="GLOB", help="Hub repo files to leave out (repeatable)"
+        )
+        p.add_argument(
+            "--token",
+            help="the Hub token for this run, as `hf download --token` (HF_TOKEN keeps it out of the process list)",
+        )
+        p.add_argument(
+            "--local-dir",
+            metavar="DIR",
+            help="also lay the verified files out in DIR (hard links on the cache's filesystem, else checked "
+            "copies), as `hf download --local-dir`",
+        )
+        p.add_argument(
+            "--max-workers",
+            type=int,
+            metavar="N",
+            help="the most connections for one file (transfer.connections), as `hf download --max-workers`",
         )
         p.set_defaults(func=_lazy("model_commands", "cmd_ensure"))
 

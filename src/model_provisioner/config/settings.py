@@ -35,7 +35,12 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/models`` (an absolute XDG_CACHE_HOME, as the XDG base directory spec says), else
+    ``~/.cache/models``."""
+    xdg = (os.environ if env is None else env).get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "models"
     return Path(os.path.expanduser("~/.cache/models"))
 
 
@@ -179,6 +184,8 @@ class Settings:
             values["transfer"] = replace(values.get("transfer", TransferSettings()), proxy=proxy)
         if "cache_dir" in values:
             values["cache_dir"] = Path(os.path.expanduser(str(values["cache_dir"]))).absolute()
+        else:
+            values["cache_dir"] = default_cache_dir(env)
         if "hf_endpoint" in values:
             values["hf_endpoint"] = str(values["hf_endpoint"]).rstrip("/")
         try:
