@@ -34,6 +34,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v umoci >/dev/null || need+=(umoci)
   # squid: the real forward proxy of the HTTPS_PROXY / NO_PROXY tests
   command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
+  # zsh and fish: the shells the generated completion scripts are tested in (bash is already here)
+  command -v zsh >/dev/null || need+=(zsh)
+  command -v fish >/dev/null || need+=(fish)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -192,7 +192,8 @@ def test_the_api_reference_documents_every_public_method_as_its_docstring_says()
 def test_help_groups_the_commands_and_every_option_says_what_it_does() -> None:
     import argparse
 
-    from model_provisioner.cli.parser import COMMAND_GROUPS, build_parser
+    from model_provisioner.cli.grouped_help import COMMAND_GROUPS
+    from model_provisioner.cli.parser import build_parser
 
     done = run_cli("--help")
     assert done.code == 0
@@ -252,3 +253,43 @@ def test_a_refused_rm_suggests_commands_that_run_as_printed(tmp_path: Path, make
     assert ending_command(engine) == "model-provisioner down --pool gw-1f2e3d4c5b6a"
     assert in_api_terms("(model-provisioner down --pool p1) or") == "(DELETE /v1/engines/p1) or"
     assert in_api_terms("end it (model-provisioner release abc123) or") == "end it (DELETE /v1/leases/abc123) or"
+
+
+def complete_in(shell: str, script: Path, line: str) -> list[str]:
+    """What ``shell`` offers for the words of ``line`` (the last one being completed), from the generated script."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed (scripts/test.sh installs it)")
+    words = line.split(" ")
+    if shell == "fish":
+        code = f"source {script}; complete -C {shlex.quote(line)}"
+        out = subprocess.run(["fish", "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [row.split("\t", 1)[0] for row in out.stdout.splitlines()]
+    array = " ".join(shlex.quote(w) for w in words)
+    prelude = "setopt ksharrays; " if shell == "zsh" else ""
+    state = f"COMP_WORDS=({array}); COMP_CWORD={len(words) - 1}"
+    code = f'source {script}; {prelude}{state}; _model_provisioner; echo "${{COMPREPLY[@]}}"'
+    out = subprocess.run([shell, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_offer_commands_options_and_choices(shell: str, tmp_path: Path) -> None:
+    """Issue 26 item 16: generated from the parser (static: completing never starts the program)."""
+    made = run_cli("completion", shell)
+    assert made.code == 0 and "$(model-provisioner" not in made.stdout  # never runs the program to complete
+    script = tmp_path / f"completion.{shell}"
+    script.write_text(made.stdout)
+    first = complete_in(shell, script, "model-provisioner en")
+    assert {"ensure", "engines"} <= set(first)
+    assert "engine-supervise" not in complete_in(shell, script, "model-provisioner ")
+    assert "--engine" in complete_in(shell, script, "model-provisioner --cache-dir /tmp/x up --eng")
+    if shell != "zsh":  # zsh filters what the function offers itself; bash and fish are asked for the filtered list
+        assert set(first) == {"ensure", "engines"}
+        assert set(complete_in(shell, script, "model-provisioner up --engine ")) == {"llamacpp", "triton"}
+        assert {"install", "installed"} <= set(complete_in(shell, script, "model-provisioner engines inst"))

@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from model_provisioner.cli.grouped_help import EXIT_CODES, Commands
 from model_provisioner.cli.output import PROG
 from model_provisioner.config.engines import ENGINE_KINDS
 from model_provisioner.core.version import VERSION
@@ -49,44 +50,12 @@ def global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
-#: ``--help`` lists the commands in these groups, in this order (a command in none is a test failure)
-COMMAND_GROUPS = {
-    "models": ("ensure", "pull", "inspect", "locate", "verify", "rm", "import", "provision", "push", "pin", "unpin"),
-    "cache": ("ls", "gc", "lease", "release", "leases"),
-    "engines": ("run", "up", "down", "engines", "storage-initializer"),
-    "server": ("serve",),
-}
-EXIT_CODES = (
-    "exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 verification failed,\n"
-    "  5 denied by policy or offline, 6 transfer failed, 7 out of disk space (or memory),\n"
-    "  8 timed out waiting, 9 engine failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)"
-)
-
-
-class _Commands:
-    """The command subparsers, keeping each command's one-line summary for the grouped ``--help``."""
-
-    def __init__(self, sub: Any) -> None:
-        self.sub = sub
-        self.summaries: dict[str, str] = {}
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        summary = kwargs.pop("help", None)
-        if summary:
-            self.summaries[name] = summary
-        parser: argparse.ArgumentParser = self.sub.add_parser(name, description=summary, **kwargs)
-        return parser
-
-    def grouped(self) -> str:
-        width = max(len(name) for name in self.summaries) + 2
-        lines = []
-        for group, names in COMMAND_GROUPS.items():
-            lines.append(f"{group}:")
-            lines += [f"  {name.ljust(width)}{self.summaries[name]}" for name in names]
-        return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    return build_with_summaries()[0]
+
+
+def build_with_summaries() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser, and each listed command's one-line summary (``completion`` writes them into scripts)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage="%(prog)s [-h] [--version] [--cache-dir DIR] [--offline] [-q] [-v] [--json] COMMAND ...",
@@ -96,17 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     global_options(parser, suppress=False)
     # the commands are listed by group in the description below, not one flat list
-    commands = _Commands(
-        parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help=argparse.SUPPRESS)
-    )
+    commands = Commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help=argparse.SUPPRESS))
     common = argparse.ArgumentParser(add_help=False)
     global_options(common, suppress=True)
     _add_ensure(commands, common)
     _add_cache_commands(commands, common)
     _add_model_commands(commands, common)
     _add_engine_commands(commands, common)
+    p = commands.add_parser("completion", parents=[common], help="a bash, zsh or fish completion script")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell the script is for")
+    p.set_defaults(func=_lazy("completion", "cmd_completion"))
     parser.description = "Provision models: this exact model, verified, on this machine, now.\n\n" + commands.grouped()
-    return parser
+    return parser, commands.summaries
 
 
 def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
