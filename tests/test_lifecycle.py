@@ -355,3 +355,27 @@ def test_leases_are_listed_and_named_where_they_block(
     assert {entry["lease_id"] for entry in c.get("/v1/leases").json()["leases"]} == {both["lease_id"], ttl_only}
     assert cli("release", both["lease_id"]).code == 0 and cli("release", ttl_only).code == 0
     assert cli("leases", "--json").json()["leases"] == []
+
+
+def test_ls_short_ids_filtered_totals_files_in_place_and_one_json_shape(
+    prov: Any, tmp_path: Path, cli: Any, make_gguf: Any
+) -> None:
+    """Issue 26 items 7 and 8: a 12-hex short id as ollama and docker show; a filtered listing's summary totals
+    what it lists; files registered in place are said to be where they are; ls --json entries are the
+    objects inspect --json and the HTTP API show (without the history)."""
+    prov.register_model("https://h.example/big.bin", blob_file(tmp_path, "big.bin", 2 * MiB))
+    local = make_gguf("local.gguf")
+    assert cli("ensure", str(local)).code == 0
+    listing = cli("ls", "--json").json()
+    entry = next(m for m in listing["models"] if m["id"] == f"file:{local}")
+    assert entry["short_id"] == entry["digest"].split(":")[1][:12]
+    shown = cli("inspect", "--json", f"file:{local}").json()
+    assert {k: v for k, v in shown.items() if k not in ("verifications", "memory")} == entry
+    human = cli("ls")
+    rows = {line.split()[1]: line.split()[0] for line in human.stdout.splitlines()[1:]}
+    assert rows[f"file:{local}"] == entry["short_id"]
+    size = local.stat().st_size
+    assert "of it in files registered where they are" in human.stderr
+    filtered = cli("ls", "--filter", "size>1MB")
+    assert "1 of 2 entries; 2.0 MiB listed;" in filtered.stderr, filtered.stderr
+    assert cli("ls", "--json", "--filter", "format=gguf").json()["listed_bytes"] == size

@@ -21,6 +21,7 @@ def entry_json(
     entry's model lock (a ``Pending`` entry nobody provisions shows ``Interrupted``)."""
     out: dict[str, Any] = {
         "id": entry.id,
+        "short_id": short_id(entry.digest),
         "ref": entry.ref,
         "scheme": entry.scheme,
         "local_path": entry.local_path,
@@ -41,6 +42,13 @@ def entry_json(
     if verifications is not None:
         out["verifications"] = [verification_json(v) for v in verifications]
     return out
+
+
+def short_id(digest: str | None) -> str | None:
+    """The first 12 hex of the digest, as ollama and docker show an image (None before any byte is known)."""
+    if not digest or ":" not in digest:
+        return None
+    return digest.split(":", 1)[1][:12]
 
 
 def verification_json(record: VerificationRecord) -> dict[str, Any]:

@@ -12,17 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_provisioner.api.shapes import lease_json
+from model_provisioner.api.shapes import entry_json, lease_json
 from model_provisioner.cli.context import provisioner
 from model_provisioner.cli.output import PROG, ago, emit, write_table
 from model_provisioner.core.errors import InvalidInput, NotFound
 from model_provisioner.core.refs import parse
 from model_provisioner.core.units import human_size, parse_duration, parse_size
-from model_provisioner.core.vocab import Lifecycle, shown_lifecycle
 from model_provisioner.ops.adopt import ImportReport, import_hf_cache, import_ollama
 from model_provisioner.ops.leases import acquire_lease, describe_lease, live_leases
 from model_provisioner.ops.usage import usage
-from model_provisioner.storage.locks import model_lock_is_free
 from model_provisioner.storage.othercaches import default_hf_cache, default_ollama_models
 
 
@@ -30,61 +28,72 @@ def cmd_ls(args: argparse.Namespace) -> int:
     filters = [_parse_filter(f) for f in args.filter]
     now = time.time() * 1000
     with provisioner(args) as prov:
-        rows = prov.catalog.rows_for_listing()
-        use = usage(prov, rows)
-        locks = prov.store.locks_dir
-        busy = {r.id for r in rows if r.lifecycle == Lifecycle.PENDING and not model_lock_is_free(locks, r.id)}
-    models = []
-    for r in rows:
-        item: dict[str, Any] = {
-            "id": r.id,
-            "lifecycle": shown_lifecycle(r.lifecycle, r.verification, r.id in busy),
-            "size_bytes": r.size_bytes,
-            "format": r.format,
-            "verification": r.verification,
-            "local_path": r.local_path,
-            "last_used_ms": r.last_used_ms,
-            "pinned": r.pinned,
-            "digest": r.digest,
-            "scheme": r.scheme,
-        }
-        if all(check(item, now) for check in filters):
-            models.append(item)
+        entries = prov.list_models()
+        use = usage(prov, prov.catalog.rows_for_listing())
+        # the shape of GET /v1/models' entries and inspect --json (api/shapes.py: one JSON shape per type)
+        listed = [entry_json(e, provisioning_now=prov.provisioning_now(e)) for e in entries]
+        store_root = prov.store.root
+    models = [m for m in listed if all(check(m, now) for check in filters)]
     if args.sort == "size":
         models.sort(key=lambda m: -m["size_bytes"])
     elif args.sort == "used":
         models.sort(key=lambda m: m["last_used_ms"])
+    listed_bytes = sum(m["size_bytes"] for m in models)
+    in_place = sum(m["size_bytes"] for m in models if m["scheme"] == "file" and not _in_store(m, store_root))
     if args.json:
         emit(
             args,
             {
                 "models": models,
                 "entries": use.entries,
+                "listed_bytes": listed_bytes,
                 "logical_bytes": use.logical_bytes,
                 "disk_bytes": use.disk_bytes,
             },
         )
         return 0
     if models:
-        table = [("ID", "LIFECYCLE", "SIZE", "FORMAT", "LAST USED", "PATH")]
-        for m in models:
-            pin = " (pinned)" if m["pinned"] else ""
-            table.append(
-                (
-                    m["id"] + pin,
-                    m["lifecycle"],
-                    human_size(m["size_bytes"]),
-                    m["format"],
-                    ago(now - m["last_used_ms"]),
-                    m["local_path"] or "-",
-                )
-            )
-        write_table(table)
+        _write_listing(models, now)
+    where = f" ({human_size(in_place)} of it in files registered where they are)" if in_place else ""
     sys.stderr.write(
-        f"{PROG}: {len(models)} of {use.entries} entries; {human_size(use.logical_bytes)} listed, "
+        f"{PROG}: {len(models)} of {use.entries} entries; {human_size(listed_bytes)} listed{where}; "
         f"{human_size(use.disk_bytes)} on disk (shared blobs counted once)\n"
     )
     return 0
+
+
+def _in_store(model: dict[str, Any], root: Path) -> bool:
+    path = model.get("local_path") or ""
+    return bool(path) and os.path.abspath(path).startswith(str(root) + os.sep)
+
+
+def _write_listing(models: list[dict[str, Any]], now: float) -> None:
+    """On a terminal a table cut to its width (full values: --json, inspect); else aligned columns, whole."""
+    header = ("ID", "NAME", "LIFECYCLE", "SIZE", "FORMAT", "LAST USED", "PATH")
+    rows = [
+        (
+            m["short_id"] or "-",
+            m["id"] + (" (pinned)" if m["pinned"] else ""),
+            m["lifecycle"],
+            human_size(m["size_bytes"]),
+            m["format"],
+            ago(now - m["last_used_ms"]),
+            m["local_path"] or "-",
+        )
+        for m in models
+    ]
+    if not sys.stdout.isatty():
+        write_table([header, *rows])
+        return
+    from rich.console import Console  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
+    from rich.table import Table  # noqa: PLC0415  # heavy: rich, only for an interactive terminal
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in header:
+        table.add_column(name, no_wrap=True, overflow="ellipsis", min_width=4 if name == "PATH" else None)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _parse_filter(expr: str) -> Callable[[dict[str, Any], float], bool]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model_provisioner.core.refs import parse
-from model_provisioner.core.units import now_ms
+from model_provisioner.core.units import human_size, now_ms
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.ops.cache import Cache
 from model_provisioner.ops.leases import check_removable, live_leases
@@ -72,12 +72,12 @@ def enforce_budget(
             evict(prov, model_id, force=True)
         disk -= freed
         evicted.append((model_id, freed))
-        log.info("evicted %s (least recently used; %d bytes freed)", model_id, freed)
+        log.info("evicted %s (least recently used; %s freed)", model_id, human_size(freed))
     if disk > max_bytes:
         log.warning(
-            "cache still uses %d bytes over its %d-byte budget: the rest is pinned, leased or in use",
-            disk - max_bytes,
-            max_bytes,
+            "the cache is still %s over its %s budget: the rest is pinned, leased or in use",
+            human_size(disk - max_bytes),
+            human_size(max_bytes),
         )
     return evicted
 

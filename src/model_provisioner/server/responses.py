@@ -45,6 +45,8 @@ class EntryOut(BaseModel):
     """A catalog entry (``api.shapes.entry_json``): the same object ``inspect --json`` prints."""
 
     id: str
+    #: the first 12 hex of the digest (as ollama and docker show images)
+    short_id: str | None = None
     ref: str
     scheme: str
     local_path: str
