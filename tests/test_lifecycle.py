@@ -245,7 +245,11 @@ def test_import_a_cache_huggingface_hub_wrote(hub: Any, tmp_path: Path, cache_di
     imported = run_cli("import", "--hf-cache", str(hf_cache), "--only", "hf", "--json", cache_dir=cache_dir, env=env)
     assert imported.code == 0, imported.stderr
     report = imported.json()
-    assert [a["ref"] for a in report["adopted"]] == [f"hf:org/adopt@{commit}/m-Q4_K_M.gguf"]
+    # the commit-pinned id, and the branch id the cache's refs/main names (issue 26 item 2)
+    assert [a["ref"] for a in report["adopted"]] == [
+        f"hf:org/adopt@{commit}/m-Q4_K_M.gguf",
+        "hf:org/adopt/m-Q4_K_M.gguf",
+    ]
     assert any("config.json" in s["ref"] for s in report["skipped"])  # not LFS: nothing to verify against
     blob = cache_dir / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()
     snapshot_file = next((hf_cache / "models--org--adopt" / "blobs").glob(hashlib.sha256(data).hexdigest()))
@@ -256,6 +260,9 @@ def test_import_a_cache_huggingface_hub_wrote(hub: Any, tmp_path: Path, cache_di
     main = run_cli("ensure", "hf:org/adopt/m-Q4_K_M.gguf", "--json", cache_dir=cache_dir, env=env)
     assert main.code == 0 and main.json()["bytes_fetched"] == 0
     assert sum(hub.cdn.bytes_served.values()) == served_before
+    # as huggingface_hub's offline mode: the branch id answers with no network at all
+    offline = run_cli("--offline", "ensure", "hf:org/adopt/m-Q4_K_M.gguf", "--json", cache_dir=cache_dir, env=env)
+    assert offline.code == 0 and offline.json()["from_cache"], offline.stderr
 
 
 def test_automatic_adoption_is_opt_in(hub: Any, tmp_path: Path, cache_dir: Path, settings_file: Any) -> None:

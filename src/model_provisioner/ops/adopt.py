@@ -9,12 +9,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from model_provisioner.core.errors import ProvisionerError
 from model_provisioner.ops.cache import Cache
 
 log = logging.getLogger("model_provisioner")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass
@@ -28,6 +30,7 @@ def import_hf_cache(prov: Cache, hub_cache: Path, report: ImportReport) -> None:
     blobs (etag = sha256) are hashed, linked into our store and registered as ``hf:ORG/NAME@<commit>/<path>``."""
     for repo_dir in sorted(hub_cache.glob("models--*--*")):
         repo_id = "/".join(repo_dir.name.split("--", 2)[1:])
+        branches = _branches(repo_dir)
         for snapshot in sorted((repo_dir / "snapshots").glob("*")):
             for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
                 target = path.resolve()
@@ -38,6 +41,24 @@ def import_hf_cache(prov: Cache, hub_cache: Path, report: ImportReport) -> None:
                     report.skipped.append({"ref": ref, "why": "not an LFS file (no sha256 to verify against)"})
                     continue
                 _adopt(prov, ref, target, etag, report)
+                # the branch ids too, as huggingface_hub's offline mode answers them: refs/<branch> names this commit
+                for branch in branches.get(snapshot.name, []):
+                    at = "" if branch == "main" else f"@{quote(branch, safe='')}"
+                    _adopt(prov, f"hf:{repo_id}{at}/{rel}", target, etag, report)
+
+
+def _branches(repo_dir: Path) -> dict[str, list[str]]:
+    """commit -> the branches (and tags) ``refs/`` points at it (a ref file holds the 40-hex commit)."""
+    out: dict[str, list[str]] = {}
+    refs = repo_dir / "refs"
+    for ref_file in sorted(p for p in refs.rglob("*") if p.is_file() and not p.is_symlink()):
+        try:
+            commit = ref_file.read_text(encoding="ascii")[:80].strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if _HEX40.fullmatch(commit):
+            out.setdefault(commit, []).append(ref_file.relative_to(refs).as_posix())
+    return out
 
 
 def import_ollama(prov: Cache, models_dir: Path, report: ImportReport) -> None:
