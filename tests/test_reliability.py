@@ -541,3 +541,44 @@ def test_truncated_source_with_a_matching_content_length_is_caught(
     assert hashlib.sha256(data).hexdigest() in result.stderr
     assert check_invariants(cache_dir)["active"] == 0
     assert not (cache_dir / "files").exists() or not any((cache_dir / "files").rglob("*"))
+
+
+def test_a_copied_read_only_cache_rehashes_in_memory_and_serves_what_matches(
+    tmp_path: Path, fileserver: Any, make_gguf: Any
+) -> None:
+    """Issue 26 item 14: a cache built, then carried by tar (new inodes and ctimes) and mounted read-only, serves
+    its models after re-hashing them in memory; a file changed on the way is not served."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root; CI runs the suite as root")
+    good = Path(make_gguf("good.gguf", context_length=512)).read_bytes()
+    bad = Path(make_gguf("bad.gguf", context_length=1024)).read_bytes()
+    good_url, bad_url = fileserver.put("carry/good.gguf", good), fileserver.put("carry/bad.gguf", bad)
+    built = tmp_path / "built"
+    assert run_cli("ensure", good_url, cache_dir=built).code == 0
+    assert run_cli("ensure", bad_url, cache_dir=built).code == 0
+    archive = tmp_path / "cache.tar"
+    subprocess.run(["tar", "-C", str(built), "-cf", str(archive), "."], check=True)
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    subprocess.run(["tar", "-C", str(copied), "-xf", str(archive)], check=True)
+    bad_blob = copied / "blobs" / "sha256" / hashlib.sha256(bad).hexdigest()
+    bad_blob.chmod(0o644)
+    with open(bad_blob, "r+b") as fh:  # changed on the way
+        fh.seek(len(bad) - 1)
+        fh.write(bytes([bad[-1] ^ 0x01]))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(copied), str(ro)], check=True)
+    try:
+        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.decode().strip()}")
+        fileserver.reset()
+        served = run_cli("ensure", good_url, "--json", cache_dir=ro)
+        assert served.code == 0, served.stderr
+        assert Path(served.json()["local_path"]).read_bytes() == good and fileserver.requests == []
+        refused = run_cli("ensure", bad_url, cache_dir=ro)
+        assert refused.code == 5 and "not served" in refused.stderr, refused.stderr
+        assert fileserver.requests == []  # nothing fetched into a read-only cache
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

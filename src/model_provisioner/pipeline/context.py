@@ -39,6 +39,8 @@ class Workspace:
     schemes: frozenset[str] | None = None
     #: last-used times written by this process, so the warm path writes at most once per touch interval
     touched: dict[str, int] = field(default_factory=dict)
+    #: (model id, file identity) re-hashed in memory in a read-only cache and found intact
+    rehashed: set[tuple[str, tuple[int, ...]]] = field(default_factory=set)
 
     @property
     def engine(self) -> TransferEngine:

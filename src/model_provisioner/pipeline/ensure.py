@@ -14,6 +14,7 @@ from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import OfflineError, ReadOnlyCache, UnsupportedScheme
 from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef
 from model_provisioner.core.units import now_ms
+from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.pipeline.context import FetchOptions, Workspace
 from model_provisioner.pipeline.localfile import provision_local
@@ -39,6 +40,9 @@ def ensure(
     if answer is not None:
         return answer
     if ws.read_only:
+        answer = rehash_read_only(ws, entry, digest, strict, options)
+        if answer is not None:
+            return answer
         state = f"its entry is {entry.lifecycle}" if entry is not None else "it is not in it"
         raise ReadOnlyCache(
             f"{model_ref.id}: the cache at {ws.store.root} is read-only and cannot provide it ({state}); "
@@ -104,6 +108,34 @@ def _check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
         from model_provisioner.pipeline.access import check_caller_access  # noqa: PLC0415  # heavy: the access check and its sources, only for restricted entries
 
         check_caller_access(ws, entry)
+
+
+def rehash_read_only(
+    ws: Workspace, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions
+) -> ResolvedModel | None:
+    """A read-only cache that was copied (tar, ``cp -a``, an image layer: new inodes and ctimes) cannot record
+    new fingerprints: its files are re-hashed in memory, and served when they still match (once per process
+    and file identity; docs/reliability.md, "Read-only and shared caches")."""
+    if entry is None or entry.lifecycle is not Lifecycle.ACTIVE or entry.scheme == "file":
+        return None
+    if not still_answers(
+        entry, digest, strict, include=options.include, exclude=options.exclude, signature=ws.signature_required()
+    ):
+        return None
+    try:
+        identity = fingerprint_of(os.stat(entry.local_path))
+    except OSError:
+        return None
+    key = (entry.id, identity)
+    if key not in ws.rehashed:
+        rehash = rehash_entry(entry, ws.catalog.files(entry.id), None)
+        if not rehash.ok:
+            log.warning("%s: %s (read-only cache: not served)", entry.id, rehash.message)
+            return None
+        ws.rehashed.add(key)
+        log.info("%s: re-hashed in memory (a copied read-only cache cannot record it)", entry.id)
+    _check_caller_access(ws, entry)
+    return resolved_from(entry, from_cache=True)
 
 
 def reverify_in_place(
