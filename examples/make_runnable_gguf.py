@@ -57,6 +57,7 @@ def write_runnable_gguf(
     heads: int = 4,
     kv_heads: int | None = None,
     context: int = 512,
+    chat_template: str | None = None,
 ) -> Path:
     """``tied``: no ``output.weight``; llama.cpp projects onto the vocabulary with the token embeddings (half
     the size: what the shipped example uses). ``kv_heads`` below ``heads``: grouped-query attention."""
@@ -81,6 +82,8 @@ def write_runnable_gguf(
     writer.add_rope_dimension_count(width // heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for name, field in fields.items():
         value = _field_value(field)
         kind = field.types[0]

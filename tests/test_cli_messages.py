@@ -71,7 +71,7 @@ def test_the_core_install_is_small_and_each_missing_extra_is_named(
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = sorted(d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"])
-    assert core == ["PyYAML", "httpx", "huggingface_hub", "rich"]
+    assert core == ["Jinja2", "PyYAML", "httpx", "huggingface_hub", "rich"]
     extras = project["optional-dependencies"]
     assert {"s3", "oci", "triton", "server", "signing", "all"} <= set(extras)
     # a local GGUF needs nothing else

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from model_provisioner import CorruptModel, UnsupportedFormat
 from model_provisioner.formats import inspect_file
-from model_provisioner.formats.gguf import FILE_TYPES, GGML_TYPES, read_gguf
+from model_provisioner.formats.ggml_types import FILE_TYPES, GGML_TYPES
+from model_provisioner.formats.gguf import read_gguf
 
 from .conftest import EXAMPLE_GGUF, run_cli
 from .helpers import digest_of

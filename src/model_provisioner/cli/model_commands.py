@@ -116,6 +116,12 @@ def _write_inspection(payload: dict[str, Any], memory: MemoryEstimate | None) ->
             sys.stdout.write(f"{key[:-3]}: {stamp} ({ago(time.time() * 1000 - value)})\n")
         elif key == "memory" and memory is not None:
             sys.stdout.write(f"memory: {memory.describe()} with llama-server's defaults\n")
+        elif key == "lint":
+            problems = value["problems"]
+            checked = f"{value['tensors']} tensors" + (", the chat template" if value["templates"] else "")
+            sys.stdout.write(
+                f"safety lint: {'ok' if not problems else 'REFUSED: ' + '; '.join(problems)} ({checked})\n"
+            )
         elif key != "verifications":
             sys.stdout.write(f"{key}: {value}\n")
 

