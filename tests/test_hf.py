@@ -184,13 +184,13 @@ def test_include_exclude_globs_override(net: Any, hub: Any, cache_dir: Path) -> 
     files = transformers_repo()
     hub.add_repo("org/globs", files)
     resolved = net(hub.url).ensure_present(
-        "hf:org/globs", include=["*.json", "*.bin"], exclude=["generation_config.json"]
+        "hf:org/globs", include=["*.json", "*.msgpack"], exclude=["generation_config.json"]
     )
     names = sorted(p.name for p in resolved.local_path.iterdir())
     assert names == [
         "config.json",
+        "flax_model.msgpack",
         "model.safetensors.index.json",
-        "pytorch_model.bin",
         "tokenizer.json",
         "tokenizer_config.json",
     ]
@@ -616,3 +616,46 @@ def test_token_on_the_command_line_as_hf_download_takes_it(
     assert done.code == 0, done.stderr
     assert token not in done.stderr + done.stdout
     assert token.encode() not in (cache_dir / "catalog.db").read_bytes()
+
+
+def _torch_checkpoint(payload: object | None = None) -> bytes:
+    """A real ``torch.save`` of a state dict, or the same zip layout holding another pickle (``payload``)."""
+    import io
+    import pickle
+    import zipfile
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(4, 4)}, buffer)
+    if payload is None:
+        return buffer.getvalue()
+    wrapped = io.BytesIO()  # the scanner-bypass shape: the pickle inside torch's zip, not at the top
+    with zipfile.ZipFile(wrapped, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
+        archive.writestr("archive/version", b"3\n")
+    return wrapped.getvalue()
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo owned",))
+
+
+def test_pickle_weights_are_refused_unless_allowed_and_then_checked_without_unpickling(
+    hub: Any, cache_dir: Path, settings_file: Any
+) -> None:
+    """Issue 28 item 3: a transformers repo with pickle weights only is refused (exit 5, naming allow_pickle);
+    allowed, a torch state dict passes and a pickle that imports os.system (wrapped in torch's zip) is exit 4."""
+    config = b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    hub.add_repo("org/pickled", {"config.json": config, "pytorch_model.bin": _torch_checkpoint()})
+    hub.add_repo("org/evil", {"config.json": config, "pytorch_model.bin": _torch_checkpoint(_RunsCode())})
+    env = {"MODEL_PROVISIONER_SETTINGS": str(settings_file()), "HF_ENDPOINT": hub.url}
+    refused = run_cli("ensure", "hf:org/pickled", cache_dir=cache_dir, env=env)
+    assert refused.code == 5 and "allow_pickle: true" in refused.stderr, refused.stderr
+    assert hub.cdn.bytes_served == {} or sum(hub.cdn.bytes_served.values()) == 0  # refused before any weight
+    allowed = {"MODEL_PROVISIONER_SETTINGS": str(settings_file(allow_pickle=True)), "HF_ENDPOINT": hub.url}
+    fine = run_cli("ensure", "hf:org/pickled", cache_dir=cache_dir, env=allowed)
+    assert fine.code == 0, fine.stderr
+    evil = run_cli("ensure", "hf:org/evil", cache_dir=cache_dir, env=allowed)
+    assert evil.code == 4 and "posix.system" in evil.stderr and "refused" in evil.stderr, evil.stderr

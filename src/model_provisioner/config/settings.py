@@ -102,6 +102,9 @@ class Settings:
     allow_remote_code: bool = False
     #: the same for requests through the HTTP API (its callers may not be the operator): off by default
     api_allow_remote_code: bool = False
+    #: a transformers repo with pickle weights only (pytorch_model.bin…) is fetched only when this is true; their
+    #: imports are then checked without unpickling (formats/pickle_scan.py)
+    allow_pickle: bool = False
     #: size budget of the blob store: least recently used entries are evicted after each ensure
     max_cache_bytes: int | None = None
     #: before downloading a blob, look for it in huggingface_hub / Ollama caches (verified, then linked)
@@ -206,6 +209,7 @@ _TOP_TYPES: dict[str, type | tuple[type, ...]] = {
     "allow_remote_code": bool,
     "access_check_ttl_s": (int, float),
     "api_allow_remote_code": bool,
+    "allow_pickle": bool,
     "max_cache_bytes": (int, str),
     "adopt_caches": bool,
     "log_format": str,

@@ -3,6 +3,7 @@ transformers repository; each compared with the user's digest (one ``compare``) 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from model_provisioner.core.vocab import CheckResult
 from model_provisioner.formats import FormatInfo, inspect_file
 from model_provisioner.formats.gguf import SPLIT_NAME_RE
 from model_provisioner.formats.layout import detect_layout
+from model_provisioner.formats.pickle_scan import disallowed, is_pickle_weights, pickle_imports
 from model_provisioner.formats.transformers import summarize
 from model_provisioner.formats.triton import find_repository_root, inspect_repository
 from model_provisioner.pipeline.context import Workspace
 from model_provisioner.sources.plan import FetchPlan
 from model_provisioner.storage.catalog import EntryFile
+from model_provisioner.storage.safefs import open_in_cache
 from model_provisioner.storage.views import ref_namespace
 from model_provisioner.verify.compare import Check, compare, mark_source_verified
 from model_provisioner.verify.signatures import verify_signature
@@ -135,6 +138,8 @@ def _repository(
     for f in files:
         if f.path.endswith(".safetensors"):
             _inspect(ws, ws.store.blob_path(f.blob), f"{ref.id} [{f.path}]", f.path, f.blob)
+        elif is_pickle_weights(f.path):
+            _check_pickle(ws.store.blob_path(f.blob), f"{ref.id} [{f.path}]")
     tree = ws.store.link_tree([(f.path, f.blob) for f in files], f"transformers/{namespace}@{revision}")
     meta = summarize(tree, [f.path for f in files])
     extra["view_dir"] = str(tree)
@@ -148,6 +153,19 @@ def _repository(
             )
         )
     return LaidOut(tree, entry_digest, total, FormatInfo("transformers", meta), None, files, check, extra)
+
+
+def _check_pickle(blob: Path, subject: str) -> None:
+    """Pickle weights (fetched because allow_pickle is on) import only what a tensor state dict needs."""
+    fd = open_in_cache(blob, os.O_RDONLY, single_link=False)
+    with os.fdopen(fd, "rb") as stream:
+        bad = disallowed(pickle_imports(stream))
+    if bad:
+        raise VerificationFailed(
+            f"{subject}: the pickle imports {', '.join(bad[:6])} when it is loaded (a tensor state dict needs only "
+            "torch's rebuild functions); refused",
+            reason="unsafe_model",
+        )
 
 
 def check_signature(ws: Workspace, ref: ModelRef, laid: LaidOut) -> str:

@@ -20,6 +20,7 @@ from model_provisioner.core.paths import check_relative_path
 from model_provisioner.core.redact import redact_text, redact_url
 from model_provisioner.core.refs import HfRef
 from model_provisioner.formats.gguf import SPLIT_NAME_RE
+from model_provisioner.formats.pickle_scan import is_pickle_weights
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.transfer.types import Source
 
@@ -237,6 +238,13 @@ def plan_hf(ref: HfRef, settings: Settings, *, include: Sequence[str] = (), excl
                 "hf:org/repo/<file>",
             )
         layout = "transformers"
+        pickles = [p for p in paths if is_pickle_weights(p)]
+        if pickles and not settings.allow_pickle:
+            raise PolicyDenied(
+                f"{ref.id}: hf:{ref.repo_id} has pickle weights only ({', '.join(pickles[:4])}), which run code "
+                "when they are loaded; ask the publisher for safetensors, or set allow_pickle: true to fetch them "
+                "(their imports are then checked: only torch's tensor rebuild functions are accepted)"
+            )
     files = []
     for path in paths:
         check_relative_path(path, f"{ref.id}: Hub file name")
