@@ -276,7 +276,9 @@ def test_a_newcomer_goes_from_an_empty_cache_to_streamed_tokens_and_nothing_runs
     empty_bin.mkdir()
     env = {"PATH": str(empty_bin)}  # no compiler and no llama-server on this machine
     missing = run_cli("run", str(EXAMPLE), "Hi", cache_dir=cache_dir, env=env)
-    assert missing.code == 2 and "`model-provisioner engines install llamacpp`" in missing.stderr, missing.stderr
+    # the suggested command names the cache this run used: it runs as printed
+    suggested = f"`model-provisioner --cache-dir {cache_dir} engines install llamacpp`"
+    assert missing.code == 2 and suggested in missing.stderr, missing.stderr
     assert pools(cache_dir, env) == [], "a failed run leaves no pool behind"
 
     binary_digest = f"sha256:{pushed_engine['binary_sha256']}"

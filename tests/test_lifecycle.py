@@ -377,7 +377,7 @@ def test_ls_short_ids_filtered_totals_files_in_place_and_one_json_shape(
     entry = next(m for m in listing["models"] if m["id"] == f"file:{local}")
     assert entry["short_id"] == entry["digest"].split(":")[1][:12]
     shown = cli("inspect", "--json", f"file:{local}").json()
-    assert {k: v for k, v in shown.items() if k not in ("verifications", "memory")} == entry
+    assert {k: v for k, v in shown.items() if k not in ("verifications", "memory", "lint")} == entry
     human = cli("ls")
     rows = {line.split()[1]: line.split()[0] for line in human.stdout.splitlines()[1:]}
     assert rows[f"file:{local}"] == entry["short_id"]
