@@ -7,6 +7,7 @@ nothing half-made is visible; the next run recovers by itself, and gc cleans wha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +301,20 @@ def test_sixteen_processes_mixed_refs_random_sigkills(
 
 
 # ------------------------------------------------------------------------ read-only and shared caches
+@contextlib.contextmanager
+def read_only_view(source: Path, mountpoint: Path) -> Iterator[Path]:
+    """``source`` bind-mounted read-only at ``mountpoint`` (as an image layer is), unmounted afterwards."""
+    mountpoint.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(mountpoint)], check=True)
+    try:
+        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(mountpoint)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.decode().strip()}")
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
 def test_read_only_cache_serves_what_it_holds(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root; CI runs the suite as root")
@@ -307,13 +323,7 @@ def test_read_only_cache_serves_what_it_holds(tmp_path: Path, fileserver: Any, m
     other = fileserver.put("ro/other.gguf", data + b"\x00")
     cache = tmp_path / "image-cache"
     assert run_cli("ensure", url, cache_dir=cache).code == 0
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    subprocess.run(["mount", "--bind", str(cache), str(ro)], check=True)
-    try:
-        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot remount read-only here: {done.stderr.decode().strip()}")
+    with read_only_view(cache, tmp_path / "ro") as ro:
         fileserver.reset()
         ensured = run_cli("ensure", url, "--json", cache_dir=ro)
         assert ensured.code == 0, ensured.stderr
@@ -328,8 +338,6 @@ def test_read_only_cache_serves_what_it_holds(tmp_path: Path, fileserver: Any, m
         assert fileserver.requests == []  # refused before any socket
         gc = run_cli("gc", cache_dir=ro)
         assert gc.code == 5 and "read-only" in gc.stderr, gc.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_group_shared_cache_stays_group_writable(tmp_path: Path, fileserver: Any, make_gguf: Any) -> None:
@@ -566,13 +574,7 @@ def test_a_copied_read_only_cache_rehashes_in_memory_and_serves_what_matches(
     with open(bad_blob, "r+b") as fh:  # changed on the way
         fh.seek(len(bad) - 1)
         fh.write(bytes([bad[-1] ^ 0x01]))
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    subprocess.run(["mount", "--bind", str(copied), str(ro)], check=True)
-    try:
-        done = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot remount read-only here: {done.stderr.decode().strip()}")
+    with read_only_view(copied, tmp_path / "ro") as ro:
         fileserver.reset()
         served = run_cli("ensure", good_url, "--json", cache_dir=ro)
         assert served.code == 0, served.stderr
@@ -580,5 +582,3 @@ def test_a_copied_read_only_cache_rehashes_in_memory_and_serves_what_matches(
         refused = run_cli("ensure", bad_url, cache_dir=ro)
         assert refused.code == 5 and "not served" in refused.stderr, refused.stderr
         assert fileserver.requests == []  # nothing fetched into a read-only cache
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
