@@ -73,7 +73,7 @@ def test_the_core_install_is_small_and_each_missing_extra_is_named(
     core = sorted(d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"])
     assert core == ["Jinja2", "PyYAML", "httpx", "huggingface_hub", "rich"]
     extras = project["optional-dependencies"]
-    assert {"s3", "oci", "triton", "server", "signing", "all"} <= set(extras)
+    assert {"s3", "oci", "triton", "server", "signing", "bom", "all"} <= set(extras)
     # a local GGUF needs nothing else
     plain = _run_without(
         ["boto3", "botocore", "fastapi", "uvicorn", "prometheus_client", "zstandard", "tritonclient", "model_signing"],
@@ -90,6 +90,7 @@ def test_the_core_install_is_small_and_each_missing_extra_is_named(
             ["ensure", str(gguf_file), "--require-signature", "--signature-key", str(gguf_file)],
             "signing",
         ),
+        (["cyclonedx"], ["inspect", str(gguf_file), "--bom", "-"], "bom"),
     ):
         result = _run_without(modules, *args, cache_dir=cache_dir)
         assert result.returncode == 2, (extra, result.stderr)

@@ -21,7 +21,7 @@ from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.formats import inspect_file
 from model_provisioner.formats.memory import MemoryEstimate
 from model_provisioner.ops.export import export
-from model_provisioner.storage.catalog import CatalogEntry
+from model_provisioner.storage.catalog import CatalogEntry, EntryFile
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
@@ -80,6 +80,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         entry = prov.entry(ref)
         history = prov.catalog.verifications(ref.id) if entry is not None else []
         provisioning_now = entry is not None and prov.provisioning_now(entry)
+        files = prov.catalog.files(entry.id) if entry is not None else []
+    if args.bom and entry is None:
+        raise NotFound(
+            f"{ref.id} is not in the catalog: a BOM records a provisioned model; run `{PROG} ensure {ref.id}`"
+        )
     if entry is not None:
         payload = entry_json(entry, history, provisioning_now=provisioning_now)
     elif isinstance(ref, FileRef):
@@ -97,11 +102,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
     memory = with_memory(payload, prov.settings.engines.llamacpp)
+    if args.bom and entry is not None:
+        _write_bom(args.bom, entry, files, payload.get("lint"))
+        if args.bom == "-":
+            return 0  # stdout holds the BOM alone
     if args.json:
         emit(args, payload)
     else:
         _write_inspection(payload, memory)
     return 0
+
+
+def _write_bom(where: str, entry: CatalogEntry, files: list[EntryFile], lint: Any) -> None:
+    from model_provisioner.api.bom import model_bom  # noqa: PLC0415  # heavy: cyclonedx, only for --bom
+
+    if not files and entry.digest and entry.local_path:  # a one-file model registered in place
+        files = [EntryFile(os.path.basename(entry.local_path), entry.digest.split(":", 1)[-1], entry.size_bytes)]
+    text = model_bom(entry, files, lint)
+    if where == "-":
+        sys.stdout.write(text + "\n")
+        return
+    Path(where).write_text(text + "\n", encoding="utf-8")
+    sys.stderr.write(f"{PROG}: AI-BOM (CycloneDX 1.6, validated) written to {where}\n")
 
 
 def _write_inspection(payload: dict[str, Any], memory: MemoryEstimate | None) -> None:

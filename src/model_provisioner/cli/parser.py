@@ -232,6 +232,9 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Commands about one model or the service: inspect, locate, verify, rm, serve, provision."""
     p = sub.add_parser("inspect", parents=[common], help="show a model's catalog entry and metadata")
     p.add_argument("ref", help="model id or reference (a local file is read without registering it)")
+    p.add_argument(
+        "--bom", metavar="FILE", help="also write a CycloneDX ML-BOM of the provisioned model to FILE ('-': stdout)"
+    )
     p.set_defaults(func=_lazy("model_commands", "cmd_inspect"))
 
     p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")

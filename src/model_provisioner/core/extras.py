@@ -1,5 +1,5 @@
-"""Optional dependencies. The core install (local files, ``https://``, ``hf:``) needs httpx, PyYAML, rich and
-huggingface_hub; everything else is an extra, imported only when used. A command that needs an extra that
+"""Optional dependencies. The core install (local files, ``https://``, ``hf:``) needs httpx, PyYAML, rich,
+huggingface_hub and Jinja2; everything else is an extra, imported only when used. A command that needs an extra that
 is not installed is exit 2, one line naming the ``pip install`` that fixes it."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "triton": ("tritonclient", "google.protobuf"),
     "server": ("fastapi", "uvicorn", "prometheus_client"),
     "signing": ("model_signing",),
+    "bom": ("cyclonedx", "jsonschema"),
 }
 
 
