@@ -141,3 +141,56 @@ def test_signature_setup_errors_are_exit_2_and_change_nothing(
     assert changed.code == 4 and str(gguf_file) in changed.stderr, changed.stderr
     assert signed in changed.stderr and digest_of(gguf_file.read_bytes()) in changed.stderr
     assert "digest_value=b" not in changed.stderr
+
+
+def _other_key(tmp_path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = tmp_path / "other.pub.pem"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return other
+
+
+def test_the_signature_policy_by_scope_warns_enforces_and_checks_again_under_another_key_set(
+    cli: Any, make_gguf: Any, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """Issue 28 item 2: signatures.policy with per-scope overrides and a set of trusted keys."""
+    private, public = keys
+    signed = make_gguf("team/signed.gguf")
+    team = signed.parent
+    sign(signed, private)
+    unsigned_team = make_gguf("team/unsigned.gguf")
+    elsewhere = make_gguf("elsewhere.gguf")
+    other = _other_key(tmp_path)
+    settings = tmp_path / "policy.json"
+
+    def policy(keys_: list[Path]) -> dict[str, str]:
+        scopes = {f"file:{team}/*": "enforce", "file:*": "warn"}
+        settings.write_text(
+            json.dumps({"signatures": {"policy": "off", "keys": [str(k) for k in keys_], "scopes": scopes}})
+        )
+        return {"MODEL_PROVISIONER_SETTINGS": str(settings)}
+
+    env = policy([other, public])
+    assert cli("ensure", str(signed), env=env).code == 0
+    refused = cli("ensure", str(unsigned_team), env=env)
+    assert refused.code == 4 and "unsigned" in refused.stderr and f"scope 'file:{team}/*'" in refused.stderr
+    warned = cli("ensure", str(elsewhere), env=env)
+    assert warned.code == 0 and "signatures: warn" in warned.stderr, warned.stderr
+    assert cli("inspect", "--json", str(elsewhere)).json()["metadata"]["signature"] == "not verified (unsigned)"
+    first = cli("inspect", "--json", str(signed)).json()["metadata"]["signature"]
+    assert first.startswith("model-signing, 2 keys")
+    # another key set: the entry is checked again (and recorded under it) before it is served
+    again = cli("ensure", str(signed), "--json", env=policy([public]))
+    assert again.code == 0 and again.json()["metadata"]["signature"].startswith("model-signing, key sha256:")
+    # a key set that does not hold the signer's key: refused under enforce
+    wrong = cli("ensure", str(signed), env=policy([other]))
+    assert wrong.code == 4 and "signature verification failed" in wrong.stderr, wrong.stderr
+    # up refuses what the policy rejects, before any engine is looked for
+    up = cli("up", str(unsigned_team), "--binary", str(tmp_path / "no-engine"), env=policy([public]))
+    assert up.code == 4 and "unsigned" in up.stderr, up.stderr

@@ -21,6 +21,7 @@ from model_provisioner.config.policy import Policy, policy_from
 from model_provisioner.config.proxy import ProxySettings
 from model_provisioner.config.registry_mirrors import RegistryMirror, parse_registry_mirrors
 from model_provisioner.config.sections import HttpsMirror, parse_mirrors, parse_oci_credentials
+from model_provisioner.config.signatures import SignaturePolicy, parse_signatures
 from model_provisioner.core.errors import ConfigError, NotFound
 from model_provisioner.core.redact import register_secret
 from model_provisioner.core.units import parse_size
@@ -145,6 +146,8 @@ class Settings:
     model_mirrors: tuple[str, ...] = ()
     #: a model becomes Active only with a model-signing signature that verifies with this key
     require_signature: bool = False
+    #: the signature policy by scope, and its trusted keys (docs/verification.md, "Signature policy")
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
     signature_public_key: str | None = None
     #: set for requests through the HTTP API (never from a settings file): file: refs must lie under
     #: ``api_file_roots``, reached without symbolic links, and be the very file that is hashed
@@ -301,7 +304,17 @@ def _from_variables(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _load_settings_file(path: str) -> dict[str, Any]:
     data = read_mapping(path)
-    sections = {"transfer", "policy", "mirrors", "oci_credentials", "engines", "registry_mirrors", "gateway", "models"}
+    sections = {
+        "transfer",
+        "policy",
+        "mirrors",
+        "oci_credentials",
+        "engines",
+        "registry_mirrors",
+        "gateway",
+        "models",
+        "signatures",
+    }
     out = _typed(path, "", {k: v for k, v in data.items() if k not in sections}, _TOP_TYPES)
     if isinstance(out.get("max_cache_bytes"), str):
         try:
@@ -314,6 +327,8 @@ def _load_settings_file(path: str) -> dict[str, Any]:
         out["registry_mirrors"] = parse_registry_mirrors(path, data["registry_mirrors"])
     if "engines" in data:
         out["engines"] = parse_engine_settings(path, data["engines"])
+    if "signatures" in data:
+        out["signatures"] = parse_signatures(path, data["signatures"])
     if "gateway" in data or "models" in data:
         out["gateway"] = parse_gateway(path, data.get("gateway", {}), data.get("models"))
     if "policy" in data:

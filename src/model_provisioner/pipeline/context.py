@@ -3,15 +3,20 @@ engine (created on first network use), passed down as one object instead of the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from model_provisioner.config.settings import Settings
+from model_provisioner.config.signatures import SignatureMode
+from model_provisioner.core.errors import VerificationFailed
 from model_provisioner.pipeline.ledger import Ledger
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogStore
 from model_provisioner.verify.signatures import signature_label
+
+log = logging.getLogger("model_provisioner")
 
 if TYPE_CHECKING:
     from model_provisioner.transfer.engine import TransferEngine
@@ -46,6 +51,28 @@ class Workspace:
     def engine(self) -> TransferEngine:
         return self.transfers()
 
-    def signature_required(self) -> str | None:
-        """The signature label entries must carry (the key in force), or None when none is required."""
-        return signature_label(self.settings) if self.settings.require_signature else None
+    def signature_mode(self, model_id: str) -> tuple[SignatureMode, str]:
+        """What the signature policy asks of ``model_id``, and where that comes from (``require_signature``
+        enforces it for every model)."""
+        if self.settings.require_signature:
+            return "enforce", "require_signature"
+        return self.settings.signatures.mode_for(model_id)
+
+    def signature_required(self, model_id: str) -> str | None:
+        """The signature label ``model_id``'s entry must carry (the key set in force), or None when the policy
+        does not enforce one for it."""
+        return signature_label(self.settings) if self.signature_mode(model_id)[0] == "enforce" else None
+
+    def checked_signature(self, model_id: str, check: Callable[[], str]) -> str | None:
+        """Run ``check`` (a signature verification) as the policy asks: not at all (off); its failure a warning
+        recorded on the entry (warn); its failure the provisioning's (enforce, naming the scope)."""
+        mode, scope = self.signature_mode(model_id)
+        if mode == "off":
+            return None
+        try:
+            return check()
+        except VerificationFailed as exc:
+            if mode == "enforce":
+                raise VerificationFailed(f"{exc} (signatures: enforce, from {scope})", reason=exc.reason) from None
+            log.warning("%s (signatures: warn, from %s: provisioned anyway)", exc, scope)
+            return f"not verified ({exc.reason})"

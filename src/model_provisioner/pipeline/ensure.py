@@ -33,7 +33,7 @@ def ensure(
 ) -> ResolvedModel:
     """Make ``model_ref`` present and verified; the catalog answers when it can."""
     ws.settings.policy.check_ref(model_ref)  # before any lock, file or socket
-    if ws.settings.require_signature:
+    if ws.signature_mode(model_ref.id)[0] != "off":
         check_signature_setup(ws.settings)  # a missing key or extra is exit 2, before any state changes
     entry = ws.catalog.get(model_ref.id)
     answer = warm(ws, entry, digest, strict, options)
@@ -82,7 +82,9 @@ def warm(
             return None
         log.warning("%s: offline mode is on; serving the cached copy without --refresh", entry.id)
     include, exclude = (options.include, options.exclude) if options is not None else ((), ())
-    if not still_answers(entry, digest, strict, include=include, exclude=exclude, signature=ws.signature_required()):
+    if not still_answers(
+        entry, digest, strict, include=include, exclude=exclude, signature=ws.signature_required(entry.id)
+    ):
         return None
     if "local_tree" in entry.metadata:
         return None  # a local directory: its tree fingerprint is checked by the directory flow
@@ -119,7 +121,12 @@ def rehash_read_only(
     if entry is None or entry.lifecycle is not Lifecycle.ACTIVE or entry.scheme == "file":
         return None
     if not still_answers(
-        entry, digest, strict, include=options.include, exclude=options.exclude, signature=ws.signature_required()
+        entry,
+        digest,
+        strict,
+        include=options.include,
+        exclude=options.exclude,
+        signature=ws.signature_required(entry.id),
     ):
         return None
     try:
@@ -154,7 +161,7 @@ def reverify_in_place(
             strict,
             include=options.include,
             exclude=options.exclude,
-            signature=ws.signature_required(),
+            signature=ws.signature_required(entry.id),
         )
     ):
         return None

@@ -214,16 +214,18 @@ def verify_and_commit(
 
 
 def _signature(ws: Workspace, path: Path, subject: str, blob: str | None) -> str | None:
-    """The signature label when signatures are required (None when they are not)."""
-    if not ws.settings.require_signature:
-        return None
-    if blob is not None:
-        raise VerificationFailed(
-            f"{subject}: signatures are checked on local files and directory models; provision this "
-            "one from its signed source",
-            reason="unsigned",
-        )
-    return verify_signature(ws.settings, path, subject)
+    """The signature label as the policy asks for it (None when it asks for none)."""
+
+    def check() -> str:
+        if blob is not None:
+            raise VerificationFailed(
+                f"{subject}: signatures are checked on local files and directory models; provision this "
+                "one from its signed source",
+                reason="unsigned",
+            )
+        return verify_signature(ws.settings, path, subject)
+
+    return ws.checked_signature(subject, check)
 
 
 def stat_model_file(path: Path, subject: str) -> os.stat_result:

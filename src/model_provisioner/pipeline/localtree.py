@@ -46,7 +46,7 @@ def provision_directory(
     if (
         entry is not None
         and entry.fingerprint == fingerprint
-        and still_answers(entry, digest, strict, signature=ws.signature_required())
+        and still_answers(entry, digest, strict, signature=ws.signature_required(entry.id))
     ):
         return resolved_from(entry, from_cache=True)
     pinned_before = prior_pin(entry)
@@ -85,8 +85,9 @@ def provision_directory(
             meta = summarize(root, paths)
             local = root
             fmt = FormatInfo("transformers", meta)
-        if ws.settings.require_signature:
-            meta = {**meta, "signature": verify_signature(ws.settings, root, ref.id)}
+        signed = ws.checked_signature(ref.id, lambda: verify_signature(ws.settings, root, ref.id))
+        if signed is not None:
+            meta = {**meta, "signature": signed}
     except ProvisionerError as exc:
         ws.ledger.fail(base, Check.failed(exc))
         raise

@@ -127,8 +127,9 @@ def provision_remote(
             failpoints.failpoint("remote.fetched")
             _check_git_ids(ws, ref, plan, fetched)
             laid = lay_out(ws, ref, plan, _materialise(ws, ref, plan, fetched), enforced, enforced_strict)
-            if ws.settings.require_signature:
-                laid.extra["signature"] = check_signature(ws, ref, laid)
+            signed = ws.checked_signature(ref.id, lambda: check_signature(ws, ref, laid))
+            if signed is not None:
+                laid.extra["signature"] = signed
         except NotModified:
             assert previous_active is not None
             now = now_ms()

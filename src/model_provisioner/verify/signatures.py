@@ -37,22 +37,31 @@ def signature_path(model_path: Path) -> Path:
     return model_path / SIGNATURE_NAME if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
 
 
+def trusted_keys(settings: Settings) -> list[str]:
+    """The public keys a signature may verify with: ``signatures.keys`` and ``signature_public_key``."""
+    keys = list(settings.signatures.keys)
+    if settings.signature_public_key and settings.signature_public_key not in keys:
+        keys.append(settings.signature_public_key)
+    return keys
+
+
 def check_signature_setup(settings: Settings) -> None:
     """Before anything is provisioned: the extra is installed and the key is there (exit 2, one line naming
     the extra or the flag; no entry changes state)."""
-    key = settings.signature_public_key
-    if not key:
+    keys = trusted_keys(settings)
+    if not keys:
         raise InvalidInput(
-            "a signature is required (--require-signature or require_signature) but no public key is given: "
-            "pass --signature-key PEM (or set signature_public_key in the settings)"
+            "a signature is required (--require-signature, require_signature or the signature policy) but no "
+            "public key is given: pass --signature-key PEM (or set signatures.keys in the settings)"
         )
-    try:
-        with open(key, "rb"):
-            pass
-    except OSError as exc:
-        raise InvalidInput(
-            f"the signature key {key!r} (--signature-key / signature_public_key) cannot be read: {exc.strerror}"
-        ) from None
+    for key in keys:
+        try:
+            with open(key, "rb"):
+                pass
+        except OSError as exc:
+            raise InvalidInput(
+                f"the signature key {key!r} (--signature-key / signatures.keys) cannot be read: {exc.strerror}"
+            ) from None
 
     require_extra("signing", "signature checks (--require-signature)")
 
@@ -81,10 +90,9 @@ def _readable(detail: str) -> str:
 
 
 def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
-    """Verify ``model_path`` (a file or a directory) against its signature; returns a short description."""
+    """Verify ``model_path`` (a file or a directory) against its signature with any trusted key; returns what
+    the entry records (the key set, by digest)."""
     check_signature_setup(settings)
-    key = settings.signature_public_key
-    assert key is not None
     signature = signature_path(model_path)
     if not signature.is_file():
         raise VerificationFailed(
@@ -98,32 +106,39 @@ def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
         raise ProvisionerError(
             f"signature checks need model-signing: pip install 'model-provisioner[signing]' ({exc})"
         ) from None
-    try:
-        verifier = verifying.Config()  # type: ignore[no-untyped-call]
-        hasher = hashing.Config()  # type: ignore[no-untyped-call]
-        verifier.use_elliptic_key_verifier(public_key=key)
-        verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
-        verifier.verify(model_path, signature)
-    except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles
-        detail = redact_text(_readable(str(exc).splitlines()[0]))[:600] if str(exc) else type(exc).__name__
-        raise VerificationFailed(
-            f"{subject}: signature verification failed with key {key}: {detail}", reason="signature"
-        ) from None
-    return signature_label(settings)
+    failures = []
+    for key in trusted_keys(settings):
+        try:
+            verifier = verifying.Config()  # type: ignore[no-untyped-call]
+            hasher = hashing.Config()  # type: ignore[no-untyped-call]
+            verifier.use_elliptic_key_verifier(public_key=key)
+            verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
+            verifier.verify(model_path, signature)
+            return signature_label(settings)
+        except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles
+            detail = redact_text(_readable(str(exc).splitlines()[0]))[:600] if str(exc) else type(exc).__name__
+            failures.append(f"key {key}: {detail}")
+    raise VerificationFailed(
+        f"{subject}: signature verification failed with {'; '.join(failures)[:900]}", reason="signature"
+    )
 
 
 def signature_label(settings: Settings) -> str:
-    """What an entry records once verified: the key it was verified with (by the digest of the key file),
-    so that a different key in the settings means checking again."""
-    key = settings.signature_public_key or ""
-    try:
-        st = Path(key).stat()
-    except OSError:
-        return "model-signing key (unreadable)"
-    return _label(key, st.st_mtime_ns, st.st_size)
+    """What an entry records once verified: the trusted key set (by the digests of its key files), so that
+    another key set in the settings means checking again."""
+    digests = []
+    for key in trusted_keys(settings):
+        try:
+            st = Path(key).stat()
+        except OSError:
+            return "model-signing key (unreadable)"
+        digests.append(_label(key, st.st_mtime_ns, st.st_size))
+    if len(digests) == 1:
+        return f"model-signing, key sha256:{digests[0]}"
+    combined = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()[:16]
+    return f"model-signing, {len(digests)} keys sha256:{combined}"
 
 
 @functools.lru_cache(maxsize=8)
 def _label(key: str, _mtime_ns: int, _size: int) -> str:
-    digest = hashlib.sha256(Path(key).read_bytes()).hexdigest()
-    return f"model-signing, key sha256:{digest[:16]}"
+    return hashlib.sha256(Path(key).read_bytes()).hexdigest()[:16]
