@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import EXAMPLE_GGUF, run_cli
 from .helpers import transformers_repo
 
@@ -53,3 +55,39 @@ def test_a_repo_bom_lists_every_file_with_its_own_hash(net: Any, hub: Any, cache
     assert listed and all(hashlib.sha256(files[name]).hexdigest() == sha for name, sha in listed.items())
     assert "pytorch_model.bin" not in listed  # safetensors were there: the pickle was never fetched
     assert _properties(model)["model-provisioner:revision"] == commit
+
+
+@pytest.mark.slow  # starts an engine
+def test_provision_and_up_write_the_bom_beside_the_handoff(
+    cache_dir: Path, tmp_path: Path, llama_server: str, tiny_model: Path
+) -> None:
+    config = tmp_path / "model.yaml"
+    config.write_text(f"model_ref: {EXAMPLE_GGUF}\n")
+    out = tmp_path / "out"
+    done = run_cli("provision", "--config", str(config), "--out", str(out), "--bom", cache_dir=cache_dir)
+    assert done.code == 0, done.stderr
+    handoffs = list((out / ".runtime" / "engines").glob("*.json"))
+    assert len(handoffs) == 1
+    bom = _validated((out / ".runtime" / "bom" / f"{handoffs[0].stem}.cdx.json").read_text())
+    assert bom["metadata"]["component"]["name"] == f"file:{EXAMPLE_GGUF}"
+    refused = run_cli("up", str(tiny_model), "--bom", "--binary", llama_server, cache_dir=cache_dir)
+    assert refused.code == 2 and "--handoff-dir" in refused.stderr
+    served = tmp_path / "served"
+    up = run_cli(
+        "up",
+        str(tiny_model),
+        "--bom",
+        "--handoff-dir",
+        str(served),
+        "--binary",
+        llama_server,
+        "--pool",
+        "bom",
+        cache_dir=cache_dir,
+    )
+    try:
+        assert up.code == 0, up.stderr
+        bom = _validated((served / ".runtime" / "bom" / "llamacpp.cdx.json").read_text())
+        assert _properties(bom["metadata"]["component"])["model-provisioner:safety-lint"] == "ok"
+    finally:
+        run_cli("down", "--pool", "bom", cache_dir=cache_dir)

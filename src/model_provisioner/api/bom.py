@@ -10,10 +10,15 @@ written (a BOM that does not validate is a bug, never a file).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+from model_provisioner.api.provisioner import ModelProvisioner
+from model_provisioner.core.errors import NotFound
 from model_provisioner.core.extras import require_extra
 from model_provisioner.core.version import VERSION
+from model_provisioner.engines.safety import lint_file
 from model_provisioner.storage.catalog import CatalogEntry, EntryFile
 
 #: the metadata facts a BOM carries, as ``model-provisioner:<key>`` properties
@@ -75,3 +80,21 @@ def model_bom(entry: CatalogEntry, files: list[EntryFile], lint: dict[str, Any] 
     if error is not None:
         raise RuntimeError(f"the AI-BOM does not validate against CycloneDX 1.6: {error}")
     return text
+
+
+def write_beside(prov: ModelProvisioner, model_id: str, handoff: Path) -> Path:
+    """The BOM of ``model_id`` beside its engine handoff: ``<out>/.runtime/bom/<engine>.cdx.json`` for the
+    handoff ``<out>/.runtime/engines/<engine>.json`` (``provision --bom``, ``up --bom``)."""
+    entry = prov.entry(model_id)
+    if entry is None:
+        raise NotFound(f"{model_id} is not in the catalog; its BOM cannot be written")
+    lint = None
+    if entry.format == "gguf" and entry.local_path and os.path.isfile(entry.local_path):
+        lint = lint_file(entry.local_path, entry.id).as_json()
+    files = prov.catalog.files(entry.id)
+    if not files and entry.digest and entry.local_path:  # a one-file model
+        files = [EntryFile(os.path.basename(entry.local_path), entry.digest.split(":", 1)[-1], entry.size_bytes)]
+    target = handoff.parent.parent / "bom" / f"{handoff.stem}.cdx.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(model_bom(entry, files, lint) + "\n", encoding="utf-8")
+    return target

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from model_provisioner.api import engines as engine_api
@@ -40,9 +41,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         binary=args.binary,
         flags=tuple(args.flag),
     )
+    if args.bom and not args.handoff_dir:
+        raise InvalidInput("--bom writes the AI-BOM beside the handoff: add --handoff-dir DIR")
     started = time.monotonic()
     with provisioner(args) as prov:
         state = up_installing(args, prov, run)
+        if args.bom and state.handoff:
+            from model_provisioner.api.bom import write_beside  # noqa: PLC0415  # heavy: cyclonedx, only for --bom
+
+            written = write_beside(prov, state.model_id, Path(state.handoff))
+            if not args.quiet and not args.json:
+                sys.stderr.write(f"{PROG}: AI-BOM written to {written}\n")
     _announce(args, state, int((time.monotonic() - started) * 1000))
     return 0
 

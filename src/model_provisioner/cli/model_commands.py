@@ -116,7 +116,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _write_bom(where: str, entry: CatalogEntry, files: list[EntryFile], lint: Any) -> None:
     from model_provisioner.api.bom import model_bom  # noqa: PLC0415  # heavy: cyclonedx, only for --bom
 
-    if not files and entry.digest and entry.local_path:  # a one-file model registered in place
+    if not files and entry.digest and entry.local_path:  # a one-file model
         files = [EntryFile(os.path.basename(entry.local_path), entry.digest.split(":", 1)[-1], entry.size_bytes)]
     text = model_bom(entry, files, lint)
     if where == "-":
@@ -209,6 +209,13 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_provision(args: argparse.Namespace) -> int:
     with provisioner(args) as prov:
         results = provision_config(args.config, args.out, prov)
+        if args.bom:
+            from model_provisioner.api.bom import write_beside  # noqa: PLC0415  # heavy: cyclonedx, only for --bom
+
+            for resolved, handoff in results:
+                written = write_beside(prov, resolved.id, handoff)
+                if not args.quiet and not args.json:
+                    sys.stderr.write(f"{PROG}: {resolved.id}: AI-BOM written to {written}\n")
     models = [{**resolved.as_json(handoff.stem), "handoff": str(handoff)} for resolved, handoff in results]
     if not args.quiet and not args.json:
         for resolved, handoff in results:

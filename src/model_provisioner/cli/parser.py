@@ -265,6 +265,7 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
     p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
+    p.add_argument("--bom", action="store_true", help="also write each model's AI-BOM to DIR/.runtime/bom/")
     p.set_defaults(func=_lazy("model_commands", "cmd_provision"))
 
 
@@ -305,6 +306,7 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a digest mismatch warns instead of failing (the engine then runs on what was found)",
     )
     p.add_argument("--handoff-dir", metavar="DIR", help="write DIR/.runtime/engines/<engine>.json")
+    p.add_argument("--bom", action="store_true", help="also write the model's AI-BOM to DIR/.runtime/bom/")
     p.add_argument(
         "--flag",
         action="append",
