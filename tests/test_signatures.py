@@ -194,3 +194,16 @@ def test_the_signature_policy_by_scope_warns_enforces_and_checks_again_under_ano
     # up refuses what the policy rejects, before any engine is looked for
     up = cli("up", str(unsigned_team), "--binary", str(tmp_path / "no-engine"), env=policy([public]))
     assert up.code == 4 and "unsigned" in up.stderr, up.stderr
+
+
+def test_a_remote_model_under_warn_stays_usable_when_unsigned(
+    fileserver: Any, cli: Any, tmp_path: Path, keys: tuple[Path, Path], settings_file: Any
+) -> None:
+    """Under warn a failed check is recorded, and nothing of the provisioned model is taken away."""
+    _, public = keys
+    url = fileserver.put("warn/m.bin", Path(__file__).read_bytes())
+    settings = settings_file(signatures={"policy": "warn", "keys": [str(public)]})
+    done = cli("ensure", url, "--json", env={"MODEL_PROVISIONER_SETTINGS": str(settings)})
+    assert done.code == 0, done.stderr
+    assert Path(done.json()["local_path"]).read_bytes() == Path(__file__).read_bytes()
+    assert done.json()["metadata"]["signature"] == "not verified (unsigned)"

@@ -127,7 +127,8 @@ def provision_remote(
             failpoints.failpoint("remote.fetched")
             _check_git_ids(ws, ref, plan, fetched)
             laid = lay_out(ws, ref, plan, _materialise(ws, ref, plan, fetched), enforced, enforced_strict)
-            signed = ws.checked_signature(ref.id, lambda: check_signature(ws, ref, laid))
+            enforce = ws.signature_mode(ref.id)[0] == "enforce"
+            signed = ws.checked_signature(ref.id, lambda: check_signature(ws, ref, laid, enforce=enforce))
             if signed is not None:
                 laid.extra["signature"] = signed
         except NotModified:

@@ -168,9 +168,10 @@ def _check_pickle(blob: Path, subject: str) -> None:
         )
 
 
-def check_signature(ws: Workspace, ref: ModelRef, laid: LaidOut) -> str:
+def check_signature(ws: Workspace, ref: ModelRef, laid: LaidOut, *, enforce: bool = True) -> str:
     """A multi-file model carries ``model.sig`` in its file set; verify its view before it becomes Active.
-    On failure the view is removed (nothing half-trusted stays at a final path)."""
+    On failure under ``enforce`` the view is removed (nothing half-trusted stays at a final path); under the
+    policy's ``warn`` it stays: the model is provisioned, its entry saying the signature was not verified."""
     view = laid.extra.get("view_dir")
     try:
         if not isinstance(view, str):
@@ -181,6 +182,8 @@ def check_signature(ws: Workspace, ref: ModelRef, laid: LaidOut) -> str:
             )
         return verify_signature(ws.settings, Path(view), ref.id)
     except VerificationFailed:
+        if not enforce:
+            raise
         if isinstance(view, str):
             ws.store.remove_tree(view)
         elif laid.blob:
