@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model_provisioner.api.handoff import provision_and_handoff, provision_config
-from model_provisioner.api.shapes import entry_json, with_memory
+from model_provisioner.api.shapes import entry_json
 from model_provisioner.cli.context import provisioner
 from model_provisioner.cli.output import PROG, ago, emit, progress_bar
 from model_provisioner.core.errors import ExitCode, InvalidInput, NotFound
@@ -101,6 +101,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         }
     else:
         raise NotFound(f"{ref.id} is not in the catalog; run `{PROG} ensure {ref.id}` first")
+    from model_provisioner.api.engine_view import with_memory  # noqa: PLC0415  # the engines layer: only inspect needs it (ensure never loads it)
+
     memory = with_memory(payload, prov.settings.engines.llamacpp)
     if args.bom and entry is not None:
         _write_bom(args.bom, entry, files, payload.get("lint"))

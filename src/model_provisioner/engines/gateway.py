@@ -117,7 +117,6 @@ class Ticket:
 
     slot: Slot
     url: str
-    keep_alive_s: float
 
 
 class Gateway:
@@ -184,7 +183,7 @@ class Gateway:
         slot.idle.clear()
         slot.keep_alive_s = self._keep_alive(target, keep_alive_s)
         self._touch(slot)
-        return Ticket(slot, phase.state.url, slot.keep_alive_s)
+        return Ticket(slot, phase.state.url)
 
     def release(self, ticket: Ticket) -> None:
         slot = ticket.slot

@@ -14,7 +14,6 @@ from model_provisioner.core.digest import Digest
 from model_provisioner.core.errors import OfflineError, ReadOnlyCache, UnsupportedScheme
 from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef
 from model_provisioner.core.units import now_ms
-from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.obs.metrics import METRICS
 from model_provisioner.pipeline.context import FetchOptions, Workspace
 from model_provisioner.pipeline.localfile import provision_local
@@ -40,7 +39,7 @@ def ensure(
     if answer is not None:
         return answer
     if ws.read_only:
-        answer = rehash_read_only(ws, entry, digest, strict, options)
+        answer = reverify_in_place(ws, entry, digest, strict, options)
         if answer is not None:
             return answer
         state = f"its entry is {entry.lifecycle}" if entry is not None else "it is not in it"
@@ -112,27 +111,39 @@ def _check_caller_access(ws: Workspace, entry: CatalogEntry) -> None:
         check_caller_access(ws, entry)
 
 
-def rehash_read_only(
+def reverify_in_place(
     ws: Workspace, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions
 ) -> ResolvedModel | None:
-    """A read-only cache that was copied (tar, ``cp -a``, an image layer: new inodes and ctimes) cannot record
-    new fingerprints: its files are re-hashed in memory, and served when they still match (once per process
-    and file identity; docs/reliability.md, "Read-only and shared caches")."""
-    if entry is None or entry.lifecycle is not Lifecycle.ACTIVE or entry.scheme == "file":
+    """An Active remote entry whose files changed identity (the cache was copied or restored from a
+    backup: new inodes) is re-hashed locally before anything is fetched again; same bytes -> served. A
+    read-only cache cannot record the new fingerprints: there the files are re-hashed in memory, once per
+    process and file identity (docs/reliability.md, "Read-only and shared caches")."""
+    if entry is None or entry.scheme == "file" or entry.verification == "mismatch_advisory":
         return None
-    if not still_answers(
-        entry,
-        digest,
-        strict,
-        include=options.include,
-        exclude=options.exclude,
-        signature=ws.signature_required(entry.id),
-    ):
+    if options.refresh and not ws.read_only:  # a read-only cache fetches nothing: what it holds is its answer
+        return None
+    signature = ws.signature_required(entry.id)
+    if not still_answers(entry, digest, strict, include=options.include, exclude=options.exclude, signature=signature):
         return None
     try:
         identity = fingerprint_of(os.stat(entry.local_path))
     except OSError:
         return None
+    if identity == entry.fingerprint:
+        return None  # not a changed identity: the warm path declined for another reason
+    if ws.read_only:
+        return _rehashed_in_memory(ws, entry, identity)
+    report = ws.ledger.apply(entry, rehash_entry(entry, ws.catalog.files(entry.id), None), repairing=True)
+    if not report.ok:
+        return None  # marked Failed (and a corrupt blob quarantined): the caller fetches it again
+    _check_caller_access(ws, entry)
+    ws.ledger.relink_views(entry)
+    refreshed = ws.catalog.get(entry.id)
+    log.info("%s: files were replaced by identical bytes (copied cache?); re-verified in place", entry.id)
+    return resolved_from(refreshed, from_cache=True) if refreshed is not None else None
+
+
+def _rehashed_in_memory(ws: Workspace, entry: CatalogEntry, identity: tuple[int, ...]) -> ResolvedModel | None:
     key = (entry.id, identity)
     if key not in ws.rehashed:
         rehash = rehash_entry(entry, ws.catalog.files(entry.id), None)
@@ -143,41 +154,6 @@ def rehash_read_only(
         log.info("%s: re-hashed in memory (a copied read-only cache cannot record it)", entry.id)
     _check_caller_access(ws, entry)
     return resolved_from(entry, from_cache=True)
-
-
-def reverify_in_place(
-    ws: Workspace, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions
-) -> ResolvedModel | None:
-    """An Active remote entry whose files changed identity (the cache was copied or restored from a
-    backup: new inodes) is re-hashed locally before anything is fetched again; same bytes -> served."""
-    if (
-        entry is None
-        or entry.scheme == "file"
-        or options.refresh
-        or entry.verification == "mismatch_advisory"
-        or not still_answers(
-            entry,
-            digest,
-            strict,
-            include=options.include,
-            exclude=options.exclude,
-            signature=ws.signature_required(entry.id),
-        )
-    ):
-        return None
-    try:
-        if fingerprint_of(os.stat(entry.local_path)) == entry.fingerprint:
-            return None  # not a changed identity: the warm path declined for another reason
-    except OSError:
-        return None
-    report = ws.ledger.apply(entry, rehash_entry(entry, ws.catalog.files(entry.id), None), repairing=True)
-    if not report.ok:
-        return None  # marked Failed (and a corrupt blob quarantined): the caller fetches it again
-    _check_caller_access(ws, entry)
-    ws.ledger.relink_views(entry)
-    refreshed = ws.catalog.get(entry.id)
-    log.info("%s: files were replaced by identical bytes (copied cache?); re-verified in place", entry.id)
-    return resolved_from(refreshed, from_cache=True) if refreshed is not None else None
 
 
 def materialise(

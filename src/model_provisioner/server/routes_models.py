@@ -9,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from model_provisioner.api.shapes import entry_json, with_memory
+from model_provisioner.api.engine_view import with_memory
+from model_provisioner.api.shapes import entry_json
 from model_provisioner.core.errors import NotFound, ProvisionerError, ServerBusy
 from model_provisioner.core.refs import parse
 from model_provisioner.obs.audit import CORRELATION_ID, audit
