@@ -4,11 +4,14 @@ summary, and the exit codes."""
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 #: ``--help`` lists the commands in these groups, in this order (a command in none is a test failure)
 COMMAND_GROUPS = {
-    "models": ("ensure", "pull", "inspect", "locate", "verify", "rm", "import", "provision", "push", "pin", "unpin"),
+    "models": ("ensure", "pull", "inspect", "locate", "verify", "rm", "provision", "pin", "unpin"),
+    "sharing": ("push", "import"),
     "cache": ("ls", "gc", "lease", "release", "leases"),
     "engines": ("run", "up", "down", "engines", "storage-initializer"),
     "server": ("serve",),
@@ -42,3 +45,19 @@ class Commands:
             lines.append(f"{group}:")
             lines += [f"  {name.ljust(width)}{self.summaries[name]}" for name in names]
         return "\n".join(lines)
+
+
+# Each command's module is imported when that command runs, so a command's start-up pays for itself only
+# (docs/architecture.md, "Layers"): ``ensure`` never loads the engines layer, ``up`` never loads push.
+Command = Callable[[argparse.Namespace], int]
+
+
+def lazy(module: str, name: str) -> Command:
+    """``name`` of ``cli/<module>.py``, imported only when its command runs (see the note above)."""
+
+    def run(args: argparse.Namespace) -> int:
+        commands = importlib.import_module(f"model_provisioner.cli.{module}")
+        command: Command = getattr(commands, name)
+        return command(args)
+
+    return run

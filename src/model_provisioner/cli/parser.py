@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable
 from typing import Any
 
-from model_provisioner.cli.grouped_help import EXIT_CODES, Commands
+from model_provisioner.cli.grouped_help import EXIT_CODES, Commands, lazy
 from model_provisioner.cli.output import PROG
+from model_provisioner.cli.parser_share import add_share_commands
 from model_provisioner.config.engines import ENGINE_KINDS
 from model_provisioner.core.version import VERSION
 from model_provisioner.core.vocab import ENGINES
@@ -74,7 +73,7 @@ def build_with_summaries() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     _add_engine_commands(commands, common)
     p = commands.add_parser("completion", parents=[common], help="a bash, zsh or fish completion script")
     p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell the script is for")
-    p.set_defaults(func=_lazy("completion", "cmd_completion"))
+    p.set_defaults(func=lazy("completion", "cmd_completion"))
     parser.description = "Provision models: this exact model, verified, on this machine, now.\n\n" + commands.grouped()
     return parser, commands.summaries
 
@@ -153,7 +152,7 @@ def _add_ensure(sub: Any, common: argparse.ArgumentParser) -> None:
             metavar="N",
             help="the most connections for one file (transfer.connections), as `hf download --max-workers`",
         )
-        p.set_defaults(func=_lazy("model_commands", "cmd_ensure"))
+        p.set_defaults(func=lazy("model_commands", "cmd_ensure"))
 
 
 def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -172,60 +171,34 @@ def _add_cache_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="EXPR",
         help="size>1GB, size<500MB, unused>7d, used<1h, lifecycle=Failed, format=gguf (repeatable)",
     )
-    p.set_defaults(func=_lazy("cache_commands", "cmd_ls"))
+    p.set_defaults(func=lazy("cache_commands", "cmd_ls"))
 
     p = sub.add_parser("gc", parents=[common], help="remove unreferenced blobs, stale views and partials")
     p.add_argument("--max-size", metavar="SIZE", help="also evict least recently used entries down to SIZE")
     p.add_argument("--dry-run", action="store_true", help="print the plan, remove nothing")
     p.add_argument("--grace", default="1h", metavar="DURATION", help="keep partial downloads younger than this")
     p.add_argument("--failed-retention", default="7d", metavar="DURATION", help="keep Failed entries this long")
-    p.set_defaults(func=_lazy("cache_commands", "cmd_gc"))
+    p.set_defaults(func=lazy("cache_commands", "cmd_gc"))
 
     for name, helptext in (("pin", "protect a model from eviction and gc"), ("unpin", "remove the protection")):
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
-        p.set_defaults(func=_lazy("cache_commands", "cmd_pin"), pinned=name == "pin")
+        p.set_defaults(func=lazy("cache_commands", "cmd_pin"), pinned=name == "pin")
 
     p = sub.add_parser("lease", parents=[common], help="mark a model in use by a process; prints the lease id")
     p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
     p.add_argument("--holder", help="who holds it (shown by rm)")
     p.add_argument("--pid", type=int, help="the process using it (default: the caller of this command)")
     p.add_argument("--ttl", metavar="DURATION", help="a lease that expires instead of following a process")
-    p.set_defaults(func=_lazy("cache_commands", "cmd_lease"))
-
-    p = sub.add_parser(
-        "push",
-        parents=[common],
-        help="publish a model to a team mirror (an OCI registry as ModelPack, or S3)",
-    )
-    p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
-    p.add_argument(
-        "destination",
-        metavar="DEST",
-        help="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' on an oci:// or s3:// root "
-        "places it where mirrors.models finds it",
-    )
-    p.add_argument(
-        "--as-image", action="store_true", help="an OCI image (files under /models/): mountable as an image volume"
-    )
-    p.set_defaults(func=_lazy("share_commands", "cmd_push"))
+    p.set_defaults(func=lazy("cache_commands", "cmd_lease"))
 
     p = sub.add_parser("release", parents=[common], help="end a lease")
     p.add_argument("lease_id", metavar="LEASE_ID", help="the id `lease` printed (see `leases`)")
-    p.set_defaults(func=_lazy("cache_commands", "cmd_release"))
+    p.set_defaults(func=lazy("cache_commands", "cmd_release"))
 
     p = sub.add_parser("leases", parents=[common], help="list the live leases (expired and dead ones are dropped)")
-    p.set_defaults(func=_lazy("cache_commands", "cmd_leases"))
-
-    p = sub.add_parser(
-        "import",
-        parents=[common],
-        help="adopt verified blobs from huggingface_hub and Ollama caches",
-    )
-    p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
-    p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
-    p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
-    p.set_defaults(func=_lazy("cache_commands", "cmd_import"))
+    p.set_defaults(func=lazy("cache_commands", "cmd_leases"))
+    add_share_commands(sub, common)
 
 
 def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -235,24 +208,24 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bom", metavar="FILE", help="also write a CycloneDX ML-BOM of the provisioned model to FILE ('-': stdout)"
     )
-    p.set_defaults(func=_lazy("model_commands", "cmd_inspect"))
+    p.set_defaults(func=lazy("model_commands", "cmd_inspect"))
 
     p = sub.add_parser("locate", parents=[common], help="print where a provisioned model is (no hashing)")
     p.add_argument("ref", help="the model's id or ref")
-    p.set_defaults(func=_lazy("model_commands", "cmd_locate"))
+    p.set_defaults(func=lazy("model_commands", "cmd_locate"))
 
     p = sub.add_parser("verify", parents=[common], help="re-hash provisioned models")
     p.add_argument("ids", nargs="*", metavar="ID", help="the models to re-hash (or --all)")
     p.add_argument("--all", action="store_true", help="verify every catalog entry")
     p.add_argument("--repair", action="store_true", help="re-fetch models that fail from their source")
     p.add_argument("--jobs", type=int, help="parallel hashing threads (default: number of cores)")
-    p.set_defaults(func=_lazy("model_commands", "cmd_verify"))
+    p.set_defaults(func=lazy("model_commands", "cmd_verify"))
 
     p = sub.add_parser("rm", parents=[common], help="remove catalog entries (and store files only they use)")
     p.add_argument("pattern", metavar="ID|GLOB", help="a model id, or a glob over ids (hf:org/*)")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.add_argument("--force", action="store_true", help="remove even if pinned or leased")
-    p.set_defaults(func=_lazy("model_commands", "cmd_rm"))
+    p.set_defaults(func=lazy("model_commands", "cmd_rm"))
 
     p = sub.add_parser(
         "serve", parents=[common], help="the HTTP API and the OpenAI-compatible endpoint for every model"
@@ -260,29 +233,13 @@ def _add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs a token)")
     p.add_argument("--port", type=int, default=8077, help="port (default 8077)")
     p.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
-    p.set_defaults(func=_lazy("share_commands", "cmd_serve"))
+    p.set_defaults(func=lazy("share_commands", "cmd_serve"))
 
     p = sub.add_parser("provision", parents=[common], help="provision from a config file and write the handoff")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON model config")
     p.add_argument("--out", default=".", metavar="DIR", help="where .runtime/ is written (default .)")
     p.add_argument("--bom", action="store_true", help="also write each model's AI-BOM to DIR/.runtime/bom/")
-    p.set_defaults(func=_lazy("model_commands", "cmd_provision"))
-
-
-# Each command's module is imported when that command runs, so a command's start-up pays for itself only
-# (docs/architecture.md, "Layers"): ``ensure`` never loads the engines layer, ``up`` never loads push.
-Command = Callable[[argparse.Namespace], int]
-
-
-def _lazy(module: str, name: str) -> Command:
-    """``name`` of ``cli/<module>.py``, imported only when its command runs (see the note above)."""
-
-    def run(args: argparse.Namespace) -> int:
-        commands = importlib.import_module(f"model_provisioner.cli.{module}")
-        command: Command = getattr(commands, name)
-        return command(args)
-
-    return run
+    p.set_defaults(func=lazy("model_commands", "cmd_provision"))
 
 
 def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -314,17 +271,17 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="ARG",
         help="an engine flag or value, repeatable: --flag=--threads --flag=2",
     )
-    p.set_defaults(func=_lazy("engine_commands", "cmd_up"))
+    p.set_defaults(func=lazy("engine_commands", "cmd_up"))
 
     p = sub.add_parser("engines", parents=[common], help="list engine pools; install, list, remove, push engines")
-    p.set_defaults(func=_lazy("engine_commands", "cmd_engines"))
+    p.set_defaults(func=lazy("engine_commands", "cmd_engines"))
     _add_engine_install_commands(p.add_subparsers(dest="engines_command", metavar="SUBCOMMAND"), common)
     _add_run(sub, common)
 
     p = sub.add_parser("down", parents=[common], help="stop an engine pool (SIGTERM, 5 s, SIGKILL)")
     p.add_argument("--pool", default="default", help="the pool to stop (default: the pool up starts by default)")
     p.add_argument("--all", action="store_true", help="stop every pool")
-    p.set_defaults(func=_lazy("engine_commands", "cmd_down"))
+    p.set_defaults(func=lazy("engine_commands", "cmd_down"))
 
     p = sub.add_parser(
         "storage-initializer",
@@ -332,12 +289,12 @@ def _add_engine_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="KServe's storage initializer: SRC DEST pairs (hf://, s3://, https://, oci://)",
     )
     p.add_argument("pairs", nargs="+", metavar="SRC DEST", help="a storage URI and the directory it goes to")
-    p.set_defaults(func=_lazy("kserve", "cmd_storage_initializer"))
+    p.set_defaults(func=lazy("kserve", "cmd_storage_initializer"))
 
     p = sub.add_parser("engine-supervise", parents=[common])  # internal: started by `up`, never listed
     p.add_argument("--api", action="store_true", help="the pool was started through the HTTP API")
     p.add_argument("pool", help="the pool to supervise")
-    p.set_defaults(func=_lazy("engine_commands", "cmd_engine_supervise"))
+    p.set_defaults(func=lazy("engine_commands", "cmd_engine_supervise"))
 
 
 def _add_engine_install_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -354,21 +311,21 @@ def _add_engine_install_commands(sub: Any, common: argparse.ArgumentParser) -> N
     p.add_argument("--subdir", help="the llama.cpp tree inside --source (vendor/llama.cpp in a llama-cpp-python sdist)")
     p.add_argument("--jobs", type=int, help="parallel compile jobs (default engines.llamacpp.build_jobs: 2)")
     p.add_argument("--flag", action="append", default=[], metavar="ARG", help="an extra cmake flag, repeatable")
-    p.set_defaults(func=_lazy("install_commands", "cmd_install"))
+    p.set_defaults(func=lazy("install_commands", "cmd_install"))
 
     p = sub.add_parser("installed", parents=[common], help="list the installed engines")
-    p.set_defaults(func=_lazy("install_commands", "cmd_installed"))
+    p.set_defaults(func=lazy("install_commands", "cmd_installed"))
 
     p = sub.add_parser("uninstall", parents=[common], help="remove an installed engine (not one a pool runs)")
     p.add_argument("kind", choices=["llamacpp"], help="the engine (llamacpp: llama-server)")
     p.add_argument("id", nargs="?", help="its id from `engines installed` (default: every installed one)")
-    p.set_defaults(func=_lazy("install_commands", "cmd_uninstall"))
+    p.set_defaults(func=lazy("install_commands", "cmd_uninstall"))
 
     p = sub.add_parser("push", parents=[common], help="publish the installed engine to an OCI registry")
     p.add_argument("kind", choices=["llamacpp"], help="the engine (llamacpp: llama-server)")
     p.add_argument("destination", help="oci://registry/team/llama-server:TAG")
     p.add_argument("--id", help="which installed engine (default: the newest)")
-    p.set_defaults(func=_lazy("install_commands", "cmd_push"))
+    p.set_defaults(func=lazy("install_commands", "cmd_push"))
 
 
 def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -381,7 +338,7 @@ def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="leave the engine running on exit (stop it with down)")
     p.add_argument("--binary", metavar="PATH", help="the llama-server binary (default: settings, PATH, installed)")
     p.add_argument("--flag", action="append", default=[], metavar="ARG", help="an engine flag or value, repeatable")
-    p.set_defaults(func=_lazy("run_command", "cmd_run"))
+    p.set_defaults(func=lazy("run_command", "cmd_run"))
 
 
 def build_engine_parser() -> argparse.ArgumentParser:
@@ -395,5 +352,5 @@ def build_engine_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, metavar="FILE", help="model config + engine: section (YAML/JSON)")
     parser.add_argument("--pool", help="pool id (overrides engine.pool)")
     parser.add_argument("--handoff-dir", metavar="DIR", help="write DIR/.runtime/engines/<engine>.json")
-    parser.set_defaults(func=_lazy("engine_commands", "cmd_engine_config"))
+    parser.set_defaults(func=lazy("engine_commands", "cmd_engine_config"))
     return parser

@@ -15,11 +15,14 @@ from model_provisioner.core.extras import require_extra
 def cmd_push(args: argparse.Namespace) -> int:
     with provisioner(args) as prov:
         from model_provisioner.ops.push import push  # noqa: PLC0415  # heavy: the registry and S3 clients (~5 ms of start-up), only for push
+        from model_provisioner.verify.signing import Signer  # noqa: PLC0415  # with push, as above
 
-        result = push(prov, args.ref, args.destination, as_image=args.as_image)
+        signer = Signer.parse(args.sign, args.sign_cert)
+        result = push(prov, args.ref, args.destination, as_image=args.as_image, sign=signer)
     human = (
         f"pushed {result.files} file(s) to {result.destination} "
         f"({result.bytes_uploaded} bytes uploaded, {result.bytes_skipped} already there); digest {result.digest}"
+        + (f"; signed ({result.signature})" if result.signature else "")
     )
     emit(args, result.as_dict(), human)
     return 0

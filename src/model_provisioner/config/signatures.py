@@ -17,7 +17,8 @@ MODES: tuple[SignatureMode, ...] = get_args(SignatureMode)
 @dataclass(frozen=True)
 class SignaturePolicy:
     policy: SignatureMode = "off"
-    #: PEM public keys (elliptic-curve, as ``model_signing sign key`` makes): a signature by any of them verifies
+    #: PEM public keys (elliptic-curve, as ``model_signing sign key`` makes) or CA certificates (a signature by a
+    #: certificate chaining up to one): a signature by any of them verifies
     keys: tuple[str, ...] = ()
     #: (glob over model ids, mode), in the file's order
     scopes: tuple[tuple[str, SignatureMode], ...] = field(default_factory=tuple)

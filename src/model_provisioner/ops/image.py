@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
+from model_provisioner.net.registry.referrers import Subject
 from model_provisioner.ops.cache import Cache
 from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_SOURCE
 from model_provisioner.storage.catalog import CatalogEntry
@@ -63,9 +64,9 @@ def _layer(path: str, source: Path, out: Path) -> tuple[str, int]:
 
 def push_image(
     cache: Cache, entry: CatalogEntry, files: list[tuple[str, Path]], target: OciRef
-) -> tuple[int, int, str]:
+) -> tuple[int, int, Subject]:
     """Push ``files`` ([(path in the model, file to read)]) as an image; returns (bytes uploaded, bytes
-    already there, manifest digest)."""
+    already there, the manifest as a signature's subject)."""
     uploaded = skipped = 0
     layers = []
     cache.store.ensure_layout()
@@ -99,4 +100,4 @@ def push_image(
         }
         raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         manifest_digest = client.put_manifest(target.repository, target.reference, raw, IMAGE_MANIFEST)
-    return uploaded, skipped, manifest_digest
+    return uploaded, skipped, Subject(manifest_digest, len(raw), IMAGE_MANIFEST)

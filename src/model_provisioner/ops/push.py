@@ -13,6 +13,10 @@ What is pushed carries the digests the origin was verified against:
 - S3: every file under the prefix with a ``ChecksumSHA256``, then ``model-provisioner.json`` (id, digest,
   revision, files with sha256 and size) written last, so a half-finished push is never taken for a
   mirror copy.
+
+``--sign`` (``Signer``) adds an OpenSSF model-signing signature over the files as pushed: for OCI an artifact
+referring to the model's manifest (``net/registry/referrers.py``: the referrers API, else the referrers tag),
+for S3 ``model-provisioner.sig`` beside the files, listed in the manifest (docs/fleet.md, "Signed pushes").
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ from model_provisioner.core.hashing import hash_file, repo_digest
 from model_provisioner.core.refs import OciRef, S3Ref, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.client import RegistryClient
+from model_provisioner.net.registry.referrers import Subject, publish_referrer
 from model_provisioner.ops.cache import Cache
 from model_provisioner.ops.image import push_image
 from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
 from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.storage.catalog import CatalogEntry
+from model_provisioner.verify.signing import SIGNATURE_FILE, SIGSTORE_BUNDLE, Signer, sign_files
 from model_provisioner.verify.trees import scan_tree
 
 log = logging.getLogger("model_provisioner")
@@ -46,6 +52,8 @@ MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MODELPACK_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
 MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
 SINGLE_PUT_MAX = 4 << 30
+#: an S3 mirror's signature, beside its files and listed in its manifest
+S3_SIGNATURE_NAME = "model-provisioner.sig"
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class PushResult:
     bytes_skipped: int
     digest: str
     manifest_digest: str | None = None
+    #: where the signature went: the referring artifact's manifest digest, or the S3 object
+    signature: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -111,7 +121,9 @@ def _local_files(entry: CatalogEntry) -> list[PushFile]:
     return [PushFile(path.name, entry.digest.split(":", 1)[1], entry.size_bytes, path)]
 
 
-def push(prov: Cache, model: str, destination: str, *, as_image: bool = False) -> PushResult:
+def push(
+    prov: Cache, model: str, destination: str, *, as_image: bool = False, sign: Signer | None = None
+) -> PushResult:
     entry = prov.catalog.get(model) or prov.catalog.get(parse(model).id)
     if entry is None:
         raise NotFound(f"{model} is not in the catalog; ensure it first")
@@ -129,10 +141,11 @@ def push(prov: Cache, model: str, destination: str, *, as_image: bool = False) -
                 "give oci://registry/repo:tag or a mirror root ending in '/'"
             )
         if as_image:
-            uploaded, skipped, manifest_digest = push_image(prov, entry, [(f.path, f.source) for f in files], target)
-            log.info("%s: pushed to %s as an image (%s)", entry.id, target.id, manifest_digest)
-            return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", manifest_digest)
-        return _push_oci(prov, entry, files, target)
+            uploaded, skipped, subject = push_image(prov, entry, [(f.path, f.source) for f in files], target)
+            log.info("%s: pushed to %s as an image (%s)", entry.id, target.id, subject.digest)
+            signed = _sign_oci(prov, entry, files, target, subject, sign) if sign else None
+            return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", subject.digest, signed)
+        return _push_oci(prov, entry, files, target, sign)
     if isinstance(target, S3Ref):
         if not target.is_prefix:
             raise InvalidInput(
@@ -141,7 +154,7 @@ def push(prov: Cache, model: str, destination: str, *, as_image: bool = False) -
             )
         if as_image:
             raise InvalidInput("--as-image pushes to an OCI registry (oci://registry/repo:tag), not to S3")
-        return _push_s3(prov, entry, files, target)
+        return _push_s3(prov, entry, files, target, sign)
     raise InvalidInput(f"push destination must be oci://… or s3://…/, got {destination!r}")
 
 
@@ -171,7 +184,31 @@ def _file_metadata(file: PushFile, entry: CatalogEntry) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"))
 
 
-def _push_oci(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef) -> PushResult:
+def _signature(prov: Cache, entry: CatalogEntry, files: list[PushFile], sign: Signer) -> bytes:
+    return sign_files([(f.path, f.source) for f in files], prov.store.partial_dir, entry.id, sign)
+
+
+def _sign_oci(
+    prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef, subject: Subject, sign: Signer
+) -> str:
+    bundle = _signature(prov, entry, files, sign)
+    with RegistryClient(target.registry, prov.settings) as client:
+        digest = publish_referrer(
+            client,
+            target.repository,
+            subject,
+            SIGSTORE_BUNDLE,
+            bundle,
+            title=SIGNATURE_FILE,
+            annotations={ANN_SOURCE: entry.id},
+        )
+    log.info("%s: signature published as %s, referring to %s", entry.id, digest, subject.digest)
+    return digest
+
+
+def _push_oci(
+    prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef, sign: Signer | None
+) -> PushResult:
 
     uploaded = skipped = 0
     layers = []
@@ -216,10 +253,12 @@ def _push_oci(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: O
         raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         manifest_digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
     log.info("%s: pushed to %s (%s)", entry.id, target.id, manifest_digest)
-    return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", manifest_digest)
+    subject = Subject(manifest_digest, len(raw), MANIFEST_MEDIA)
+    signed = _sign_oci(prov, entry, files, target, subject, sign) if sign else None
+    return PushResult(target.id, len(files), uploaded, skipped, entry.digest or "", manifest_digest, signed)
 
 
-def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3Ref) -> PushResult:
+def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3Ref, sign: Signer | None) -> PushResult:
 
     require_extra("s3", "pushing to S3")
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415  # heavy: boto3, imported only when this path runs
@@ -251,12 +290,22 @@ def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3
                     "it changed since it was verified; the upload was deleted and no manifest written",
                 )
             uploaded += file.size
-        manifest = {
+        signed = None
+        if sign is not None:
+            signed = target.id + S3_SIGNATURE_NAME
+            client.put_object(
+                Bucket=target.bucket,
+                Key=target.key + S3_SIGNATURE_NAME,
+                Body=_signature(prov, entry, files, sign),
+                ContentType=SIGSTORE_BUNDLE,
+            )
+        manifest: dict[str, Any] = {
             "id": entry.id,
             "digest": entry.digest,
             "format": entry.format,
             "revision": entry.metadata.get("revision"),
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
+            **({"signatures": [S3_SIGNATURE_NAME]} if signed else {}),
         }
         client.put_object(
             Bucket=target.bucket,
@@ -267,7 +316,7 @@ def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3
     except (BotoCoreError, ClientError) as exc:
         raise s3_error(exc, client, target.id) from None
     log.info("%s: pushed %d files to %s", entry.id, len(files), target.id)
-    return PushResult(target.id, len(files), uploaded, 0, entry.digest or "")
+    return PushResult(target.id, len(files), uploaded, 0, entry.digest or "", signature=signed)
 
 
 class HashingReader:

@@ -114,6 +114,7 @@ def provision_remote(
         exclude=options.exclude,
         refresh=options.refresh,
         previous_metadata=previous_active.metadata if previous_active else None,
+        signatures=ws.signature_mode(ref.id)[0] != "off",
     )
     try:
         # the entry records what the caller pinned; the bytes are checked against ``enforced``: the same pin, or,
@@ -126,9 +127,12 @@ def provision_remote(
                 fetched = _fetch_all(ws, ref, plan, options.progress)
             failpoints.failpoint("remote.fetched")
             _check_git_ids(ws, ref, plan, fetched)
-            laid = lay_out(ws, ref, plan, _materialise(ws, ref, plan, fetched), enforced, enforced_strict)
+            materialised = _materialise(ws, ref, plan, fetched)
+            laid = lay_out(ws, ref, plan, materialised, enforced, enforced_strict)
             enforce = ws.signature_mode(ref.id)[0] == "enforce"
-            signed = ws.checked_signature(ref.id, lambda: check_signature(ws, ref, laid, enforce=enforce))
+            signed = ws.checked_signature(
+                ref.id, lambda: check_signature(ws, ref, laid, plan.signatures, materialised, enforce=enforce)
+            )
             if signed is not None:
                 laid.extra["signature"] = signed
         except NotModified:
@@ -188,7 +192,9 @@ def _plan(
     pushed: that digest is enforced when the caller pinned none) or from the origin; and the digest to
     enforce, with whether it is strict."""
     enforced, enforced_strict = digest, strict
-    plan = None if request.refresh else plan_from_mirrors(ws.settings, ref, request.closers)
+    plan = (
+        None if request.refresh else plan_from_mirrors(ws.settings, ref, request.closers, signatures=request.signatures)
+    )
     if plan is None:
         plan = plan_origin(ref, ws.settings, request)
     else:

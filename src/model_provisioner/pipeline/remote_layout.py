@@ -25,7 +25,7 @@ from model_provisioner.storage.catalog import EntryFile
 from model_provisioner.storage.safefs import open_in_cache
 from model_provisioner.storage.views import ref_namespace
 from model_provisioner.verify.compare import Check, compare, mark_source_verified
-from model_provisioner.verify.signatures import verify_signature
+from model_provisioner.verify.signatures import verify_bundles, verify_signature
 
 
 @dataclass
@@ -168,12 +168,25 @@ def _check_pickle(blob: Path, subject: str) -> None:
         )
 
 
-def check_signature(ws: Workspace, ref: ModelRef, laid: LaidOut, *, enforce: bool = True) -> str:
-    """A multi-file model carries ``model.sig`` in its file set; verify its view before it becomes Active.
-    On failure under ``enforce`` the view is removed (nothing half-trusted stays at a final path); under the
-    policy's ``warn`` it stays: the model is provisioned, its entry saying the signature was not verified."""
+def check_signature(
+    ws: Workspace,
+    ref: ModelRef,
+    laid: LaidOut,
+    published: tuple[bytes, ...],
+    files: list[EntryFile],
+    *,
+    enforce: bool = True,
+) -> str:
+    """Verify the model before it becomes Active: against the signatures published beside it (``push --sign``:
+    OCI referrers, an S3 mirror's signature) when there are any, else the ``model.sig`` a multi-file model
+    carries in its file set. On failure under ``enforce`` the view is removed (nothing half-trusted stays at a
+    final path); under the policy's ``warn`` it stays: the model is provisioned, its entry saying the signature
+    was not verified."""
     view = laid.extra.get("view_dir")
     try:
+        if published:
+            staged = [(f.path, ws.store.blob_path(f.blob)) for f in files]
+            return verify_bundles(ws.settings, staged, ws.store.partial_dir, list(published), ref.id)
         if not isinstance(view, str):
             raise VerificationFailed(
                 f"{ref.id}: a single-file model from {ref.scheme}: carries no signature; sign and publish it as a "

@@ -31,6 +31,7 @@ from model_provisioner.core.paths import check_relative_path
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.net.registry.manifests import MANIFEST_ACCEPT, Manifest
+from model_provisioner.net.registry.referrers import find_referrers
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.storage.unpack import compression_of
 from model_provisioner.transfer.types import Source
@@ -62,6 +63,8 @@ CONFIG_TYPES = {
 }
 ORAS_UNPACK = "io.deis.oras.content.unpack"
 MODELPACK_MANIFEST = "application/vnd.cncf.model.manifest.v1+json"
+#: a signature published by ``push --sign`` (a sigstore bundle, as model-signing writes it)
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 
 def family_of(manifest: Manifest) -> str:
@@ -120,7 +123,7 @@ def layer_files(manifest: Manifest, subject: str) -> list[tuple[str, Any, str | 
     return out
 
 
-def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPlan:
+def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient, *, signatures: bool = False) -> FetchPlan:
     manifest = client.resolve(ref.repository, ref.reference, ref.id)
     if ref.digest and manifest.digest != ref.digest:
         log.info("%s: index %s resolved to manifest %s", ref.id, ref.digest, manifest.digest)
@@ -181,6 +184,9 @@ def plan_oci(ref: OciRef, settings: Settings, client: RegistryClient) -> FetchPl
         revision=revision,
         metadata=metadata,
         annotations=dict(manifest.annotations),
+        signatures=tuple(
+            find_referrers(client, ref.repository, manifest.digest, SIGSTORE_BUNDLE, ref.id) if signatures else ()
+        ),
     )
 
 

@@ -38,6 +38,9 @@ class FetchPlan:
     available: tuple[str, ...] = ()
     #: what the source says about the whole set (OCI manifest annotations, a pushed S3 manifest)
     annotations: dict[str, str] = field(default_factory=dict)
+    #: signatures published beside the files (OCI referrers, an S3 mirror's signature), read when the
+    #: signature policy asks for them
+    signatures: tuple[bytes, ...] = ()
 
     @property
     def total_size(self) -> int | None:

@@ -149,7 +149,9 @@ def _object_file(client: Any, bucket: str, key: str, path: str, what: str, expec
     )
 
 
-def plan_s3(ref: S3Ref, settings: Settings, *, expected_sha256: str | None = None) -> FetchPlan:
+def plan_s3(
+    ref: S3Ref, settings: Settings, *, expected_sha256: str | None = None, signatures: bool = False
+) -> FetchPlan:
     client = s3_client(settings)
     check_endpoint(client, settings)
     if not ref.is_prefix:
@@ -180,6 +182,7 @@ def plan_s3(ref: S3Ref, settings: Settings, *, expected_sha256: str | None = Non
     manifest_key = ref.key + MANIFEST_NAME
     annotations: dict[str, str] = {}
     expected: dict[str, str] = {}
+    bundles: tuple[bytes, ...] = ()
     wanted = [k for k in keys if k != manifest_key]
     if manifest_key in keys:
         manifest = _read_manifest(client, ref, manifest_key)
@@ -194,6 +197,7 @@ def plan_s3(ref: S3Ref, settings: Settings, *, expected_sha256: str | None = Non
         if missing:
             raise CorruptModel(ref.id, f"the prefix lacks files its {MANIFEST_NAME} lists: {', '.join(missing[:10])}")
         wanted = [ref.key + p for p in expected]
+        bundles = _signatures_of(client, ref, manifest, signatures)
     with ThreadPoolExecutor(max_workers=8) as pool:
         files = list(
             pool.map(
@@ -209,7 +213,24 @@ def plan_s3(ref: S3Ref, settings: Settings, *, expected_sha256: str | None = Non
         revision=annotations.get("org.model-provisioner.revision"),
         metadata={"source": ref.id},
         annotations=annotations,
+        signatures=bundles,
     )
+
+
+def _signatures_of(client: Any, ref: S3Ref, manifest: dict[str, Any], wanted: bool) -> tuple[bytes, ...]:
+    """The signatures the manifest lists beside the files (``push --sign``), read when ``wanted``."""
+    names = manifest.get("signatures") if wanted else None
+    return tuple(_read_signature(client, ref, name) for name in names[:16]) if isinstance(names, list) else ()
+
+
+def _read_signature(client: Any, ref: S3Ref, name: object) -> bytes:
+    """A signature the manifest lists beside the files (``push --sign``), at most 1 MiB."""
+    if not isinstance(name, str) or "/" in name or not name.endswith(".sig"):
+        raise CorruptModel(f"{ref.id}{MANIFEST_NAME}", f"signature name {str(name)[:80]!r} is not a NAME.sig beside it")
+    raw: bytes = _call(client, ref.id, "get_object", Bucket=ref.bucket, Key=ref.key + name)["Body"].read((1 << 20) + 1)
+    if len(raw) > 1 << 20:
+        raise CorruptModel(f"{ref.id}{name}", "a signature over 1 MiB; refused")
+    return raw
 
 
 def _read_manifest(client: Any, ref: S3Ref, key: str) -> dict[str, Any]:

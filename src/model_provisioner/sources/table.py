@@ -27,6 +27,8 @@ class PlanRequest:
     exclude: tuple[str, ...] = ()
     refresh: bool = False
     previous_metadata: dict[str, Any] | None = None
+    #: read the signatures published beside the files (the signature policy checks them)
+    signatures: bool = False
     #: clients the plan keeps open for the transfer (a registry session); the caller closes them
     closers: list[Any] = field(default_factory=list)
 
@@ -38,14 +40,14 @@ def _hf(ref: ModelRef, settings: Settings, request: PlanRequest) -> FetchPlan:
 
 def _s3(ref: ModelRef, settings: Settings, request: PlanRequest) -> FetchPlan:
     assert isinstance(ref, S3Ref)
-    return plan_s3(ref, settings, expected_sha256=request.pinned_sha256)
+    return plan_s3(ref, settings, expected_sha256=request.pinned_sha256, signatures=request.signatures)
 
 
 def _oci(ref: ModelRef, settings: Settings, request: PlanRequest) -> FetchPlan:
     assert isinstance(ref, OciRef)
     client = RegistryClient(ref.registry, settings)
     request.closers.append(client)
-    return plan_oci(ref, settings, client)
+    return plan_oci(ref, settings, client, signatures=request.signatures)
 
 
 def _https(ref: ModelRef, settings: Settings, request: PlanRequest) -> FetchPlan:

@@ -44,7 +44,9 @@ def mirror_ref(root: str, model_id: str) -> OciRef | S3Ref:
     return ref
 
 
-def plan_from_mirrors(settings: Settings, ref: ModelRef, closers: list[Any]) -> FetchPlan | None:
+def plan_from_mirrors(
+    settings: Settings, ref: ModelRef, closers: list[Any], *, signatures: bool = False
+) -> FetchPlan | None:
     """The first team mirror (``mirrors.models``) that holds a push of ``ref``; None when none does. Registry
     clients opened on the way are appended to ``closers``."""
     for root in settings.model_mirrors:
@@ -53,9 +55,9 @@ def plan_from_mirrors(settings: Settings, ref: ModelRef, closers: list[Any]) -> 
             if isinstance(location, OciRef):
                 client = RegistryClient(location.registry, settings)
                 closers.append(client)
-                plan = plan_oci(location, settings, client)
+                plan = plan_oci(location, settings, client, signatures=signatures)
             else:
-                plan = plan_s3(location, settings)
+                plan = plan_s3(location, settings, signatures=signatures)
         except NotFound:
             log.info("%s: not in mirror %s", ref.id, root)
             continue

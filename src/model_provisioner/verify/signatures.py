@@ -2,7 +2,8 @@
 
 With ``require_signature`` (settings) or ``ensure --require-signature``, a model becomes Active only if a
 ``model-signing`` signature over its files verifies with the configured public key
-(``signature_public_key``, PEM; elliptic-curve keys as ``model_signing sign key`` makes). Where the
+(``signature_public_key``, PEM; elliptic-curve keys as ``model_signing sign key`` makes, or a CA certificate:
+then a signature by a certificate chaining up to it verifies). Where the
 signature lives:
 
 - a directory model (local, or the view of a multi-file remote model): ``model.sig`` inside it (it is part
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from model_provisioner.core.errors import InvalidInput, ProvisionerError, VerificationFailed
 from model_provisioner.core.extras import require_extra
 from model_provisioner.core.redact import redact_text
+from model_provisioner.verify.signing import staged_model
 
 if TYPE_CHECKING:
     from model_provisioner.config.settings import Settings
@@ -100,6 +102,28 @@ def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
             "--require-signature",
             reason="unsigned",
         )
+    return _verify_with_trusted_keys(settings, model_path, signature, subject)
+
+
+def verify_bundles(
+    settings: Settings, files: list[tuple[str, Path]], staging_parent: Path, bundles: list[bytes], subject: str
+) -> str:
+    """Verify the model made of ``files`` ([(path in the model, file)]) against signatures published beside
+    it (OCI referrers, an S3 mirror's signature): any one verifying with a trusted key is enough."""
+    check_signature_setup(settings)
+    failures = []
+    with staged_model(files, staging_parent, subject) as root:
+        for number, bundle in enumerate(bundles, 1):
+            signature = root.parent / f"signature-{number}.json"
+            signature.write_bytes(bundle)
+            try:
+                return _verify_with_trusted_keys(settings, root, signature, subject)
+            except VerificationFailed as exc:
+                failures.append(str(exc).removeprefix(f"{subject}: "))
+    raise VerificationFailed(f"{subject}: {'; '.join(failures)[:1200]}", reason="signature")
+
+
+def _verify_with_trusted_keys(settings: Settings, model_path: Path, signature: Path, subject: str) -> str:
     try:
         from model_signing import hashing, verifying  # noqa: PLC0415  # heavy: model-signing, imported only when this path runs
     except ImportError as exc:  # pragma: no cover - the dependency is declared
@@ -111,7 +135,10 @@ def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
         try:
             verifier = verifying.Config()  # type: ignore[no-untyped-call]
             hasher = hashing.Config()  # type: ignore[no-untyped-call]
-            verifier.use_elliptic_key_verifier(public_key=key)
+            if _is_certificate(key):  # a CA: signatures by certificates chaining up to it verify
+                verifier.use_certificate_verifier(certificate_chain=[key])
+            else:
+                verifier.use_elliptic_key_verifier(public_key=key)
             verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
             verifier.verify(model_path, signature)
             return signature_label(settings)
@@ -121,6 +148,11 @@ def verify_signature(settings: Settings, model_path: Path, subject: str) -> str:
     raise VerificationFailed(
         f"{subject}: signature verification failed with {'; '.join(failures)[:900]}", reason="signature"
     )
+
+
+def _is_certificate(path: str) -> bool:
+    with open(path, "rb") as pem:
+        return b"-----BEGIN CERTIFICATE-----" in pem.read(1 << 16)
 
 
 def signature_label(settings: Settings) -> str:

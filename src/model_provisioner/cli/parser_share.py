@@ -1,0 +1,40 @@
+"""The grammar of the commands that move models between machines: ``push`` to a team mirror, ``import`` other
+caches' blobs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from model_provisioner.cli.grouped_help import lazy
+
+
+def add_share_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "push",
+        parents=[common],
+        help="publish a model to a team mirror (an OCI registry as ModelPack, or S3)",
+    )
+    p.add_argument("ref", metavar="ID", help="the model's id (or its ref)")
+    p.add_argument(
+        "destination",
+        metavar="DEST",
+        help="oci://registry/repo[:tag] or s3://bucket/prefix/; a trailing '/' on an oci:// or s3:// root "
+        "places it where mirrors.models finds it",
+    )
+    p.add_argument(
+        "--as-image", action="store_true", help="an OCI image (files under /models/): mountable as an image volume"
+    )
+    p.add_argument("--sign", metavar="KEY", help="sign it (model-signing) with this elliptic-curve private key (PEM)")
+    p.add_argument("--sign-cert", metavar="CERT,KEY,CA", help="sign it with a certificate, its key and chain (PEM)")
+    p.set_defaults(func=lazy("share_commands", "cmd_push"))
+
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="adopt verified blobs from huggingface_hub and Ollama caches",
+    )
+    p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
+    p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
+    p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
+    p.set_defaults(func=lazy("cache_commands", "cmd_import"))
