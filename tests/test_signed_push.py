@@ -187,15 +187,16 @@ def _certificates(tmp_path: Path) -> tuple[Path, Path, Path]:
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     validity = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    serial = x509.random_serial_number
     ca = (
-        x509.CertificateBuilder(name("Test CA"), name("Test CA"), ca_key.public_key(), x509.random_serial_number(), *validity)
+        x509.CertificateBuilder(name("Test CA"), name("Test CA"), ca_key.public_key(), serial(), *validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     leaf = (
-        x509.CertificateBuilder(ca.subject, name("team signer"), key.public_key(), x509.random_serial_number(), *validity)
+        x509.CertificateBuilder(ca.subject, name("team signer"), key.public_key(), serial(), *validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
