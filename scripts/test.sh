@@ -37,6 +37,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # zsh and fish: the shells the generated completion scripts are tested in (bash is already here)
   command -v zsh >/dev/null || need+=(zsh)
   command -v fish >/dev/null || need+=(fish)
+  # iproute2: `ip` brings up loopback in the network namespace the air-gapped import test runs in
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi

@@ -82,19 +82,24 @@ def model_bom(entry: CatalogEntry, files: list[EntryFile], lint: dict[str, Any] 
     return text
 
 
-def write_beside(prov: ModelProvisioner, model_id: str, handoff: Path) -> Path:
-    """The BOM of ``model_id`` beside its engine handoff: ``<out>/.runtime/bom/<engine>.cdx.json`` for the
-    handoff ``<out>/.runtime/engines/<engine>.json`` (``provision --bom``, ``up --bom``)."""
-    entry = prov.entry(model_id)
-    if entry is None:
-        raise NotFound(f"{model_id} is not in the catalog; its BOM cannot be written")
+def bom_of(prov: ModelProvisioner, entry: CatalogEntry) -> str:
+    """The BOM of a catalog entry (its files, and the lint's verdict for a GGUF file)."""
     lint = None
     if entry.format == "gguf" and entry.local_path and os.path.isfile(entry.local_path):
         lint = lint_file(entry.local_path, entry.id).as_json()
     files = prov.catalog.files(entry.id)
     if not files and entry.digest and entry.local_path:  # a one-file model
         files = [EntryFile(os.path.basename(entry.local_path), entry.digest.split(":", 1)[-1], entry.size_bytes)]
+    return model_bom(entry, files, lint)
+
+
+def write_beside(prov: ModelProvisioner, model_id: str, handoff: Path) -> Path:
+    """The BOM of ``model_id`` beside its engine handoff: ``<out>/.runtime/bom/<engine>.cdx.json`` for the
+    handoff ``<out>/.runtime/engines/<engine>.json`` (``provision --bom``, ``up --bom``)."""
+    entry = prov.entry(model_id)
+    if entry is None:
+        raise NotFound(f"{model_id} is not in the catalog; its BOM cannot be written")
     target = handoff.parent.parent / "bom" / f"{handoff.stem}.cdx.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(model_bom(entry, files, lint) + "\n", encoding="utf-8")
+    target.write_text(bom_of(prov, entry) + "\n", encoding="utf-8")
     return target

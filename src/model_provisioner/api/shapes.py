@@ -31,7 +31,8 @@ def entry_json(
         "last_verified_ms": entry.last_verified_ms,
         "created_ms": entry.created_ms,
         "last_used_ms": entry.last_used_ms,
-        "metadata": entry.metadata,
+        # the signatures a bundle carries along stay in the catalog; the entry shows their verdict (signature)
+        "metadata": {k: v for k, v in entry.metadata.items() if k != "signature_bundles"},
         "error": entry.error,
     }
     if verifications is not None:

@@ -11,7 +11,7 @@ from typing import Any
 #: ``--help`` lists the commands in these groups, in this order (a command in none is a test failure)
 COMMAND_GROUPS = {
     "models": ("ensure", "pull", "inspect", "locate", "verify", "rm", "provision", "pin", "unpin"),
-    "sharing": ("push", "import"),
+    "sharing": ("push", "export", "import"),
     "cache": ("ls", "gc", "lease", "release", "leases"),
     "engines": ("run", "up", "down", "engines", "storage-initializer"),
     "server": ("serve",),

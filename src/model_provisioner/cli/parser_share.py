@@ -1,5 +1,5 @@
-"""The grammar of the commands that move models between machines: ``push`` to a team mirror, ``import`` other
-caches' blobs."""
+"""The grammar of the commands that move models between machines: ``push`` to a team mirror, ``export`` an
+air-gapped bundle, ``import`` one (or adopt other caches' blobs)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,24 @@ def add_share_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=lazy("share_commands", "cmd_push"))
 
     p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write verified models (and their signatures, BOMs, an engine) as an OCI layout for an air gap",
+    )
+    p.add_argument("refs", nargs="+", metavar="ID", help="the models' ids (or refs); each must be Active")
+    p.add_argument("--to", required=True, metavar="DIR|FILE.tar", help="a new or empty directory, or a .tar file")
+    p.add_argument("--engine", action="store_true", help="also carry the installed llama-server (engines install)")
+    p.add_argument("--sign", metavar="KEY", help="sign each model in the bundle with this private key (PEM)")
+    p.add_argument("--sign-cert", metavar="CERT,KEY,CA", help="sign each model with a certificate, key and chain")
+    p.set_defaults(func=lazy("bundle_commands", "cmd_export"))
+
+    p = sub.add_parser(
         "import",
         parents=[common],
-        help="adopt verified blobs from huggingface_hub and Ollama caches",
+        help="import a bundle from export, or adopt verified blobs from huggingface_hub and Ollama caches",
     )
+    p.add_argument("bundle", nargs="?", metavar="DIR|FILE.tar", help="a bundle `export` wrote: every blob verified")
     p.add_argument("--hf-cache", metavar="DIR", help="huggingface_hub cache (default HF_HUB_CACHE or ~/.cache/...)")
     p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
     p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
-    p.set_defaults(func=lazy("cache_commands", "cmd_import"))
+    p.set_defaults(func=lazy("bundle_commands", "cmd_import"))

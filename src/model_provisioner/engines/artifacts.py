@@ -12,6 +12,7 @@ installed. The key is the builder's (``build.key_of``), so the same build has th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,6 +60,20 @@ def push(host: EngineHost, engine: InstalledEngine, destination: str) -> str:
     identity = built(engine.home, engine.record.target)
     if identity is None or identity.sha256 != engine.record.binary_sha256:
         raise CorruptModel(str(engine.home), "the installed engine is not in the store as recorded; install it again")
+    record_bytes, raw = engine_manifest(engine)
+    r = engine.record
+    with RegistryClient(target.registry, host.settings) as client:
+        client.upload_blob(target.repository, engine.binary, f"sha256:{r.binary_sha256}", r.size_bytes, subject=r.key)
+        client.upload_bytes(target.repository, record_bytes)
+        client.upload_bytes(target.repository, b"{}")
+        digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
+    pinned = f"oci://{target.registry}/{target.repository}@{digest}"
+    log.info("engine %s pushed to %s (%s)", r.key[:12], target.id, digest)
+    return pinned
+
+
+def engine_manifest(engine: InstalledEngine) -> tuple[bytes, bytes]:
+    """``engine.json`` and the artifact's manifest (JSON bytes) of an installed engine."""
     r = engine.record
     record = {
         "kind": r.kind,
@@ -71,32 +86,24 @@ def push(host: EngineHost, engine: InstalledEngine, destination: str) -> str:
         "version": r.version,
     }
     record_bytes = json.dumps(record, sort_keys=True, indent=1).encode()
-    with RegistryClient(target.registry, host.settings) as client:
-        client.upload_blob(target.repository, engine.binary, f"sha256:{r.binary_sha256}", r.size_bytes, subject=r.key)
-        record_digest = client.upload_bytes(target.repository, record_bytes)
-        config_digest = client.upload_bytes(target.repository, b"{}")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA,
-            "artifactType": ENGINE_ARTIFACT,
-            "config": {"mediaType": EMPTY_CONFIG, "digest": config_digest, "size": 2},
-            "layers": [
-                _layer(BINARY_LAYER, f"sha256:{r.binary_sha256}", r.size_bytes, r.target),
-                _layer(RECORD_LAYER, record_digest, len(record_bytes), RECORD_NAME),
-            ],
-            "annotations": {
-                f"{ANN}kind": r.kind,
-                f"{ANN}version": r.version or "",
-                f"{ANN}source-digest": r.source_digest,
-                f"{ANN}flags": json.dumps(list(r.flags)),
-                f"{ANN}key": r.key,
-            },
-        }
-        raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
-    pinned = f"oci://{target.registry}/{target.repository}@{digest}"
-    log.info("engine %s pushed to %s (%s)", r.key[:12], target.id, digest)
-    return pinned
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA,
+        "artifactType": ENGINE_ARTIFACT,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+        "layers": [
+            _layer(BINARY_LAYER, f"sha256:{r.binary_sha256}", r.size_bytes, r.target),
+            _layer(RECORD_LAYER, "sha256:" + hashlib.sha256(record_bytes).hexdigest(), len(record_bytes), RECORD_NAME),
+        ],
+        "annotations": {
+            f"{ANN}kind": r.kind,
+            f"{ANN}version": r.version or "",
+            f"{ANN}source-digest": r.source_digest,
+            f"{ANN}flags": json.dumps(list(r.flags)),
+            f"{ANN}key": r.key,
+        },
+    }
+    return record_bytes, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _layer(media_type: str, digest: str, size: int, title: str) -> dict[str, Any]:
@@ -114,6 +121,13 @@ def pull(host: EngineHost, ref: str, digest: str | None) -> BinaryIdentity:
     resolved = host.ensure_present(ref, digest)
     root = Path(resolved.local_path)
     record = _engine_record(root / RECORD_NAME, resolved.id)
+    origin = f"{ref.split('@', 1)[0]}@{_manifest_digest(resolved.metadata)}"
+    return install_built(host, record, root / str(record["target"]), origin, resolved.id)
+
+
+def install_built(host: EngineHost, record: dict[str, Any], binary: Path, origin: str, subject: str) -> BinaryIdentity:
+    """Install the binary at ``binary`` (a file in the cache, read ``O_NOFOLLOW``) as ``record`` describes it: copied
+    while hashed, it must have the recorded sha256, or nothing is installed."""
     target = str(record["target"])
     flags = [str(f) for f in record["flags"]]
     key = key_of(str(record["source_digest"]), str(record["subdir"]), target, flags)
@@ -129,14 +143,14 @@ def pull(host: EngineHost, ref: str, digest: str | None) -> BinaryIdentity:
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(mode=0o700, parents=True)
         try:
-            with os.fdopen(open_in_cache(root / target, os.O_RDONLY, single_link=False), "rb") as src:
-                verified_copy_from(src, f"sha256:{record['binary_sha256']}", staged / target, resolved.id)
+            with os.fdopen(open_in_cache(binary, os.O_RDONLY, single_link=False), "rb") as src:
+                verified_copy_from(src, f"sha256:{record['binary_sha256']}", staged / target, subject)
             binary_sha256, fingerprint = record_binary(staged / target)
             write_record(
                 staged,
                 {
                     **record,
-                    "origin": f"{ref.split('@', 1)[0]}@{_manifest_digest(resolved.metadata)}",
+                    "origin": origin,
                     "binary_sha256": binary_sha256,
                     "binary_fingerprint": fingerprint,
                 },
@@ -162,9 +176,16 @@ def _engine_record(path: Path, subject: str) -> dict[str, Any]:
     """``engine.json`` of a pulled engine, every field checked (it names a file and the build's flags)."""
     try:
         with os.fdopen(open_in_cache(path, os.O_RDONLY, single_link=False), "rb") as src:
-            record = json.loads(src.read(1 << 16))
+            data = src.read(1 << 16)
     except FileNotFoundError:
         raise InvalidInput(f"{subject} is not an engine pushed by `engines push` (no {RECORD_NAME})") from None
+    return parse_engine_record(data, subject)
+
+
+def parse_engine_record(data: bytes, subject: str) -> dict[str, Any]:
+    """``engine.json``'s bytes, every field checked."""
+    try:
+        record = json.loads(data)
     except ValueError:
         raise CorruptModel(subject, f"{RECORD_NAME} is not JSON") from None
     ok = (

@@ -57,7 +57,7 @@ def install(host: EngineHost, request: InstallRequest) -> InstalledEngine:
         identity, origin = artifacts.pull(host, request.from_ref, request.digest), request.from_ref
     else:
         identity, origin = built_binary(host, _source_spec(host, request), request.build), "built"
-    return _record(host, request.kind, identity, origin)
+    return record_installed(host, request.kind, identity, origin)
 
 
 def _source_spec(host: EngineHost, request: InstallRequest) -> SourceSpec:
@@ -80,7 +80,7 @@ def _source_spec(host: EngineHost, request: InstallRequest) -> SourceSpec:
     return SourceSpec(request.source, request.digest, request.subdir or "", request.flags)
 
 
-def _record(host: EngineHost, kind: str, identity: BinaryIdentity, origin: str) -> InstalledEngine:
+def record_installed(host: EngineHost, kind: str, identity: BinaryIdentity, origin: str) -> InstalledEngine:
     home = os.path.dirname(identity.path)
     build = read_record(home)
     key = os.path.basename(home)

@@ -79,7 +79,7 @@ class PushFile:
     source: Path  # where the bytes are read from: a blob, or the user's own file
 
 
-def _entry_files(prov: Cache, entry: CatalogEntry) -> list[PushFile]:
+def entry_files(prov: Cache, entry: CatalogEntry) -> list[PushFile]:
     """The files of an Active entry and where to read them: store blobs, or (a model registered in place: a
     local file or directory) the user's files, which must still be the bytes that were verified."""
     files = prov.catalog.files(entry.id)
@@ -129,7 +129,7 @@ def push(
         raise NotFound(f"{model} is not in the catalog; ensure it first")
     if entry.lifecycle is not Lifecycle.ACTIVE:
         raise InvalidInput(f"{entry.id} is {entry.lifecycle}; only Active (verified) models are pushed")
-    files = _entry_files(prov, entry)
+    files = entry_files(prov, entry)
     target = mirror_ref(destination, entry.id) if destination.endswith("/") else parse(destination)
     prov.settings.policy.check_ref(target)
     if prov.settings.offline:
@@ -206,51 +206,59 @@ def _sign_oci(
     return digest
 
 
+def modelpack_manifest(entry: CatalogEntry, files: list[PushFile]) -> tuple[bytes, bytes]:
+    """The ModelPack config and manifest (JSON bytes) of ``entry`` made of ``files`` (one raw layer each)."""
+    layers = [
+        {
+            "mediaType": _modelpack_layer_type(file.path),
+            "digest": f"sha256:{file.sha256}",
+            "size": file.size,
+            "annotations": {
+                "org.cncf.model.filepath": file.path,
+                "org.cncf.model.file.metadata+json": _file_metadata(file, entry),
+                "org.opencontainers.image.title": file.path,
+            },
+        }
+        for file in files
+    ]
+    config = {
+        "descriptor": {"name": entry.id, "createdAt": _iso(entry.created_ms)},
+        "config": {"format": entry.format},
+        "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
+    }
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    annotations = {ANN_SOURCE: entry.id, ANN_DIGEST: entry.digest or ""}
+    revision = entry.metadata.get("revision")
+    if isinstance(revision, str) and revision:
+        annotations[ANN_REVISION] = revision
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA,
+        "artifactType": MODELPACK_ARTIFACT,
+        "config": {
+            "mediaType": MODELPACK_CONFIG,
+            "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
+            "size": len(config_bytes),
+        },
+        "layers": layers,
+        "annotations": annotations,
+    }
+    return config_bytes, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _push_oci(
     prov: Cache, entry: CatalogEntry, files: list[PushFile], target: OciRef, sign: Signer | None
 ) -> PushResult:
 
     uploaded = skipped = 0
-    layers = []
     with RegistryClient(target.registry, prov.settings) as client:
         for file in files:
-            digest = f"sha256:{file.sha256}"
-            if client.upload_blob(target.repository, file.source, digest, file.size, subject=entry.id):
+            if client.upload_blob(target.repository, file.source, f"sha256:{file.sha256}", file.size, subject=entry.id):
                 uploaded += file.size
             else:
                 skipped += file.size
-            layers.append(
-                {
-                    "mediaType": _modelpack_layer_type(file.path),
-                    "digest": digest,
-                    "size": file.size,
-                    "annotations": {
-                        "org.cncf.model.filepath": file.path,
-                        "org.cncf.model.file.metadata+json": _file_metadata(file, entry),
-                        "org.opencontainers.image.title": file.path,
-                    },
-                }
-            )
-        config = {
-            "descriptor": {"name": entry.id, "createdAt": _iso(entry.created_ms)},
-            "config": {"format": entry.format},
-            "modelfs": {"type": "layers", "diffIds": [layer["digest"] for layer in layers]},
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = client.upload_bytes(target.repository, config_bytes)
-        annotations = {ANN_SOURCE: entry.id, ANN_DIGEST: entry.digest or ""}
-        revision = entry.metadata.get("revision")
-        if isinstance(revision, str) and revision:
-            annotations[ANN_REVISION] = revision
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA,
-            "artifactType": MODELPACK_ARTIFACT,
-            "config": {"mediaType": MODELPACK_CONFIG, "digest": config_digest, "size": len(config_bytes)},
-            "layers": layers,
-            "annotations": annotations,
-        }
-        raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        config_bytes, raw = modelpack_manifest(entry, files)
+        client.upload_bytes(target.repository, config_bytes)
         manifest_digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
     log.info("%s: pushed to %s (%s)", entry.id, target.id, manifest_digest)
     subject = Subject(manifest_digest, len(raw), MANIFEST_MEDIA)

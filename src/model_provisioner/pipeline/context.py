@@ -19,6 +19,7 @@ from model_provisioner.verify.signatures import signature_label
 log = logging.getLogger("model_provisioner")
 
 if TYPE_CHECKING:
+    from model_provisioner.sources.plan import FetchPlan
     from model_provisioner.transfer.engine import TransferEngine
     from model_provisioner.transfer.types import ProgressCallback
 
@@ -29,6 +30,9 @@ class FetchOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     progress: ProgressCallback | None = None
+    #: the plan to follow instead of asking the source: a bundle being imported (its blobs already in the
+    #: store, verified), laid out and checked by every rule of a pull
+    planned: FetchPlan | None = None
 
 
 @dataclass(kw_only=True)

@@ -170,7 +170,7 @@ def materialise(
     if isinstance(ref, FileRef):
         return provision_local(ws, ref, entry, digest, strict)
     if isinstance(ref, HfRef | UrlRef | S3Ref | OciRef):
-        if ws.settings.offline:
+        if ws.settings.offline and options.planned is None:  # a bundle's plan needs no network
             state = f"its catalog entry is {entry.lifecycle}" if entry is not None else "it is not in the cache"
             raise OfflineError(
                 f"{ref.id} is not available offline ({state}); run it once without --offline "

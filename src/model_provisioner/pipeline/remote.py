@@ -8,6 +8,7 @@ through the ledger.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import threading
@@ -119,7 +120,7 @@ def provision_remote(
     try:
         # the entry records what the caller pinned; the bytes are checked against ``enforced``: the same pin, or,
         # when the caller gave none, the digest a team mirror's copy was pushed with
-        plan, enforced, enforced_strict = _plan(ws, ref, digest, strict, request)
+        plan, enforced, enforced_strict = _plan(ws, ref, digest, strict, request, options.planned)
         base = ws.ledger.pending(ref, before=entry, path="", digest=digest, strict=strict)
         try:
             with fetch_slot(ws.store.locks_dir, ws.settings.max_parallel_fetches, ws.settings.lock_timeout_s):
@@ -135,6 +136,8 @@ def provision_remote(
             )
             if signed is not None:
                 laid.extra["signature"] = signed
+            if signed is not None and plan.signatures:  # carried along by export (docs/fleet.md)
+                laid.extra["signature_bundles"] = [base64.b64encode(b).decode() for b in plan.signatures]
         except NotModified:
             assert previous_active is not None
             now = now_ms()
@@ -180,26 +183,33 @@ def provision_remote(
     origin = None
     if plan.metadata.get("mirror"):
         origin = f"from mirror {plan.metadata['mirror']}"
+    elif plan.metadata.get("bundle"):
+        origin = f"from bundle {plan.metadata['bundle']}"
     elif options.refresh and previous_active is not None:
         origin = "unchanged at the source" if previous_active.digest == laid.digest else "changed at the source"
     return replace(resolved_from(active, from_cache=False), bytes_fetched=bytes_fetched, origin=origin)
 
 
 def _plan(
-    ws: Workspace, ref: RemoteRef, digest: Digest | None, strict: bool, request: PlanRequest
+    ws: Workspace,
+    ref: RemoteRef,
+    digest: Digest | None,
+    strict: bool,
+    request: PlanRequest,
+    planned: FetchPlan | None = None,
 ) -> tuple[FetchPlan, Digest | None, bool]:
-    """The plan from a team mirror (its copy must be the bytes the origin was verified to have when it was
-    pushed: that digest is enforced when the caller pinned none) or from the origin; and the digest to
-    enforce, with whether it is strict."""
+    """The plan from a team mirror or a bundle being imported (``planned``): its copy must be the bytes the
+    origin was verified to have when it was pushed or exported (that digest is enforced when the caller pinned
+    none); else from the origin. Returns it with the digest to enforce and whether it is strict."""
     enforced, enforced_strict = digest, strict
-    plan = (
-        None if request.refresh else plan_from_mirrors(ws.settings, ref, request.closers, signatures=request.signatures)
-    )
+    plan = planned
+    if plan is None and not request.refresh:
+        plan = plan_from_mirrors(ws.settings, ref, request.closers, signatures=request.signatures)
     if plan is None:
         plan = plan_origin(ref, ws.settings, request)
     else:
         mirrored = Digest.parse(plan.annotations[ANN_DIGEST])
-        consequence = "the mirror holds another version; nothing was downloaded"
+        consequence = f"the {'bundle' if planned else 'mirror'} holds another version; nothing was downloaded"
         if mismatch := strict_mismatch(ref.id, digest, str(mirrored), strict=strict, consequence=consequence):
             raise mismatch
         if digest is None:

@@ -176,6 +176,8 @@ class TransferEngine:
             return stored
         if spec.expected_size == 0:
             return self.empty(spec)
+        if not spec.sources:  # a bundle's file: its blob was imported, verified, before the plan was made
+            raise NotFound(f"{spec.name}: sha256:{spec.expected_sha256} is not in the store and has no source")
         # the partial file belongs to the resource (its origin URL), not to what the caller expects of it:
         # a rerun with or without a digest resumes the same bytes; the final digest check catches the rest
         key = hashlib.sha256(redact_url(spec.sources[-1].url).encode()).hexdigest()

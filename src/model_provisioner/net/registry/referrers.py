@@ -29,6 +29,7 @@ log = logging.getLogger("model_provisioner")
 
 EMPTY_CONFIG = b"{}"
 EMPTY_MEDIA = "application/vnd.oci.empty.v1+json"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
 MAX_REFERRERS = 16
 MAX_BUNDLE_BYTES = 1 << 20
 
@@ -62,25 +63,9 @@ def publish_referrer(
     annotations: dict[str, str] | None = None,
 ) -> str:
     """Push ``blob`` as an artifact referring to ``subject``; returns the artifact's manifest digest."""
-    config_digest = client.upload_bytes(repository, EMPTY_CONFIG)
+    client.upload_bytes(repository, EMPTY_CONFIG)
     blob_digest = client.upload_bytes(repository, blob)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": {"mediaType": EMPTY_MEDIA, "digest": config_digest, "size": len(EMPTY_CONFIG)},
-        "layers": [
-            {
-                "mediaType": artifact_type,
-                "digest": blob_digest,
-                "size": len(blob),
-                "annotations": {"org.opencontainers.image.title": title},
-            }
-        ],
-        "subject": subject.descriptor(),
-        **({"annotations": annotations} if annotations else {}),
-    }
-    raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    raw = referrer_manifest(subject, artifact_type, blob_digest, len(blob), title=title, annotations=annotations)
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     response = _put(client, repository, digest, raw, OCI_MANIFEST)
     if response.headers.get("OCI-Subject") == subject.digest:
@@ -90,6 +75,35 @@ def publish_referrer(
         listing["annotations"] = annotations
     _add_to_tag_index(client, repository, subject, listing)
     return digest
+
+
+def referrer_manifest(
+    subject: Subject,
+    artifact_type: str,
+    blob_digest: str,
+    blob_size: int,
+    *,
+    title: str,
+    annotations: dict[str, str] | None = None,
+) -> bytes:
+    """The manifest of an artifact referring to ``subject`` whose one layer is the blob (JSON bytes)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY_MEDIA, "digest": EMPTY_DIGEST, "size": len(EMPTY_CONFIG)},
+        "layers": [
+            {
+                "mediaType": artifact_type,
+                "digest": blob_digest,
+                "size": blob_size,
+                "annotations": {"org.opencontainers.image.title": title},
+            }
+        ],
+        "subject": subject.descriptor(),
+        **({"annotations": annotations} if annotations else {}),
+    }
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _add_to_tag_index(client: RegistryClient, repository: str, subject: Subject, listing: dict[str, Any]) -> None:
