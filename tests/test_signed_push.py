@@ -230,3 +230,23 @@ def test_a_push_signed_by_certificate_verifies_against_the_trusted_ca(
     assert ok.json()["metadata"]["signature"].startswith("model-signing, key sha256:")
     refused = _pull(ref, tmp_path / "c2", settings_file, "enforce", unrelated)
     assert refused.code == 4 and "signature verification failed" in refused.stderr, refused.stderr
+
+
+def test_the_api_and_the_gateway_answer_403_for_a_model_the_signature_policy_refuses(
+    api_factory: Any, registry: Any, cli: Any, make_gguf: Any, tmp_path: Path
+) -> None:
+    private, public = _keypair(tmp_path, "team")
+    _, stranger = _keypair(tmp_path, "stranger")
+    model = make_gguf("policy-403.gguf")
+    assert cli("ensure", str(model)).code == 0
+    ref = f"oci://{registry.host}/team/policy:1"
+    assert cli("push", str(model), ref, "--sign", str(private)).code == 0
+    api = api_factory(settings={"signatures": {"policy": "enforce", "keys": [str(stranger)]}})
+    refused = api.client.post("/v1/models/ensure", json={"ref": ref})
+    assert refused.status_code == 403, refused.text
+    message = refused.json()["error"]["message"]
+    assert ref in message and "signatures: enforce" in message and "signature verification failed" in message
+    chat = api.client.post("/v1/chat/completions", json={"model": ref, "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 403, chat.text
+    trusted = api_factory(settings={"signatures": {"policy": "enforce", "keys": [str(public)]}})
+    assert trusted.client.post("/v1/models/ensure", json={"ref": ref}).status_code == 200

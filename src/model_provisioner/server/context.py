@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from model_provisioner.api.handoff import choose_engine, provision_and_handoff
 from model_provisioner.api.provisioner import ModelProvisioner
 from model_provisioner.config.settings import Settings
-from model_provisioner.core.errors import LeaseHeld, PolicyDenied, ProvisionerError, ServerBusy
+from model_provisioner.core.errors import LeaseHeld, PolicyDenied, ProvisionerError, ServerBusy, VerificationFailed
 from model_provisioner.core.redact import redact_text
 from model_provisioner.core.refs import FileRef, parse
 from model_provisioner.obs.audit import CORRELATION_ID
@@ -92,6 +92,8 @@ def error_body(exc: ProvisionerError) -> tuple[int, dict[str, Any]]:
         if isinstance(exc, LeaseHeld)
         else 503
         if isinstance(exc, ServerBusy)
+        else 403  # the signature policy refused it (exit 4 on the command line): forbidden, not malformed
+        if isinstance(exc, VerificationFailed) and exc.reason in ("unsigned", "signature")
         else STATUS_BY_EXIT.get(exc.exit_code, 500)
     )
     return status, {"error": {"code": exc.code, "message": in_api_terms(redact_text(str(exc)))}}
