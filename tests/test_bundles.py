@@ -43,6 +43,10 @@ def test_export_to_a_directory_and_a_tar_imports_offline_under_the_same_ids(
     assert [n for n in names if n] == [m["name"] for m in exported.json()["models"]]
     assert cli("export", url, "--to", str(tarball)).code == 0
     assert not tarball.with_name("bundle.tar.partial").exists()
+    # the links into the bundle cost the cache nothing: its next answers need no re-hash
+    for ref in pulled:
+        assert cli("ensure", ref, "--json", env=env).json()["from_cache"], ref
+        assert len(cli("inspect", "--json", ref, env=env).json()["verifications"]) == 1, ref
 
     for bundle in (directory, tarball):
         far = tmp_path / f"far-{bundle.name}"
@@ -131,9 +135,23 @@ def test_signatures_travel_in_the_bundle_and_the_far_side_policy_checks_them(
     assert exported.code == 0, exported.stderr
     assert exported.json()["models"][0]["signatures"] == 1 and exported.json()["models"][0]["bom"] is True
 
-    ok = run_cli("--offline", "import", str(bundle), "--json", cache_dir=tmp_path / "far1", env=policy)
+    far1 = tmp_path / "far1"
+    ok = run_cli("--offline", "import", str(bundle), "--json", cache_dir=far1, env=policy)
     assert ok.code == 0, ok.stderr
     assert ok.json()["models"][0]["signature"].startswith("model-signing, key sha256:")
+    # the far side changes its keys: the model is checked again against the signatures it came with, offline
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"signatures": {"policy": "enforce", "keys": [str(public), str(stranger)]}}))
+    rechecked = run_cli(
+        "--offline", "ensure", ref, "--json", cache_dir=far1, env={"MODEL_PROVISIONER_SETTINGS": str(both)}
+    )
+    assert rechecked.code == 0, rechecked.stderr
+    assert rechecked.json()["metadata"]["signature"].startswith("model-signing, 2 keys")
+    warm = run_cli("--offline", "ensure", ref, "--json", cache_dir=far1, env={"MODEL_PROVISIONER_SETTINGS": str(both)})
+    assert warm.code == 0 and warm.json()["from_cache"], warm.stderr
+    assert len(run_cli("inspect", "--json", ref, cache_dir=far1).json()["verifications"]) == 1, "never re-hashed"
+    dropped = run_cli("--offline", "ensure", ref, cache_dir=far1, env=_enforce(tmp_path, stranger))
+    assert dropped.code == 4 and "signature verification failed" in dropped.stderr, dropped.stderr
     far2 = tmp_path / "far2"
     refused = run_cli("--offline", "import", str(bundle), cache_dir=far2, env=_enforce(tmp_path, stranger))
     assert refused.code == 4 and "signature verification failed" in refused.stderr, refused.stderr

@@ -276,3 +276,13 @@ def test_xdg_cache_home_local_dir_and_max_workers(tmp_path: Path, make_gguf: Any
     assert relative.returncode == 0 and not (tmp_path / "relative").exists()  # ignored, as the spec says
     bad = run_cli("ensure", str(model), "--max-workers", "0", cache_dir=tmp_path / "c")
     assert bad.code == 2 and "--max-workers 0" in bad.stderr
+
+
+def test_local_dir_links_cost_the_cache_no_rehash(cli: Any, fileserver: Any, make_gguf: Any, tmp_path: Path) -> None:
+    """A hard link into --local-dir changes the blob's ctime; the cache keeps trusting what it verified."""
+    url = fileserver.put("linked/m.gguf", make_gguf("linked.gguf").read_bytes())
+    first = cli("ensure", url, "--local-dir", str(tmp_path / "out"))
+    assert first.code == 0, first.stderr
+    again = cli("ensure", url, "--json")
+    assert again.code == 0 and again.json()["from_cache"], again.stderr
+    assert len(cli("inspect", "--json", url).json()["verifications"]) == 1, "re-hashed after its own hard link"

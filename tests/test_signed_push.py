@@ -59,6 +59,8 @@ def test_signed_push_verifies_on_pull_another_key_is_refused_or_warned_and_a_tam
     pushed = cli("push", str(model), f"oci://{registry.host}/team/signed:1", "--sign", str(team_private), "--json")
     assert pushed.code == 0, pushed.stderr
     result = pushed.json()
+    # signing read the user's file through a link of its own: the file and its entry are untouched
+    assert len(cli("inspect", "--json", str(model)).json()["verifications"]) == 1
     # the registry has no referrers API: the signature is listed under the referrers tag sha256-<hex>
     listed = _referrers(registry, "team/signed", result["manifest_digest"])
     assert [(m["digest"], m["artifactType"]) for m in listed] == [(result["signature"], BUNDLE)]

@@ -33,7 +33,7 @@ from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.manifests import MAX_MANIFEST_BYTES, Manifest, parse_descriptor, parse_manifest
 from model_provisioner.net.registry.referrers import MAX_BUNDLE_BYTES, Subject, referrer_manifest
 from model_provisioner.ops.oci_layout import LayoutReader, LayoutWriter
-from model_provisioner.ops.push import MANIFEST_MEDIA, MODELPACK_ARTIFACT, entry_files, modelpack_manifest
+from model_provisioner.ops.push import MANIFEST_MEDIA, MODELPACK_ARTIFACT, PushFile, entry_files, modelpack_manifest
 from model_provisioner.pipeline import ensure as ensure_flow
 from model_provisioner.pipeline.context import FetchOptions
 from model_provisioner.sources.oci import ENGINE_ARTIFACT, layer_files
@@ -91,42 +91,52 @@ def export_bundle(
     with_bom = importlib.util.find_spec("cyclonedx") is not None
     if not with_bom:
         log.warning("the bundle carries no BOMs: pip install 'model-provisioner[bom]' to add them")
+    files_of = {entry.id: entry_files(prov, entry) for entry in entries}
     writer = LayoutWriter(dest)
     report = BundleReport(str(dest))
     try:
-        index: list[dict[str, Any]] = []
-        for entry in entries:
-            files = entry_files(prov, entry)
-            for file in files:
-                writer.add_file(file.source, file.sha256, file.size, f"{entry.id} [{file.path}]")
-            config, manifest = modelpack_manifest(entry, files)
-            writer.add_bytes(config)
-            digest = writer.add_bytes(manifest)
-            name = ref_name(entry.id)
-            annotations = {REF_NAME: name, ANN_SOURCE: entry.id}
-            index.append(_descriptor(digest, len(manifest), MODELPACK_ARTIFACT, annotations))
-            subject = Subject(digest, len(manifest), MANIFEST_MEDIA)
-            bundles = [base64.b64decode(b) for b in entry.metadata.get("signature_bundles") or []]
-            if signer is not None:
-                bundles.append(
-                    sign_files([(f.path, f.source) for f in files], prov.store.partial_dir, entry.id, signer)
-                )
-            for bundle in bundles:
-                index.append(_referrer(writer, subject, SIGSTORE_BUNDLE, bundle, SIGNATURE_FILE))
-            if with_bom:
-                index.append(_referrer(writer, subject, BOM_MEDIA, bom_of(prov, entry).encode(), "bom.cdx.json"))
-            report.models.append(
-                {"id": entry.id, "digest": entry.digest, "name": name, "signatures": len(bundles), "bom": with_bom}
-            )
+        # linking the blobs into the bundle changes their inodes' ctime: what was trusted stays trusted
+        with prov.ledger.keeping_trust(f.sha256 for files in files_of.values() for f in files):
+            index = [_add_model(prov, writer, report, entry, files_of[entry.id], signer, with_bom) for entry in entries]
         if engine_to_carry is not None:
-            index.append(add_engine(writer, engine_to_carry))
+            index.append([add_engine(writer, engine_to_carry)])
             report.engine = engine_to_carry.record.key
-        writer.finish(index)
+        writer.finish([descriptor for listed in index for descriptor in listed])
     except BaseException:
         writer.abort()
         raise
     report.bytes_linked, report.bytes_copied = writer.bytes_linked, writer.bytes_copied
     return report
+
+
+def _add_model(
+    prov: ModelProvisioner,
+    writer: LayoutWriter,
+    report: BundleReport,
+    entry: CatalogEntry,
+    files: list[PushFile],
+    signer: Signer | None,
+    with_bom: bool,
+) -> list[dict[str, Any]]:
+    """One model's blobs, manifest, signatures and BOM; returns their ``index.json`` descriptors."""
+    for file in files:
+        writer.add_file(file.source, file.sha256, file.size, f"{entry.id} [{file.path}]")
+    config, manifest = modelpack_manifest(entry, files)
+    writer.add_bytes(config)
+    digest = writer.add_bytes(manifest)
+    name = ref_name(entry.id)
+    listed = [_descriptor(digest, len(manifest), MODELPACK_ARTIFACT, {REF_NAME: name, ANN_SOURCE: entry.id})]
+    subject = Subject(digest, len(manifest), MANIFEST_MEDIA)
+    bundles = [base64.b64decode(b) for b in entry.metadata.get("signature_bundles") or []]
+    if signer is not None:
+        bundles.append(sign_files([(f.path, f.source) for f in files], prov.store.partial_dir, entry.id, signer))
+    listed += [_referrer(writer, subject, SIGSTORE_BUNDLE, bundle, SIGNATURE_FILE) for bundle in bundles]
+    if with_bom:
+        listed.append(_referrer(writer, subject, BOM_MEDIA, bom_of(prov, entry).encode(), "bom.cdx.json"))
+    report.models.append(
+        {"id": entry.id, "digest": entry.digest, "name": name, "signatures": len(bundles), "bom": with_bom}
+    )
+    return listed
 
 
 def _descriptor(digest: str, size: int, artifact_type: str, annotations: dict[str, str]) -> dict[str, Any]:

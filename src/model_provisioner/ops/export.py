@@ -31,17 +31,20 @@ def export(cache: Cache, resolved: ResolvedModel, dest: Path) -> ExportReport:
     """Lay ``resolved`` out under ``dest`` (created); files already there with the same bytes are kept."""
     dest.mkdir(parents=True, exist_ok=True)
     report = ExportReport()
-    for rel, source, sha_hex in _files(cache, resolved):
-        check_relative_path(rel, resolved.id)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        report.files += 1
-        if _same_file(source, target):
-            continue
-        if _link(source, target):
-            report.linked += 1
-        else:
-            report.copied_bytes += _copy_verified(source, target, sha_hex, resolved.id)
+    files = _files(cache, resolved)
+    # a hard link changes the blob's ctime: what the cache trusted stays trusted (no re-hash at the next use)
+    with cache.ledger.keeping_trust(sha_hex for _, _, sha_hex in files if sha_hex is not None):
+        for rel, source, sha_hex in files:
+            check_relative_path(rel, resolved.id)
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            report.files += 1
+            if _same_file(source, target):
+                continue
+            if _link(source, target):
+                report.linked += 1
+            else:
+                report.copied_bytes += _copy_verified(source, target, sha_hex, resolved.id)
     return report
 
 

@@ -6,12 +6,15 @@ parse -> policy -> catalog fast path -> single-flight lock -> (re-check) -> re-v
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
+from dataclasses import replace
 
 from model_provisioner.core import failpoints
 from model_provisioner.core.digest import Digest
-from model_provisioner.core.errors import OfflineError, ReadOnlyCache, UnsupportedScheme
+from model_provisioner.core.errors import OfflineError, ReadOnlyCache, UnsupportedScheme, VerificationFailed
 from model_provisioner.core.refs import FileRef, HfRef, ModelRef, OciRef, S3Ref, UrlRef
 from model_provisioner.core.units import now_ms
 from model_provisioner.obs.metrics import METRICS
@@ -22,7 +25,7 @@ from model_provisioner.storage.locks import model_lock, store_in_use
 from model_provisioner.verify.compare import still_answers
 from model_provisioner.verify.rehash import fingerprint_of, rehash_entry, unchanged_since_verified
 from model_provisioner.verify.results import ResolvedModel, resolved_from
-from model_provisioner.verify.signatures import check_signature_setup
+from model_provisioner.verify.signatures import check_signature_setup, verify_bundles
 
 log = logging.getLogger("model_provisioner")
 
@@ -54,6 +57,9 @@ def ensure(
         if answer is not None:
             return answer
         answer = reverify_in_place(ws, entry, digest, strict, options)
+        if answer is not None:
+            return answer
+        answer = resign_from_stored(ws, entry, digest, strict, options)
         if answer is not None:
             return answer
         with store_in_use(ws.store.locks_dir, ws.settings.lock_timeout_s), METRICS.fetching():
@@ -141,6 +147,42 @@ def reverify_in_place(
     refreshed = ws.catalog.get(entry.id)
     log.info("%s: files were replaced by identical bytes (copied cache?); re-verified in place", entry.id)
     return resolved_from(refreshed, from_cache=True) if refreshed is not None else None
+
+
+def resign_from_stored(
+    ws: Workspace, entry: CatalogEntry | None, digest: Digest | None, strict: bool, options: FetchOptions
+) -> ResolvedModel | None:
+    """An Active entry that answers everything but the signature the policy now asks for (another key set) is
+    checked again against the signatures it was pulled or imported with, kept on the entry: no source needed,
+    so an air-gapped machine follows a change of keys (docs/fleet.md, "Air-gapped bundles")."""
+    bundles = entry.metadata.get("signature_bundles") if entry is not None else None
+    if entry is None or not bundles or not isinstance(bundles, list) or ws.read_only or entry.scheme == "file":
+        return None
+    required = ws.signature_required(entry.id)
+    if required is None or not still_answers(entry, digest, strict, include=options.include, exclude=options.exclude):
+        return None
+    if not unchanged_since_verified(entry):
+        return None
+    files = [(f.path, ws.store.blob_path(f.blob)) for f in ws.catalog.files(entry.id)]
+    if not files and entry.blob:  # one file: its name as pulled (a view's name may carry @<digest>)
+        files = [(re.sub(r"@[0-9a-f]{64}$", "", os.path.basename(entry.local_path)), ws.store.blob_path(entry.blob))]
+    decoded = [base64.b64decode(b) for b in bundles if isinstance(b, str)]
+    model_id = entry.id
+    try:
+        label = ws.checked_signature(
+            model_id, lambda: verify_bundles(ws.settings, files, ws.store.partial_dir, decoded, model_id)
+        )
+    except VerificationFailed:
+        if ws.settings.offline:
+            raise
+        return None  # the source may have a signature by the new keys: the pull checks it
+    current = ws.catalog.get(model_id)
+    if current is None:
+        return None
+    entry = replace(current, metadata={**current.metadata, "signature": label})
+    ws.catalog.put(entry)
+    log.info("%s: checked again against its stored signatures under the key set in force", entry.id)
+    return resolved_from(entry, from_cache=True)
 
 
 def _rehashed_in_memory(ws: Workspace, entry: CatalogEntry, identity: tuple[int, ...]) -> ResolvedModel | None:

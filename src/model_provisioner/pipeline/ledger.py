@@ -8,9 +8,10 @@ longer match its name, and removing store files nothing uses any more (docs/arch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogEntry, CatalogStore, EntryFile, VerificationRecord
 from model_provisioner.storage.views import blob_view
 from model_provisioner.verify.compare import Check
-from model_provisioner.verify.rehash import Rehash, fingerprint_of
+from model_provisioner.verify.rehash import Rehash, fingerprint_of, unchanged_since_verified
 from model_provisioner.verify.results import VerificationReport
 
 log = logging.getLogger("model_provisioner")
@@ -241,6 +242,31 @@ class Ledger:
         current = self.catalog.get(entry.id)
         if current is not None:
             self.catalog.put(replace(current, fingerprint=fingerprint_of(os.stat(current.local_path))))
+
+    @contextlib.contextmanager
+    def keeping_trust(self, blobs: Iterable[str]) -> Iterator[None]:
+        """Our own hard links to these blobs (``export --to DIR`` links them into the bundle) change the
+        inodes' ctime. What was trusted just before stays trusted after: the blobs'
+        fingerprints and those of the Active entries viewing them, so our links never cost a re-hash."""
+        wanted = set(blobs)
+        sets = self.catalog.blobs_by_entry()
+        viewing = [
+            self.catalog.get(row.id)
+            for row in self.catalog.rows_for_listing()
+            if row.lifecycle is Lifecycle.ACTIVE and (row.blob in wanted or not wanted.isdisjoint(sets.get(row.id, ())))
+        ]
+        unchanged = [
+            e.id for e in viewing if e is not None and e.fingerprint is not None and unchanged_since_verified(e)
+        ]
+        with self.store.trust_kept(wanted):
+            yield
+        if self.read_only:
+            return
+        for model_id in unchanged:
+            current = self.catalog.get(model_id)
+            if current is not None and current.fingerprint is not None:
+                with contextlib.suppress(OSError):
+                    self.catalog.put(replace(current, fingerprint=fingerprint_of(os.stat(current.local_path))))
 
     def quarantine_blob(self, blob: str, message: str) -> None:
         """A blob whose bytes no longer match its name is removed, and every other entry using it fails too:

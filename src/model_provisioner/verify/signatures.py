@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from model_provisioner.core.errors import InvalidInput, ProvisionerError, VerificationFailed
 from model_provisioner.core.extras import require_extra
 from model_provisioner.core.redact import redact_text
-from model_provisioner.verify.signing import staged_model
+from model_provisioner.verify.signing import staged_hashing, staged_model
 
 if TYPE_CHECKING:
     from model_provisioner.config.settings import Settings
@@ -117,13 +117,15 @@ def verify_bundles(
             signature = root.parent / f"signature-{number}.json"
             signature.write_bytes(bundle)
             try:
-                return _verify_with_trusted_keys(settings, root, signature, subject)
+                return _verify_with_trusted_keys(settings, root, signature, subject, staged=True)
             except VerificationFailed as exc:
                 failures.append(str(exc).removeprefix(f"{subject}: "))
     raise VerificationFailed(f"{subject}: {'; '.join(failures)[:1200]}", reason="signature")
 
 
-def _verify_with_trusted_keys(settings: Settings, model_path: Path, signature: Path, subject: str) -> str:
+def _verify_with_trusted_keys(
+    settings: Settings, model_path: Path, signature: Path, subject: str, *, staged: bool = False
+) -> str:
     try:
         from model_signing import hashing, verifying  # noqa: PLC0415  # heavy: model-signing, imported only when this path runs
     except ImportError as exc:  # pragma: no cover - the dependency is declared
@@ -139,7 +141,10 @@ def _verify_with_trusted_keys(settings: Settings, model_path: Path, signature: P
                 verifier.use_certificate_verifier(certificate_chain=[key])
             else:
                 verifier.use_elliptic_key_verifier(public_key=key)
-            verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
+            if staged:  # a tree of links to the files (verify/signing.py)
+                verifier.set_hashing_config(staged_hashing(hasher, signature))
+            else:
+                verifier.set_hashing_config(hasher.set_ignored_paths(paths=[signature], ignore_git_paths=True))
             verifier.verify(model_path, signature)
             return signature_label(settings)
         except Exception as exc:  # ValueError for a mismatch; the library's own types for malformed bundles

@@ -2,15 +2,16 @@
 checking a published signature use (docs/fleet.md, "Signed pushes").
 
 A pushed model's files are stored as blobs under their digests; model-signing signs a directory. Both sides
-therefore stage the same tree: a private directory of hard links (copies where a file is on another
-filesystem), each file at its path in the model, ``model.sig`` at the top left out (it is a signature, never
-signed). What is signed is the set of (path, sha256) pairs, whichever machine stages them.
+therefore stage the same tree: a private directory of symbolic links to the files (never hard links: a link
+would change the inode's ctime, and with it the fingerprint the cache trusts the file by; nor the user's own
+files' metadata), each at its path in the model, ``model.sig`` at the top left out (it is a signature, never
+signed). model-signing follows the links (``allow_symlinks``) and names each file by its path in the tree, so
+what is signed is the set of (path, sha256) pairs, whichever machine stages them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from model_provisioner.core.errors import InvalidInput, ProvisionerError
 from model_provisioner.core.extras import require_extra
@@ -78,15 +80,15 @@ def staged_model(files: list[tuple[str, Path]], parent: Path, name: str) -> Iter
                 continue
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copyfile(source, target, follow_symlinks=False)  # another filesystem: a private copy
+            os.symlink(os.path.abspath(source), target)
         yield root
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+def staged_hashing(config: Any, signature: Path) -> Any:
+    """model-signing's hashing of a staged tree: the links followed, the signature file left out."""
+    return config.set_ignored_paths(paths=[signature], ignore_git_paths=True).set_allow_symlinks(True)
 
 
 def sign_files(files: list[tuple[str, Path]], parent: Path, name: str, signer: Signer) -> bytes:
@@ -111,9 +113,7 @@ def sign_files(files: list[tuple[str, Path]], parent: Path, name: str, signer: S
         raise InvalidInput(f"signing with {str(what)[:200]!r} failed: {detail}") from None
     with staged_model(files, parent, name) as root:
         signature = root.parent / "signature.json"
-        config.set_hashing_config(
-            hashing.Config().set_ignored_paths(paths=[signature], ignore_git_paths=True)  # type: ignore[no-untyped-call]
-        )
+        config.set_hashing_config(staged_hashing(hashing.Config(), signature))  # type: ignore[no-untyped-call]
         try:
             config.sign(root, signature)
         except (ValueError, TypeError) as exc:  # a certificate that is not for the key
