@@ -129,7 +129,11 @@ def test_signatures_travel_in_the_bundle_and_the_far_side_policy_checks_them(
     assert cli("push", str(model), ref, "--sign", str(private)).code == 0
     policy = _enforce(tmp_path, public)
     near = tmp_path / "near"
-    assert run_cli("ensure", ref, cache_dir=near, env=policy).code == 0
+    pulled = run_cli("ensure", ref, "--json", cache_dir=near, env=policy)
+    assert pulled.code == 0, pulled.stderr
+    # the signature it came with is kept in the catalog (it travels), and not shown: its verdict is
+    assert "signature_bundles" not in pulled.json()["metadata"] and pulled.json()["metadata"]["signature"]
+    assert "signature_bundles" not in run_cli("inspect", "--json", ref, cache_dir=near).json()["metadata"]
     bundle = tmp_path / "signed.tar"
     exported = run_cli("export", ref, "--to", str(bundle), "--json", cache_dir=near, env=policy)
     assert exported.code == 0, exported.stderr

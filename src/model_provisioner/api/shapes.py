@@ -6,6 +6,7 @@ from typing import Any
 
 from model_provisioner.core.vocab import shown_lifecycle
 from model_provisioner.storage.catalog import CatalogEntry, Lease, VerificationRecord
+from model_provisioner.verify.results import shown_metadata
 
 
 def entry_json(
@@ -31,8 +32,7 @@ def entry_json(
         "last_verified_ms": entry.last_verified_ms,
         "created_ms": entry.created_ms,
         "last_used_ms": entry.last_used_ms,
-        # the signatures a bundle carries along stay in the catalog; the entry shows their verdict (signature)
-        "metadata": {k: v for k, v in entry.metadata.items() if k != "signature_bundles"},
+        "metadata": shown_metadata(entry.metadata),
         "error": entry.error,
     }
     if verifications is not None:

@@ -39,7 +39,7 @@ class ResolvedModel:
             "verification": self.verification,
             "from_cache": self.from_cache,
             "bytes_fetched": self.bytes_fetched,
-            "metadata": self.metadata,
+            "metadata": shown_metadata(self.metadata),
             **({"origin": self.origin} if self.origin else {}),
         }
 
@@ -53,6 +53,16 @@ class VerificationReport:
     actual: str | None
     local_path: str
     message: str = ""
+
+
+#: metadata the catalog keeps for itself: the signatures a model came with (base64 bundles, a few KiB each) travel
+#: in bundles and are checked again under a new key set; what is shown is their verdict, ``signature``
+KEPT_IN_CATALOG = frozenset({"signature_bundles"})
+
+
+def shown_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """An entry's metadata as ``ensure --json``, ``inspect`` and the API show it."""
+    return {k: v for k, v in metadata.items() if k not in KEPT_IN_CATALOG}
 
 
 def resolved_from(entry: CatalogEntry, *, from_cache: bool) -> ResolvedModel:

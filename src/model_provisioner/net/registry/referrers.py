@@ -150,7 +150,11 @@ def find_referrers(
     listed = _listing(client, repository, subject_digest, artifact_type, who)
     found: list[bytes] = []
     for descriptor in listed[-MAX_REFERRERS:]:
-        raw, _, _ = client.get_manifest(repository, descriptor.digest, who)
+        try:
+            raw, _, _ = client.get_manifest(repository, descriptor.digest, who)
+        except NotFound:  # a listing that outlived its artifact (deleted, garbage-collected)
+            log.warning("%s: the referrer %s is listed but gone; ignored", who, descriptor.digest)
+            continue
         try:
             manifest = json.loads(raw)
         except (ValueError, RecursionError):
