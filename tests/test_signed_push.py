@@ -252,3 +252,29 @@ def test_the_api_and_the_gateway_answer_403_for_a_model_the_signature_policy_ref
     assert chat.status_code == 403, chat.text
     trusted = api_factory(settings={"signatures": {"policy": "enforce", "keys": [str(public)]}})
     assert trusted.client.post("/v1/models/ensure", json={"ref": ref}).status_code == 200
+
+
+def test_a_registry_with_the_referrers_api_is_used_through_it(
+    registry: Any, cli: Any, make_gguf: Any, tmp_path: Path, settings_file: Any
+) -> None:
+    """Where the registry has the referrers API (it answers OCI-Subject), no referrers tag is written or read."""
+    from .servers.referrers import ReferrersRegistry
+
+    front = ReferrersRegistry(registry.url)
+    try:
+        private, public = _keypair(tmp_path, "team")
+        model = make_gguf("referrers-api.gguf")
+        assert cli("ensure", str(model)).code == 0
+        ref = f"oci://{front.host}/api/signed:1"
+        pushed = cli("push", str(model), ref, "--sign", str(private), "--json")
+        assert pushed.code == 0, pushed.stderr
+        subject = pushed.json()["manifest_digest"]
+        assert [d["digest"] for d in front.referrers[("api/signed", subject)]] == [pushed.json()["signature"]]
+        tag = subject.replace(":", "-")
+        assert httpx.get(f"{registry.url}/v2/api/signed/manifests/{tag}").status_code == 404, "no fallback tag"
+        pulled = _pull(ref, tmp_path / "c1", settings_file, "enforce", public)
+        assert pulled.code == 0, pulled.stderr
+        assert pulled.json()["metadata"]["signature"].startswith("model-signing")
+        assert front.requests["referrers"] == 1 and front.requests["referrers-tag"] == 0
+    finally:
+        front.close()

@@ -19,6 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from model_provisioner.core.errors import CorruptModel, NotFound, TransferFailed
 from model_provisioner.core.redact import redact_text
@@ -176,7 +177,8 @@ def find_referrers(
 def _listing(client: RegistryClient, repository: str, digest: str, artifact_type: str, who: str) -> list[Any]:
     response = client.request(
         "GET",
-        f"/v2/{repository}/referrers/{digest}?artifactType={artifact_type}",
+        # percent-encoded: a query's '+' means a space to the server (the media type has one)
+        f"/v2/{repository}/referrers/{digest}?artifactType={quote(artifact_type, safe='')}",
         repository,
         headers={"Accept": OCI_INDEX},
         stream=True,
