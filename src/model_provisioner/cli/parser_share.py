@@ -25,8 +25,7 @@ def add_share_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as-image", action="store_true", help="an OCI image (files under /models/): mountable as an image volume"
     )
-    p.add_argument("--sign", metavar="KEY", help="sign it (model-signing) with this elliptic-curve private key (PEM)")
-    p.add_argument("--sign-cert", metavar="CERT,KEY,CA", help="sign it with a certificate, its key and chain (PEM)")
+    _signing_options(p, "it")
     p.set_defaults(func=lazy("share_commands", "cmd_push"))
 
     p = sub.add_parser(
@@ -37,8 +36,7 @@ def add_share_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("refs", nargs="+", metavar="ID", help="the models' ids (or refs); each must be Active")
     p.add_argument("--to", required=True, metavar="DIR|FILE.tar", help="a new or empty directory, or a .tar file")
     p.add_argument("--engine", action="store_true", help="also carry the installed llama-server (engines install)")
-    p.add_argument("--sign", metavar="KEY", help="sign each model in the bundle with this private key (PEM)")
-    p.add_argument("--sign-cert", metavar="CERT,KEY,CA", help="sign each model with a certificate, key and chain")
+    _signing_options(p, "each model")
     p.set_defaults(func=lazy("bundle_commands", "cmd_export"))
 
     p = sub.add_parser(
@@ -51,3 +49,9 @@ def add_share_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ollama", metavar="DIR", help="Ollama models dir (default OLLAMA_MODELS or ~/.ollama/models)")
     p.add_argument("--only", choices=["hf", "ollama"], help="import from one kind of cache only")
     p.set_defaults(func=lazy("bundle_commands", "cmd_import"))
+
+
+def _signing_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--sign KEY`` and ``--sign-cert CERT,KEY,CA``: an OpenSSF model-signing signature (docs/fleet.md)."""
+    p.add_argument("--sign", metavar="KEY", help=f"sign {what} (model-signing) with this elliptic-curve private key")
+    p.add_argument("--sign-cert", metavar="CERT,KEY,CA", help=f"sign {what} with a certificate, its key and CA chain")
