@@ -27,6 +27,7 @@ def _layout(bundle: Path) -> dict[str, Any]:
     return index
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_export_to_a_directory_and_a_tar_imports_offline_under_the_same_ids(
     hub: Any, fileserver: Any, cli: Any, tmp_path: Path, make_gguf: Any
 ) -> None:
@@ -67,6 +68,7 @@ def test_export_to_a_directory_and_a_tar_imports_offline_under_the_same_ids(
         assert second.code == 0 and all(m["from_cache"] for m in second.json()["models"]), second.stderr
 
 
+@pytest.mark.slow  # over 1.5 s (docs/development.md: the fast tier)
 def test_a_tampered_or_planted_bundle_is_refused_and_nothing_is_registered(
     fileserver: Any, cli: Any, tmp_path: Path, make_gguf: Any
 ) -> None:
