@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from model_provisioner.core.errors import CorruptModel, InvalidInput, NotFound
 from model_provisioner.core.refs import FileRef, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.manifests import MAX_MANIFEST_BYTES, Manifest, parse_descriptor, parse_manifest
-from model_provisioner.net.registry.referrers import MAX_BUNDLE_BYTES, Subject, referrer_manifest
+from model_provisioner.net.registry.referrers import MAX_BUNDLE_BYTES, MAX_REFERRERS, Subject, referrer_manifest
 from model_provisioner.ops.oci_layout import LayoutReader, LayoutWriter
 from model_provisioner.ops.push import MANIFEST_MEDIA, MODELPACK_ARTIFACT, PushFile, entry_files, modelpack_manifest
 from model_provisioner.pipeline import ensure as ensure_flow
@@ -187,11 +188,12 @@ def import_bundle(prov: ModelProvisioner, source: Path) -> BundleReport:
         if not models and not engines:
             raise CorruptModel(where, "the bundle holds no model (no manifest carries org.model-provisioner.source-id)")
         for manifest in models:
-            signatures = [
-                reader.read_small(r.manifest.layers[0].digest, MAX_BUNDLE_BYTES, where)
+            signed = [
+                r.manifest.layers[0].digest
                 for r in read
                 if r.subject == manifest.digest and r.manifest.artifact_type == SIGSTORE_BUNDLE and r.manifest.layers
             ]
+            signatures = [reader.read_small(d, MAX_BUNDLE_BYTES, where) for d in signed[-MAX_REFERRERS:]]
             for r in read:  # the BOMs travel for the far side's auditors; each must still be the bytes listed
                 if r.subject == manifest.digest and r.manifest.artifact_type == BOM_MEDIA and r.manifest.layers:
                     reader.read_small(r.manifest.layers[0].digest, MAX_MANIFEST_BYTES, where)
@@ -202,8 +204,7 @@ def import_bundle(prov: ModelProvisioner, source: Path) -> BundleReport:
 
 
 def _subject_of(raw: bytes) -> str | None:
-    import json  # noqa: PLC0415  # stdlib; parse_manifest already proved it is a JSON object
-
+    """The manifest's ``subject`` digest (parse_manifest already proved it is a JSON object)."""
     subject = json.loads(raw).get("subject")
     digest = subject.get("digest") if isinstance(subject, dict) else None
     return digest if isinstance(digest, str) else None
