@@ -32,7 +32,13 @@ from model_provisioner.core.errors import CorruptModel, InvalidInput, NotFound
 from model_provisioner.core.refs import FileRef, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.manifests import MAX_MANIFEST_BYTES, Manifest, parse_descriptor, parse_manifest
-from model_provisioner.net.registry.referrers import MAX_BUNDLE_BYTES, MAX_REFERRERS, Subject, referrer_manifest
+from model_provisioner.net.registry.referrers import (
+    MAX_BUNDLE_BYTES,
+    MAX_REFERRERS,
+    SIGSTORE_BUNDLE,
+    Subject,
+    referrer_manifest,
+)
 from model_provisioner.ops.oci_layout import LayoutReader, LayoutWriter
 from model_provisioner.ops.push import MANIFEST_MEDIA, MODELPACK_ARTIFACT, PushFile, entry_files, modelpack_manifest
 from model_provisioner.pipeline import ensure as ensure_flow
@@ -41,7 +47,7 @@ from model_provisioner.sources.oci import ENGINE_ARTIFACT, layer_files
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE
 from model_provisioner.storage.catalog import CatalogEntry
-from model_provisioner.verify.signing import SIGNATURE_FILE, SIGSTORE_BUNDLE, Signer, sign_files
+from model_provisioner.verify.signing import SIGNATURE_FILE, Signer, sign_files
 
 log = logging.getLogger("model_provisioner")
 

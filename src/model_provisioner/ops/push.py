@@ -37,13 +37,13 @@ from model_provisioner.core.hashing import hash_file, repo_digest
 from model_provisioner.core.refs import OciRef, S3Ref, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.client import RegistryClient
-from model_provisioner.net.registry.referrers import Subject, publish_referrer
+from model_provisioner.net.registry.referrers import SIGSTORE_BUNDLE, Subject, publish_referrer
 from model_provisioner.ops.cache import Cache
 from model_provisioner.ops.image import push_image
 from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
 from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.storage.catalog import CatalogEntry
-from model_provisioner.verify.signing import SIGNATURE_FILE, SIGSTORE_BUNDLE, Signer, sign_files
+from model_provisioner.verify.signing import SIGNATURE_FILE, Signer, sign_files
 from model_provisioner.verify.trees import scan_tree
 
 log = logging.getLogger("model_provisioner")

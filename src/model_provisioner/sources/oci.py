@@ -31,7 +31,7 @@ from model_provisioner.core.paths import check_relative_path
 from model_provisioner.core.refs import OciRef
 from model_provisioner.net.registry.client import RegistryClient
 from model_provisioner.net.registry.manifests import MANIFEST_ACCEPT, Manifest
-from model_provisioner.net.registry.referrers import find_referrers
+from model_provisioner.net.registry.referrers import SIGSTORE_BUNDLE, find_referrers
 from model_provisioner.sources.plan import FetchPlan, RemoteFile
 from model_provisioner.storage.unpack import compression_of
 from model_provisioner.transfer.types import Source
@@ -63,8 +63,6 @@ CONFIG_TYPES = {
 }
 ORAS_UNPACK = "io.deis.oras.content.unpack"
 MODELPACK_MANIFEST = "application/vnd.cncf.model.manifest.v1+json"
-#: a signature published by ``push --sign`` (a sigstore bundle, as model-signing writes it)
-SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 
 def family_of(manifest: Manifest) -> str:

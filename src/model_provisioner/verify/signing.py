@@ -26,8 +26,6 @@ from model_provisioner.core.extras import require_extra
 from model_provisioner.core.paths import check_relative_path
 from model_provisioner.core.redact import redact_text
 
-#: the media type of a sigstore bundle, as model-signing writes it (the artifact type of a published signature)
-SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 SIGNATURE_FILE = "model.sig"
 
 

@@ -32,6 +32,8 @@ EMPTY_CONFIG = b"{}"
 EMPTY_MEDIA = "application/vnd.oci.empty.v1+json"
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest()
 MAX_REFERRERS = 16
+#: the artifact type of a published signature: a sigstore bundle, as model-signing writes it (``push --sign``)
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 MAX_BUNDLE_BYTES = 1 << 20
 
 
