@@ -104,3 +104,12 @@ def test_entry_cache_sees_other_connections(tmp_path: Path) -> None:
         assert b.evict("https://h.example/m.bin") == ["https://h.example/m.bin"]
         assert a.locate("https://h.example/m.bin") is None
         assert a.entry("https://h.example/m.bin") is None
+
+
+def test_a_one_file_view_names_the_file_it_was_made_from() -> None:
+    from model_provisioner.storage.views import view_source_name
+
+    blob = "ab" * 32
+    assert view_source_name(f"/c/gguf/org/repo/model@v2.gguf@{blob}") == "model@v2.gguf"
+    assert view_source_name(f"m.gguf@{blob}") == "m.gguf"
+    assert view_source_name("plain.gguf") == "plain.gguf"

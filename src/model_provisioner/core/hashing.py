@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from model_provisioner.core.digest import Digest
 
@@ -74,3 +75,29 @@ def repo_digest(files: list[tuple[str, str, int]]) -> str:
     ``<posix path>\t<sha256 hex>\t<size>\n`` (names included)."""
     lines = "".join(f"{path}\t{sha}\t{size}\n" for path, sha, size in sorted(files))
     return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+class HashingReader:
+    """A file object that hashes what is read from it (what was uploaded is what was hashed); seeking back
+    to the start (an SDK retrying) starts the hash again."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self._hasher = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self._hasher.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position: int = self.raw.seek(offset, whence)
+        if position == 0:
+            self._hasher = hashlib.sha256()
+        return position
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()

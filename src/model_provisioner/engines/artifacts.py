@@ -28,6 +28,8 @@ from model_provisioner.engines.build import engine_home, key_of, verified_copy_f
 from model_provisioner.engines.host import EngineHost
 from model_provisioner.engines.installed import TARGET_NAME, InstalledEngine
 from model_provisioner.net.registry.client import RegistryClient
+from model_provisioner.net.registry.referrers import EMPTY_CONFIG as EMPTY_BLOB
+from model_provisioner.net.registry.referrers import EMPTY_DIGEST
 from model_provisioner.sources.oci import ENGINE_ARTIFACT
 from model_provisioner.storage.locks import FileLock
 from model_provisioner.storage.safefs import open_in_cache
@@ -65,7 +67,7 @@ def push(host: EngineHost, engine: InstalledEngine, destination: str) -> str:
     with RegistryClient(target.registry, host.settings) as client:
         client.upload_blob(target.repository, engine.binary, f"sha256:{r.binary_sha256}", r.size_bytes, subject=r.key)
         client.upload_bytes(target.repository, record_bytes)
-        client.upload_bytes(target.repository, b"{}")
+        client.upload_bytes(target.repository, EMPTY_BLOB)
         digest = client.put_manifest(target.repository, target.reference, raw, MANIFEST_MEDIA)
     pinned = f"oci://{target.registry}/{target.repository}@{digest}"
     log.info("engine %s pushed to %s (%s)", r.key[:12], target.id, digest)
@@ -90,7 +92,7 @@ def engine_manifest(engine: InstalledEngine) -> tuple[bytes, bytes]:
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA,
         "artifactType": ENGINE_ARTIFACT,
-        "config": {"mediaType": EMPTY_CONFIG, "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+        "config": {"mediaType": EMPTY_CONFIG, "digest": EMPTY_DIGEST, "size": len(EMPTY_BLOB)},
         "layers": [
             _layer(BINARY_LAYER, f"sha256:{r.binary_sha256}", r.size_bytes, r.target),
             _layer(RECORD_LAYER, "sha256:" + hashlib.sha256(record_bytes).hexdigest(), len(record_bytes), RECORD_NAME),

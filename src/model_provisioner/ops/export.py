@@ -14,6 +14,7 @@ from pathlib import Path
 from model_provisioner.core.errors import DigestMismatch, InvalidInput
 from model_provisioner.core.paths import check_relative_path
 from model_provisioner.ops.cache import Cache
+from model_provisioner.storage.views import view_source_name
 from model_provisioner.verify.results import ResolvedModel
 from model_provisioner.verify.trees import scan_tree
 
@@ -44,7 +45,7 @@ def export(cache: Cache, resolved: ResolvedModel, dest: Path) -> ExportReport:
             if _link(source, target):
                 report.linked += 1
             else:
-                report.copied_bytes += _copy_verified(source, target, sha_hex, resolved.id)
+                report.copied_bytes += copy_verified(source, target, sha_hex, resolved.id)
     return report
 
 
@@ -61,7 +62,7 @@ def _files(cache: Cache, resolved: ResolvedModel) -> list[tuple[str, Path, str |
     if resolved.local_path.is_dir():
         raise InvalidInput(f"{resolved.id}: its view {resolved.local_path} is a directory with no file list")
     digest = resolved.digest.split(":", 1)[1] if resolved.digest.startswith("sha256:") else None
-    name = resolved.local_path.name.split("@", 1)[0]  # a view is named <file>@<blob>
+    name = view_source_name(resolved.local_path)
     return [(name, resolved.local_path, digest)]
 
 
@@ -83,7 +84,7 @@ def _link(source: Path, target: Path) -> bool:
     return True
 
 
-def _copy_verified(source: Path, target: Path, sha_hex: str | None, subject: str) -> int:
+def copy_verified(source: Path, target: Path, sha_hex: str | None, subject: str) -> int:
     tmp = target.with_name(f".{target.name}.mprov-tmp")
     hasher = hashlib.sha256()
     size = 0

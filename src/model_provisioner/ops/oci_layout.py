@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from model_provisioner.core.errors import CorruptModel, DigestMismatch, InvalidInput, NotFound
+from model_provisioner.core.hashing import HashingReader
+from model_provisioner.ops.export import copy_verified
 from model_provisioner.storage.blobs import BlobStore
 from model_provisioner.storage.catalog import CatalogStore
 
@@ -67,7 +69,7 @@ class LayoutWriter:
         if self._tar is not None:
             info = self._info(f"blobs/sha256/{sha_hex}", size)
             with open(source, "rb") as raw:
-                reader = _HashingReader(raw)
+                reader = HashingReader(raw)
                 self._tar.addfile(info, reader)
             _check(reader.hexdigest(), sha_hex, subject)
             self.bytes_copied += size
@@ -79,7 +81,7 @@ class LayoutWriter:
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
-                _copy_checked(source, target, sha_hex, subject)
+                copy_verified(source, target, sha_hex, subject)
                 self.bytes_copied += size
         self.written.add(sha_hex)
 
@@ -252,32 +254,6 @@ class LayoutReader(contextlib.AbstractContextManager["LayoutReader"]):
         finally:
             for other in opened:
                 os.close(other)
-
-
-class _HashingReader:
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self._hasher = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self._hasher.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-
-def _copy_checked(source: Path, target: Path, sha_hex: str, subject: str) -> None:
-    hasher = hashlib.sha256()
-    with open(source, "rb") as src, open(target, "xb") as out:
-        while chunk := src.read(COPY_CHUNK):
-            hasher.update(chunk)
-            out.write(chunk)
-    os.chmod(target, 0o444)
-    if hasher.hexdigest() != sha_hex:
-        target.unlink()
-    _check(hasher.hexdigest(), sha_hex, subject)
 
 
 def _check(actual_hex: str, expected_hex: str, subject: str) -> None:

@@ -25,7 +25,6 @@ import base64
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 from model_provisioner.core.errors import DigestMismatch, InvalidInput, NotFound, OfflineError
 from model_provisioner.core.extras import require_extra
-from model_provisioner.core.hashing import hash_file, repo_digest
+from model_provisioner.core.hashing import HashingReader, hash_file, repo_digest
 from model_provisioner.core.refs import OciRef, S3Ref, parse
 from model_provisioner.core.vocab import Lifecycle
 from model_provisioner.net.registry.client import RegistryClient
@@ -43,6 +42,7 @@ from model_provisioner.ops.image import push_image
 from model_provisioner.sources.s3 import MANIFEST_NAME, check_endpoint, s3_client, s3_error
 from model_provisioner.sources.team_mirrors import ANN_DIGEST, ANN_REVISION, ANN_SOURCE, mirror_ref
 from model_provisioner.storage.catalog import CatalogEntry
+from model_provisioner.storage.views import view_source_name
 from model_provisioner.verify.signing import SIGNATURE_FILE, Signer, sign_files
 from model_provisioner.verify.trees import scan_tree
 
@@ -86,8 +86,7 @@ def entry_files(prov: Cache, entry: CatalogEntry) -> list[PushFile]:
     if files:
         out = [PushFile(f.path, f.blob, f.size_bytes, prov.store.blob_path(f.blob)) for f in files]
     elif entry.blob:
-        name = Path(entry.local_path).name
-        name = re.sub(r"@[0-9a-f]{64}$", "", name) if "@" in name else name
+        name = view_source_name(entry.local_path)
         out = [PushFile(name, entry.blob, entry.size_bytes, prov.store.blob_path(entry.blob))]
     else:
         return _local_files(entry)
@@ -325,32 +324,6 @@ def _push_s3(prov: Cache, entry: CatalogEntry, files: list[PushFile], target: S3
         raise s3_error(exc, client, target.id) from None
     log.info("%s: pushed %d files to %s", entry.id, len(files), target.id)
     return PushResult(target.id, len(files), uploaded, 0, entry.digest or "", signature=signed)
-
-
-class HashingReader:
-    """A file object that hashes what is read from it (what was uploaded is what was hashed); seeking back
-    to the start (an SDK retrying) starts the hash again."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self._hasher = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self.raw.read(n)
-        self._hasher.update(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        position: int = self.raw.seek(offset, whence)
-        if position == 0:
-            self._hasher = hashlib.sha256()
-        return position
-
-    def tell(self) -> int:
-        return int(self.raw.tell())
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
 
 
 def _iso(ms: int) -> str:

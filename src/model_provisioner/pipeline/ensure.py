@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
 from dataclasses import replace
 
 from model_provisioner.core import failpoints
@@ -22,6 +21,7 @@ from model_provisioner.pipeline.context import FetchOptions, Workspace
 from model_provisioner.pipeline.localfile import provision_local
 from model_provisioner.storage.catalog import CatalogEntry
 from model_provisioner.storage.locks import model_lock, store_in_use
+from model_provisioner.storage.views import view_source_name
 from model_provisioner.verify.compare import still_answers
 from model_provisioner.verify.rehash import fingerprint_of, rehash_entry, unchanged_since_verified
 from model_provisioner.verify.results import ResolvedModel, resolved_from
@@ -165,7 +165,7 @@ def resign_from_stored(
         return None
     files = [(f.path, ws.store.blob_path(f.blob)) for f in ws.catalog.files(entry.id)]
     if not files and entry.blob:  # one file: its name as pulled (a view's name may carry @<digest>)
-        files = [(re.sub(r"@[0-9a-f]{64}$", "", os.path.basename(entry.local_path)), ws.store.blob_path(entry.blob))]
+        files = [(view_source_name(entry.local_path), ws.store.blob_path(entry.blob))]
     decoded = [base64.b64decode(b) for b in bundles if isinstance(b, str)]
     model_id = entry.id
     try:

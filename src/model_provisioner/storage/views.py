@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 from model_provisioner.core.refs import HfRef, ModelRef, OciRef, S3Ref, UrlRef
+
+_BLOB_SUFFIX = re.compile(r"@[0-9a-f]{64}$")
 
 
 def view_name(file_name: str, fmt: str) -> str:
@@ -38,6 +43,12 @@ def ref_file_name(ref: ModelRef, fallback: str) -> str:
         name = ref.display_name
         return name or fallback
     return fallback
+
+
+def view_source_name(view: str | os.PathLike[str]) -> str:
+    """The file name a one-file view was made from: ``<file>@<blob>`` without its ``@<blob>``."""
+    name = os.path.basename(view)
+    return _BLOB_SUFFIX.sub("", name)
 
 
 def blob_view(ref: ModelRef, source_name: str, blob: str, fmt: str) -> str:

@@ -27,16 +27,14 @@ from typing import TYPE_CHECKING
 from model_provisioner.core.errors import InvalidInput, ProvisionerError, VerificationFailed
 from model_provisioner.core.extras import require_extra
 from model_provisioner.core.redact import redact_text
-from model_provisioner.verify.signing import staged_hashing, staged_model
+from model_provisioner.verify.signing import SIGNATURE_FILE, staged_hashing, staged_model
 
 if TYPE_CHECKING:
     from model_provisioner.config.settings import Settings
 
-SIGNATURE_NAME = "model.sig"
-
 
 def signature_path(model_path: Path) -> Path:
-    return model_path / SIGNATURE_NAME if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
+    return model_path / SIGNATURE_FILE if model_path.is_dir() else model_path.with_name(model_path.name + ".sig")
 
 
 def trusted_keys(settings: Settings) -> list[str]:
